@@ -1,0 +1,53 @@
+# Two commands for a new user:  `make demo`  (pipeline + book)  and  `make test`.
+# Both create the environment in .venv first if it is missing or out of date.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(CURDIR)/$(VENV)/bin
+STAMP  := $(VENV)/.installed
+PROFILE ?= quick
+
+# dvc stages call `papermill` and `python`: take them from the environment.
+export PATH := $(BIN):$(PATH)
+export DVC_NO_ANALYTICS := 1
+export PYTHONUNBUFFERED := 1
+
+.PHONY: help env demo test lint book profile benchmarks clean
+
+help:
+	@echo "make demo      create .venv if needed, run the DVC pipeline, build the book"
+	@echo "make test      create .venv if needed, run the test suite"
+	@echo "make lint      ruff check + format check"
+	@echo "make profile PROFILE=paper   switch params.yaml to another kept profile"
+	@echo "make benchmarks              run the speed benchmarks (JSON in benchmarks/results/)"
+
+$(STAMP): pyproject.toml
+	@echo "==> creating the Python environment in $(VENV) (first time: a few minutes)"
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --progress-bar off --upgrade pip
+	$(BIN)/python -m pip install --progress-bar off -e ".[dev]"
+	@touch $(STAMP)
+	@echo "==> environment ready"
+
+env: $(STAMP)
+
+demo: env
+	@echo "==> running the pipeline (dvc repro): synthesize -> curate -> book"
+	$(BIN)/dvc repro
+	@echo "==> done: open book/_build/html/index.html"
+
+test: env
+	@echo "==> running the test suite"
+	$(BIN)/python -m pytest
+
+lint: env
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+profile: env
+	$(BIN)/python -m foramlib.cli profile $(PROFILE)
+
+benchmarks: env
+	$(BIN)/python benchmarks/synthesize_speed.py
+
+clean:
+	rm -rf book/_build book/_generated .pytest_cache .ruff_cache

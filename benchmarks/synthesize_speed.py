@@ -1,0 +1,55 @@
+"""Time the generation of the default virtual collection (issue bar: <= 10 min, 2 cores).
+
+Writes benchmarks/results/synthesize.json naming the machine. Usage:
+    python benchmarks/synthesize_speed.py [--preset paper] [--shape 128] [--n-jobs 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+from foramlib import virtual
+from foramlib.atomic import write_text
+
+
+def machine() -> dict:
+    return dict(node=platform.node(), processor=platform.processor() or platform.machine(),
+                cpu_count=os.cpu_count(), python=platform.python_version(),
+                system=f"{platform.system()} {platform.release()}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="paper")
+    parser.add_argument("--shape", type=int, default=128)
+    parser.add_argument("--supersample", type=int, default=2)
+    parser.add_argument("--n-jobs", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=2024)
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "synthesize.json"))
+    args = parser.parse_args()
+    taxa = virtual.taxa_preset(args.preset)
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        manifest = virtual.synthesize_collection(Path(tmp) / "virtual", taxa, seed=args.seed,
+                                                 shape=args.shape, supersample=args.supersample,
+                                                 n_jobs=args.n_jobs, progress=None)
+        seconds = time.perf_counter() - t0
+        size = sum(f.stat().st_size for f in (Path(tmp) / "virtual").iterdir())
+    result = dict(benchmark="synthesize_collection", preset=args.preset, shape=args.shape,
+                  supersample=args.supersample, n_jobs=args.n_jobs, n_volumes=len(manifest),
+                  seconds=round(seconds, 1), seconds_per_volume=round(seconds / len(manifest), 2),
+                  megabytes=round(size / 1e6, 1), goal_seconds=600,
+                  meets_goal=seconds <= 600, machine=machine(),
+                  date=time.strftime("%Y-%m-%d"))
+    write_text(args.out, json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

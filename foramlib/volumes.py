@@ -1,0 +1,643 @@
+"""Micro-CT volumes: reading, checking, resampling, writing, and the manifest.
+
+A collection is a folder of volumes (NIfTI ``.nii``/``.nii.gz``, multi-page TIFF
+stacks, or folders of 2-D TIFF slices) plus a manifest CSV naming each file's
+specimen and species. Everything that enters the pipeline passes through here, so
+bad input is refused with a message that names the file and the problem.
+
+Array axis order is nibabel's ``(x, y, z)``. TIFF stacks are stored ``(z, y, x)``
+(one page per z slice) and are transposed to match.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import math
+import os
+import re
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import tifffile
+from scipy import ndimage
+
+from foramlib.atomic import write_bytes
+
+__all__ = [
+    "MANIFEST_REQUIRED",
+    "VOLUME_SUFFIXES",
+    "ManifestError",
+    "ManifestWarning",
+    "Volume",
+    "VolumeError",
+    "check_volume_array",
+    "normalize_intensity",
+    "read_manifest",
+    "read_volume",
+    "resample_isotropic",
+    "write_nifti",
+]
+
+VOLUME_SUFFIXES = (".nii", ".nii.gz", ".tif", ".tiff")
+MANIFEST_REQUIRED = ("file", "specimen_id", "species")
+_MANIFEST_STRINGS = ("file", "specimen_id", "species", "source", "notes")
+_UNIT_TO_UM = {"micron": 1.0, "mm": 1e3, "meter": 1e6, "unknown": 1e3}
+_TIFF_SUFFIXES = (".tif", ".tiff")
+
+
+class VolumeError(ValueError):
+    """A volume that cannot be used; the message starts with the file (or array) name."""
+
+
+class ManifestError(ValueError):
+    """A manifest with problems; ``problems`` lists every one, the message shows them all."""
+
+    def __init__(self, problems: Sequence[str], path: str | Path | None = None):
+        self.problems = list(problems)
+        self.path = path
+        where = f"manifest {path}" if path is not None else "manifest"
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"{where} has {len(self.problems)} problem(s):\n{lines}")
+
+    def __reduce__(self):
+        return (type(self), (self.problems, self.path))
+
+
+class ManifestWarning(UserWarning):
+    """Something in a collection looks wrong but does not stop the pipeline."""
+
+
+@dataclass(frozen=True, eq=False)  # eq on arrays is ambiguous; compare fields yourself
+class Volume:
+    """A checked volume: float32 ``(x, y, z)`` data and its voxel size in µm.
+
+    ``spacing_um`` holds the per-axis spacing; it equals ``voxel_size_um`` on every
+    axis unless the volume was read with ``isotropic=False``, in which case
+    ``voxel_size_um`` is the finest spacing.
+    """
+
+    data: np.ndarray
+    voxel_size_um: float
+    path: Path | None = None
+    spacing_um: tuple[float, float, float] | None = None
+
+    def __post_init__(self):
+        if self.spacing_um is None:
+            object.__setattr__(self, "spacing_um", (float(self.voxel_size_um),) * 3)
+
+
+def _natural_key(name: str) -> list:
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name)]
+
+
+def _volume_suffix(name: str) -> str | None:
+    lower = name.lower()
+    return next(
+        (s for s in sorted(VOLUME_SUFFIXES, key=len, reverse=True) if lower.endswith(s)), None
+    )
+
+
+def _check_dtype(dtype: np.dtype, name: str) -> None:
+    dtype = np.dtype(dtype)
+    if dtype.fields is not None or dtype.kind not in "iuf":
+        raise VolumeError(
+            f"{name}: has unsupported data type {dtype}; expected integer or floating-point "
+            "intensities (not complex, bool, RGB or object)"
+        )
+
+
+def _check_shape(shape: tuple[int, ...], name: str) -> tuple[int, ...]:
+    shape = tuple(int(s) for s in shape)
+    if len(shape) == 4 and shape[3] == 1:
+        shape = shape[:3]
+    elif len(shape) == 4:
+        raise VolumeError(
+            f"{name}: is 4-D with {shape[3]} volumes (shape {shape}); expected a single 3-D volume"
+        )
+    if len(shape) != 3:
+        raise VolumeError(f"{name}: is {len(shape)}-D (shape {shape}); expected a 3-D volume")
+    if 0 in shape:
+        raise VolumeError(f"{name}: is empty (shape {shape}); every axis needs at least one voxel")
+    return shape
+
+
+def _check_values(arr: np.ndarray, name: str, *, allow_constant: bool = False) -> None:
+    if arr.dtype.kind == "f":
+        n_nan = int(np.isnan(arr).sum())
+        n_inf = int(np.isinf(arr).sum())
+        if n_nan or n_inf:
+            raise VolumeError(
+                f"{name}: contains {n_nan} NaN and {n_inf} infinite voxel(s) "
+                f"out of {arr.size}; expected finite intensities"
+            )
+    lo, hi = arr.min(), arr.max()
+    if lo == hi and not allow_constant:
+        raise VolumeError(
+            f"{name}: is constant (every voxel equals {lo.item()!r}); it holds no image"
+        )
+
+
+def check_volume_array(arr, name: str = "volume") -> np.ndarray:
+    """Check that `arr` is a usable 3-D volume and return it (dtype unchanged).
+
+    A 4-D array with a singleton last axis is squeezed to 3-D.
+
+    Parameters
+    ----------
+    arr : array_like
+        Candidate volume.
+    name : str
+        Name used at the start of error messages (usually the file name).
+
+    Returns
+    -------
+    numpy.ndarray
+        The 3-D array.
+
+    Raises
+    ------
+    VolumeError
+        If the array is not 3-D (or 4-D with one volume), is empty, constant, contains
+        NaN or infinite values, or has a non-numeric dtype.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> check_volume_array(np.arange(24.0).reshape(2, 3, 4, 1)).shape
+    (2, 3, 4)
+    >>> check_volume_array(np.ones((64, 64)), name="scan.tif")
+    Traceback (most recent call last):
+    ...
+    foramlib.volumes.VolumeError: scan.tif: is 2-D (shape (64, 64)); expected a 3-D volume
+    """
+    arr = np.asarray(arr)
+    _check_dtype(arr.dtype, name)
+    shape = _check_shape(arr.shape, name)
+    arr = arr.reshape(shape)
+    _check_values(arr, name)
+    return arr
+
+
+def _positive_finite(value, what: str, count: int | None = None) -> tuple[float, ...]:
+    """Validate one number (count=None) or a `count`-sequence of positive finite numbers."""
+    try:
+        values = (float(value),) if count is None else tuple(float(v) for v in value)
+        ok = (count is None or len(values) == count) and all(
+            math.isfinite(v) and v > 0 for v in values
+        )
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        need = "a positive finite number" if count is None else f"{count} positive finite numbers"
+        raise ValueError(f"{what} must be {need}, got {value!r}")
+    return values
+
+
+def resample_isotropic(arr, spacing_um, order: int = 1) -> tuple[np.ndarray, float]:
+    """Resample a 3-D array to isotropic voxels at its finest spacing.
+
+    Parameters
+    ----------
+    arr : array_like, shape (nx, ny, nz)
+        Volume.
+    spacing_um : sequence of 3 floats
+        Voxel spacing along each axis, in µm.
+    order : int
+        Spline order for :func:`scipy.ndimage.zoom` (0-5; 1 = trilinear).
+
+    Returns
+    -------
+    resampled : numpy.ndarray
+        The input itself (no copy) when already isotropic within 1e-6 relative.
+    voxel_size_um : float
+        The new isotropic spacing (the smallest input spacing).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> out, vox = resample_isotropic(np.zeros((4, 4, 2)), (5.0, 5.0, 10.0))
+    >>> out.shape, vox
+    ((4, 4, 4), 5.0)
+    """
+    spacing = _positive_finite(spacing_um, "spacing_um", count=3)
+    if not (isinstance(order, int | np.integer) and 0 <= order <= 5):
+        raise ValueError(f"order must be an integer from 0 to 5, got {order!r}")
+    arr = np.asarray(arr)
+    if arr.ndim != 3:
+        raise ValueError(f"arr must be 3-D, got shape {arr.shape}")
+    finest = min(spacing)
+    if max(spacing) / finest - 1.0 <= 1e-6:
+        return arr, finest
+    factors = [s / finest for s in spacing]
+    out = ndimage.zoom(arr, factors, order=order, mode="nearest")
+    return out, finest
+
+
+def normalize_intensity(arr, low: float = 0.5, high: float = 99.5) -> np.ndarray:
+    """Scale intensities to float32 ``[0, 1]`` between two percentiles, clipping outliers.
+
+    Falls back to the minimum and maximum when the percentiles coincide.
+
+    Parameters
+    ----------
+    arr : array_like
+        Intensities (any shape).
+    low, high : float
+        Percentiles mapped to 0 and 1; ``0 <= low < high <= 100``.
+
+    Raises
+    ------
+    VolumeError
+        If the array is constant or not finite.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> normalize_intensity(np.array([0.0, 5.0, 10.0, 1000.0]), 0, 50).tolist()
+    [0.0, 0.6666666865348816, 1.0, 1.0]
+    """
+    if not (0 <= low < high <= 100):
+        raise ValueError(f"need 0 <= low < high <= 100, got low={low!r}, high={high!r}")
+    arr = np.asarray(arr)
+    if arr.size == 0:
+        raise VolumeError(f"volume: is empty (shape {arr.shape}); nothing to normalise")
+    lo, hi = (float(v) for v in np.percentile(arr, [low, high]))
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise VolumeError("volume: contains NaN or infinite values; cannot normalise")
+    if hi <= lo:
+        lo, hi = float(arr.min()), float(arr.max())
+    if hi <= lo:
+        raise VolumeError(f"volume: is constant (every voxel equals {lo!r}); cannot normalise")
+    out = (arr.astype(np.float32) - np.float32(lo)) / np.float32(hi - lo)
+    return np.clip(out, 0.0, 1.0, out=out)
+
+
+def _read_nifti(path: Path, name: str) -> tuple[np.ndarray, tuple[float, ...], bool]:
+    """Return checked float32 data, spacing in µm, and whether the header carried a size."""
+    try:
+        img = nib.load(path)
+        _check_dtype(img.get_data_dtype(), name)
+        _check_shape(img.shape, name)
+        data = img.get_fdata(dtype=np.float32)  # forces the (lazy) read
+        zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
+        unit = img.header.get_xyzt_units()[0]
+    except (VolumeError, MemoryError):
+        raise
+    except Exception as exc:
+        raise VolumeError(
+            f"{name}: cannot be read: truncated or corrupt file ({type(exc).__name__}: {exc})"
+        ) from exc
+    spacing = tuple(z * _UNIT_TO_UM.get(unit, 1e3) for z in zooms)
+    informative = not (unit == "unknown" and zooms == (1.0, 1.0, 1.0))
+    return check_volume_array(data, name), spacing, informative
+
+
+def _read_tiff(path: Path, name: str) -> np.ndarray:
+    try:
+        if path.is_dir():
+            slices = sorted(
+                (p for p in path.iterdir() if p.is_file() and p.suffix.lower() in _TIFF_SUFFIXES),
+                key=lambda p: _natural_key(p.name),
+            )
+            if not slices:
+                raise VolumeError(f"{name}: folder contains no .tif/.tiff slices")
+            planes = []
+            for p in slices:
+                plane = tifffile.imread(p)
+                if plane.ndim != 2:
+                    raise VolumeError(
+                        f"{name}: slice {p.name} is {plane.ndim}-D (shape {plane.shape}); "
+                        "expected 2-D slices"
+                    )
+                if planes and plane.shape != planes[0].shape:
+                    raise VolumeError(
+                        f"{name}: slice {p.name} has shape {plane.shape} but "
+                        f"{slices[0].name} has shape {planes[0].shape}"
+                    )
+                planes.append(plane)
+            arr = np.stack(planes)
+        else:
+            arr = tifffile.imread(path)
+    except (VolumeError, MemoryError):
+        raise
+    except Exception as exc:
+        raise VolumeError(
+            f"{name}: cannot be read: truncated or corrupt file ({type(exc).__name__}: {exc})"
+        ) from exc
+    arr = check_volume_array(arr, name)  # (z, y, x)
+    return np.ascontiguousarray(arr.transpose(2, 1, 0), dtype=np.float32)
+
+
+def read_volume(
+    path, voxel_size_um: float | None = None, *, isotropic: bool = True, order: int = 1
+):
+    """Read and check a micro-CT volume.
+
+    Parameters
+    ----------
+    path : path-like
+        A ``.nii``/``.nii.gz`` file, a multi-page ``.tif``/``.tiff`` stack, or a folder of
+        2-D TIFF slices (stacked in natural order of the numbers in their names).
+    voxel_size_um : float, optional
+        Isotropic voxel size in µm. Overrides the NIfTI header (a `ManifestWarning` is
+        emitted when they disagree by more than 1%); required for TIFF.
+    isotropic : bool
+        Resample anisotropic volumes to the finest spacing (see `resample_isotropic`).
+    order : int
+        Spline order of that resampling.
+
+    Returns
+    -------
+    Volume
+        float32 data in ``(x, y, z)`` order and the voxel size in µm.
+
+    Raises
+    ------
+    VolumeError
+        If the file is missing, unreadable, of an unknown type, or fails
+        `check_volume_array`, or its voxel size is unknown.
+
+    Examples
+    --------
+    >>> import numpy as np, tempfile, pathlib
+    >>> f = pathlib.Path(tempfile.mkdtemp()) / "s.nii.gz"
+    >>> _ = write_nifti(f, np.arange(24.0).reshape(2, 3, 4), (5.0, 5.0, 10.0))
+    >>> vol = read_volume(f)
+    >>> vol.data.shape, vol.voxel_size_um
+    ((2, 3, 8), 5.0)
+    """
+    path = Path(path)
+    name = path.name or str(path)
+    if voxel_size_um is not None:
+        (voxel_size_um,) = _positive_finite(voxel_size_um, f"{name}: voxel_size_um")
+    if not path.exists():
+        raise VolumeError(f"{name}: file not found ({path.absolute()})")
+    suffix = None if path.is_dir() else _volume_suffix(path.name)
+    if suffix is None and not path.is_dir():
+        raise VolumeError(
+            f"{name}: unsupported file type; expected one of {', '.join(VOLUME_SUFFIXES)} "
+            "or a folder of TIFF slices"
+        )
+    if suffix in (".nii", ".nii.gz"):
+        data, spacing, informative = _read_nifti(path, name)
+        if voxel_size_um is not None:
+            off = any(abs(s - voxel_size_um) > 0.01 * voxel_size_um for s in spacing)
+            if informative and off:
+                warnings.warn(
+                    f"{name}: voxel_size_um={voxel_size_um:g} overrides the header's voxel "
+                    f"size {tuple(round(s, 6) for s in spacing)} µm",
+                    ManifestWarning,
+                    stacklevel=2,
+                )
+            spacing = (voxel_size_um,) * 3
+        elif not all(math.isfinite(s) and s > 0 for s in spacing):
+            raise VolumeError(
+                f"{name}: header voxel size {spacing} µm is not positive and finite; "
+                "the manifest must give voxel_size_um"
+            )
+    else:
+        data = _read_tiff(path, name)
+        if voxel_size_um is None:
+            raise VolumeError(
+                f"{name}: voxel size unknown; the manifest must give voxel_size_um for TIFF stacks"
+            )
+        spacing = (voxel_size_um,) * 3
+    if isotropic:
+        data, vox = resample_isotropic(data, spacing, order=order)
+        spacing = (vox,) * 3
+    return Volume(
+        data=np.ascontiguousarray(data, dtype=np.float32),
+        voxel_size_um=float(min(spacing)),
+        path=path,
+        spacing_um=tuple(float(s) for s in spacing),
+    )
+
+
+def write_nifti(path, arr, voxel_size_um, *, dtype=np.uint16, description: str | None = None):
+    """Write a NIfTI-1 volume atomically and byte-reproducibly, with units in µm.
+
+    Float input written to an integer `dtype` is scaled into the dtype's range with the
+    scaling stored in ``scl_slope``/``scl_inter``, so `read_volume` recovers the values
+    within quantisation error. Integer input that fits `dtype` is stored unscaled.
+
+    Parameters
+    ----------
+    path : path-like
+        Destination ending in ``.nii`` or ``.nii.gz``.
+    arr : array_like, shape (nx, ny, nz)
+        Finite numeric volume.
+    voxel_size_um : float or sequence of 3 floats
+        Voxel size in µm.
+    dtype : numpy dtype
+        On-disk data type (integer or float).
+    description : str, optional
+        Stored in the header's ``descrip`` field (at most 80 ASCII characters).
+
+    Returns
+    -------
+    pathlib.Path
+
+    Examples
+    --------
+    >>> import numpy as np, tempfile, pathlib
+    >>> f = pathlib.Path(tempfile.mkdtemp()) / "v.nii.gz"
+    >>> _ = write_nifti(f, np.linspace(-1, 1, 27).reshape(3, 3, 3), 4.0)
+    >>> bool(abs(read_volume(f).data.max() - 1.0) < 1e-4)
+    True
+    """
+    path = Path(path)
+    suffix = _volume_suffix(path.name)
+    if suffix not in (".nii", ".nii.gz"):
+        raise ValueError(f"{path.name}: write_nifti writes .nii or .nii.gz, got {path.name!r}")
+    if np.ndim(voxel_size_um) == 0:
+        spacing = _positive_finite(voxel_size_um, "voxel_size_um") * 3
+    else:
+        spacing = _positive_finite(voxel_size_um, "voxel_size_um", count=3)
+    dtype = np.dtype(dtype)
+    if dtype.kind not in "iuf" or dtype.fields is not None:
+        raise ValueError(f"dtype must be an integer or float type, got {dtype}")
+    arr = np.asarray(arr)
+    _check_dtype(arr.dtype, path.name)
+    arr = arr.reshape(_check_shape(arr.shape, path.name))
+    _check_values(arr, path.name, allow_constant=True)
+    if arr.dtype.kind in "iu" and dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        if info.min <= arr.min() and arr.max() <= info.max:
+            arr = arr.astype(dtype)
+    if arr.dtype.kind in "iu" and arr.dtype != dtype:
+        arr = arr.astype(np.float64)
+    img = nib.Nifti1Image(arr, np.diag([*spacing, 1.0]))
+    hdr = img.header
+    hdr.set_data_dtype(dtype)
+    hdr.set_xyzt_units(xyz="micron")
+    if description is not None:
+        if not description.isascii() or len(description) > 80:
+            raise ValueError(
+                f"description must be at most 80 ASCII characters, got {description!r}"
+            )
+        hdr["descrip"] = description.encode("ascii")
+    raw = img.to_bytes()
+    if suffix == ".nii.gz":
+        buf = io.BytesIO()
+        with gzip.GzipFile(filename="", mode="wb", fileobj=buf, mtime=0, compresslevel=6) as gz:
+            gz.write(raw)
+        raw = buf.getvalue()
+    return write_bytes(path, raw)
+
+
+def _lines(rows) -> str:
+    return ", ".join(str(int(r) + 2) for r in rows)
+
+
+def read_manifest(path, data_dir=None, *, check_files: bool = True) -> pd.DataFrame:
+    """Read and validate a collection manifest CSV, reporting every problem at once.
+
+    Columns: ``file`` (relative to `data_dir`, or absolute), ``specimen_id``,
+    ``species``, and optionally ``voxel_size_um`` (empty = take it from the header),
+    ``source`` and ``notes``. Cells are read as strings (``"007"`` stays ``"007"``) and
+    stripped of surrounding whitespace.
+
+    Parameters
+    ----------
+    path : path-like
+        The manifest CSV.
+    data_dir : path-like, optional
+        Folder that relative ``file`` entries are resolved against; defaults to the
+        manifest's folder.
+    check_files : bool
+        Check that listed files exist and warn (`ManifestWarning`) about volume files in
+        `data_dir` that the manifest does not list.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The manifest, with missing optional columns added (``voxel_size_um`` as float,
+        NaN where empty; ``source``/``notes`` as ``""``) and a ``path`` column holding
+        each file's absolute path as a string.
+
+    Raises
+    ------
+    ManifestError
+        Listing every problem found; problem lines are CSV line numbers (header = 1).
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = (d / "m.csv").write_text("file,specimen_id,species\\na.nii,007,Chrysalidina\\n")
+    >>> read_manifest(d / "m.csv", check_files=False).loc[0, "specimen_id"]
+    '007'
+    """
+    path = Path(path)
+    data_dir = Path(data_dir) if data_dir is not None else path.parent
+    if not path.is_file():
+        raise ManifestError([f"manifest file not found: {path.absolute()}"], path)
+    try:
+        df = pd.read_csv(
+            path, dtype=str, keep_default_na=False, skip_blank_lines=False, encoding="utf-8"
+        )
+    except pd.errors.EmptyDataError:
+        raise ManifestError(["the file is empty (no header row)"], path) from None
+    except (pd.errors.ParserError, UnicodeDecodeError, OSError) as exc:
+        raise ManifestError(
+            [f"cannot be read as a CSV ({type(exc).__name__}: {exc})"], path
+        ) from exc
+
+    problems: list[str] = []
+    df.columns = [str(c).strip() for c in df.columns]
+    df = df.apply(lambda s: s.str.strip())
+    df = df[(df != "").any(axis=1)].copy()  # blank lines; the index still maps to CSV lines
+    missing = [c for c in MANIFEST_REQUIRED if c not in df.columns]
+    if missing:
+        problems.append(
+            f"missing required column(s) {', '.join(map(repr, missing))} "
+            f"(found {', '.join(map(repr, df.columns))})"
+        )
+    if df.empty:
+        problems.append("has no data rows")
+    if check_files and not data_dir.is_dir():
+        problems.append(f"data_dir not found: {data_dir.absolute()}")
+    for col in MANIFEST_REQUIRED:
+        if col in df.columns and (df[col] == "").any():
+            problems.append(f"empty {col!r} cell on line(s) {_lines(df.index[df[col] == ''])}")
+
+    for col in _MANIFEST_STRINGS:
+        if col not in df.columns:
+            df[col] = ""
+    voxel = pd.Series(np.nan, index=df.index, dtype=float)
+    if "voxel_size_um" in df.columns:
+        for i, cell in df["voxel_size_um"].items():
+            if cell == "":
+                continue
+            try:
+                v = float(cell)
+            except ValueError:
+                problems.append(f"line {i + 2}: voxel_size_um {cell!r} is not a number")
+                continue
+            if not (math.isfinite(v) and v > 0):
+                problems.append(f"line {i + 2}: voxel_size_um {cell!r} must be positive and finite")
+            voxel[i] = v
+    df["voxel_size_um"] = voxel
+
+    resolved = [Path(os.path.normpath(data_dir.absolute() / f)) if f else None for f in df["file"]]
+    df["path"] = [str(p) if p is not None else "" for p in resolved]
+    for i, f, p in zip(df.index, df["file"], resolved, strict=True):
+        if p is None or p.is_dir():  # a folder of TIFF slices; read_volume checks its content
+            continue
+        if _volume_suffix(f) is None and (Path(f).suffix or p.is_file()):
+            problems.append(
+                f"line {i + 2}: unsupported file type {f!r} "
+                f"(expected {', '.join(VOLUME_SUFFIXES)} or a folder of TIFF slices)"
+            )
+        elif check_files and not p.exists():
+            problems.append(f"line {i + 2}: file not found: {f!r} (looked for {p})")
+
+    listed = df[df["path"] != ""]
+    for _, group in listed.groupby("path", sort=False):
+        if len(group) > 1:
+            rows = group.drop(columns=["path"]).astype(str)
+            kind = "duplicate rows" if len(rows.drop_duplicates()) == 1 else "listed more than once"
+            problems.append(
+                f"{kind}: file {group['file'].iloc[0]!r} on lines {_lines(group.index)}"
+            )
+    ids = df[(df["specimen_id"] != "") & (df["species"] != "")]
+    for sid, group in ids.groupby("specimen_id", sort=False):
+        if group["species"].nunique() > 1:
+            per = ", ".join(f"{s!r} (line {i + 2})" for i, s in group["species"].items())
+            problems.append(f"specimen {sid!r} is listed under different species: {per}")
+
+    if problems:
+        raise ManifestError(problems, path)
+    if check_files:
+        _warn_unlisted(path, data_dir, {Path(p) for p in df["path"]})
+    return df.reset_index(drop=True)
+
+
+def _warn_unlisted(manifest: Path, data_dir: Path, listed: set[Path]) -> None:
+    """One `ManifestWarning` naming volume files in `data_dir` the manifest does not list."""
+    folders = [p for p in listed if p.is_dir()]
+    unlisted = sorted(
+        str(p.relative_to(data_dir.absolute()))
+        for p in data_dir.absolute().rglob("*")
+        if p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(data_dir.absolute()).parts)
+        and _volume_suffix(p.name) is not None
+        and p not in listed
+        and not any(f in p.parents for f in folders)
+    )
+    if unlisted:
+        shown = ", ".join(unlisted[:20]) + (
+            f" and {len(unlisted) - 20} more" if len(unlisted) > 20 else ""
+        )
+        warnings.warn(
+            f"{len(unlisted)} volume file(s) in {data_dir} are not listed in manifest "
+            f"{manifest.name} and will be ignored: {shown}",
+            ManifestWarning,
+            stacklevel=3,
+        )

@@ -1,0 +1,393 @@
+"""Volume I/O, checks, resampling and normalisation (foramlib.volumes)."""
+
+from __future__ import annotations
+
+import gzip
+import warnings
+
+import nibabel as nib
+import numpy as np
+import pytest
+import tifffile
+
+from foramlib.volumes import (
+    ManifestWarning,
+    Volume,
+    VolumeError,
+    check_volume_array,
+    normalize_intensity,
+    read_volume,
+    resample_isotropic,
+    write_nifti,
+)
+
+
+def ramp(shape=(6, 7, 8), lo=-3.0, hi=5.0):
+    """A non-constant float volume with known range."""
+    return np.linspace(lo, hi, int(np.prod(shape))).reshape(shape)
+
+
+def nifti_header(path):
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rb") as f:
+        return nib.Nifti1Header.from_fileobj(f)
+
+
+# --- writing and reading back ------------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+@pytest.mark.parametrize(
+    ("dtype", "levels"), [(np.uint16, 65535), (np.int16, 65535), (np.uint8, 255), (np.float32, 0)]
+)
+def test_round_trip_recovers_values_and_voxel_size(tmp_path, suffix, dtype, levels):
+    arr = ramp()
+    out = write_nifti(tmp_path / f"v{suffix}", arr, 12.5, dtype=dtype)
+    assert out == tmp_path / f"v{suffix}"
+    vol = read_volume(out)
+    assert isinstance(vol, Volume)
+    assert vol.data.dtype == np.float32 and vol.data.shape == arr.shape
+    assert vol.voxel_size_um == pytest.approx(12.5)
+    assert vol.path == out
+    step = (arr.max() - arr.min()) / levels if levels else 0.0
+    np.testing.assert_allclose(vol.data, arr, atol=step / 2 + 1e-5 * np.abs(arr).max())
+    hdr = nifti_header(out)
+    assert hdr.get_data_dtype() == np.dtype(dtype)
+    assert hdr.get_xyzt_units()[0] == "micron"
+
+
+def test_float_to_integer_scaling_is_stored_in_header(tmp_path):
+    arr = ramp(lo=-1.0, hi=1.0)
+    write_nifti(tmp_path / "v.nii", arr, 3.0, dtype=np.uint16)
+    slope, inter = (float(v) for v in nifti_header(tmp_path / "v.nii").get_slope_inter())
+    assert slope == pytest.approx(2.0 / 65535, rel=1e-3)
+    assert inter != 0.0
+
+
+def test_integer_input_that_fits_is_stored_unscaled(tmp_path):
+    labels = np.arange(60, dtype=np.uint8).reshape(3, 4, 5)
+    write_nifti(tmp_path / "l.nii.gz", labels, 2.0, dtype=np.uint16)
+    raw = np.asanyarray(nib.load(tmp_path / "l.nii.gz").dataobj.get_unscaled())
+    np.testing.assert_array_equal(raw, labels)
+    np.testing.assert_array_equal(read_volume(tmp_path / "l.nii.gz").data, labels)
+
+
+def test_description_and_zooms_are_written(tmp_path):
+    write_nifti(tmp_path / "v.nii", ramp(), (2.0, 3.0, 4.0), description="virtual specimen")
+    hdr = nifti_header(tmp_path / "v.nii")
+    assert hdr["descrip"].item() == b"virtual specimen"
+    assert tuple(float(z) for z in hdr.get_zooms()) == (2.0, 3.0, 4.0)
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+def test_writes_are_byte_identical(tmp_path, suffix):
+    arr = np.random.default_rng(0).random((9, 8, 7))
+    a = write_nifti(tmp_path / "one" / f"a{suffix}", arr, 5.0, description="x")
+    b = write_nifti(tmp_path / "two" / f"other_name{suffix}", arr.copy(), 5.0, description="x")
+    assert a.read_bytes() == b.read_bytes()
+    if suffix == ".nii.gz":
+        head = a.read_bytes()[:10]
+        assert head[4:8] == b"\0\0\0\0"  # gzip mtime
+        assert not head[3] & 0x08  # no FNAME field
+    assert sorted(p.name for p in (tmp_path / "one").iterdir()) == [f"a{suffix}"]  # no temp left
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"path": "v.nrrd"}, "writes .nii or .nii.gz"),
+        ({"voxel_size_um": 0.0}, "voxel_size_um must be a positive finite number, got 0.0"),
+        ({"voxel_size_um": (1.0, 2.0)}, r"voxel_size_um must be 3 positive finite numbers"),
+        ({"dtype": np.complex64}, "dtype must be an integer or float type, got complex64"),
+        ({"description": "x" * 81}, "description must be at most 80 ASCII characters"),
+        ({"arr": np.full((3, 3, 3), np.nan)}, "27 NaN"),
+        ({"arr": np.ones((3, 3))}, "is 2-D"),
+    ],
+)
+def test_write_nifti_refuses_bad_arguments(tmp_path, kwargs, match):
+    args = {"path": "v.nii.gz", "arr": ramp(), "voxel_size_um": 5.0, **kwargs}
+    path = tmp_path / args.pop("path")
+    with pytest.raises(ValueError, match=match):
+        write_nifti(path, args.pop("arr"), args.pop("voxel_size_um"), **args)
+    assert list(tmp_path.iterdir()) == []
+
+
+# --- header units and voxel size ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("unit", "zoom", "expected_um"),
+    [("micron", 5.0, 5.0), ("mm", 0.005, 5.0), ("meter", 5e-6, 5.0), ("unknown", 0.004, 4.0)],
+)
+def test_header_units_are_converted_to_micrometres(tmp_path, unit, zoom, expected_um):
+    img = nib.Nifti1Image(ramp().astype(np.float32), np.diag([zoom, zoom, zoom, 1.0]))
+    img.header.set_xyzt_units(xyz=unit)
+    nib.save(img, tmp_path / "v.nii")
+    assert read_volume(tmp_path / "v.nii").voxel_size_um == pytest.approx(expected_um, rel=1e-5)
+
+
+def test_voxel_size_argument_overrides_header_with_warning(tmp_path):
+    write_nifti(tmp_path / "v.nii.gz", ramp(), 7.0)
+    with pytest.warns(
+        ManifestWarning, match=r"v\.nii\.gz: voxel_size_um=10 .*\(7\.0, 7\.0, 7\.0\)"
+    ):
+        vol = read_volume(tmp_path / "v.nii.gz", voxel_size_um=10)
+    assert vol.voxel_size_um == 10.0
+
+
+@pytest.mark.parametrize("given", [7.0, 7.05])
+def test_voxel_size_agreeing_within_one_percent_does_not_warn(tmp_path, given):
+    write_nifti(tmp_path / "v.nii.gz", ramp(), 7.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert read_volume(tmp_path / "v.nii.gz", voxel_size_um=given).voxel_size_um == given
+
+
+def test_default_header_without_units_does_not_warn(tmp_path):
+    nib.save(nib.Nifti1Image(ramp().astype(np.float32), np.eye(4)), tmp_path / "v.nii")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert read_volume(tmp_path / "v.nii", voxel_size_um=3.0).voxel_size_um == 3.0
+
+
+def test_non_finite_header_voxel_size_needs_manifest_value(tmp_path):
+    img = nib.Nifti1Image(ramp().astype(np.float32), np.eye(4))
+    img.header.set_xyzt_units(xyz="micron")
+    raw = bytearray(img.to_bytes())
+    raw[80:92] = np.array([np.nan, np.inf, 1.0], "<f4").tobytes()  # pixdim[1:4]
+    (tmp_path / "z.nii").write_bytes(bytes(raw))
+    with pytest.raises(
+        VolumeError, match=r"z\.nii: header voxel size \(nan, inf, 1\.0\) µm is not"
+    ):
+        read_volume(tmp_path / "z.nii")
+    with pytest.warns(ManifestWarning, match="overrides the header"):
+        assert read_volume(tmp_path / "z.nii", voxel_size_um=2.0).voxel_size_um == 2.0
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, float("nan"), "abc"])
+def test_read_volume_refuses_bad_voxel_size_argument(tmp_path, bad):
+    write_nifti(tmp_path / "v.nii", ramp(), 7.0)
+    with pytest.raises(ValueError, match=r"v\.nii: voxel_size_um must be a positive finite"):
+        read_volume(tmp_path / "v.nii", voxel_size_um=bad)
+
+
+# --- anisotropic voxels ------------------------------------------------------------
+
+
+def test_anisotropic_nifti_is_resampled_to_finest_spacing(tmp_path):
+    write_nifti(tmp_path / "a.nii.gz", ramp((4, 6, 5)), (5.0, 10.0, 15.0), dtype=np.float32)
+    vol = read_volume(tmp_path / "a.nii.gz")
+    assert vol.data.shape == (4, 12, 15)
+    assert vol.voxel_size_um == 5.0 and vol.spacing_um == (5.0, 5.0, 5.0)
+    raw = read_volume(tmp_path / "a.nii.gz", isotropic=False)
+    assert raw.data.shape == (4, 6, 5)
+    assert raw.spacing_um == (5.0, 10.0, 15.0) and raw.voxel_size_um == 5.0
+
+
+def test_resample_isotropic_interpolates_and_keeps_ends():
+    arr = np.zeros((2, 2, 3))
+    arr[..., :] = [0.0, 10.0, 20.0]
+    out, vox = resample_isotropic(arr, (1.0, 1.0, 2.0))
+    assert out.shape == (2, 2, 6) and vox == 1.0
+    assert out[0, 0, 0] == pytest.approx(0.0) and out[0, 0, -1] == pytest.approx(20.0)
+    assert np.all(np.diff(out[0, 0]) > 0)  # monotone ramp survives
+
+
+@pytest.mark.parametrize("spacing", [(3.0, 3.0, 3.0), (3.0, 3.0, 3.0 * (1 + 5e-7))])
+def test_resample_isotropic_is_a_no_op_when_isotropic(spacing):
+    arr = ramp()
+    out, vox = resample_isotropic(arr, spacing)
+    assert out is arr and vox == 3.0
+
+
+@pytest.mark.parametrize("spacing", [(0.0, 1.0, 1.0), (-1, 1, 1), (np.nan, 1, 1), (1, 1), "abc"])
+def test_resample_isotropic_refuses_bad_spacing(spacing):
+    with pytest.raises(ValueError, match=r"spacing_um must be 3 positive finite numbers, got"):
+        resample_isotropic(ramp(), spacing)
+
+
+def test_resample_isotropic_refuses_bad_order_and_shape():
+    with pytest.raises(ValueError, match="order must be an integer from 0 to 5, got 7"):
+        resample_isotropic(ramp(), (1, 1, 2), order=7)
+    with pytest.raises(ValueError, match=r"arr must be 3-D, got shape \(3, 3\)"):
+        resample_isotropic(np.ones((3, 3)), (1, 1, 2))
+
+
+# --- TIFF --------------------------------------------------------------------------
+
+
+def test_tiff_stack_is_read_in_xyz_order(tmp_path):
+    zyx = np.arange(6 * 4 * 5, dtype=np.uint16).reshape(6, 4, 5)
+    tifffile.imwrite(tmp_path / "s.tif", zyx, photometric="minisblack")
+    vol = read_volume(tmp_path / "s.tif", voxel_size_um=2.0)
+    assert vol.data.dtype == np.float32 and vol.voxel_size_um == 2.0
+    np.testing.assert_array_equal(vol.data, zyx.transpose(2, 1, 0))
+
+
+def test_tiff_stack_without_voxel_size_is_refused(tmp_path):
+    tifffile.imwrite(
+        tmp_path / "s.tiff", ramp((6, 4, 5)).astype(np.float32), photometric="minisblack"
+    )
+    with pytest.raises(VolumeError, match="s.tiff: .*manifest must give voxel_size_um for TIFF"):
+        read_volume(tmp_path / "s.tiff")
+
+
+def test_tiff_folder_is_stacked_in_natural_order(tmp_path):
+    folder = tmp_path / "spec"
+    folder.mkdir()
+    for z in (1, 2, 10):  # lexical order would put 10 before 2
+        tifffile.imwrite(folder / f"slice_{z}.tif", np.full((4, 5), z, dtype=np.uint8))
+    (folder / "notes.txt").write_text("ignored")
+    vol = read_volume(folder, voxel_size_um=3.0)
+    assert vol.data.shape == (5, 4, 3)
+    assert vol.data[0, 0].tolist() == [1.0, 2.0, 10.0]
+
+
+def test_tiff_folder_with_mismatched_slices_is_refused(tmp_path):
+    tifffile.imwrite(tmp_path / "s1.tif", np.ones((4, 5), np.uint8))
+    tifffile.imwrite(tmp_path / "s2.tif", np.ones((4, 6), np.uint8))
+    with pytest.raises(VolumeError, match=r"slice s2\.tif has shape \(4, 6\) but s1\.tif has"):
+        read_volume(tmp_path, voxel_size_um=1.0)
+
+
+def test_empty_tiff_folder_is_refused(tmp_path):
+    with pytest.raises(VolumeError, match="folder contains no .tif/.tiff slices"):
+        read_volume(tmp_path, voxel_size_um=1.0)
+
+
+def test_single_page_tiff_is_refused_as_2d(tmp_path):
+    tifffile.imwrite(tmp_path / "one.tif", ramp((4, 5)).astype(np.float32))
+    with pytest.raises(VolumeError, match=r"one\.tif: is 2-D \(shape \(4, 5\)\)"):
+        read_volume(tmp_path / "one.tif", voxel_size_um=1.0)
+
+
+# --- unreadable files --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["bad.nii.gz", "bad.nii", "bad.tif"])
+def test_random_bytes_are_refused_as_corrupt(tmp_path, name):
+    (tmp_path / name).write_bytes(np.random.default_rng(1).bytes(2000))
+    with pytest.raises(VolumeError, match=f"^{name}: cannot be read: truncated or corrupt file"):
+        read_volume(tmp_path / name, voxel_size_um=1.0)
+
+
+@pytest.mark.parametrize(("suffix", "cause"), [(".nii.gz", "EOFError"), (".nii", "OSError")])
+def test_truncated_nifti_is_refused(tmp_path, suffix, cause):
+    data = write_nifti(tmp_path / f"ok{suffix}", np.random.default_rng(0).random((32,) * 3), 1.0)
+    data = data.read_bytes()
+    (tmp_path / f"cut{suffix}").write_bytes(data[: len(data) // 2])  # header intact, data cut
+    with pytest.raises(VolumeError, match=f"cut{suffix}: cannot be read: .*corrupt.*{cause}"):
+        read_volume(tmp_path / f"cut{suffix}")
+
+
+def test_missing_file_is_a_volume_error(tmp_path):
+    with pytest.raises(VolumeError, match=r"^gone\.nii\.gz: file not found \(.*gone\.nii\.gz\)"):
+        read_volume(tmp_path / "gone.nii.gz")
+
+
+@pytest.mark.parametrize("name", ["scan.png", "scan.nrrd", "scan"])
+def test_unknown_extension_is_refused(tmp_path, name):
+    (tmp_path / name).write_bytes(b"data")
+    with pytest.raises(VolumeError, match=f"^{name}: unsupported file type"):
+        read_volume(tmp_path / name, voxel_size_um=1.0)
+
+
+@pytest.mark.parametrize(
+    ("arr", "match"),
+    [
+        (np.full((3, 3, 3), np.nan, dtype=np.float32), "27 NaN"),
+        (np.ones((3, 3, 3, 2), dtype=np.float32), "is 4-D with 2 volumes"),
+        (np.ones((3, 3, 3), dtype=np.complex64), "unsupported data type complex64"),
+        (np.full((3, 3, 3), 4, dtype=np.int16), r"is constant \(every voxel equals 4\.0\)"),
+    ],
+)
+def test_bad_nifti_content_is_refused_with_file_name(tmp_path, arr, match):
+    nib.save(nib.Nifti1Image(arr, np.eye(4)), tmp_path / "bad.nii")
+    with pytest.raises(VolumeError, match=f"^bad.nii: .*{match}"):
+        read_volume(tmp_path / "bad.nii")
+
+
+def test_4d_nifti_with_one_volume_is_accepted(tmp_path):
+    arr = ramp((3, 4, 5, 1)).astype(np.float32)
+    nib.save(nib.Nifti1Image(arr, np.eye(4)), tmp_path / "v.nii.gz")
+    vol = read_volume(tmp_path / "v.nii.gz", voxel_size_um=1.0)
+    np.testing.assert_array_equal(vol.data, arr[..., 0])
+
+
+# --- array checks ------------------------------------------------------------------
+
+
+def _with_nans(n):
+    arr = ramp()
+    arr.flat[:n] = np.nan
+    return arr
+
+
+def _with_infs():
+    arr = ramp()
+    arr.flat[0], arr.flat[5] = np.inf, -np.inf
+    return arr
+
+
+@pytest.mark.parametrize(
+    ("arr", "match"),
+    [
+        (np.ones((64, 64)), r"^vol: is 2-D \(shape \(64, 64\)\); expected a 3-D volume$"),
+        (np.arange(5.0), r"^vol: is 1-D \(shape \(5,\)\); expected a 3-D volume"),
+        (np.ones((2, 2, 2, 2)), r"^vol: is 4-D with 2 volumes \(shape \(2, 2, 2, 2\)\)"),
+        (np.ones((2, 2, 2, 1, 1)), r"^vol: is 5-D"),
+        (np.ones((0, 4, 4)), r"^vol: is empty \(shape \(0, 4, 4\)\)"),
+        (np.ones((3, 3, 3)), r"^vol: is constant \(every voxel equals 1\.0\)"),
+        (_with_nans(3), r"^vol: contains 3 NaN and 0 infinite voxel\(s\) out of 336"),
+        (_with_infs(), r"^vol: contains 0 NaN and 2 infinite voxel\(s\)"),
+        (np.ones((3, 3, 3), dtype=complex), "unsupported data type complex128"),
+        (np.ones((3, 3, 3), dtype=bool), "unsupported data type bool"),
+        (np.ones((3, 3, 3), dtype=object), "unsupported data type object"),
+        (np.zeros((3, 3, 3), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")]), "unsupported"),
+    ],
+)
+def test_check_volume_array_refuses(arr, match):
+    with pytest.raises(VolumeError, match=match):
+        check_volume_array(arr, name="vol")
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.uint16, np.float32, np.float64])
+def test_check_volume_array_accepts_numeric_3d(dtype):
+    arr = np.arange(24).reshape(2, 3, 4).astype(dtype)
+    out = check_volume_array(arr)
+    assert out.dtype == dtype and out.shape == (2, 3, 4)
+    assert check_volume_array(arr[..., None]).shape == (2, 3, 4)
+
+
+def test_volume_error_is_a_value_error():
+    with pytest.raises(ValueError, match="^volume: is 2-D"):
+        check_volume_array(np.ones((2, 2)))
+
+
+# --- intensity normalisation -------------------------------------------------------
+
+
+def test_normalize_intensity_scales_and_clips_outliers():
+    arr = np.concatenate([np.linspace(0, 100, 998), [-1e6, 1e6]]).reshape(10, 10, 10)
+    out = normalize_intensity(arr)
+    assert out.dtype == np.float32 and out.min() == 0.0 and out.max() == 1.0
+    # Outliers do not squash the bulk: the median maps near the middle.
+    assert np.median(out) == pytest.approx(0.5, abs=0.01)
+
+
+def test_normalize_intensity_falls_back_to_min_max():
+    arr = np.zeros((10, 10, 10))
+    arr[0, 0, 0] = 4.0  # 0.5 and 99.5 percentiles are both 0
+    out = normalize_intensity(arr)
+    assert out[0, 0, 0] == 1.0 and out.sum() == 1.0
+
+
+def test_normalize_intensity_refuses_constant():
+    with pytest.raises(VolumeError, match=r"is constant \(every voxel equals 2\.0\)"):
+        normalize_intensity(np.full((3, 3, 3), 2.0))
+
+
+@pytest.mark.parametrize(("low", "high"), [(-1, 50), (50, 50), (60, 40), (0, 101)])
+def test_normalize_intensity_refuses_bad_percentiles(low, high):
+    with pytest.raises(ValueError, match=f"low={low!r}, high={high!r}"):
+        normalize_intensity(ramp(), low, high)
