@@ -19,9 +19,13 @@ from foramlib.atomic import write_text
 
 
 def machine() -> dict:
-    return dict(node=platform.node(), processor=platform.processor() or platform.machine(),
-                cpu_count=os.cpu_count(), python=platform.python_version(),
-                system=f"{platform.system()} {platform.release()}")
+    return dict(
+        node=platform.node(),
+        processor=platform.processor() or platform.machine(),
+        cpu_count=os.cpu_count(),
+        python=platform.python_version(),
+        system=f"{platform.system()} {platform.release()}",
+    )
 
 
 def main() -> None:
@@ -36,17 +40,32 @@ def main() -> None:
     taxa = virtual.taxa_preset(args.preset)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        manifest = virtual.synthesize_collection(Path(tmp) / "virtual", taxa, seed=args.seed,
-                                                 shape=args.shape, supersample=args.supersample,
-                                                 n_jobs=args.n_jobs, progress=None)
+        manifest = virtual.synthesize_collection(
+            Path(tmp) / "virtual",
+            taxa,
+            seed=args.seed,
+            shape=args.shape,
+            supersample=args.supersample,
+            n_jobs=args.n_jobs,
+            progress=None,
+        )
         seconds = time.perf_counter() - t0
         size = sum(f.stat().st_size for f in (Path(tmp) / "virtual").iterdir())
-    result = dict(benchmark="synthesize_collection", preset=args.preset, shape=args.shape,
-                  supersample=args.supersample, n_jobs=args.n_jobs, n_volumes=len(manifest),
-                  seconds=round(seconds, 1), seconds_per_volume=round(seconds / len(manifest), 2),
-                  megabytes=round(size / 1e6, 1), goal_seconds=600,
-                  meets_goal=seconds <= 600, machine=machine(),
-                  date=time.strftime("%Y-%m-%d"))
+    result = dict(
+        benchmark="synthesize_collection",
+        preset=args.preset,
+        shape=args.shape,
+        supersample=args.supersample,
+        n_jobs=args.n_jobs,
+        n_volumes=len(manifest),
+        seconds=round(seconds, 1),
+        seconds_per_volume=round(seconds / len(manifest), 2),
+        megabytes=round(size / 1e6, 1),
+        goal_seconds=600,
+        meets_goal=seconds <= 600,
+        machine=machine(),
+        date=time.strftime("%Y-%m-%d"),
+    )
     write_text(args.out, json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 

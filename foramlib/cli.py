@@ -1,4 +1,4 @@
-"""Command line entry points: ``foramlib profile NAME`` and ``foramlib book``.
+"""Command line entry points: ``foramlib run``, ``foramlib profile`` and ``foramlib book``.
 
 Run as ``python -m foramlib.cli ...`` (or ``foramlib ...`` once installed).
 """
@@ -22,6 +22,15 @@ def _profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run(args: argparse.Namespace) -> int:
+    from foramlib.stages import parse_parameter, run_notebook
+
+    params = {name: parse_parameter(value) for name, value in args.parameter}
+    out = run_notebook(args.notebook, args.output, params)
+    print(f"stage notebook executed: {out}")
+    return 0
+
+
 def _book(args: argparse.Namespace) -> int:
     from foramlib.book import build_book
 
@@ -34,6 +43,20 @@ def main(argv: list[str] | None = None) -> int:
     """Parse `argv` and run the chosen command; errors print one line and exit 2."""
     parser = argparse.ArgumentParser(prog="foramlib", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="execute a stage notebook with papermill, atomically")
+    r.add_argument("notebook", help="the stage notebook, e.g. notebooks/curate.ipynb")
+    r.add_argument("output", help="the executed copy, e.g. reports/curate.ipynb")
+    r.add_argument(
+        "-p",
+        "--parameter",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "VALUE"),
+        help="a parameter (value parsed as YAML)",
+    )
+    r.set_defaults(func=_run)
 
     p = sub.add_parser("profile", help="make a kept profile the active params.yaml")
     p.add_argument("name", nargs="?", help="profile name (omit to list them)")

@@ -27,8 +27,15 @@ import yaml
 
 from foramlib.atomic import write_text
 
-__all__ = ["ParamsError", "SCHEMA", "load_params", "validate_params", "use_profile",
-           "available_profiles", "get"]
+__all__ = [
+    "ParamsError",
+    "SCHEMA",
+    "load_params",
+    "validate_params",
+    "use_profile",
+    "available_profiles",
+    "get",
+]
 
 
 class ParamsError(ValueError):
@@ -42,6 +49,7 @@ def _positive_int(v: Any) -> bool:
 def _int_at_least(lo: int) -> Callable[[Any], bool]:
     def check(v: Any) -> bool:
         return isinstance(v, int) and not isinstance(v, bool) and v >= lo
+
     check.__doc__ = f"an integer >= {lo}"
     return check
 
@@ -49,6 +57,7 @@ def _int_at_least(lo: int) -> Callable[[Any], bool]:
 def _one_of(*choices: str) -> Callable[[Any], bool]:
     def check(v: Any) -> bool:
         return v in choices
+
     check.__doc__ = f"one of {list(choices)}"
     return check
 
@@ -64,8 +73,10 @@ _positive_int.__doc__ = "an integer >= 1"
 SCHEMA: dict[str, tuple[Callable[[Any], bool], str]] = {
     "profile": (_one_of("quick", "paper", "custom"), "name of the profile these values come from"),
     "seed": (_int_at_least(0), "master random seed of the whole pipeline"),
-    "data.source": (_one_of("virtual", "manifest"),
-                    "virtual: generate the embedded collection; manifest: your own scans"),
+    "data.source": (
+        _one_of("virtual", "manifest"),
+        "virtual: generate the embedded collection; manifest: your own scans",
+    ),
     "data.raw_dir": (_nonempty_str, "folder holding the volumes the manifest lists"),
     "data.manifest": (_nonempty_str, "manifest CSV (file, specimen_id, species, ...)"),
     "virtual.preset": (_one_of("paper", "tiny"), "which virtual collection to generate"),
@@ -107,7 +118,9 @@ def validate_params(params: Any, source: str = "params") -> dict:
         unknown keys (usually typos).
     """
     if not isinstance(params, dict):
-        raise ParamsError(f"{source}: expected a mapping of parameters, got {type(params).__name__}")
+        raise ParamsError(
+            f"{source}: expected a mapping of parameters, got {type(params).__name__}"
+        )
     flat = _flatten(params)
     problems = []
     for key, (check, meaning) in SCHEMA.items():
@@ -147,8 +160,11 @@ def available_profiles(profiles_dir: str | os.PathLike = "profiles") -> list[str
     return sorted(p.stem for p in Path(profiles_dir).glob("*.yaml"))
 
 
-def use_profile(name: str, params_path: str | os.PathLike = "params.yaml",
-                profiles_dir: str | os.PathLike = "profiles") -> Path:
+def use_profile(
+    name: str,
+    params_path: str | os.PathLike = "params.yaml",
+    profiles_dir: str | os.PathLike = "profiles",
+) -> Path:
     """Make `name` the active profile: validate it, then copy it onto `params_path`.
 
     The copy is atomic and byte-for-byte, comments included, so ``params.yaml`` keeps

@@ -40,15 +40,19 @@ def summarize_taxa(manifest: pd.DataFrame, min_models: int) -> pd.DataFrame:
     if missing:
         raise ValueError(f"manifest lacks column(s) {sorted(missing)}")
     grouped = manifest.groupby("species", sort=False)
-    taxa = pd.DataFrame({
-        "n_volumes": grouped["file"].count(),
-        "n_specimens": grouped["specimen_id"].nunique(),
-    })
+    taxa = pd.DataFrame(
+        {
+            "n_volumes": grouped["file"].count(),
+            "n_specimens": grouped["specimen_id"].nunique(),
+        }
+    )
     taxa["repeat_scans"] = taxa["n_volumes"] - taxa["n_specimens"]
     taxa["kept"] = taxa["n_specimens"] >= min_models
     taxa = taxa.reset_index().sort_values(
-        ["kept", "n_specimens", "n_volumes", "species"], ascending=[False, False, False, True],
-        kind="stable")
+        ["kept", "n_specimens", "n_volumes", "species"],
+        ascending=[False, False, False, True],
+        kind="stable",
+    )
     return taxa.reset_index(drop=True)
 
 
@@ -73,7 +77,8 @@ def curate(manifest: pd.DataFrame, min_models: int = 4) -> tuple[pd.DataFrame, p
         best = taxa.iloc[0]
         raise CurationError(
             f"no taxon has >= {min_models} distinct specimens (min_models); the best is "
-            f"{best['species']!r} with {best['n_specimens']}. Lower curate.min_models or add scans.")
+            f"{best['species']!r} with {best['n_specimens']}. Lower curate.min_models or add scans."
+        )
     curated = manifest[manifest["species"].isin(kept)].reset_index(drop=True)
     return curated, taxa
 
@@ -100,12 +105,21 @@ def inspect_volumes(manifest: pd.DataFrame) -> pd.DataFrame:
             problems.append(str(exc))
             continue
         data = vol.data
-        rows.append(dict(file=row.file, shape="x".join(map(str, data.shape)),
-                         voxel_size_um=vol.voxel_size_um, min=float(data.min()),
-                         max=float(data.max()), median=float(np.median(data))))
+        rows.append(
+            dict(
+                file=row.file,
+                shape="x".join(map(str, data.shape)),
+                voxel_size_um=vol.voxel_size_um,
+                min=float(data.min()),
+                max=float(data.max()),
+                median=float(np.median(data)),
+            )
+        )
     if problems:
-        raise VolumeError(f"{len(problems)} of {len(manifest)} volume(s) cannot be used:\n"
-                          + "\n".join(f"  - {p}" for p in problems))
+        raise VolumeError(
+            f"{len(problems)} of {len(manifest)} volume(s) cannot be used:\n"
+            + "\n".join(f"  - {p}" for p in problems)
+        )
     return pd.DataFrame(rows)
 
 

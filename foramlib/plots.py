@@ -53,8 +53,9 @@ def orthogonal_views(volume: np.ndarray) -> list[np.ndarray]:
     return [projection, v[cx, :, :], v[:, cy, :], v[:, :, cz]]
 
 
-def collection_figure(volumes: Sequence[np.ndarray], labels: Sequence[str], *,
-                      title: str, ncols: int = 4):
+def collection_figure(
+    volumes: Sequence[np.ndarray], labels: Sequence[str], *, title: str, ncols: int = 4
+):
     """One panel per taxon: projection + three orthogonal sections (like paper Fig. 2).
 
     Parameters

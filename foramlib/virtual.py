@@ -82,11 +82,15 @@ class TaxonSpec:
 
     def __post_init__(self) -> None:
         if self.plan not in _PLANS:
-            raise ValueError(f"TaxonSpec {self.species!r}: unknown plan {self.plan!r}; "
-                             f"valid plans: {sorted(_PLANS)}")
+            raise ValueError(
+                f"TaxonSpec {self.species!r}: unknown plan {self.plan!r}; "
+                f"valid plans: {sorted(_PLANS)}"
+            )
         if not 1 <= self.n_specimens <= self.n_volumes:
-            raise ValueError(f"TaxonSpec {self.species!r}: need 1 <= n_specimens <= n_volumes, "
-                             f"got n_specimens={self.n_specimens}, n_volumes={self.n_volumes}")
+            raise ValueError(
+                f"TaxonSpec {self.species!r}: need 1 <= n_specimens <= n_volumes, "
+                f"got n_specimens={self.n_specimens}, n_volumes={self.n_volumes}"
+            )
 
 
 @dataclass(frozen=True)
@@ -254,10 +258,17 @@ def _u(rng, lo, hi):
 def _sample_chrysalidina(rng):
     h = _u(rng, 0.6, 1.5)
     radius = h / _u(rng, 1.5, 2.5)
-    return dict(height=h, radius=radius, dome=_u(rng, 0.1, 0.3) * radius,
-                n_levels=int(rng.integers(7, 12)), twist=_u(rng, -0.6, 0.6),
-                central=_u(rng, 0.35, 0.5), pillar_spacing=radius * _u(rng, 0.18, 0.26),
-                wall_type="agglutinated", extent=(radius, radius, h / 2 + 0.15 * radius))
+    return dict(
+        height=h,
+        radius=radius,
+        dome=_u(rng, 0.1, 0.3) * radius,
+        n_levels=int(rng.integers(7, 12)),
+        twist=_u(rng, -0.6, 0.6),
+        central=_u(rng, 0.35, 0.5),
+        pillar_spacing=radius * _u(rng, 0.18, 0.26),
+        wall_type="agglutinated",
+        extent=(radius, radius, h / 2 + 0.15 * radius),
+    )
 
 
 def _build_chrysalidina(g: Grid, m) -> Parts:
@@ -282,16 +293,22 @@ def _build_chrysalidina(g: Grid, m) -> Parts:
 
 def _sample_ataxophragmium(rng):
     size = _u(rng, 0.5, 1.4)
-    return dict(size=size, n=int(rng.integers(9, 15)), turns=_u(rng, 2.0, 3.0),
-                elong=_u(rng, 0.9, 1.4), wall_type="agglutinated",
-                extent=(0.55 * size, 0.55 * size, 0.55 * size * 1.4))
+    return dict(
+        size=size,
+        n=int(rng.integers(9, 15)),
+        turns=_u(rng, 2.0, 3.0),
+        elong=_u(rng, 0.9, 1.4),
+        wall_type="agglutinated",
+        extent=(0.55 * size, 0.55 * size, 0.55 * size * 1.4),
+    )
 
 
 def _build_ataxophragmium(g: Grid, m, rng) -> Parts:
     s = m["size"]
     n = m["n"]
-    centres, radii = _trochospiral_chambers(rng, n, 0.08 * s, 0.32 * s, 0.55 * s * m["elong"],
-                                            m["turns"], 0.22 * s)
+    centres, radii = _trochospiral_chambers(
+        rng, n, 0.08 * s, 0.32 * s, 0.55 * s * m["elong"], m["turns"], 0.22 * s
+    )
     centres[:, 2] -= 0.3 * s * m["elong"]
     solid, wall = _chamber_union(g, centres, radii, np.full(n, 0.9), g.thick(0.03 * s))
     return Parts(solid, wall)
@@ -300,14 +317,21 @@ def _build_ataxophragmium(g: Grid, m, rng) -> Parts:
 def _sample_minoxia(rng):
     h = _u(rng, 0.35, 0.9)
     radius = h / _u(rng, 1.2, 2.0)
-    return dict(height=h, radius=radius, n=int(rng.integers(10, 16)), turns=_u(rng, 2.5, 4.0),
-                wall_type="agglutinated", extent=(radius * 1.15, radius * 1.15, h * 0.65))
+    return dict(
+        height=h,
+        radius=radius,
+        n=int(rng.integers(10, 16)),
+        turns=_u(rng, 2.5, 4.0),
+        wall_type="agglutinated",
+        extent=(radius * 1.15, radius * 1.15, h * 0.65),
+    )
 
 
 def _build_minoxia(g: Grid, m, rng) -> Parts:
     h, rad = m["height"], m["radius"]
-    centres, radii = _trochospiral_chambers(rng, m["n"], 0.2 * rad, 0.6 * rad, 0.8 * h,
-                                            m["turns"], 0.4 * rad)
+    centres, radii = _trochospiral_chambers(
+        rng, m["n"], 0.2 * rad, 0.6 * rad, 0.8 * h, m["turns"], 0.4 * rad
+    )
     centres[:, 2] -= 0.45 * h
     solid, wall = _chamber_union(g, centres, radii, np.full(m["n"], 0.7), g.thick(0.05 * rad))
     return Parts(solid, wall)
@@ -320,15 +344,22 @@ def _sample_lens_with_laterals(rng, diameter, ratio, spines):
     spine_len = _u(rng, 0.35, 0.8) * radius if spines else 0.0
     angles = np.sort(rng.uniform(0, 2 * np.pi, n_spines) if spines else np.zeros(0))
     if spines:  # spread them out a little: real spines are roughly evenly spaced
-        angles = np.linspace(0, 2 * np.pi, n_spines, endpoint=False) + rng.normal(0, 0.25,
-                                                                                   n_spines)
+        angles = np.linspace(0, 2 * np.pi, n_spines, endpoint=False) + rng.normal(0, 0.25, n_spines)
     tilts = rng.normal(0, 0.15, n_spines)
     reach = radius + spine_len
-    return dict(radius=radius, half=half, spine_len=spine_len, spine_angles=angles.tolist(),
-                spine_tilts=tilts.tolist(), ring=radius * _u(rng, 0.14, 0.2),
-                cell=radius * _u(rng, 0.16, 0.22), layer=half * _u(rng, 0.25, 0.35),
-                pillar_spacing=radius * _u(rng, 0.22, 0.32),
-                wall_type="hyaline", extent=(reach, reach, half * 1.05))
+    return dict(
+        radius=radius,
+        half=half,
+        spine_len=spine_len,
+        spine_angles=angles.tolist(),
+        spine_tilts=tilts.tolist(),
+        ring=radius * _u(rng, 0.14, 0.2),
+        cell=radius * _u(rng, 0.16, 0.22),
+        layer=half * _u(rng, 0.25, 0.35),
+        pillar_spacing=radius * _u(rng, 0.22, 0.32),
+        wall_type="hyaline",
+        extent=(reach, reach, half * 1.05),
+    )
 
 
 def _sample_orbitoides(rng):
@@ -356,8 +387,9 @@ def _lens_interior(g: Grid, m, t):
     floors = _near_integer(layer_idx, m["layer"], t / 2)
     # chessboard: each lateral layer's cells are offset by half a cell from the next
     shift = 0.5 * (np.floor(layer_idx) % 2)
-    cells = (_near_integer(g.x / m["cell"] + shift, m["cell"], t / 2)
-             | _near_integer(g.y / m["cell"] + shift, m["cell"], t / 2))
+    cells = _near_integer(g.x / m["cell"] + shift, m["cell"], t / 2) | _near_integer(
+        g.y / m["cell"] + shift, m["cell"], t / 2
+    )
     pillar_r = 0.16 * m["pillar_spacing"] * (1.3 - 0.6 * np.clip(g.r / radius, 0, 1))
     pillars = _pillars(g.x, g.y, m["pillar_spacing"], pillar_r) & lateral
     return eq_walls | eq_floor | (lateral & (floors | cells)) | pillars
@@ -396,10 +428,16 @@ def _build_baculogypsina(g: Grid, m) -> Parts:
 def _sample_elphidiella(rng):
     radius = _u(rng, 0.25, 0.6)
     half = radius * _u(rng, 0.4, 0.55)
-    return dict(radius=radius, half=half, growth=_u(rng, 1.9, 2.3),
-                per_whorl=int(rng.integers(9, 13)), dimple=_u(rng, 0.25, 0.4),
-                n_pores=int(rng.integers(3, 6)), wall_type="hyaline",
-                extent=(radius, radius, half))
+    return dict(
+        radius=radius,
+        half=half,
+        growth=_u(rng, 1.9, 2.3),
+        per_whorl=int(rng.integers(9, 13)),
+        dimple=_u(rng, 0.25, 0.4),
+        n_pores=int(rng.integers(3, 6)),
+        wall_type="hyaline",
+        extent=(radius, radius, half),
+    )
 
 
 def _build_elphidiella(g: Grid, m) -> Parts:
@@ -408,8 +446,10 @@ def _build_elphidiella(g: Grid, m) -> Parts:
     # umbilical depressions on both sides
     dimple_r = m["dimple"] * radius
     pole = half + 0.6 * dimple_r
-    dimples = np.minimum(np.sqrt(g.r**2 + (g.z - pole) ** 2),
-                         np.sqrt(g.r**2 + (g.z + pole) ** 2)) - dimple_r
+    dimples = (
+        np.minimum(np.sqrt(g.r**2 + (g.z - pole) ** 2), np.sqrt(g.r**2 + (g.z + pole) ** 2))
+        - dimple_r
+    )
     sdf = np.maximum(lens, -dimples)
     solid = sdf < 0
     t = g.thick(0.03 * radius)
@@ -420,8 +460,7 @@ def _build_elphidiella(g: Grid, m) -> Parts:
     theta = (g.phi + np.pi) / (2 * np.pi)
     w = np.log(np.maximum(g.r, r0) / r0) / np.log(m["growth"]) - theta
     chamber = (np.floor(w) + theta) * m["per_whorl"] + 0.35 * (w - np.floor(w))
-    near_septum = _near_integer(chamber, 2 * np.pi * np.maximum(g.r, r0) / m["per_whorl"],
-                                1.5 * t)
+    near_septum = _near_integer(chamber, 2 * np.pi * np.maximum(g.r, r0) / m["per_whorl"], 1.5 * t)
     pore_row = _near_integer(g.r / radius * m["n_pores"], radius / m["n_pores"], 1.2 * t)
     pores = near_septum & pore_row & (sdf > -2.5 * t)
     return Parts(solid, wall & ~pores)
@@ -430,10 +469,16 @@ def _build_elphidiella(g: Grid, m) -> Parts:
 def _sample_fallotia(rng):
     radius = _u(rng, 1.0, 2.5)
     half = radius * _u(rng, 0.6, 1.0)
-    return dict(radius=radius, half=half, growth=_u(rng, 1.5, 1.8),
-                per_whorl=int(rng.integers(12, 18)), septula=int(rng.integers(10, 16)),
-                central=_u(rng, 0.12, 0.2), wall_type="porcelaneous",
-                extent=(radius, radius, half))
+    return dict(
+        radius=radius,
+        half=half,
+        growth=_u(rng, 1.5, 1.8),
+        per_whorl=int(rng.integers(12, 18)),
+        septula=int(rng.integers(10, 16)),
+        central=_u(rng, 0.12, 0.2),
+        wall_type="porcelaneous",
+        extent=(radius, radius, half),
+    )
 
 
 def _build_fallotia(g: Grid, m) -> Parts:
@@ -453,9 +498,15 @@ def _build_fallotia(g: Grid, m) -> Parts:
 def _sample_arumella(rng):
     h = _u(rng, 0.4, 0.9)
     radius = h / _u(rng, 0.7, 1.2)
-    return dict(height=h, radius=radius, dome=_u(rng, 0.25, 0.45) * radius,
-                n_levels=int(rng.integers(4, 8)), n_radial=int(rng.integers(4, 7)),
-                wall_type="agglutinated", extent=(radius, radius, h / 2 + 0.5 * radius))
+    return dict(
+        height=h,
+        radius=radius,
+        dome=_u(rng, 0.25, 0.45) * radius,
+        n_levels=int(rng.integers(4, 8)),
+        n_radial=int(rng.integers(4, 7)),
+        wall_type="agglutinated",
+        extent=(radius, radius, h / 2 + 0.5 * radius),
+    )
 
 
 def _build_arumella(g: Grid, m) -> Parts:
@@ -464,10 +515,10 @@ def _build_arumella(g: Grid, m) -> Parts:
     solid = sdf < 0
     t = g.thick(0.05 * m["radius"])
     level_h = m["height"] / m["n_levels"]
-    septa = _near_integer((z - 0.5 * level_h * (g.r / m["radius"]) ** 2) / level_h, level_h,
-                          t / 2)
-    radial = _near_integer((g.phi + np.pi) / (2 * np.pi) * m["n_radial"],
-                           2 * np.pi * g.r / m["n_radial"], t / 2)
+    septa = _near_integer((z - 0.5 * level_h * (g.r / m["radius"]) ** 2) / level_h, level_h, t / 2)
+    radial = _near_integer(
+        (g.phi + np.pi) / (2 * np.pi) * m["n_radial"], 2 * np.pi * g.r / m["n_radial"], t / 2
+    )
     wall = solid & ((sdf > -t) | septa | (radial & (g.r > 0.15 * m["radius"])))
     return Parts(solid, wall)
 
@@ -475,10 +526,16 @@ def _build_arumella(g: Grid, m) -> Parts:
 def _sample_lockhartia(rng):
     radius = _u(rng, 0.5, 1.5)
     h = radius * 2 * _u(rng, 0.35, 0.6)
-    return dict(radius=radius, height=h, per_whorl=int(rng.integers(5, 8)),
-                growth=_u(rng, 1.8, 2.4), umbilicus=_u(rng, 0.5, 0.7),
-                pile_spacing=radius * _u(rng, 0.08, 0.12), wall_type="hyaline",
-                extent=(radius, radius, h / 2 + 0.05 * radius))
+    return dict(
+        radius=radius,
+        height=h,
+        per_whorl=int(rng.integers(5, 8)),
+        growth=_u(rng, 1.8, 2.4),
+        umbilicus=_u(rng, 0.5, 0.7),
+        pile_spacing=radius * _u(rng, 0.08, 0.12),
+        wall_type="hyaline",
+        extent=(radius, radius, h / 2 + 0.05 * radius),
+    )
 
 
 def _build_lockhartia(g: Grid, m) -> Parts:
@@ -493,20 +550,28 @@ def _build_lockhartia(g: Grid, m) -> Parts:
     piles = umb & _pillars(g.x, g.y, m["pile_spacing"], 0.3 * m["pile_spacing"])
     cavity_floor = _near_integer(z / (0.65 * h), 0.65 * h, t / 2)
     chamber_zone = ~umb & ~spiral_layer
-    radial = _near_integer((g.phi + np.pi) / (2 * np.pi) * m["per_whorl"],
-                           2 * np.pi * g.r / m["per_whorl"], t)
-    wall = solid & ((sdf > -1.5 * t) | (spiral_layer & coil) | piles | cavity_floor
-                    | (chamber_zone & radial))
+    radial = _near_integer(
+        (g.phi + np.pi) / (2 * np.pi) * m["per_whorl"], 2 * np.pi * g.r / m["per_whorl"], t
+    )
+    wall = solid & (
+        (sdf > -1.5 * t) | (spiral_layer & coil) | piles | cavity_floor | (chamber_zone & radial)
+    )
     return Parts(solid, wall)
 
 
 def _sample_rhapydionina(rng):
     length = _u(rng, 1.0, 2.8)
     width = length / _u(rng, 2.0, 4.0)
-    return dict(length=length, width=width, flare=_u(rng, 1.2, 1.8),
-                coil=width * _u(rng, 0.45, 0.6), n_levels=int(rng.integers(5, 9)),
-                n_radial=int(rng.integers(16, 26)), wall_type="porcelaneous",
-                extent=(width * 0.95, width * 0.95, length / 2 + 0.1 * width))
+    return dict(
+        length=length,
+        width=width,
+        flare=_u(rng, 1.2, 1.8),
+        coil=width * _u(rng, 0.45, 0.6),
+        n_levels=int(rng.integers(5, 9)),
+        n_radial=int(rng.integers(16, 26)),
+        wall_type="porcelaneous",
+        extent=(width * 0.95, width * 0.95, length / 2 + 0.1 * width),
+    )
 
 
 def _build_rhapydionina(g: Grid, m) -> Parts:
@@ -529,10 +594,12 @@ def _build_rhapydionina(g: Grid, m) -> Parts:
     coil_frame = Grid(g.x, z - cz, g.y, g.vox)  # coil plane x-z, axis along y
     coil_walls = _planispiral_walls(coil_frame, coil_rho, 0.12 * coil_r, 2.2, 8, t, t)
     level_h = (length - start) / m["n_levels"]
-    septa = _near_integer((z - start - 0.4 * level_h * (g.r / (0.5 * width)) ** 2) / level_h,
-                          level_h, t / 2)
-    radial = _near_integer((g.phi + np.pi) / (2 * np.pi) * m["n_radial"],
-                           2 * np.pi * g.r / m["n_radial"], t / 2) & (g.r > 0.6 * local_r)
+    septa = _near_integer(
+        (z - start - 0.4 * level_h * (g.r / (0.5 * width)) ** 2) / level_h, level_h, t / 2
+    )
+    radial = _near_integer(
+        (g.phi + np.pi) / (2 * np.pi) * m["n_radial"], 2 * np.pi * g.r / m["n_radial"], t / 2
+    ) & (g.r > 0.6 * local_r)
     central = (g.r < 0.45 * local_r) & _pillars(g.x, g.y, 0.12 * width, 0.025 * width + t / 2)
     tube = ~in_coil
     wall = solid & ((sdf > -t) | (in_coil & coil_walls) | (tube & (septa | radial | central)))
@@ -542,9 +609,15 @@ def _build_rhapydionina(g: Grid, m) -> Parts:
 def _sample_alveolina(rng):
     radius = _u(rng, 0.6, 1.6)
     elong = _u(rng, 1.5, 4.0)
-    return dict(radius=radius, elong=elong, growth=_u(rng, 1.6, 1.9),
-                per_whorl=int(rng.integers(10, 16)), septula=int(rng.integers(14, 26)),
-                wall_type="porcelaneous", extent=(radius, radius, radius * elong))
+    return dict(
+        radius=radius,
+        elong=elong,
+        growth=_u(rng, 1.6, 1.9),
+        per_whorl=int(rng.integers(10, 16)),
+        septula=int(rng.integers(14, 26)),
+        wall_type="porcelaneous",
+        extent=(radius, radius, radius * elong),
+    )
 
 
 def _build_alveolina(g: Grid, m) -> Parts:
@@ -558,8 +631,9 @@ def _build_alveolina(g: Grid, m) -> Parts:
     # whorls are nested spindles: radial coordinate normalised by the local radius
     rho = radius * g.r / np.maximum(local_r, 1e-6)
     coil = _planispiral_walls(g, rho, 0.08 * radius, m["growth"], m["per_whorl"], 1.8 * t, t)
-    septula = _near_integer(g.z / (radius * elong) * m["septula"] / 2,
-                            2 * radius * elong / m["septula"], t / 2)
+    septula = _near_integer(
+        g.z / (radius * elong) * m["septula"] / 2, 2 * radius * elong / m["septula"], t / 2
+    )
     wall = solid & ((sdf > -1.5 * t) | coil | (septula & (rho > 0.2 * radius)))
     return Parts(solid, wall)
 
@@ -567,10 +641,17 @@ def _build_alveolina(g: Grid, m) -> Parts:
 def _sample_coskinolina(rng):
     h = _u(rng, 0.8, 1.8)
     radius = h / 2 * _u(rng, 0.85, 1.2)
-    return dict(height=h, radius=radius, dome=_u(rng, 0.05, 0.2) * radius,
-                n_levels=int(rng.integers(8, 13)), n_radial=int(rng.integers(16, 28)),
-                central=_u(rng, 0.4, 0.6), spire=_u(rng, 0.15, 0.25),
-                wall_type="agglutinated", extent=(radius, radius, h / 2 + 0.2 * radius))
+    return dict(
+        height=h,
+        radius=radius,
+        dome=_u(rng, 0.05, 0.2) * radius,
+        n_levels=int(rng.integers(8, 13)),
+        n_radial=int(rng.integers(16, 28)),
+        central=_u(rng, 0.4, 0.6),
+        spire=_u(rng, 0.15, 0.25),
+        wall_type="agglutinated",
+        extent=(radius, radius, h / 2 + 0.2 * radius),
+    )
 
 
 def _build_coskinolina(g: Grid, m) -> Parts:
@@ -581,16 +662,27 @@ def _build_coskinolina(g: Grid, m) -> Parts:
     t = g.thick(0.03 * radius)
     spire_h = m["spire"] * h
     spire = z < spire_h
-    spire_walls = _planispiral_walls(Grid(g.x, z - spire_h / 2, g.y, g.vox),
-                                     np.sqrt(g.x**2 + (z - spire_h / 2) ** 2),
-                                     0.05 * radius, 2.0, 5, t, t)
+    spire_walls = _planispiral_walls(
+        Grid(g.x, z - spire_h / 2, g.y, g.vox),
+        np.sqrt(g.x**2 + (z - spire_h / 2) ** 2),
+        0.05 * radius,
+        2.0,
+        5,
+        t,
+        t,
+    )
     level_h = (h - spire_h) / m["n_levels"]
-    septa = _near_integer((z - spire_h - 0.25 * level_h * (g.r / radius) ** 2) / level_h,
-                          level_h, t / 2)
+    septa = _near_integer(
+        (z - spire_h - 0.25 * level_h * (g.r / radius) ** 2) / level_h, level_h, t / 2
+    )
     local_r = radius * np.clip(z / h, 0, 1)
     central = g.r < m["central"] * local_r
-    radial = _near_integer((g.phi + np.pi) / (2 * np.pi) * m["n_radial"],
-                           2 * np.pi * g.r / m["n_radial"], t / 2) & ~central
+    radial = (
+        _near_integer(
+            (g.phi + np.pi) / (2 * np.pi) * m["n_radial"], 2 * np.pi * g.r / m["n_radial"], t / 2
+        )
+        & ~central
+    )
     pillars = central & _pillars(g.x, g.y, 0.11 * radius, 0.022 * radius + t / 2)
     upper = ~spire
     wall = solid & ((sdf > -t) | (spire & spire_walls) | (upper & (septa | radial | pillars)))
@@ -685,14 +777,26 @@ def plan_collection(taxa: Sequence[TaxonSpec], seed: int) -> list[ScanPlan]:
         code = taxon.species[:4].upper()
         for v in range(taxon.n_volumes):
             spec = v if v < taxon.n_specimens else (v - taxon.n_specimens) % taxon.n_specimens
-            repeat = 0 if v < taxon.n_specimens else 1 + (v - taxon.n_specimens) // taxon.n_specimens
+            repeat = (
+                0 if v < taxon.n_specimens else 1 + (v - taxon.n_specimens) // taxon.n_specimens
+            )
             spec_seed = int(np.random.SeedSequence([seed, ti, spec]).generate_state(1)[0])
-            scan_seed = int(np.random.SeedSequence([seed, ti, spec, 1000 + repeat])
-                            .generate_state(1)[0])
+            scan_seed = int(
+                np.random.SeedSequence([seed, ti, spec, 1000 + repeat]).generate_state(1)[0]
+            )
             specimen_id = f"V-{code}-{spec + 1:02d}"
             suffix = f"_scan{repeat + 1}" if repeat else ""
-            plans.append(ScanPlan(f"{specimen_id}{suffix}.nii.gz", specimen_id, taxon.species,
-                                  taxon.plan, spec_seed, scan_seed, repeat))
+            plans.append(
+                ScanPlan(
+                    f"{specimen_id}{suffix}.nii.gz",
+                    specimen_id,
+                    taxon.species,
+                    taxon.plan,
+                    spec_seed,
+                    scan_seed,
+                    repeat,
+                )
+            )
     return plans
 
 
@@ -708,8 +812,14 @@ def _specimen(plan: ScanPlan):
     if rng.random() < damage_rate:
         for _ in range(int(rng.integers(1, 4))):
             kind = "crack" if rng.random() < 0.6 else "fragment"
-            damage.append(dict(kind=kind, direction=rng.normal(size=3).tolist(),
-                               offset=_u(rng, -0.5, 0.5), size=_u(rng, 0.25, 0.5)))
+            damage.append(
+                dict(
+                    kind=kind,
+                    direction=rng.normal(size=3).tolist(),
+                    offset=_u(rng, -0.5, 0.5),
+                    size=_u(rng, 0.25, 0.5),
+                )
+            )
     return morph, damage, int(rng.integers(2**31))
 
 
@@ -717,8 +827,11 @@ def build_specimen(plan: ScanPlan, grid: Grid) -> Parts:
     """Build the specimen of `plan` on `grid` (specimen-frame coordinates), with damage."""
     morph, damage, build_seed = _specimen(plan)
     _, builder, needs_rng = _PLANS[plan.plan]
-    parts = builder(grid, morph, np.random.default_rng(build_seed)) if needs_rng \
+    parts = (
+        builder(grid, morph, np.random.default_rng(build_seed))
+        if needs_rng
         else builder(grid, morph)
+    )
     ext = np.asarray(morph["extent"])
     scale = float(ext.max())
     for d in damage:
@@ -808,8 +921,10 @@ def render_scan(plan: ScanPlan, shape: int = 128, supersample: int = 2):
     hi = np.clip(np.ceil((centre + bound) / fine + m / 2).astype(int) + 1, 0, m)
     lo -= lo % ss  # align to whole coarse voxels so the average-down stays on the grid
     hi = np.minimum(hi + (-hi) % ss, m)
-    axes = [((np.arange(a, b) + 0.5 - m / 2) * fine - c).astype(np.float32)
-            for a, b, c in zip(lo, hi, centre, strict=True)]
+    axes = [
+        ((np.arange(a, b) + 0.5 - m / 2) * fine - c).astype(np.float32)
+        for a, b, c in zip(lo, hi, centre, strict=True)
+    ]
     rot = cond["rotation"].astype(np.float32)  # specimen frame -> scanner frame
     wx, wy, wz = axes[0][:, None, None], axes[1][None, :, None], axes[2][None, None, :]
     local = [rot[0, i] * wx + rot[1, i] * wy + rot[2, i] * wz for i in range(3)]
@@ -818,8 +933,9 @@ def render_scan(plan: ScanPlan, shape: int = 128, supersample: int = 2):
 
     wall_type = morph["wall_type"]
     box = tuple(b - a for a, b in zip(lo, hi, strict=True))
-    texture = 1.0 + {"agglutinated": 0.12, "hyaline": 0.04, "porcelaneous": 0.02}[wall_type] \
-        * _smooth_noise(rng, box, 2.0 * ss)
+    texture = 1.0 + {"agglutinated": 0.12, "hyaline": 0.04, "porcelaneous": 0.02}[
+        wall_type
+    ] * _smooth_noise(rng, box, 2.0 * ss)
     wall_mu = {"agglutinated": 0.95, "hyaline": 1.0, "porcelaneous": 1.1}[wall_type]
     background = cond["matrix_level"]
     lumen_mu = np.float32(cond["infill_level"] if cond["infill"] else background)
@@ -834,12 +950,16 @@ def render_scan(plan: ScanPlan, shape: int = 128, supersample: int = 2):
 
     # average down to scan resolution: partial volume
     coarse_box = tuple(b // ss for b in box)
-    coarse = fine_vol.reshape(coarse_box[0], ss, coarse_box[1], ss, coarse_box[2], ss) \
-        .mean(axis=(1, 3, 5))
+    coarse = fine_vol.reshape(coarse_box[0], ss, coarse_box[1], ss, coarse_box[2], ss).mean(
+        axis=(1, 3, 5)
+    )
     vol = np.full((shape,) * 3, background, np.float32)
     clo = lo // ss
-    vol[clo[0]:clo[0] + coarse_box[0], clo[1]:clo[1] + coarse_box[1],
-        clo[2]:clo[2] + coarse_box[2]] = coarse
+    vol[
+        clo[0] : clo[0] + coarse_box[0],
+        clo[1] : clo[1] + coarse_box[1],
+        clo[2] : clo[2] + coarse_box[2],
+    ] = coarse
     _add_scan_artefacts(vol, cond, rng, centre / vox_mm + shape / 2, bound / vox_mm)
     return vol.astype(np.float32, copy=False), float(voxel_size_um)
 
@@ -857,7 +977,9 @@ def _add_scan_artefacts(vol, cond, rng, centre_vox, bound_vox):
         d2 = (xx - sx) ** 2 + (yy - sy) ** 2
         rod = d2 < radius**2
         ang = np.arctan2(yy - sy, xx - sx)
-        streaks = 0.15 * np.cos(2 * ang + rng.uniform(0, np.pi)) * np.exp(-np.sqrt(d2) / (4 * radius))
+        streaks = (
+            0.15 * np.cos(2 * ang + rng.uniform(0, np.pi)) * np.exp(-np.sqrt(d2) / (4 * radius))
+        )
         vol[:, :, :top] += streaks[:, :, None].astype(np.float32)
         vol[:, :, :top][rod] = 3.0
     vol[:] = ndimage.gaussian_filter(vol, cond["blur"])
@@ -882,14 +1004,25 @@ def _render_and_write(args):
 
     t0 = time.perf_counter()
     vol, voxel_um = render_scan(plan, shape, supersample)
-    write_nifti(Path(out_dir) / plan.file, vol, voxel_um,
-                description=f"virtual {plan.species} {plan.specimen_id}")
+    write_nifti(
+        Path(out_dir) / plan.file,
+        vol,
+        voxel_um,
+        description=f"virtual {plan.species} {plan.specimen_id}",
+    )
     return plan.file, voxel_um, time.perf_counter() - t0
 
 
-def synthesize_collection(out_dir, taxa: Sequence[TaxonSpec], *, seed: int = 0,
-                          shape: int = 128, supersample: int = 2, n_jobs: int = 1,
-                          progress: Callable[[str], None] | None = print) -> pd.DataFrame:
+def synthesize_collection(
+    out_dir,
+    taxa: Sequence[TaxonSpec],
+    *,
+    seed: int = 0,
+    shape: int = 128,
+    supersample: int = 2,
+    n_jobs: int = 1,
+    progress: Callable[[str], None] | None = print,
+) -> pd.DataFrame:
     """Generate a virtual collection: one ``.nii.gz`` per scan plus ``manifest.csv``.
 
     The folder `out_dir` is replaced as a whole once every file is written, so an
@@ -930,22 +1063,38 @@ def synthesize_collection(out_dir, taxa: Sequence[TaxonSpec], *, seed: int = 0,
         try:
             for i, (plan, (file, voxel_um, secs)) in enumerate(zip(plans, results, strict=True)):
                 if progress:
-                    progress(f"[{i + 1}/{len(plans)}] {file} ({plan.species}) "
-                             f"{voxel_um:.1f} um, {secs:.1f} s")
+                    progress(
+                        f"[{i + 1}/{len(plans)}] {file} ({plan.species}) "
+                        f"{voxel_um:.1f} um, {secs:.1f} s"
+                    )
                 notes = "virtual scan"
                 if plan.repeat:
                     notes += f"; repeat scan {plan.repeat + 1} of specimen {plan.specimen_id}"
-                rows.append(dict(file=file, specimen_id=plan.specimen_id, species=plan.species,
-                                 voxel_size_um=voxel_um, source="virtual", notes=notes))
+                rows.append(
+                    dict(
+                        file=file,
+                        specimen_id=plan.specimen_id,
+                        species=plan.species,
+                        voxel_size_um=voxel_um,
+                        source="virtual",
+                        notes=notes,
+                    )
+                )
         finally:
             if n_jobs != 1:
                 pool.shutdown()
         manifest = pd.DataFrame(rows)
         manifest.to_csv(Path(tmp) / "manifest.csv", index=False)
         summary = dict(
-            source="virtual", seed=seed, shape=shape, supersample=supersample,
-            n_volumes=len(plans), n_taxa=len(taxa), n_jobs=n_jobs,
-            seconds=round(time.perf_counter() - t0, 2), cpu_count=os.cpu_count(),
+            source="virtual",
+            seed=seed,
+            shape=shape,
+            supersample=supersample,
+            n_volumes=len(plans),
+            n_taxa=len(taxa),
+            n_jobs=n_jobs,
+            seconds=round(time.perf_counter() - t0, 2),
+            cpu_count=os.cpu_count(),
             taxa=[asdict(t) for t in taxa],
         )
         (Path(tmp) / "collection.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -955,12 +1104,14 @@ def synthesize_collection(out_dir, taxa: Sequence[TaxonSpec], *, seed: int = 0,
 def describe_collection(manifest: pd.DataFrame) -> pd.DataFrame:
     """Per taxon: volumes, specimens and voxel-size range of a generated collection."""
     g = manifest.groupby("species", sort=False)
-    return pd.DataFrame({
-        "volumes": g["file"].count(),
-        "specimens": g["specimen_id"].nunique(),
-        "voxel_um_min": g["voxel_size_um"].min(),
-        "voxel_um_max": g["voxel_size_um"].max(),
-    })
+    return pd.DataFrame(
+        {
+            "volumes": g["file"].count(),
+            "specimens": g["specimen_id"].nunique(),
+            "voxel_um_min": g["voxel_size_um"].min(),
+            "voxel_um_max": g["voxel_size_um"].max(),
+        }
+    )
 
 
 def write_unused_marker(out_dir, source: str) -> Path:
@@ -971,5 +1122,6 @@ def write_unused_marker(out_dir, source: str) -> Path:
     """
     with atomic_dir(out_dir) as tmp:
         (Path(tmp) / "NOT_USED.md").write_text(
-            f"data.source is {source!r}: the virtual collection was not generated.\n")
+            f"data.source is {source!r}: the virtual collection was not generated.\n"
+        )
     return Path(out_dir)

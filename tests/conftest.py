@@ -20,6 +20,7 @@ def tiny_collection(tmp_path_factory) -> Path:
     from foramlib import virtual
 
     out = tmp_path_factory.mktemp("tiny") / "virtual"
-    virtual.synthesize_collection(out, virtual.tiny_taxa(), seed=7, shape=32, supersample=1,
-                                  progress=None)
+    virtual.synthesize_collection(
+        out, virtual.tiny_taxa(), seed=7, shape=32, supersample=1, progress=None
+    )
     return out

@@ -17,8 +17,9 @@ def quick(repo_root):
 
 
 def test_params_yaml_is_the_quick_profile_by_default(repo_root):
-    assert (repo_root / "params.yaml").read_text() == \
-        (repo_root / "profiles" / "quick.yaml").read_text()
+    assert (repo_root / "params.yaml").read_text() == (
+        repo_root / "profiles" / "quick.yaml"
+    ).read_text()
 
 
 @pytest.mark.parametrize("name", ["quick", "paper"])
@@ -32,14 +33,21 @@ def test_every_schema_key_is_in_the_profiles(quick):
     assert set(config.SCHEMA) == set(config._flatten(quick))
 
 
-@pytest.mark.parametrize("key, value, match", [
-    ("seed", -1, r"seed = -1 is invalid: expected an integer >= 0"),
-    ("data.source", "s3", r"data.source = 's3' is invalid: expected one of \['virtual', 'manifest'\]"),
-    ("virtual.shape", 8, r"virtual.shape = 8 is invalid: expected an integer >= 16"),
-    ("virtual.n_jobs", True, r"virtual.n_jobs = True is invalid"),
-    ("curate.min_models", 0, r"curate.min_models = 0 is invalid: expected an integer >= 1"),
-    ("data.raw_dir", "  ", r"data.raw_dir = '  ' is invalid: expected a non-empty string"),
-])
+@pytest.mark.parametrize(
+    "key, value, match",
+    [
+        ("seed", -1, r"seed = -1 is invalid: expected an integer >= 0"),
+        (
+            "data.source",
+            "s3",
+            r"data.source = 's3' is invalid: expected one of \['virtual', 'manifest'\]",
+        ),
+        ("virtual.shape", 8, r"virtual.shape = 8 is invalid: expected an integer >= 16"),
+        ("virtual.n_jobs", True, r"virtual.n_jobs = True is invalid"),
+        ("curate.min_models", 0, r"curate.min_models = 0 is invalid: expected an integer >= 1"),
+        ("data.raw_dir", "  ", r"data.raw_dir = '  ' is invalid: expected a non-empty string"),
+    ],
+)
 def test_bad_values_are_named_and_echoed(quick, key, value, match):
     params = copy.deepcopy(quick)
     section, _, leaf = key.rpartition(".")

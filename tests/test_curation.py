@@ -15,11 +15,17 @@ def _manifest(rows):
 
 
 def test_threshold_counts_distinct_specimens_not_files():
-    m = _manifest([
-        ("a1", "A1", "Alpha"), ("a2", "A2", "Alpha"), ("a3", "A3", "Alpha"),
-        ("b1", "B1", "Beta"), ("b1r", "B1", "Beta"), ("b1rr", "B1", "Beta"),
-        ("b2", "B2", "Beta"),
-    ])
+    m = _manifest(
+        [
+            ("a1", "A1", "Alpha"),
+            ("a2", "A2", "Alpha"),
+            ("a3", "A3", "Alpha"),
+            ("b1", "B1", "Beta"),
+            ("b1r", "B1", "Beta"),
+            ("b1rr", "B1", "Beta"),
+            ("b2", "B2", "Beta"),
+        ]
+    )
     curated, taxa = curation.curate(m, min_models=3)
     assert set(curated["species"]) == {"Alpha"}
     beta = taxa.set_index("species").loc["Beta"]
@@ -28,8 +34,11 @@ def test_threshold_counts_distinct_specimens_not_files():
 
 
 def test_taxa_table_orders_kept_first_then_by_specimens():
-    m = _manifest([("x", "X1", "Small")] + [(f"b{i}", f"B{i}", "Big") for i in range(3)]
-                  + [(f"m{i}", f"M{i}", "Mid") for i in range(2)])
+    m = _manifest(
+        [("x", "X1", "Small")]
+        + [(f"b{i}", f"B{i}", "Big") for i in range(3)]
+        + [(f"m{i}", f"M{i}", "Mid") for i in range(2)]
+    )
     _, taxa = curation.curate(m, min_models=2)
     assert taxa["species"].tolist() == ["Big", "Mid", "Small"]
     assert taxa["kept"].tolist() == [True, True, False]
@@ -37,8 +46,9 @@ def test_taxa_table_orders_kept_first_then_by_specimens():
 
 def test_no_taxon_kept_is_a_clear_error():
     m = _manifest([("a", "A", "Alpha"), ("b", "B", "Beta")])
-    with pytest.raises(curation.CurationError,
-                       match=r"no taxon has >= 4 distinct specimens.*'Alpha' with 1"):
+    with pytest.raises(
+        curation.CurationError, match=r"no taxon has >= 4 distinct specimens.*'Alpha' with 1"
+    ):
         curation.curate(m, min_models=4)
 
 
@@ -54,7 +64,11 @@ def test_tiny_collection_curates_to_its_four_genera(tiny_collection):
     assert len(checks) == 10 and (checks["max"] > checks["min"]).all()
     curated, taxa = curation.curate(listed, min_models=2)
     assert sorted(curated["species"].unique()) == [
-        "Alveolina", "Baculogypsina", "Chrysalidina", "Orbitoides"]
+        "Alveolina",
+        "Baculogypsina",
+        "Chrysalidina",
+        "Orbitoides",
+    ]
     assert "Dictyoconus" not in set(curated["species"])
     examples = curation.one_scan_per_taxon(curated, taxa)
     assert examples["species"].tolist() == taxa.loc[taxa["kept"], "species"].tolist()
@@ -65,8 +79,13 @@ def test_inspect_volumes_reports_every_bad_file(tmp_path):
     write_nifti(tmp_path / "good.nii.gz", rng.random((8, 8, 8)), 5.0)
     (tmp_path / "corrupt.nii.gz").write_bytes(b"not a volume at all")
     write_nifti(tmp_path / "flat.nii", np.ones((8, 8, 8)), 5.0)
-    m = pd.DataFrame({"file": ["good.nii.gz", "corrupt.nii.gz", "flat.nii"],
-                      "specimen_id": ["G", "C", "F"], "species": ["S"] * 3})
+    m = pd.DataFrame(
+        {
+            "file": ["good.nii.gz", "corrupt.nii.gz", "flat.nii"],
+            "specimen_id": ["G", "C", "F"],
+            "species": ["S"] * 3,
+        }
+    )
     m["path"] = [str(tmp_path / f) for f in m["file"]]
     with pytest.raises(VolumeError) as err:
         curation.inspect_volumes(m)

@@ -27,8 +27,11 @@ def test_environment_yml_installs_what_pyproject_declares(repo_root):
 
 
 def test_dockerfile_uses_a_gpu_tensorflow_base_installs_and_runs_the_pipeline(repo_root):
-    lines = [ln.strip() for ln in (repo_root / "Dockerfile").read_text().splitlines()
-             if ln.strip() and not ln.strip().startswith("#")]
+    lines = [
+        ln.strip()
+        for ln in (repo_root / "Dockerfile").read_text().splitlines()
+        if ln.strip() and not ln.strip().startswith("#")
+    ]
     instructions = [ln.split()[0] for ln in lines if re.match(r"^[A-Z]+\b", ln)]
     assert instructions[0] == "FROM"
     base = lines[0].split()[1]
@@ -41,8 +44,11 @@ def test_dockerfile_uses_a_gpu_tensorflow_base_installs_and_runs_the_pipeline(re
 def test_ci_runs_exactly_the_readme_test_command(repo_root):
     readme = (repo_root / "README.md").read_text()
     ci = (repo_root / ".ci" / "run").read_text()
-    commands = [ln.strip() for ln in ci.splitlines()
-                if ln.strip() and not ln.startswith("#") and not ln.startswith(("set ", "cd "))]
+    commands = [
+        ln.strip()
+        for ln in ci.splitlines()
+        if ln.strip() and not ln.startswith("#") and not ln.startswith(("set ", "cd "))
+    ]
     assert commands == ["make test"]
     assert "make test" in readme and "make demo" in readme
 

@@ -16,8 +16,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.pipeline]
 TINY = {
     "profile": "custom",
     "seed": 3,
-    "data": {"source": "virtual", "raw_dir": "data/virtual",
-             "manifest": "data/virtual/manifest.csv"},
+    "data": {
+        "source": "virtual",
+        "raw_dir": "data/virtual",
+        "manifest": "data/virtual/manifest.csv",
+    },
     "virtual": {"preset": "tiny", "shape": 32, "supersample": 1, "n_jobs": 1},
     "curate": {"min_models": 2},
 }
@@ -33,8 +36,13 @@ def _run(cmd, cwd, env):
 def scratch_repo(repo_root, tmp_path_factory):
     """A git repo holding the project's tracked files (as in a clean clone) + tiny params."""
     dest = tmp_path_factory.mktemp("pipeline") / "repo"
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=repo_root,
-                           capture_output=True, text=True, check=True).stdout.split()
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     for rel in files:
         src = repo_root / rel
         if src.is_file():
@@ -45,10 +53,16 @@ def scratch_repo(repo_root, tmp_path_factory):
     if (mathjax / "tex-chtml.js").exists():
         shutil.copytree(mathjax, dest / "book" / "_static" / "mathjax")
     (dest / "params.yaml").write_text(yaml.safe_dump(TINY, sort_keys=False))
-    env = dict(os.environ, DVC_NO_ANALYTICS="1",
-               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
-                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"]):
+    env = dict(
+        os.environ,
+        DVC_NO_ANALYTICS="1",
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    )
+    for cmd in (
+        ["git", "init", "-q"],
+        ["git", "add", "-A"],
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"],
+    ):
         _run(cmd, dest, env)
     return dest, env
 
@@ -65,7 +79,9 @@ def test_dvc_repro_runs_every_stage_then_nothing(scratch_repo):
     assert "figure2_collection.png" in index
     assert "virtual" in index.lower()
     for nb in ("synthesize", "curate"):
-        assert (repo / "book" / "_build" / "html" / "_generated" / "reports" / f"{nb}.html").exists()
+        assert (
+            repo / "book" / "_build" / "html" / "_generated" / "reports" / f"{nb}.html"
+        ).exists()
 
     second = _run([sys.executable, "-m", "dvc", "repro"], repo, env)
     assert "Running stage" not in second

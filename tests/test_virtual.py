@@ -13,9 +13,18 @@ from foramlib import virtual
 from foramlib.volumes import read_manifest, read_volume
 
 PAPER_TABLE2 = {
-    "Chrysalidina": 16, "Ataxophragmium": 7, "Baculogypsina": 7, "Minoxia": 6,
-    "Elphidiella": 6, "Fallotia": 6, "Arumella": 5, "Lockhartia": 5, "Orbitoides": 5,
-    "Rhapydionina": 5, "Alveolina": 4, "Coskinolina": 4,
+    "Chrysalidina": 16,
+    "Ataxophragmium": 7,
+    "Baculogypsina": 7,
+    "Minoxia": 6,
+    "Elphidiella": 6,
+    "Fallotia": 6,
+    "Arumella": 5,
+    "Lockhartia": 5,
+    "Orbitoides": 5,
+    "Rhapydionina": 5,
+    "Alveolina": 4,
+    "Coskinolina": 4,
 }
 
 
@@ -74,18 +83,23 @@ def test_every_body_plan_renders_a_hollow_chambered_test(plan):
 
 def test_same_seed_gives_byte_identical_files(tmp_path):
     taxa = virtual.tiny_taxa()[:2]
-    a = virtual.synthesize_collection(tmp_path / "a", taxa, seed=5, shape=24, supersample=1,
-                                      progress=None)
-    b = virtual.synthesize_collection(tmp_path / "b", taxa, seed=5, shape=24, supersample=1,
-                                      n_jobs=2, progress=None)
-    c = virtual.synthesize_collection(tmp_path / "c", taxa, seed=6, shape=24, supersample=1,
-                                      progress=None)
+    a = virtual.synthesize_collection(
+        tmp_path / "a", taxa, seed=5, shape=24, supersample=1, progress=None
+    )
+    b = virtual.synthesize_collection(
+        tmp_path / "b", taxa, seed=5, shape=24, supersample=1, n_jobs=2, progress=None
+    )
+    c = virtual.synthesize_collection(
+        tmp_path / "c", taxa, seed=6, shape=24, supersample=1, progress=None
+    )
     pd.testing.assert_frame_equal(a, b)
+    assert not a["voxel_size_um"].equals(c["voxel_size_um"])  # another seed, other specimens
     for f in a["file"]:
         assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes()
         assert (tmp_path / "a" / f).read_bytes() != (tmp_path / "c" / f).read_bytes()
-    assert (tmp_path / "a" / "manifest.csv").read_bytes() == \
-        (tmp_path / "b" / "manifest.csv").read_bytes()
+    assert (tmp_path / "a" / "manifest.csv").read_bytes() == (
+        tmp_path / "b" / "manifest.csv"
+    ).read_bytes()
 
 
 def test_collection_is_a_valid_manifest_with_voxel_sizes(tiny_collection):
@@ -102,8 +116,11 @@ def test_collection_is_a_valid_manifest_with_voxel_sizes(tiny_collection):
 
 
 def test_repeat_scans_show_the_same_specimen_differently():
-    plans = [p for p in virtual.plan_collection(virtual.tiny_taxa(), seed=2)
-             if p.specimen_id == "V-CHRY-01"]
+    plans = [
+        p
+        for p in virtual.plan_collection(virtual.tiny_taxa(), seed=2)
+        if p.specimen_id == "V-CHRY-01"
+    ]
     assert [p.repeat for p in plans] == [0, 1]
     first, _ = virtual.render_scan(plans[0], shape=32, supersample=1)
     second, _ = virtual.render_scan(plans[1], shape=32, supersample=1)
@@ -156,20 +173,26 @@ def test_written_volume_compresses_like_a_scan_not_like_zeros(tiny_collection):
     assert len(zlib.compress(raw)) > 0.9 * len(raw)  # noisy data is incompressible
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(shape=8), "shape must be >= 16"),
-    (dict(supersample=0), "supersample must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(shape=8), "shape must be >= 16"),
+        (dict(supersample=0), "supersample must be >= 1"),
+    ],
+)
 def test_render_scan_rejects_bad_sizes(kwargs, match):
     plan = virtual.plan_collection(virtual.tiny_taxa(), seed=0)[0]
     with pytest.raises(ValueError, match=match):
         virtual.render_scan(plan, **kwargs)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(species="X", n_specimens=1, n_volumes=1, plan="nope"), "unknown plan 'nope'"),
-    (dict(species="X", n_specimens=3, n_volumes=2, plan="fallotia"), "n_specimens=3"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(species="X", n_specimens=1, n_volumes=1, plan="nope"), "unknown plan 'nope'"),
+        (dict(species="X", n_specimens=3, n_volumes=2, plan="fallotia"), "n_specimens=3"),
+    ],
+)
 def test_taxon_spec_validation(kwargs, match):
     with pytest.raises(ValueError, match=match):
         virtual.TaxonSpec(**kwargs)

@@ -1,0 +1,65 @@
+"""Stage notebooks run atomically: a failed run never replaces the report."""
+
+from __future__ import annotations
+
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_notebook
+
+from foramlib.cli import main
+from foramlib.stages import parse_parameter, run_notebook
+
+
+def _notebook(path, body):
+    nb = new_notebook()
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    params = new_code_cell("value = 1")
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, new_code_cell(body)]
+    nbformat.write(nb, path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("3", 3),
+        ("2.5", 2.5),
+        ("data/virtual", "data/virtual"),
+        ("false", False),
+        ("null", None),
+        ("a: [", "a: ["),
+    ],
+)
+def test_parameters_are_typed_like_yaml(text, expected):
+    assert parse_parameter(text) == expected
+
+
+def test_run_notebook_injects_parameters_and_writes_the_report(tmp_path):
+    nb = _notebook(tmp_path / "stage.ipynb", "print('value is', value * 2)")
+    out = tmp_path / "reports" / "stage.ipynb"
+    assert main(["run", str(nb), str(out), "-p", "value", "21"]) == 0
+    text = out.read_text()
+    assert "value is 42" in text
+
+
+def test_failed_run_keeps_the_old_report_and_saves_the_failure(tmp_path):
+    out = tmp_path / "reports" / "stage.ipynb"
+    out.parent.mkdir()
+    out.write_text("previous report")
+    nb = _notebook(tmp_path / "stage.ipynb", "raise RuntimeError('stage broke')")
+    with pytest.raises(Exception, match="stage broke"):
+        run_notebook(nb, out, {"value": 2}, log_output=False)
+    assert out.read_text() == "previous report"
+    failed = tmp_path / "reports" / "stage.failed.ipynb"
+    assert "stage broke" in failed.read_text()
+    assert sorted(p.name for p in out.parent.iterdir()) == ["stage.failed.ipynb", "stage.ipynb"]
+
+
+def test_missing_notebook_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"stage notebook .*nope.ipynb does not exist"):
+        run_notebook(tmp_path / "nope.ipynb", tmp_path / "out.ipynb")
