@@ -36,7 +36,8 @@ demo: env
 	@echo "==> done: open book/_build/html/index.html"
 
 test: env
-	@echo "==> running the test suite"
+	@echo "==> lint (ruff), then the test suite (pytest)"
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
 lint: env
