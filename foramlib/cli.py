@@ -23,8 +23,12 @@ def _profile(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    import logging
+
     from foramlib.stages import parse_parameter, run_notebook
 
+    # papermill reports the notebook's own output (progress lines) through logging
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     params = {name: parse_parameter(value) for name, value in args.parameter}
     out = run_notebook(args.notebook, args.output, params)
     print(f"stage notebook executed: {out}")

@@ -328,12 +328,19 @@ def _sample_minoxia(rng):
 
 
 def _build_minoxia(g: Grid, m, rng) -> Parts:
+    # a small cone filled by a trochospiral of simple chambers: in axial sections it
+    # gives the same triangle as Chrysalidina, without the pillars and columns
     h, rad = m["height"], m["radius"]
+    z = g.z + h / 2
+    cone = _sdf_cone(g.r, z, h, rad, dome=0.15 * rad)
     centres, radii = _trochospiral_chambers(
-        rng, m["n"], 0.2 * rad, 0.6 * rad, 0.8 * h, m["turns"], 0.4 * rad
+        rng, m["n"], 0.25 * rad, 0.75 * rad, 0.85 * h, m["turns"], 0.45 * rad
     )
-    centres[:, 2] -= 0.45 * h
-    solid, wall = _chamber_union(g, centres, radii, np.full(m["n"], 0.7), g.thick(0.05 * rad))
+    centres[:, 2] += 0.1 * h - h / 2
+    chambers, septa = _chamber_union(g, centres, radii, np.full(m["n"], 0.8), g.thick(0.05 * rad))
+    t = g.thick(0.05 * rad)
+    solid = (cone < 0) & chambers
+    wall = solid & ((cone > -t) | septa)
     return Parts(solid, wall)
 
 

@@ -278,6 +278,12 @@ def normalize_intensity(arr, low: float = 0.5, high: float = 99.5) -> np.ndarray
     return np.clip(out, 0.0, 1.0, out=out)
 
 
+def _unreadable(name: str, exc: Exception) -> VolumeError:
+    return VolumeError(
+        f"{name}: cannot be read: truncated or corrupt file ({type(exc).__name__}: {exc})"
+    )
+
+
 def _read_nifti(path: Path, name: str) -> tuple[np.ndarray, tuple[float, ...], bool]:
     """Return checked float32 data, spacing in µm, and whether the header carried a size."""
     try:
@@ -290,9 +296,7 @@ def _read_nifti(path: Path, name: str) -> tuple[np.ndarray, tuple[float, ...], b
     except (VolumeError, MemoryError):
         raise
     except Exception as exc:
-        raise VolumeError(
-            f"{name}: cannot be read: truncated or corrupt file ({type(exc).__name__}: {exc})"
-        ) from exc
+        raise _unreadable(name, exc) from exc
     spacing = tuple(z * _UNIT_TO_UM.get(unit, 1e3) for z in zooms)
     informative = not (unit == "unknown" and zooms == (1.0, 1.0, 1.0))
     return check_volume_array(data, name), spacing, informative
@@ -327,9 +331,7 @@ def _read_tiff(path: Path, name: str) -> np.ndarray:
     except (VolumeError, MemoryError):
         raise
     except Exception as exc:
-        raise VolumeError(
-            f"{name}: cannot be read: truncated or corrupt file ({type(exc).__name__}: {exc})"
-        ) from exc
+        raise _unreadable(name, exc) from exc
     arr = check_volume_array(arr, name)  # (z, y, x)
     return np.ascontiguousarray(arr.transpose(2, 1, 0), dtype=np.float32)
 
