@@ -20,6 +20,7 @@ the HTML for assets loaded from the internet (:func:`find_external_assets`).
 from __future__ import annotations
 
 import html.parser
+import json
 import os
 import re
 import shutil
@@ -67,6 +68,7 @@ def prepare_book(
     reports_dir: str | os.PathLike = "reports",
     results_dir: str | os.PathLike = "results",
     params_path: str | os.PathLike = "params.yaml",
+    benchmarks_dir: str | os.PathLike = "benchmarks/results",
 ) -> Path:
     """(Re)create ``<book_dir>/_generated/`` from the pipeline's products.
 
@@ -83,6 +85,9 @@ def prepare_book(
         Folder holding ``figures/*.png`` and ``tables/*.csv``.
     params_path : path-like
         The pipeline's ``params.yaml``; ``data.source`` decides the data-source note.
+    benchmarks_dir : path-like
+        Folder of benchmark results ``<name>.json``; each one a page includes as
+        ``_generated/benchmarks/<name>.md`` is rendered as a table.
 
     Returns
     -------
@@ -114,6 +119,14 @@ def prepare_book(
         for name in sorted(_wanted(results_dir / "tables", "*.csv", needs["tables"], dvc_yaml)):
             table = csv_to_myst_table(results_dir / "tables" / name)
             write_text(out / "tables" / f"{Path(name).stem}.md", table)
+        for name in needs["benchmarks"]:
+            src = Path(benchmarks_dir) / f"{name}.json"
+            if not src.is_file():
+                raise FileNotFoundError(
+                    f"{src.as_posix()} is missing: run `python benchmarks/{name}.py` "
+                    "(the book shows it)"
+                )
+            write_text(out / "benchmarks" / f"{name}.md", json_to_myst_table(src))
         write_text(out / "data_source.md", note)
     return book_dir / GENERATED
 
@@ -139,10 +152,12 @@ def required_products(book_dir: str | os.PathLike) -> dict[str, list[str]]:
     text = "\n".join(p.read_text(encoding="utf-8") for p in _page_sources(book_dir))
     figures = re.findall(rf"{GENERATED}/figures/([\w.\-]+\.\w+)", text)
     tables = re.findall(rf"{GENERATED}/tables/([\w.\-]+)\.md", text)
+    benchmarks = re.findall(rf"{GENERATED}/benchmarks/([\w.\-]+)\.md", text)
     return {
         "reports": list(dict.fromkeys(reports)),
         "figures": sorted(set(figures)),
         "tables": sorted({f"{t}.csv" for t in tables}),
+        "benchmarks": sorted(set(benchmarks)),
     }
 
 
@@ -171,6 +186,38 @@ def csv_to_myst_table(csv_path: str | os.PathLike) -> str:
         "|" + "|".join("---:" if n else "---" for n in numeric) + "|",
     ]
     lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def json_to_myst_table(json_path: str | os.PathLike) -> str:
+    """Render a benchmark result (a JSON object) as a two-column markdown table.
+
+    Nested objects are flattened with dotted keys (``machine.cpu_count``); lists are
+    shown inline.
+
+    >>> import json, tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "b.json"
+    >>> _ = p.write_text(json.dumps({"seconds": 1.5, "machine": {"cpus": 2}}))
+    >>> print(json_to_myst_table(p))
+    | measure | value |
+    |---|---|
+    | seconds | 1.5 |
+    | machine.cpus | 2 |
+    <BLANKLINE>
+    """
+    data = json.loads(Path(json_path).read_text(encoding="utf-8"))
+    if not isinstance(data, dict):
+        raise ValueError(f"{json_path}: expected a JSON object of benchmark results")
+
+    def flat(d, prefix=""):
+        for k, v in d.items():
+            if isinstance(v, dict):
+                yield from flat(v, f"{prefix}{k}.")
+            else:
+                yield f"{prefix}{k}", v
+
+    lines = ["| measure | value |", "|---|---|"]
+    lines += [f"| {_cell(k)} | {_cell(v)} |" for k, v in flat(data)]
     return "\n".join(lines) + "\n"
 
 
@@ -512,6 +559,7 @@ def build_book(
     reports_dir: str | os.PathLike = "reports",
     results_dir: str | os.PathLike = "results",
     params_path: str | os.PathLike = "params.yaml",
+    benchmarks_dir: str | os.PathLike = "benchmarks/results",
     fresh: bool = True,
 ) -> Path:
     """Build the book to ``<book_dir>/_build/html`` and check it loads nothing remote.
@@ -526,7 +574,7 @@ def build_book(
     strict : bool
         Turn warnings into errors (``-W -n --keep-going``): broken references, missing
         images, unknown directives... all fail the build.
-    reports_dir, results_dir, params_path : path-like
+    reports_dir, results_dir, params_path, benchmarks_dir : path-like
         Where the pipeline's products are (see :func:`prepare_book`).
     fresh : bool
         Rebuild every page (``--all``), so that a strict build also sees warnings of
@@ -546,7 +594,7 @@ def build_book(
     """
     book_dir = Path(book_dir)
     ensure_mathjax(book_dir)
-    prepare_book(book_dir, reports_dir, results_dir, params_path)
+    prepare_book(book_dir, reports_dir, results_dir, params_path, benchmarks_dir)
     cmd = [_jupyter_book(), "build", str(book_dir), "--builder", "html"]
     cmd += ["-W", "-n", "--keep-going"] if strict else []
     cmd += ["--all"] if fresh else []

@@ -7,13 +7,14 @@ copy of one of them, made by :func:`use_profile` (``make profile PROFILE=paper``
 
 Examples
 --------
->>> params = validate_params({"profile": "quick", "seed": 1,
-...     "data": {"source": "virtual", "raw_dir": "data/virtual",
-...              "manifest": "data/virtual/manifest.csv"},
-...     "virtual": {"preset": "tiny", "shape": 48, "supersample": 1, "n_jobs": 1},
-...     "curate": {"min_models": 2}})
->>> params["virtual"]["shape"]
-48
+Every problem is reported at once, naming the key and echoing the value:
+
+>>> try:
+...     validate_params({"seed": -1, "curate": {"min_models": 4}})
+... except ParamsError as err:
+...     msg = str(err)
+>>> "seed = -1 is invalid: expected an integer >= 0" in msg, "missing key 'data.source'" in msg
+(True, True)
 """
 
 from __future__ import annotations
@@ -62,6 +63,36 @@ def _one_of(*choices: str) -> Callable[[Any], bool]:
     return check
 
 
+def _number_in(lo: float, hi: float, *, lo_open=False, hi_open=False) -> Callable[[Any], bool]:
+    def check(v: Any) -> bool:
+        if isinstance(v, bool) or not isinstance(v, int | float) or v != v:
+            return False
+        return (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
+
+    check.__doc__ = f"a number in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+    return check
+
+
+def _bool(v: Any) -> bool:
+    """true or false"""
+    return isinstance(v, bool)
+
+
+def _dense_factor(v: Any) -> bool:
+    """a number > 1, or null to keep dense inclusions"""
+    return v is None or (not isinstance(v, bool) and isinstance(v, int | float) and v > 1)
+
+
+def _fractions(v: Any) -> bool:
+    """three positive numbers (train, val, test) summing to 1"""
+    return (
+        isinstance(v, list)
+        and len(v) == 3
+        and all(not isinstance(x, bool) and isinstance(x, int | float) and x > 0 for x in v)
+        and abs(sum(v) - 1.0) < 1e-6
+    )
+
+
 def _nonempty_str(v: Any) -> bool:
     """a non-empty string"""
     return isinstance(v, str) and v.strip() != ""
@@ -84,6 +115,25 @@ SCHEMA: dict[str, tuple[Callable[[Any], bool], str]] = {
     "virtual.supersample": (_positive_int, "build resolution factor for partial volume"),
     "virtual.n_jobs": (_positive_int, "worker processes for the generator"),
     "curate.min_models": (_positive_int, "keep taxa with at least this many specimens"),
+    "slice.slices_per_taxon": (_positive_int, "candidate sections per taxon, shared by its scans"),
+    "slice.offsets_per_orientation": (_positive_int, "parallel planes per orientation"),
+    "slice.jitter_deg": (_number_in(0, 45), "jitter of the axis-aligned orientations"),
+    "slice.size": (_int_at_least(32), "edge of a stored slice in pixels (paper: 224)"),
+    "slice.sensitivity": (
+        _number_in(0, 1, lo_open=True, hi_open=True),
+        "segmentation sensitivity; 0.5 = Otsu",
+    ),
+    "slice.min_fraction": (_number_in(0, 1, hi_open=True), "drop sections with less fossil area"),
+    "slice.margin": (_number_in(0, 1), "border around the silhouette's box"),
+    "slice.clahe": (_bool, "contrast-limited adaptive histogram equalisation"),
+    "slice.denoise": (_bool, "total-variation denoising"),
+    "slice.sharpen": (_bool, "unsharp masking"),
+    "slice.smooth_sigma": (_number_in(0, 5), "3D Gaussian denoising before cutting (voxels)"),
+    "slice.dense_factor": (_dense_factor, "remove voxels this much denser than the fossil"),
+    "slice.n_jobs": (_positive_int, "worker processes for slicing"),
+    "split.fractions": (_fractions, "target share of slices in train, val, test"),
+    "split.max_exhaustive": (_positive_int, "largest joint search space searched exhaustively"),
+    "split.restarts": (_positive_int, "starts of the coordinate-descent fallback"),
 }
 
 

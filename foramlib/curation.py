@@ -17,12 +17,21 @@ Examples
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 
-from foramlib.volumes import VolumeError, read_volume
+from foramlib.volumes import ManifestWarning, VolumeError, read_manifest, read_volume
 
-__all__ = ["CurationError", "summarize_taxa", "curate", "inspect_volumes", "one_scan_per_taxon"]
+__all__ = [
+    "CurationError",
+    "summarize_taxa",
+    "curate",
+    "inspect_volumes",
+    "one_scan_per_taxon",
+    "read_curated",
+]
 
 
 class CurationError(ValueError):
@@ -131,3 +140,15 @@ def one_scan_per_taxon(manifest: pd.DataFrame, taxa: pd.DataFrame) -> pd.DataFra
     if missing:
         raise ValueError(f"taxa {missing} are marked kept but have no scan in the manifest")
     return first.loc[kept].reset_index()
+
+
+def read_curated(path, raw_dir) -> pd.DataFrame:
+    """Read the curated manifest written by the curate stage, paths resolved in `raw_dir`.
+
+    The raw folder holds the dropped taxa's scans too, so the "unlisted files" warning
+    of :func:`~foramlib.volumes.read_manifest` is expected here and silenced; every other
+    check still applies.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ManifestWarning)
+        return read_manifest(path, raw_dir)

@@ -15,14 +15,21 @@ import numpy as np
 from foramlib.atomic import atomic_path
 from foramlib.volumes import normalize_intensity
 
-__all__ = ["data_label", "orthogonal_views", "collection_figure", "save_figure"]
+__all__ = [
+    "data_label",
+    "orthogonal_views",
+    "collection_figure",
+    "slice_gallery",
+    "spread_orientations",
+    "save_figure",
+]
 
 
 def data_label(source: str) -> str:
     """How figures name their data: virtual data is always called virtual.
 
-    >>> data_label("virtual")
-    'Virtual micro-CT collection (synthetic, not the paper\'s scans)'
+    >>> print(data_label("virtual"))
+    Virtual micro-CT collection (synthetic, not the paper's scans)
     """
     if source == "virtual":
         return "Virtual micro-CT collection (synthetic, not the paper's scans)"
@@ -87,6 +94,73 @@ def collection_figure(
                 ax.set_title(label, fontsize=9, loc="left", fontstyle="italic")
             ax.text(0.02, 0.02, names[j], color="yellow", fontsize=5, transform=ax.transAxes)
     fig.suptitle(title, fontsize=11)
+    return fig
+
+
+def spread_orientations(normals: np.ndarray, k: int) -> np.ndarray:
+    """Indices of `k` rows of `normals` spread over orientation space (farthest points).
+
+    Normals n and -n are one orientation, so distance is ``1 - |n·m|``.
+
+    >>> n = np.array([[0, 0, 1], [0, 0, -1.], [1, 0, 0], [0, 1, 0]])
+    >>> sorted(spread_orientations(n, 3).tolist())
+    [0, 2, 3]
+    """
+    normals = np.asarray(normals, dtype=np.float64)
+    if len(normals) == 0:
+        return np.zeros(0, dtype=int)
+    chosen = [0]
+    dist = 1.0 - np.abs(normals @ normals[0])
+    for _ in range(min(k, len(normals)) - 1):
+        nxt = int(np.argmax(dist))
+        chosen.append(nxt)
+        dist = np.minimum(dist, 1.0 - np.abs(normals @ normals[nxt]))
+    return np.asarray(chosen)
+
+
+def slice_gallery(index, arrays, *, per_taxon: int = 6, title: str, order=None):
+    """Sample preprocessed slices: one row per taxon, columns spread over orientations.
+
+    Parameters
+    ----------
+    index : DataFrame
+        Slice index (``species``, ``array``, ``row``, ``normal_x/y/z``).
+    arrays : dict of str -> array
+        Slice arrays by name (see :func:`foramlib.slicing.load_slices`).
+    per_taxon : int
+        Slices per row, chosen by :func:`spread_orientations`.
+    title : str
+        Figure title; say whether the data are virtual.
+    order : sequence of str, optional
+        Taxa in display order; default: as first seen in `index`.
+    """
+    taxa = list(order) if order is not None else list(dict.fromkeys(index["species"]))
+    if not taxa:
+        raise ValueError("slice_gallery needs at least one taxon")
+    fig, axes = plt.subplots(
+        len(taxa),
+        per_taxon,
+        figsize=(1.4 * per_taxon, 1.5 * len(taxa)),
+        squeeze=False,
+        layout="constrained",
+    )
+    for r, taxon in enumerate(taxa):
+        rows = index[index["species"] == taxon]
+        normals = rows[["normal_x", "normal_y", "normal_z"]].to_numpy()
+        picks = rows.iloc[spread_orientations(normals, per_taxon)]
+        for c in range(per_taxon):
+            ax = axes[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c < len(picks):
+                sl = picks.iloc[c]
+                ax.imshow(arrays[sl["array"]][int(sl["row"])], cmap="gray", vmin=0, vmax=255)
+                polar = np.degrees(np.arccos(abs(sl["normal_z"])))
+                ax.text(
+                    0.03, 0.04, f"{polar:.0f}°", color="yellow", fontsize=6, transform=ax.transAxes
+                )
+        axes[r, 0].set_ylabel(taxon, fontsize=8, fontstyle="italic")
+    fig.suptitle(title, fontsize=10)
     return fig
 
 

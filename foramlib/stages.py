@@ -27,7 +27,14 @@ def parse_parameter(text: str):
     (4, 0.5, 'data/raw')
     >>> parse_parameter("true"), parse_parameter("null"), parse_parameter("[1, 2]")
     (True, None, [1, 2])
+
+    DVC writes a YAML ``null`` into a command as ``None``; that is read back as None.
+
+    >>> parse_parameter("None") is None
+    True
     """
+    if text == "None":
+        return None
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError:

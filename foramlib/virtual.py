@@ -18,7 +18,7 @@ Examples
 >>> import numpy as np
 >>> plan = plan_collection(tiny_taxa(), seed=0)
 >>> len(plan), plan[0].species
-(10, 'Chrysalidina')
+(14, 'Chrysalidina')
 >>> vol, voxel_um = render_scan(plan[0], shape=32)
 >>> vol.shape, vol.dtype, bool(np.isfinite(vol).all())
 ((32, 32, 32), dtype('float32'), True)
@@ -752,14 +752,14 @@ def paper_taxa() -> tuple[TaxonSpec, ...]:
 def tiny_taxa() -> tuple[TaxonSpec, ...]:
     """A small collection for tests: four genera that pass curation, one that does not.
 
-    Chrysalidina has a repeat scan; Dictyoconus has two files of one specimen, so it
-    must be dropped by a ``min_models=2`` filter.
+    Each kept genus has three specimens (one per split); Chrysalidina has a repeat
+    scan; Dictyoconus has a single specimen, dropped by a ``min_models=3`` filter.
     """
     return (
-        TaxonSpec("Chrysalidina", 2, 3, "chrysalidina"),
-        TaxonSpec("Baculogypsina", 2, 2, "baculogypsina"),
-        TaxonSpec("Orbitoides", 2, 2, "orbitoides"),
-        TaxonSpec("Alveolina", 2, 2, "alveolina"),
+        TaxonSpec("Chrysalidina", 3, 4, "chrysalidina"),
+        TaxonSpec("Baculogypsina", 3, 3, "baculogypsina"),
+        TaxonSpec("Orbitoides", 3, 3, "orbitoides"),
+        TaxonSpec("Alveolina", 3, 3, "alveolina"),
         TaxonSpec("Dictyoconus", 1, 1, "coskinolina"),
     )
 

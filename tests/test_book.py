@@ -74,16 +74,26 @@ TAXA_CSV = (
 )
 
 
-def make_project(root: Path, source: str = "virtual", stages=("synthesize", "curate")) -> Path:
-    """A fake repository root with the products the book shows."""
+NEEDS = book.required_products(BOOK)
+
+
+def make_project(root: Path, source: str = "virtual", stages=None) -> Path:
+    """A fake repository root with the products the book shows (as its pages ask)."""
     (root / "reports").mkdir(parents=True)
-    for stage in stages:
+    for stage in NEEDS["reports"] if stages is None else stages:
         nbformat.write(fake_notebook(stage), root / "reports" / f"{stage}.ipynb")
     (root / "results" / "figures").mkdir(parents=True)
+    for name in NEEDS["figures"]:
+        (root / "results" / "figures" / name).write_bytes(tiny_png(12, 8))
     (root / "results" / "figures" / "figure2_collection.png").write_bytes(tiny_png(24, 8))
     (root / "results" / "figures" / "extra.png").write_bytes(tiny_png())
     (root / "results" / "tables").mkdir(parents=True)
+    for name in NEEDS["tables"]:
+        (root / "results" / "tables" / name).write_text("Split,CV (%)\nTraining,12.5\n")
     (root / "results" / "tables" / "taxa.csv").write_text(TAXA_CSV)
+    (root / "benchmarks" / "results").mkdir(parents=True)
+    for name in NEEDS["benchmarks"]:
+        (root / "benchmarks" / "results" / f"{name}.json").write_text('{"seconds": 1.5}')
     data = {"virtual": "  source: virtual\n", "manifest": "  source: manifest\n"}[source]
     if source == "manifest":
         data += "  raw_dir: /scans/volumes\n  manifest: /scans/manifest.csv\n"
@@ -103,6 +113,7 @@ def prepare(project: Path, book_dir: Path) -> Path:
         reports_dir=project / "reports",
         results_dir=project / "results",
         params_path=project / "params.yaml",
+        benchmarks_dir=project / "benchmarks" / "results",
     )
 
 
@@ -196,14 +207,15 @@ def test_prepare_book_copies_products_and_renders_tables(tmp_path):
     out = prepare(project, book_dir)
 
     assert out == book_dir / "_generated"
-    assert sorted(p.name for p in (out / "reports").iterdir()) == [
-        "curate.ipynb",
-        "synthesize.ipynb",
-    ]
+    assert sorted(p.name for p in (out / "reports").iterdir()) == sorted(
+        f"{stage}.ipynb" for stage in NEEDS["reports"]
+    )
     nb = nbformat.read(out / "reports" / "curate.ipynb", as_version=4)
     assert nb.cells[1].outputs[0]["text"] == "curate done\n"
     figures = out / "figures"
-    assert sorted(p.name for p in figures.iterdir()) == ["extra.png", "figure2_collection.png"]
+    assert sorted(p.name for p in figures.iterdir()) == sorted({"extra.png", *NEEDS["figures"]})
+    bench = (out / "benchmarks" / f"{NEEDS['benchmarks'][0]}.md").read_text()
+    assert bench.splitlines()[2] == "| seconds | 1.5 |"
     assert (figures / "figure2_collection.png").read_bytes() == tiny_png(24, 8)
     taxa = (out / "tables" / "taxa.md").read_text()
     assert taxa.startswith("| species | n_volumes | n_specimens | kept |")
@@ -214,7 +226,8 @@ def test_prepare_book_copies_products_and_renders_tables(tmp_path):
 
 
 def test_prepare_book_names_a_users_manifest(tmp_path):
-    project = make_project(tmp_path / "repo", source="manifest", stages=("curate",))
+    stages = [s for s in NEEDS["reports"] if s != "synthesize"]
+    project = make_project(tmp_path / "repo", source="manifest", stages=stages)
     book_dir = copy_book_sources(tmp_path / "book")
 
     out = prepare(project, book_dir)
@@ -268,6 +281,16 @@ def test_required_products_follow_toc_and_pages():
     assert needs["reports"][:2] == ["synthesize", "curate"]
     assert "figure2_collection.png" in needs["figures"]
     assert "taxa.csv" in needs["tables"]
+    assert {"slice", "split"} <= set(needs["reports"])
+    assert {"table2.csv", "table3.csv", "table2_paper.csv"} <= set(needs["tables"])
+    assert "slicing_speed" in needs["benchmarks"]
+
+
+def test_missing_benchmark_result_names_the_script(tmp_path):
+    project = make_project(tmp_path / "repo")
+    (project / "benchmarks" / "results" / "slicing_speed.json").unlink()
+    with pytest.raises(FileNotFoundError, match=r"run `python benchmarks/slicing_speed.py`"):
+        prepare(project, copy_book_sources(tmp_path / "book"))
 
 
 # --------------------------------------------------------------------------- mathjax / build
@@ -300,6 +323,7 @@ def test_build_book_fails_on_external_assets(tmp_path, monkeypatch):
             reports_dir=project / "reports",
             results_dir=project / "results",
             params_path=project / "params.yaml",
+            benchmarks_dir=project / "benchmarks" / "results",
         )
     assert calls and {"-W", "-n", "--keep-going"} <= set(calls[0])
 
@@ -326,6 +350,7 @@ def test_strict_offline_build_of_the_book(tmp_path):
         reports_dir=project / "reports",
         results_dir=project / "results",
         params_path=project / "params.yaml",
+        benchmarks_dir=project / "benchmarks" / "results",
     )
 
     assert index == book_dir / "_build" / "html" / "index.html"

@@ -61,8 +61,8 @@ def test_min_models_is_validated(bad):
 def test_tiny_collection_curates_to_its_four_genera(tiny_collection):
     listed = read_manifest(tiny_collection / "manifest.csv")
     checks = curation.inspect_volumes(listed)
-    assert len(checks) == 10 and (checks["max"] > checks["min"]).all()
-    curated, taxa = curation.curate(listed, min_models=2)
+    assert len(checks) == 14 and (checks["max"] > checks["min"]).all()
+    curated, taxa = curation.curate(listed, min_models=3)
     assert sorted(curated["species"].unique()) == [
         "Alveolina",
         "Baculogypsina",

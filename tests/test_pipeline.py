@@ -22,7 +22,23 @@ TINY = {
         "manifest": "data/virtual/manifest.csv",
     },
     "virtual": {"preset": "tiny", "shape": 32, "supersample": 1, "n_jobs": 1},
-    "curate": {"min_models": 2},
+    "curate": {"min_models": 3},
+    "slice": {
+        "slices_per_taxon": 24,
+        "offsets_per_orientation": 3,
+        "jitter_deg": 5,
+        "size": 32,
+        "sensitivity": 0.5,
+        "min_fraction": 0.02,
+        "margin": 0.05,
+        "clahe": False,
+        "denoise": False,
+        "sharpen": False,
+        "smooth_sigma": 0.8,
+        "dense_factor": 1.8,
+        "n_jobs": 1,
+    },
+    "split": {"fractions": [0.4, 0.13, 0.47], "max_exhaustive": 200000, "restarts": 5},
 }
 
 
@@ -70,9 +86,9 @@ def scratch_repo(repo_root, tmp_path_factory):
 def test_dvc_repro_runs_every_stage_then_nothing(scratch_repo):
     repo, env = scratch_repo
     first = _run([sys.executable, "-m", "dvc", "repro"], repo, env)
-    for stage in ("synthesize", "curate", "book"):
+    for stage in ("synthesize", "curate", "slice", "split", "book"):
         assert f"Running stage '{stage}'" in first
-    assert len(list((repo / "data" / "virtual").glob("*.nii.gz"))) == 10
+    assert len(list((repo / "data" / "virtual").glob("*.nii.gz"))) == 14
     taxa = (repo / "results" / "tables" / "taxa.csv").read_text()
     assert "Dictyoconus,1,1,0,False" in taxa
     index = (repo / "book" / "_build" / "html" / "index.html").read_text()
@@ -88,12 +104,14 @@ def test_dvc_repro_runs_every_stage_then_nothing(scratch_repo):
     assert "Data and pipelines are up to date" in second
 
 
-def test_changing_a_curate_param_reruns_only_downstream(scratch_repo):
+def test_changing_a_slice_param_reruns_only_downstream(scratch_repo):
     repo, env = scratch_repo
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["curate"]["min_models"] = 1
+    params["slice"]["sensitivity"] = 0.6
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     out = _run([sys.executable, "-m", "dvc", "repro"], repo, env)
-    assert "Running stage 'synthesize'" not in out
-    assert "Running stage 'curate'" in out and "Running stage 'book'" in out
-    assert "Dictyoconus,1,1,0,True" in (repo / "results" / "tables" / "taxa.csv").read_text()
+    assert "Running stage 'synthesize'" not in out and "Running stage 'curate'" not in out
+    for stage in ("slice", "split", "book"):
+        assert f"Running stage '{stage}'" in out
+    meta = (repo / "data" / "slices" / "slicing.json").read_text()
+    assert '"sensitivity": 0.6' in meta

@@ -104,7 +104,7 @@ def test_same_seed_gives_byte_identical_files(tmp_path):
 
 def test_collection_is_a_valid_manifest_with_voxel_sizes(tiny_collection):
     manifest = read_manifest(tiny_collection / "manifest.csv")
-    assert len(manifest) == 10
+    assert len(manifest) == 14
     assert set(manifest["source"]) == {"virtual"}
     repeat = manifest[manifest["notes"].str.contains("repeat scan")]
     assert len(repeat) == 1 and repeat["species"].iloc[0] == "Chrysalidina"
@@ -112,7 +112,7 @@ def test_collection_is_a_valid_manifest_with_voxel_sizes(tiny_collection):
     assert vol.data.shape == (32, 32, 32)
     assert vol.voxel_size_um == pytest.approx(manifest["voxel_size_um"].iloc[0], rel=1e-4)
     summary = json.loads((tiny_collection / "collection.json").read_text())
-    assert summary["source"] == "virtual" and summary["n_volumes"] == 10
+    assert summary["source"] == "virtual" and summary["n_volumes"] == 14
 
 
 def test_repeat_scans_show_the_same_specimen_differently():

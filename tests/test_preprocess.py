@@ -1,0 +1,163 @@
+"""Shared slice preprocessing: segmentation, crop, resize, enhancement, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from foramlib import preprocess as pp
+
+
+def _ring(
+    size=96, radius=30, wall=3, inside=0.0, background=0.0, wall_level=1.0, seed=0, noise=0.0
+):
+    yy, xx = np.mgrid[:size, :size]
+    r = np.hypot(yy - size / 2, xx - size / 2)
+    img = np.full((size, size), background, np.float32)
+    img[r < radius] = inside
+    img[(r < radius) & (r > radius - wall)] = wall_level
+    if noise:
+        img += np.random.default_rng(seed).normal(0, noise, img.shape).astype(np.float32)
+    return img
+
+
+def test_silhouette_fills_the_chambers_inside_the_wall():
+    mask = pp.segment_silhouette(_ring())
+    area = mask.sum()
+    assert area == pytest.approx(np.pi * 30**2, rel=0.1)
+    assert mask[48, 48]  # the hollow centre belongs to the fossil
+
+
+def test_silhouette_in_low_contrast_matrix_with_dark_infill():
+    # calcite wall barely brighter than the matrix, chambers infilled darker
+    img = _ring(background=0.7, inside=0.4, wall_level=0.85, noise=0.02)
+    mask = pp.segment_silhouette(img)
+    assert mask[48, 48] and not mask[2, 2]
+    assert mask.sum() > 0.75 * np.pi * 30**2  # at least the infilled chambers
+    # the faint wall itself needs a higher sensitivity: that is what the knob is for
+    wide = pp.segment_silhouette(img, sensitivity=0.7)
+    assert wide.sum() == pytest.approx(np.pi * 30**2, rel=0.1)
+    assert not wide[2, 2]
+
+
+def test_small_specks_and_noise_are_dropped():
+    img = _ring(radius=25)
+    img[5:8, 5:8] = 1.0  # a speck: a stem cut across, or dust
+    mask = pp.segment_silhouette(img)
+    assert not mask[6, 6]
+
+
+@pytest.mark.parametrize("low, high", [(0.3, 0.7), (0.2, 0.8)])
+def test_sensitivity_moves_the_threshold_monotonically(low, high):
+    # a fossil with a faint outer rim: higher sensitivity takes more of it
+    img = _ring(radius=30)
+    yy, xx = np.mgrid[:96, :96]
+    rim = (np.hypot(yy - 48, xx - 48) < 38) & (np.hypot(yy - 48, xx - 48) >= 30)
+    img[rim] = 0.25
+    strict = pp.segment_silhouette(img, sensitivity=low, threshold=0.5)
+    loose = pp.segment_silhouette(img, sensitivity=high, threshold=0.5)
+    assert loose.sum() > strict.sum()
+    assert np.all(loose[strict])
+
+
+def test_preprocess_slice_crops_centres_and_resizes():
+    img = np.zeros((200, 120), np.float32)
+    img[20:60, 10:50] = 1.0  # off-centre square fossil
+    out, info = pp.preprocess_slice(img, pp.PreprocessConfig(size=64, margin=0.0))
+    assert out.shape == (64, 64) and out.dtype == np.uint8
+    rows = np.flatnonzero(out.max(axis=1) > 128)
+    cols = np.flatnonzero(out.max(axis=0) > 128)
+    # the square fills the frame (up to the 2-pixel crop border) and is centred
+    assert rows[0] <= 4 and rows[-1] >= 59 and cols[0] <= 4 and cols[-1] >= 59
+    assert info.fraction == pytest.approx(1600 / 24000, rel=0.15)
+
+
+def test_background_outside_the_silhouette_is_zeroed():
+    img = _ring(background=0.6, inside=0.45, wall_level=1.0)
+    img[:10, :10] = 0.0  # something darker than the infill elsewhere in the field
+    out, _ = pp.preprocess_slice(img, pp.PreprocessConfig(size=64, margin=0.2))
+    assert out[0, 0] == 0 and out[-1, -1] == 0
+    assert out[32, 32] > 0  # infilled chamber kept
+
+
+@pytest.mark.parametrize("option", ["clahe", "denoise", "sharpen"])
+def test_enhancement_options_change_the_image_and_keep_its_range(option):
+    img = _ring(noise=0.05, inside=0.3)
+    base, _ = pp.preprocess_slice(img, pp.PreprocessConfig(size=64))
+    out, _ = pp.preprocess_slice(img, pp.PreprocessConfig(size=64, **{option: True}))
+    assert out.dtype == np.uint8 and out.shape == (64, 64)
+    assert np.abs(out.astype(int) - base.astype(int)).mean() > 0.5
+
+
+def test_rgb_and_uint16_uploads_are_accepted():
+    gray = _ring()
+    rgb = np.repeat((gray * 255).astype(np.uint8)[..., None], 3, axis=2)
+    u16 = (gray * 60000).astype(np.uint16)
+    a, _ = pp.preprocess_slice(rgb, pp.PreprocessConfig(size=32))
+    b, _ = pp.preprocess_slice(u16, pp.PreprocessConfig(size=32))
+    assert np.abs(a.astype(int) - b.astype(int)).max() <= 2
+
+
+@pytest.mark.parametrize(
+    "image, match",
+    [
+        (np.zeros((64, 64)), "blank"),
+        (np.full((64, 64), 7.0), "blank"),
+        (np.ones((8, 64)), "too small"),
+        (np.ones((4, 4, 4, 4)), "expected a 2-D image"),
+        (np.array([["a", "b"]]), "unsupported pixel type"),
+        (np.where(np.eye(64) > 0, np.nan, 1.0), "NaN or infinite"),
+    ],
+)
+def test_bad_images_get_specific_errors(image, match):
+    with pytest.raises(pp.PreprocessError, match=match):
+        pp.preprocess_slice(image, name="upload.png")
+
+
+def test_no_foreground_at_low_sensitivity_is_an_error():
+    img = _ring()
+    with pytest.raises(pp.PreprocessError, match="no foreground at sensitivity 0.01"):
+        pp.preprocess_slice(
+            img,
+            pp.PreprocessConfig(sensitivity=0.01),
+            threshold=0.9,
+            background=0.0,
+            normalized=True,
+        )
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(size=8), "size must be an integer >= 16"),
+        (dict(sensitivity=1.0), "sensitivity must be in"),
+        (dict(min_fraction=1.5), "min_fraction must be in"),
+        (dict(margin=-0.1), "margin must be in"),
+    ],
+)
+def test_config_validation(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        pp.PreprocessConfig(**kwargs)
+
+
+def test_config_records_the_preprocessing_version():
+    assert pp.PreprocessConfig().as_dict()["version"] == pp.PREPROCESS_VERSION
+
+
+def test_dense_inclusions_are_removed_but_the_fossil_is_not():
+    rng = np.random.default_rng(1)
+    vol = rng.normal(0, 0.05, (40, 40, 40)).astype(np.float32)
+    vol[10:30, 10:30, 15:25] += 1.0  # fossil
+    vol[18:22, 18:22, 0:10] = 3.0  # metal stem
+    out = pp.remove_dense_inclusions(vol)
+    assert out[20, 20, 5] < 0.5
+    np.testing.assert_array_equal(out[10:30, 10:30, 15:25], vol[10:30, 10:30, 15:25])
+
+
+def test_dense_removal_refuses_to_eat_the_fossil():
+    vol = np.zeros((20, 20, 20), np.float32)
+    vol[5:15, 5:15, 5:15] = 1.0
+    vol[5:15, 5:15, 9:11] = 3.0  # a bright structure 20% of the test: not a mount
+    np.testing.assert_array_equal(pp.remove_dense_inclusions(vol, factor=1.5), vol)
+    with pytest.raises(ValueError, match="factor must be > 1"):
+        pp.remove_dense_inclusions(vol, factor=0.5)
