@@ -31,7 +31,7 @@ $(STAMP): pyproject.toml
 env: $(STAMP)
 
 demo: env
-	@echo "==> running the pipeline (dvc repro): synthesize -> curate -> book"
+	@echo "==> running the pipeline (dvc repro): synthesize -> curate -> slice -> split -> book"
 	$(BIN)/dvc repro
 	@echo "==> done: open book/_build/html/index.html"
 
@@ -49,6 +49,8 @@ profile: env
 
 benchmarks: env
 	$(BIN)/python benchmarks/synthesize_speed.py
+	$(BIN)/python benchmarks/split_search.py
+	$(BIN)/python benchmarks/slicing_speed.py $(if $(wildcard data/curated/manifest.csv),--collection data/virtual)
 
 clean:
 	rm -rf book/_build book/_generated .pytest_cache .ruff_cache
