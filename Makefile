@@ -31,7 +31,7 @@ $(STAMP): pyproject.toml
 env: $(STAMP)
 
 demo: env
-	@echo "==> running the pipeline (dvc repro): synthesize -> curate -> slice -> split -> book"
+	@echo "==> running the pipeline (dvc repro): synthesize -> curate -> slice -> split -> train@<backbone> -> book"
 	$(BIN)/dvc repro
 	@echo "==> done: open book/_build/html/index.html"
 
@@ -51,6 +51,7 @@ benchmarks: env
 	$(BIN)/python benchmarks/synthesize_speed.py
 	$(BIN)/python benchmarks/split_search.py
 	$(BIN)/python benchmarks/slicing_speed.py $(if $(wildcard data/curated/manifest.csv),--collection data/virtual)
+	$(BIN)/python benchmarks/train_throughput.py --backbone tiny_cnn mobilenetv3_small mobilenetv3_large efficientnetv2_b0 --input-size 96 $(if $(wildcard data/split/index.csv),--store data/slices --index data/split/index.csv)
 
 clean:
 	rm -rf book/_build book/_generated .pytest_cache .ruff_cache

@@ -69,6 +69,7 @@ def prepare_book(
     results_dir: str | os.PathLike = "results",
     params_path: str | os.PathLike = "params.yaml",
     benchmarks_dir: str | os.PathLike = "benchmarks/results",
+    models_dir: str | os.PathLike = "models",
 ) -> Path:
     """(Re)create ``<book_dir>/_generated/`` from the pipeline's products.
 
@@ -88,6 +89,10 @@ def prepare_book(
     benchmarks_dir : path-like
         Folder of benchmark results ``<name>.json``; each one a page includes as
         ``_generated/benchmarks/<name>.md`` is rendered as a table.
+    models_dir : path-like
+        Folder of trained backbones ``<backbone>/summary.json``; summarised with their
+        learning curves (``results/figures/history_<backbone>.png``) in
+        ``_generated/training.md``.
 
     Returns
     -------
@@ -111,8 +116,8 @@ def prepare_book(
     with atomic_dir(book_dir / GENERATED) as out:
         for stage in needs["reports"]:
             _copy_report(reports_dir, stage, out / "reports", source, dvc_yaml)
-        for extra in sorted(reports_dir.glob("*.ipynb")):  # stages not (yet) in the toc
-            if extra.stem not in needs["reports"]:
+        for extra in sorted(reports_dir.glob("*.ipynb")):  # stages not named in the toc
+            if extra.stem not in needs["reports"] and not extra.name.endswith(".failed.ipynb"):
                 _copy(extra, out / "reports" / extra.name)
         for name in sorted(_wanted(results_dir / "figures", "*.png", needs["figures"], dvc_yaml)):
             _copy(results_dir / "figures" / name, out / "figures" / name)
@@ -127,8 +132,66 @@ def prepare_book(
                     "(the book shows it)"
                 )
             write_text(out / "benchmarks" / f"{name}.md", json_to_myst_table(src))
+        training, curves = training_section(models_dir, results_dir / "figures")
+        for curve in curves:
+            _copy(results_dir / "figures" / curve, out / "figures" / curve)
+        write_text(out / "training.md", training)
         write_text(out / "data_source.md", note)
     return book_dir / GENERATED
+
+
+def training_section(models_dir, figures_dir) -> tuple[str, list[str]]:
+    """Markdown summarising every trained backbone, and the learning-curve figures it shows.
+
+    Reads ``<models_dir>/<backbone>/summary.json`` (written by
+    :func:`foramlib.training.train_backbone`); a backbone whose figure
+    ``history_<backbone>.png`` is missing raises FileNotFoundError naming its stage.
+    """
+    summaries = []
+    for path in sorted(Path(models_dir).glob("*/summary.json")):
+        summaries.append(json.loads(path.read_text(encoding="utf-8")))
+    if not summaries:
+        return (
+            "No backbone has been trained yet: run `dvc repro` (the `train@<backbone>` stages).\n",
+            [],
+        )
+    cols = [
+        ("backbone", "backbone"),
+        ("input px", "input_size"),
+        ("epochs", "epochs_run"),
+        ("best val loss", "best_val_loss"),
+        ("val accuracy", "val_accuracy"),
+        ("train img/s", "train_images_per_s"),
+        ("precision", "precision"),
+        ("backend", "backend"),
+        ("parameters", "parameters"),
+    ]
+    lines = ["| " + " | ".join(c for c, _ in cols) + " |", "|" + "---|" * len(cols)]
+    figures = []
+    for s in summaries:
+        cells = []
+        for _, key in cols:
+            v = s.get(key, "")
+            if isinstance(v, float):
+                v = f"{v:.3f}" if key != "train_images_per_s" else f"{v:.1f}"
+            if isinstance(v, dict):
+                v = f"{sum(v.values()):,}"
+            cells.append(_cell(v))
+        lines.append("| " + " | ".join(cells) + " |")
+        name = f"history_{s['backbone']}.png"
+        if not (Path(figures_dir) / name).is_file():
+            raise FileNotFoundError(_missing(Path(figures_dir) / name, f"train@{s['backbone']}"))
+        figures.append(name)
+    text = "\n".join(lines) + "\n"
+    for name in figures:
+        backbone = name[len("history_") : -len(".png")]
+        text += (
+            f"\n```{{figure}} _generated/figures/{name}\n:alt: Learning curves of {backbone}\n"
+            f":width: 100%\n\nLearning curves of `{backbone}`: loss and accuracy on the "
+            f"training (solid) and validation (dashed) splits; the shaded part is phase 2 "
+            f"(fine-tuning).\n```\n"
+        )
+    return text, figures
 
 
 def required_products(book_dir: str | os.PathLike) -> dict[str, list[str]]:
@@ -560,6 +623,7 @@ def build_book(
     results_dir: str | os.PathLike = "results",
     params_path: str | os.PathLike = "params.yaml",
     benchmarks_dir: str | os.PathLike = "benchmarks/results",
+    models_dir: str | os.PathLike = "models",
     fresh: bool = True,
 ) -> Path:
     """Build the book to ``<book_dir>/_build/html`` and check it loads nothing remote.
@@ -574,7 +638,7 @@ def build_book(
     strict : bool
         Turn warnings into errors (``-W -n --keep-going``): broken references, missing
         images, unknown directives... all fail the build.
-    reports_dir, results_dir, params_path, benchmarks_dir : path-like
+    reports_dir, results_dir, params_path, benchmarks_dir, models_dir : path-like
         Where the pipeline's products are (see :func:`prepare_book`).
     fresh : bool
         Rebuild every page (``--all``), so that a strict build also sees warnings of
@@ -594,7 +658,7 @@ def build_book(
     """
     book_dir = Path(book_dir)
     ensure_mathjax(book_dir)
-    prepare_book(book_dir, reports_dir, results_dir, params_path, benchmarks_dir)
+    prepare_book(book_dir, reports_dir, results_dir, params_path, benchmarks_dir, models_dir)
     cmd = [_jupyter_book(), "build", str(book_dir), "--builder", "html"]
     cmd += ["-W", "-n", "--keep-going"] if strict else []
     cmd += ["--all"] if fresh else []

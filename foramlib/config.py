@@ -93,6 +93,31 @@ def _fractions(v: Any) -> bool:
     )
 
 
+def _backbones(v: Any) -> bool:
+    """a mapping of backbone name -> {input_size: integer >= 32}"""
+    return (
+        isinstance(v, dict)
+        and len(v) >= 1
+        and all(
+            isinstance(k, str)
+            and isinstance(c, dict)
+            and set(c) == {"input_size"}
+            and _int_at_least(32)(c["input_size"])
+            for k, c in v.items()
+        )
+    )
+
+
+def _optional_positive_int(v: Any) -> bool:
+    """an integer >= 1, or null"""
+    return v is None or _positive_int(v)
+
+
+def _weights(v: Any) -> bool:
+    """imagenet, null, or the path of a local weights file"""
+    return v is None or (isinstance(v, str) and v.strip() != "")
+
+
 def _nonempty_str(v: Any) -> bool:
     """a non-empty string"""
     return isinstance(v, str) and v.strip() != ""
@@ -134,6 +159,35 @@ SCHEMA: dict[str, tuple[Callable[[Any], bool], str]] = {
     "split.fractions": (_fractions, "target share of slices in train, val, test"),
     "split.max_exhaustive": (_positive_int, "largest joint search space searched exhaustively"),
     "split.restarts": (_positive_int, "starts of the coordinate-descent fallback"),
+    "train.backbones": (_backbones, "one train@<name> stage per backbone, with its input size"),
+    "train.weights": (_weights, "imagenet (paper; needs network), null, or a local file"),
+    "train.batch_size": (_positive_int, "images per batch (paper: 32)"),
+    "train.dropout": (_number_in(0, 1, hi_open=True), "dropout before the classifier"),
+    "train.phase1_epochs": (_int_at_least(0), "epochs with the backbone frozen (paper: 10)"),
+    "train.phase1_lr": (_number_in(0, 1, lo_open=True), "phase-1 learning rate (paper: 1e-4)"),
+    "train.phase2_epochs": (_int_at_least(0), "epochs of full fine-tuning (paper: 20)"),
+    "train.phase2_lr": (_number_in(0, 1, lo_open=True), "phase-2 learning rate (paper: 5e-5)"),
+    "train.restart_epochs": (_positive_int, "period of the warm restarts in phase 2"),
+    "train.weight_decay": (_number_in(0, 1), "AdamW weight decay"),
+    "train.label_smoothing": (_number_in(0, 1, hi_open=True), "label smoothing (paper: 0.1)"),
+    "train.patience": (_positive_int, "early-stopping patience on val loss (paper: 5)"),
+    "train.precision": (
+        _one_of("auto", "float32", "mixed_float16", "mixed_bfloat16"),
+        "auto: mixed_float16 on GPU, float32 on CPU",
+    ),
+    "train.class_weights": (_bool, "weight the loss by inverse class frequency"),
+    "train.distribution": (_one_of("none", "data_parallel"), "data-parallel over devices"),
+    "train.workers": (_positive_int, "input-pipeline workers"),
+    "train.max_steps_per_epoch": (_optional_positive_int, "cap on steps per epoch (null: all)"),
+    "train.augment.enabled": (_bool, "on-device augmentation"),
+    "train.augment.rotation_deg": (_number_in(0, 180), "random rotation (paper: ±45°)"),
+    "train.augment.zoom": (_number_in(0, 1, hi_open=True), "random scaling (paper: 0.8–1.2)"),
+    "train.augment.flip": (_bool, "random horizontal flips"),
+    "train.augment.brightness": (_number_in(0, 1), "brightness jitter"),
+    "train.augment.contrast": (_number_in(0, 1), "contrast jitter"),
+    "train.augment.cutmix": (_bool, "CutMix at the batch level"),
+    "train.augment.mixup": (_bool, "MixUp at the batch level"),
+    "train.augment.mix_probability": (_number_in(0, 1), "share of batches mixed"),
 }
 
 
@@ -151,7 +205,7 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     flat = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
-        if isinstance(v, dict):
+        if isinstance(v, dict) and key not in SCHEMA:  # a schema key may hold a mapping
             flat.update(_flatten(v, key + "."))
         else:
             flat[key] = v

@@ -82,6 +82,10 @@ def make_project(root: Path, source: str = "virtual", stages=None) -> Path:
     (root / "reports").mkdir(parents=True)
     for stage in NEEDS["reports"] if stages is None else stages:
         nbformat.write(fake_notebook(stage), root / "reports" / f"{stage}.ipynb")
+    # the per-backbone training reports the toc picks up by glob, and a failed run's
+    # report that must not be published
+    nbformat.write(fake_notebook("train_tiny_cnn"), root / "reports" / "train_tiny_cnn.ipynb")
+    nbformat.write(fake_notebook("train_x"), root / "reports" / "train_x.failed.ipynb")
     (root / "results" / "figures").mkdir(parents=True)
     for name in NEEDS["figures"]:
         (root / "results" / "figures" / name).write_bytes(tiny_png(12, 8))
@@ -114,6 +118,7 @@ def prepare(project: Path, book_dir: Path) -> Path:
         results_dir=project / "results",
         params_path=project / "params.yaml",
         benchmarks_dir=project / "benchmarks" / "results",
+        models_dir=project / "models",
     )
 
 
@@ -208,7 +213,7 @@ def test_prepare_book_copies_products_and_renders_tables(tmp_path):
 
     assert out == book_dir / "_generated"
     assert sorted(p.name for p in (out / "reports").iterdir()) == sorted(
-        f"{stage}.ipynb" for stage in NEEDS["reports"]
+        [f"{stage}.ipynb" for stage in NEEDS["reports"]] + ["train_tiny_cnn.ipynb"]
     )
     nb = nbformat.read(out / "reports" / "curate.ipynb", as_version=4)
     assert nb.cells[1].outputs[0]["text"] == "curate done\n"
@@ -324,6 +329,7 @@ def test_build_book_fails_on_external_assets(tmp_path, monkeypatch):
             results_dir=project / "results",
             params_path=project / "params.yaml",
             benchmarks_dir=project / "benchmarks" / "results",
+            models_dir=project / "models",
         )
     assert calls and {"-W", "-n", "--keep-going"} <= set(calls[0])
 
@@ -351,6 +357,7 @@ def test_strict_offline_build_of_the_book(tmp_path):
         results_dir=project / "results",
         params_path=project / "params.yaml",
         benchmarks_dir=project / "benchmarks" / "results",
+        models_dir=project / "models",
     )
 
     assert index == book_dir / "_build" / "html" / "index.html"
@@ -365,3 +372,24 @@ def test_strict_offline_build_of_the_book(tmp_path):
     # only MathJax's entry point is loaded, not every file of the local copy
     assert report.count("_static/mathjax/") == 1
     assert book.find_external_assets(index.parent) == []
+
+
+def test_training_section_lists_trained_backbones_with_their_curves(tmp_path):
+    project = make_project(tmp_path / "repo")
+    model = project / "models" / "tiny_cnn"
+    model.mkdir(parents=True)
+    (model / "summary.json").write_text(
+        '{"backbone": "tiny_cnn", "input_size": 96, "epochs_run": 6, "best_val_loss": 1.25,'
+        ' "val_accuracy": 0.5, "train_images_per_s": 210.4, "precision": "float32",'
+        ' "backend": "tensorflow", "parameters": {"trainable": 10, "non_trainable": 2}}'
+    )
+    (project / "results" / "figures" / "history_tiny_cnn.png").write_bytes(tiny_png())
+    text, figures = book.training_section(project / "models", project / "results" / "figures")
+    assert text == book.training_section(project / "models", project / "results" / "figures")[0]
+    assert "No backbone" not in text and figures == ["history_tiny_cnn.png"]
+    assert "| tiny_cnn | 96 | 6 | 1.250 | 0.500 | 210.4 | float32 | tensorflow | 12 |" in text
+    with pytest.raises(FileNotFoundError, match=r"run `dvc repro train@tiny_cnn`"):
+        book.training_section(project / "models", tmp_path / "nowhere")
+    out = prepare(project, copy_book_sources(tmp_path / "book"))
+    assert (out / "figures" / "history_tiny_cnn.png").is_file()
+    assert "_generated/figures/history_tiny_cnn.png" in (out / "training.md").read_text()

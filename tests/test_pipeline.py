@@ -39,6 +39,36 @@ TINY = {
         "n_jobs": 1,
     },
     "split": {"fractions": [0.4, 0.13, 0.47], "max_exhaustive": 200000, "restarts": 5},
+    "train": {
+        "backbones": {"tiny_cnn": {"input_size": 32}},
+        "weights": None,
+        "batch_size": 8,
+        "dropout": 0.2,
+        "phase1_epochs": 1,
+        "phase1_lr": 0.001,
+        "phase2_epochs": 1,
+        "phase2_lr": 0.001,
+        "restart_epochs": 1,
+        "weight_decay": 0.0001,
+        "label_smoothing": 0.1,
+        "patience": 5,
+        "precision": "auto",
+        "class_weights": False,
+        "distribution": "none",
+        "workers": 1,
+        "max_steps_per_epoch": 2,
+        "augment": {
+            "enabled": True,
+            "rotation_deg": 45,
+            "zoom": 0.2,
+            "flip": True,
+            "brightness": 0.2,
+            "contrast": 0.2,
+            "cutmix": True,
+            "mixup": True,
+            "mix_probability": 0.5,
+        },
+    },
 }
 
 
@@ -86,7 +116,7 @@ def scratch_repo(repo_root, tmp_path_factory):
 def test_dvc_repro_runs_every_stage_then_nothing(scratch_repo):
     repo, env = scratch_repo
     first = _run([sys.executable, "-m", "dvc", "repro"], repo, env)
-    for stage in ("synthesize", "curate", "slice", "split", "book"):
+    for stage in ("synthesize", "curate", "slice", "split", "train@tiny_cnn", "book"):
         assert f"Running stage '{stage}'" in first
     assert len(list((repo / "data" / "virtual").glob("*.nii.gz"))) == 14
     taxa = (repo / "results" / "tables" / "taxa.csv").read_text()
@@ -111,7 +141,7 @@ def test_changing_a_slice_param_reruns_only_downstream(scratch_repo):
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     out = _run([sys.executable, "-m", "dvc", "repro"], repo, env)
     assert "Running stage 'synthesize'" not in out and "Running stage 'curate'" not in out
-    for stage in ("slice", "split", "book"):
+    for stage in ("slice", "split", "train@tiny_cnn", "book"):
         assert f"Running stage '{stage}'" in out
     meta = (repo / "data" / "slices" / "slicing.json").read_text()
     assert '"sensitivity": 0.6' in meta

@@ -1,0 +1,245 @@
+"""Two-phase training on a tiny slice store: outputs, reload, checks, backends, devices."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import importlib.util  # noqa: E402
+import json  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import textwrap  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+
+from foramlib import data, slicing, split, training  # noqa: E402
+from foramlib.augment import AugmentConfig, mix_batch  # noqa: E402
+from foramlib.preprocess import PreprocessConfig  # noqa: E402
+from foramlib.volumes import read_manifest  # noqa: E402
+
+QUICK = dict(
+    backbone="tiny_cnn",
+    input_size=32,
+    batch_size=8,
+    phase1_epochs=1,
+    phase2_epochs=1,
+    phase1_lr=1e-3,
+    phase2_lr=1e-3,
+    max_steps_per_epoch=2,
+    seed=3,
+)
+
+
+@pytest.fixture(scope="module")
+def split_store(tiny_collection, tmp_path_factory):
+    """Slice store + split index of the tiny virtual collection (4 genera x 3 specimens)."""
+    root = tmp_path_factory.mktemp("train")
+    manifest = read_manifest(tiny_collection / "manifest.csv")
+    manifest = manifest[manifest["species"] != "Dictyoconus"].reset_index(drop=True)
+    config = slicing.SlicingConfig(
+        slices_per_taxon=30, offsets_per_orientation=3, preprocess=PreprocessConfig(size=32)
+    )
+    index = slicing.build_slice_store(manifest, root / "slices", config, seed=1, progress=None)
+    result = split.search_split(split.specimen_table(index, manifest), seed=0)
+    split_index = split.split_slices(index, result.assignment)
+    split_index.to_csv(root / "index.csv", index=False)
+    return root
+
+
+def _datasets(root, names=None, mix=None, **kwargs):
+    index = data.load_split_index(root / "index.csv")
+    names = names or data.class_names(index)
+    return data.make_datasets(
+        index, root / "slices", names, batch_size=8, seed=0, mix=mix, **kwargs
+    ), names
+
+
+@pytest.fixture(scope="module")
+def trained(split_store, tmp_path_factory):
+    config = training.TrainConfig(**QUICK, augment=AugmentConfig(mix_probability=1.0))
+    datasets, names = _datasets(
+        split_store, mix=lambda x, y, rng: mix_batch(x, y, config.augment, rng)
+    )
+    out = tmp_path_factory.mktemp("model") / "tiny_cnn"
+    result = training.train_backbone(config, datasets, names, out, progress=None)
+    return result, out, datasets, names
+
+
+def test_training_writes_every_output(trained):
+    result, out, datasets, names = trained
+    for name in (
+        "model.keras",
+        "history.csv",
+        "class_names.json",
+        "config.json",
+        "summary.json",
+        "predictions_val.csv",
+        "predictions_test.csv",
+    ):
+        assert (out / name).is_file(), name
+    assert json.loads((out / "class_names.json").read_text()) == names
+    cfg = training.TrainConfig.from_dict(json.loads((out / "config.json").read_text()))
+    assert cfg.backbone == "tiny_cnn" and cfg.augment.mix_probability == 1.0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["precision"] == "float32"  # CPU: float32 unless set
+    assert summary["epochs_run"] == 2 and summary["train_images_per_s"] > 0
+
+
+def test_history_covers_both_phases_with_decaying_rate(trained):
+    result, out, _, _ = trained
+    hist = pd.read_csv(out / "history.csv")
+    assert hist["phase"].tolist() == [1, 2]
+    assert {"loss", "val_loss", "accuracy", "val_accuracy", "learning_rate"} <= set(hist)
+    assert hist["learning_rate"].iloc[0] < QUICK["phase1_lr"]  # cosine decay has begun
+
+
+def test_predictions_are_probabilities_with_provenance(trained):
+    result, out, datasets, names = trained
+    for split_name in ("val", "test"):
+        pred = pd.read_csv(out / f"predictions_{split_name}.csv")
+        assert len(pred) == datasets[split_name].n_images
+        assert pred["slice_id"].tolist() == datasets[split_name].slice_ids()
+        probs = pred[[f"p_{n}" for n in names]].to_numpy()
+        np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-4)
+        assert set(pred["split"]) == {split_name}
+        assert (pred["true"] == [names[i] for i in datasets[split_name].labels()]).all()
+
+
+def test_saved_model_reloads_and_reproduces_its_predictions(trained):
+    import keras
+
+    result, out, datasets, names = trained
+    model = keras.models.load_model(out / "model.keras")
+    probs = model.predict(datasets["val"], verbose=0)
+    saved = pd.read_csv(out / "predictions_val.csv")[[f"p_{n}" for n in names]].to_numpy()
+    np.testing.assert_allclose(probs, saved, atol=1e-5)
+
+
+def test_batchnorm_learns_when_training_from_scratch(trained):
+    import keras
+
+    from foramlib.models import backbone_of, sublayers
+
+    model = keras.models.load_model(trained[1] / "model.keras")
+    bn = [
+        layer
+        for layer in sublayers(backbone_of(model))
+        if isinstance(layer, keras.layers.BatchNormalization)
+    ]
+    # weights=None: no pretrained statistics to protect, so BatchNorm trains in phase 2,
+    # with a momentum short enough for its statistics to settle in a short run
+    assert bn and all(layer.trainable for layer in bn)
+    assert all(layer.momentum <= 0.9 for layer in bn)
+
+
+def test_batchnorm_stays_frozen_when_fine_tuning_pretrained_weights(split_store, tmp_path):
+    import keras
+
+    from foramlib.models import backbone_of, build_model, sublayers
+
+    # "pretrained" weights: a local weights file, as a user without network would use
+    donor = build_model("tiny_cnn", input_size=32, n_classes=4)
+    weights = tmp_path / "tiny.weights.h5"
+    backbone_of(donor).save_weights(weights)
+    config = training.TrainConfig(**{**QUICK, "weights": str(weights)})
+    datasets, names = _datasets(split_store)
+    training.train_backbone(config, datasets, names, tmp_path / "m", progress=None)
+    model = keras.models.load_model(tmp_path / "m" / "model.keras")
+    layers = list(sublayers(backbone_of(model)))
+    bn = [layer for layer in layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert bn and not any(layer.trainable for layer in bn)
+    assert any(layer.trainable for layer in layers if isinstance(layer, keras.layers.Conv2D))
+
+
+@pytest.mark.parametrize(
+    "changes, match",
+    [
+        (dict(backbone="vgg99"), r"unknown backbone 'vgg99'; valid: \["),
+        (dict(input_size=16), r"train.input_size = 16 is invalid: expected an integer >= 32"),
+        (dict(precision="fp8"), r"train.precision = 'fp8' is invalid"),
+        (dict(phase1_epochs=0, phase2_epochs=0), r"phase1_epochs \+ train.phase2_epochs"),
+        (dict(max_steps_per_epoch=0), r"max_steps_per_epoch = 0 must be >= 1 or null"),
+    ],
+)
+def test_bad_configs_fail_before_training(changes, match):
+    with pytest.raises(ValueError, match=match):
+        training.TrainConfig(**{**QUICK, **changes})
+
+
+def test_mismatched_class_lists_fail_before_training(split_store, tmp_path):
+    datasets, names = _datasets(split_store)
+    with pytest.raises(data.DataError):
+        training.train_backbone(
+            training.TrainConfig(**QUICK),
+            datasets,
+            list(reversed(names)),
+            tmp_path / "m",
+            progress=None,
+        )
+    assert not (tmp_path / "m").exists()
+
+
+def test_same_seed_same_training(split_store, tmp_path):
+    config = training.TrainConfig(**{**QUICK, "phase2_epochs": 0})
+    runs = []
+    for name in ("a", "b"):
+        datasets, names = _datasets(split_store)
+        runs.append(
+            training.train_backbone(config, datasets, names, tmp_path / name, progress=None)
+        )
+    pd.testing.assert_frame_equal(runs[0].predictions["val"], runs[1].predictions["val"], atol=1e-5)
+
+
+SCRIPT = textwrap.dedent("""
+    import json, os, sys
+    backend, store, out, devices = sys.argv[1:5]
+    os.environ["KERAS_BACKEND"] = backend
+    if backend == "tensorflow" and int(devices) > 1:
+        import tensorflow as tf
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * int(devices))
+    from foramlib import data, training
+    index = data.load_split_index(os.path.join(store, "index.csv"))
+    names = data.class_names(index)
+    sets = data.make_datasets(index, os.path.join(store, "slices"), names, batch_size=8)
+    config = training.TrainConfig(backbone="tiny_cnn", input_size=32, batch_size=8,
+        phase1_epochs=1, phase2_epochs=1, max_steps_per_epoch=2, seed=1,
+        distribution="data_parallel" if int(devices) > 1 else "none")
+    result = training.train_backbone(config, sets, names, out, progress=None)
+    print("RESULT", json.dumps(result.summary))
+""")
+
+
+def _train_in_subprocess(backend, store, out, devices=1):
+    env = dict(os.environ, KERAS_BACKEND=backend, CUDA_VISIBLE_DEVICES="")
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT, backend, str(store), str(out), str(devices)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1]
+    return json.loads(line[len("RESULT ") :])
+
+
+@pytest.mark.slow
+def test_data_parallel_on_two_virtual_cpu_devices(split_store, tmp_path):
+    summary = _train_in_subprocess("tensorflow", split_store, tmp_path / "dp", devices=2)
+    assert summary["replicas"] == 2
+    assert (tmp_path / "dp" / "model.keras").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_training_runs_on_other_installed_backends(backend, split_store, tmp_path):
+    if importlib.util.find_spec(backend) is None:
+        pytest.skip(f"{backend} is not installed here (TensorFlow is the project's backend)")
+    summary = _train_in_subprocess(backend, split_store, tmp_path / backend)
+    assert summary["backend"] == backend
