@@ -113,6 +113,11 @@ def _optional_positive_int(v: Any) -> bool:
     return v is None or _positive_int(v)
 
 
+def _optional_str(v: Any) -> bool:
+    """a name, or null"""
+    return v is None or (isinstance(v, str) and v.strip() != "")
+
+
 def _weights(v: Any) -> bool:
     """imagenet, null, or the path of a local weights file"""
     return v is None or (isinstance(v, str) and v.strip() != "")
@@ -188,6 +193,10 @@ SCHEMA: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.augment.cutmix": (_bool, "CutMix at the batch level"),
     "train.augment.mixup": (_bool, "MixUp at the batch level"),
     "train.augment.mix_probability": (_number_in(0, 1), "share of batches mixed"),
+    "ensemble.max_k": (_int_at_least(2), "Top-2 ... Top-max_k voting of the best backbones"),
+    "ensemble.mode": (_one_of("soft", "majority"), "soft (mean probability) or majority vote"),
+    "ensemble.main": (_optional_str, "PatchEnsemble main model (null: best on validation)"),
+    "ensemble.n_weak": (_positive_int, "weak classes: lowest validation F1 of the main model"),
 }
 
 

@@ -164,6 +164,125 @@ def slice_gallery(index, arrays, *, per_taxon: int = 6, title: str, order=None):
     return fig
 
 
+def model_comparison_figure(table8, title: str):
+    """Figure 3: accuracy, macro F1 and AUC of every model (a Table 8 frame)."""
+    metrics = [m for m in ("Accuracy", "F1-Score", "AUC") if m in table8]
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(table8) + 2), 3.6), layout="constrained")
+    x = np.arange(len(table8))
+    width = 0.8 / len(metrics)
+    for i, metric in enumerate(metrics):
+        values = table8[metric].astype(float).to_numpy()
+        ax.bar(x + (i - (len(metrics) - 1) / 2) * width, np.nan_to_num(values), width, label=metric)
+    ax.set_xticks(x, table8["Model"], rotation=30, ha="right", fontsize=8)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("score")
+    ax.legend(fontsize=8, ncols=len(metrics), loc="lower right")
+    ax.set_title(title, fontsize=10)
+    return fig
+
+
+def species_metrics_figure(reports, title: str):
+    """Figure 4: F1, precision and recall per species (rows) and model (columns)."""
+    import seaborn as sns
+
+    names = list(reports)
+    classes = sorted(next(iter(reports.values())).classes)
+    fig, axes = plt.subplots(
+        1,
+        3,
+        figsize=(4 + 1.6 * len(names), 0.35 * len(classes) + 2.2),
+        layout="constrained",
+        sharey=True,
+    )
+    for ax, metric in zip(axes, ["f1", "precision", "recall"], strict=True):
+        grid = np.array(
+            [[reports[n].per_class.loc[c, metric] for n in names] for c in classes], dtype=float
+        )
+        sns.heatmap(
+            grid,
+            ax=ax,
+            vmin=0,
+            vmax=1,
+            cmap="viridis",
+            annot=len(names) <= 8,
+            fmt=".2f",
+            annot_kws={"fontsize": 6},
+            cbar=metric == "recall",
+            xticklabels=names,
+            yticklabels=classes,
+        )
+        ax.set_title(metric.upper() if metric == "f1" else metric, fontsize=9)
+        ax.tick_params(axis="x", labelrotation=45, labelsize=7)
+        ax.tick_params(axis="y", labelsize=7)
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def weak_classes_figure(table4, title: str):
+    """Figure 5: F1, precision and recall of the weak classes across ensemble methods."""
+    classes = list(dict.fromkeys(table4["Species"]))
+    methods = list(dict.fromkeys(table4["Ensemble Method"]))
+    metrics = ["F1-score", "Precision", "Recall"]
+    fig, axes = plt.subplots(
+        1, len(classes), figsize=(4.2 * len(classes), 3.4), layout="constrained", squeeze=False
+    )
+    x = np.arange(len(metrics))
+    width = 0.8 / len(methods)
+    for ax, cls in zip(axes[0], classes, strict=True):
+        rows = table4[table4["Species"] == cls].set_index("Ensemble Method")
+        for i, method in enumerate(methods):
+            ax.bar(
+                x + (i - (len(methods) - 1) / 2) * width,
+                rows.loc[method, metrics].astype(float).to_numpy(),
+                width,
+                label=method,
+            )
+        ax.set_xticks(x, metrics, fontsize=8)
+        ax.set_ylim(0, 1.05)
+        ax.set_title(cls, fontsize=9, fontstyle="italic")
+    axes[0, 0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def confusion_figure(matrix: np.ndarray, names, title: str):
+    """Row-normalised confusion matrix (rows: true class)."""
+    import seaborn as sns
+
+    n = len(names)
+    fig, ax = plt.subplots(figsize=(0.45 * n + 3, 0.45 * n + 2.2), layout="constrained")
+    sns.heatmap(
+        matrix,
+        ax=ax,
+        vmin=0,
+        vmax=1,
+        cmap="Blues",
+        annot=n <= 14,
+        fmt=".2f",
+        annot_kws={"fontsize": 6},
+        xticklabels=names,
+        yticklabels=names,
+    )
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.tick_params(labelsize=7)
+    ax.set_title(title, fontsize=10)
+    return fig
+
+
+def roc_figure(curves, names, title: str):
+    """One-vs-rest ROC curve per class (`curves`: class index -> (fpr, tpr, auc))."""
+    fig, ax = plt.subplots(figsize=(5.2, 4.4), layout="constrained")
+    for i, (fpr, tpr, area) in sorted(curves.items()):
+        ax.plot(fpr, tpr, lw=1, label=f"{names[i]} ({area:.3f})")
+    ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.legend(fontsize=6, loc="lower right")
+    ax.set_title(title, fontsize=10)
+    return fig
+
+
 def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> Path:
     """Write `fig` to `path` atomically (format from the suffix) and close it."""
     path = Path(path)

@@ -26,7 +26,6 @@ Examples
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -450,7 +449,6 @@ def build_slice_store(
     need = {"file", "specimen_id", "species", "path"}
     if need - set(manifest.columns):
         raise ValueError(f"manifest lacks column(s) {sorted(need - set(manifest.columns))}")
-    t0 = time.perf_counter()
     counts = slices_per_volume(manifest, config.slices_per_taxon)
     names = [_array_name(f) for f in manifest["file"]]
     if len(set(names)) != len(names):
@@ -520,13 +518,12 @@ def build_slice_store(
             dense_factor=config.dense_factor,
             smooth_sigma=config.smooth_sigma,
             seed=seed,
-            n_jobs=n_jobs,
             n_volumes=len(manifest),
             n_slices=len(index),
-            seconds=round(time.perf_counter() - t0, 2),
-            cpu_count=os.cpu_count(),
+            # no timings here: the store must be byte-identical for the same inputs, or
+            # DVC would rerun every downstream stage after a mere re-slice
             volumes={
-                row.file: res[2]
+                row.file: {k: v for k, v in res[2].items() if k != "seconds"}
                 for row, res in zip(manifest.itertuples(index=False), results, strict=True)
             },
         )

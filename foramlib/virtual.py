@@ -27,7 +27,6 @@ Examples
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -1058,7 +1057,6 @@ def synthesize_collection(
     if int(n_jobs) < 1:
         raise ValueError(f"n_jobs must be >= 1, got {n_jobs!r}")
     plans = plan_collection(taxa, seed)
-    t0 = time.perf_counter()
     rows = []
     with atomic_dir(out_dir) as tmp:
         jobs = [(p, tmp, shape, supersample) for p in plans]
@@ -1099,9 +1097,6 @@ def synthesize_collection(
             supersample=supersample,
             n_volumes=len(plans),
             n_taxa=len(taxa),
-            n_jobs=n_jobs,
-            seconds=round(time.perf_counter() - t0, 2),
-            cpu_count=os.cpu_count(),
             taxa=[asdict(t) for t in taxa],
         )
         (Path(tmp) / "collection.json").write_text(json.dumps(summary, indent=2) + "\n")

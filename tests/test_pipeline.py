@@ -40,7 +40,7 @@ TINY = {
     },
     "split": {"fractions": [0.4, 0.13, 0.47], "max_exhaustive": 200000, "restarts": 5},
     "train": {
-        "backbones": {"tiny_cnn": {"input_size": 32}},
+        "backbones": {"tiny_cnn": {"input_size": 32}, "mobilenetv3_small": {"input_size": 32}},
         "weights": None,
         "batch_size": 8,
         "dropout": 0.2,
@@ -116,7 +116,17 @@ def scratch_repo(repo_root, tmp_path_factory):
 def test_dvc_repro_runs_every_stage_then_nothing(scratch_repo):
     repo, env = scratch_repo
     first = _run([sys.executable, "-m", "dvc", "repro"], repo, env)
-    for stage in ("synthesize", "curate", "slice", "split", "train@tiny_cnn", "book"):
+    for stage in (
+        "synthesize",
+        "curate",
+        "slice",
+        "split",
+        "train@tiny_cnn",
+        "train@mobilenetv3_small",
+        "ensemble",
+        "evaluate",
+        "book",
+    ):
         assert f"Running stage '{stage}'" in first
     assert len(list((repo / "data" / "virtual").glob("*.nii.gz"))) == 14
     taxa = (repo / "results" / "tables" / "taxa.csv").read_text()
@@ -141,7 +151,7 @@ def test_changing_a_slice_param_reruns_only_downstream(scratch_repo):
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     out = _run([sys.executable, "-m", "dvc", "repro"], repo, env)
     assert "Running stage 'synthesize'" not in out and "Running stage 'curate'" not in out
-    for stage in ("slice", "split", "train@tiny_cnn", "book"):
+    for stage in ("slice", "split", "train@tiny_cnn", "ensemble", "evaluate", "book"):
         assert f"Running stage '{stage}'" in out
     meta = (repo / "data" / "slices" / "slicing.json").read_text()
     assert '"sensitivity": 0.6' in meta
