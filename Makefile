@@ -10,6 +10,8 @@ PROFILE ?= quick
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 export PYTHONUNBUFFERED := 1
+# TensorFlow's C++ start-up chatter (no GPU here, oneDNN notes) hides the progress lines
+export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .PHONY: help env demo test lint book profile benchmarks clean
 

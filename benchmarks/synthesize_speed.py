@@ -8,24 +8,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-from foramlib import virtual
-from foramlib.atomic import write_text
+sys.path.insert(0, str(Path(__file__).parent))
+from machine import machine, today  # noqa: E402
 
-
-def machine() -> dict:
-    return dict(
-        node=platform.node(),
-        processor=platform.processor() or platform.machine(),
-        cpu_count=os.cpu_count(),
-        python=platform.python_version(),
-        system=f"{platform.system()} {platform.release()}",
-    )
+from foramlib import virtual  # noqa: E402
+from foramlib.atomic import write_text  # noqa: E402
 
 
 def main() -> None:
@@ -64,7 +56,7 @@ def main() -> None:
         goal_seconds=600,
         meets_goal=seconds <= 600,
         machine=machine(),
-        date=time.strftime("%Y-%m-%d"),
+        date=today(),
     )
     write_text(args.out, json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

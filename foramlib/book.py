@@ -117,7 +117,12 @@ def prepare_book(
         for stage in needs["reports"]:
             _copy_report(reports_dir, stage, out / "reports", source, dvc_yaml)
         for extra in sorted(reports_dir.glob("*.ipynb")):  # stages not named in the toc
-            if extra.stem not in needs["reports"] and not extra.name.endswith(".failed.ipynb"):
+            # not failed runs, nor the hidden temporaries of an interrupted run
+            if (
+                extra.stem not in needs["reports"]
+                and not extra.name.endswith(".failed.ipynb")
+                and not extra.name.startswith(".")
+            ):
                 _copy(extra, out / "reports" / extra.name)
         for name in sorted(_wanted(results_dir / "figures", "*.png", needs["figures"], dvc_yaml)):
             _copy(results_dir / "figures" / name, out / "figures" / name)

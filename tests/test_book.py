@@ -86,6 +86,7 @@ def make_project(root: Path, source: str = "virtual", stages=None) -> Path:
     # report that must not be published
     nbformat.write(fake_notebook("train_tiny_cnn"), root / "reports" / "train_tiny_cnn.ipynb")
     nbformat.write(fake_notebook("train_x"), root / "reports" / "train_x.failed.ipynb")
+    nbformat.write(fake_notebook("tmp"), root / "reports" / ".train_y.ipynb.abc.tmp.ipynb")
     (root / "results" / "figures").mkdir(parents=True)
     for name in NEEDS["figures"]:
         (root / "results" / "figures" / name).write_bytes(tiny_png(12, 8))
