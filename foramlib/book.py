@@ -260,8 +260,8 @@ def csv_to_myst_table(csv_path: str | os.PathLike) -> str:
 def json_to_myst_table(json_path: str | os.PathLike) -> str:
     """Render a benchmark result (a JSON object) as a two-column markdown table.
 
-    Nested objects are flattened with dotted keys (``machine.cpu_count``); lists are
-    shown inline.
+    Nested objects are flattened with dotted keys (``machine.cpu_count``); a list of
+    objects (several runs) becomes a table of its own; other lists are shown inline.
 
     >>> import json, tempfile, pathlib
     >>> p = pathlib.Path(tempfile.mkdtemp()) / "b.json"
@@ -284,8 +284,22 @@ def json_to_myst_table(json_path: str | os.PathLike) -> str:
             else:
                 yield f"{prefix}{k}", v
 
+    rows = list(flat(data))
+    records = [
+        (k, v) for k, v in rows if isinstance(v, list) and v and all(isinstance(x, dict) for x in v)
+    ]
     lines = ["| measure | value |", "|---|---|"]
-    lines += [f"| {_cell(k)} | {_cell(v)} |" for k, v in flat(data)]
+    lines += [f"| {_cell(k)} | {_cell(v)} |" for k, v in rows if (k, v) not in records]
+    for key, items in records:  # a list of runs: one row per run
+        cols = list(dict.fromkeys(c for item in items for c in item))
+        lines += [
+            "",
+            f"{key}:",
+            "",
+            "| " + " | ".join(_cell(c) for c in cols) + " |",
+            "|" + "---|" * len(cols),
+        ]
+        lines += ["| " + " | ".join(_cell(item.get(c, "")) for c in cols) + " |" for item in items]
     return "\n".join(lines) + "\n"
 
 

@@ -394,3 +394,15 @@ def test_training_section_lists_trained_backbones_with_their_curves(tmp_path):
     out = prepare(project, copy_book_sources(tmp_path / "book"))
     assert (out / "figures" / "history_tiny_cnn.png").is_file()
     assert "_generated/figures/history_tiny_cnn.png" in (out / "training.md").read_text()
+
+
+def test_benchmark_with_several_runs_gets_a_table_of_runs(tmp_path):
+    path = tmp_path / "b.json"
+    path.write_text(
+        '{"backend": "tensorflow", "runs": [{"backbone": "a", "ips": 1.5},'
+        ' {"backbone": "b", "ips": 2, "extra": "x"}]}'
+    )
+    lines = book.json_to_myst_table(path).splitlines()
+    assert "| backend | tensorflow |" in lines and "runs:" in lines
+    assert "| backbone | ips | extra |" in lines
+    assert "| a | 1.5 |  |" in lines and "| b | 2 | x |" in lines

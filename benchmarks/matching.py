@@ -1,0 +1,249 @@
+"""Slice-to-volume matching: ours (foramlib.matching) vs the authors' published matcher.
+
+Builds the index of a set of virtual volumes, draws held-out oblique queries with known
+truth (random normal, offset and in-plane angle; perturbed by ±10 % scale, noise and a
+partial crop) and reports, for both matchers in one run: specimen and genus top-1
+rates, pose recovery (normal within 10° and offset within 3 voxels, allowing for the
+plane's sign ambiguity), latency p50/p95, index build time and size.
+
+The baseline follows the authors' description: coarse = every axis-aligned slice scored
+0.4·Dice + 0.6·Hu-similarity, top 5; fine = ±5 slices × 12 in-plane rotations scored
+0.3·Dice + 0.25·NCC + 0.25·SSIM + 0.2·ORB. Its axis slices are cut and preprocessed
+once, ahead of the queries (counted as its build time).
+
+Writes benchmarks/results/matching.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+from skimage.measure import moments_central, moments_hu, moments_normalized
+from skimage.metrics import structural_similarity
+
+sys.path.insert(0, str(Path(__file__).parent))
+from machine import machine, today  # noqa: E402
+
+from foramlib import matching, virtual  # noqa: E402
+from foramlib.atomic import write_text  # noqa: E402
+from foramlib.preprocess import PreprocessError, preprocess_slice  # noqa: E402
+from foramlib.slicing import Plane, extract_slice  # noqa: E402
+
+
+# ----------------------------------------------------------------------------------------
+# Baseline (authors' matcher, from their description)
+# ----------------------------------------------------------------------------------------
+def _hu(sil):
+    h = moments_hu(moments_normalized(moments_central(sil.astype(np.float64)), 3))
+    return -np.sign(h) * np.log10(np.abs(h) + 1e-30)
+
+
+def build_baseline(prepared: dict, config: matching.IndexConfig):
+    """Preprocessed axis slices of every volume: {(spec, axis): [(index, img, sil, hu)]}."""
+    out = {}
+    pp = config.preprocess
+    for spec, pv in prepared.items():
+        for axis in range(3):
+            rows = []
+            for i in range(pv.data.shape[axis]):
+                sec = np.take(pv.data, i, axis=axis)
+                try:
+                    img, info = preprocess_slice(
+                        sec, pp, threshold=pv.threshold, background=pv.background, normalized=True
+                    )
+                except PreprocessError:
+                    continue
+                if info.fraction < pp.min_fraction:
+                    continue
+                sil = matching.silhouette(img)
+                rows.append((i, img, sil, _hu(sil)))
+            out[(spec, axis)] = rows
+    return out
+
+
+def _dice(a, b):
+    return 2 * float((a & b).sum()) / (float(a.sum() + b.sum()) + 1e-9)
+
+
+def _ncc(a, b):
+    a, b = a - a.mean(), b - b.mean()
+    d = np.sqrt((a * a).sum() * (b * b).sum())
+    return float((a * b).sum() / d) if d > 0 else 0.0
+
+
+_ORB = cv2.ORB_create(nfeatures=200, edgeThreshold=8, patchSize=15)
+_BF = cv2.BFMatcher(cv2.NORM_HAMMING, crossCheck=True)
+
+
+def _orb(a, b):
+    ka, da = _ORB.detectAndCompute(a, None)
+    kb, db = _ORB.detectAndCompute(b, None)
+    if da is None or db is None or not len(ka) or not len(kb):
+        return 0.0
+    good = [m for m in _BF.match(da, db) if m.distance < 64]
+    return len(good) / max(len(ka), len(kb))
+
+
+def baseline_match(base, query, config, centres):
+    """Authors' coarse-to-fine matcher; returns (specimen, normal, offset)."""
+    qimg, _ = preprocess_slice(query, config.preprocess)
+    qsil = matching.silhouette(qimg)
+    qhu = _hu(qsil)
+    coarse = []
+    for (spec, axis), rows in base.items():
+        for j, (_i, _img, sil, hu) in enumerate(rows):
+            s = 0.4 * _dice(qsil, sil) + 0.6 / (1.0 + float(np.abs(hu - qhu).sum()))
+            coarse.append((s, spec, axis, j))
+    coarse.sort(key=lambda t: -t[0])
+    size = qimg.shape[0]
+    best = (-np.inf, None, None, None)
+    qf = qimg.astype(np.float32) / 255.0
+    for _, spec, axis, j in coarse[:5]:
+        rows = base[(spec, axis)]
+        for jj in range(max(0, j - 5), min(len(rows), j + 6)):
+            i, img, _, _ = rows[jj]
+            for rot in range(0, 360, 30):
+                m = cv2.getRotationMatrix2D(((size - 1) / 2, (size - 1) / 2), rot, 1.0)
+                r = cv2.warpAffine(img, m, (size, size))
+                rs = matching.silhouette(r)
+                rf = r.astype(np.float32) / 255.0
+                s = (
+                    0.3 * _dice(qsil, rs)
+                    + 0.25 * _ncc(qf, rf)
+                    + 0.25 * structural_similarity(qf, rf, data_range=1.0)
+                    + 0.2 * _orb(qimg, r)
+                )
+                if s > best[0]:
+                    best = (s, spec, axis, i)
+    _, spec, axis, i = best
+    return spec, tuple(np.eye(3)[axis]), float(i - centres[spec][axis])
+
+
+# ----------------------------------------------------------------------------------------
+# Queries and scoring
+# ----------------------------------------------------------------------------------------
+def draw_query(rng, spec, vol, pv):
+    n = rng.normal(size=3)
+    n /= np.linalg.norm(n)
+    proj = (pv.points - pv.centre) @ n
+    lo, hi = np.percentile(proj, [20, 80])
+    plane = Plane(tuple(n), float(rng.uniform(lo, hi)), float(rng.uniform(0, 360)))
+    sec = extract_slice(vol, plane, size=pv.window)
+    sec = sec + rng.normal(0, 0.05, sec.shape).astype(np.float32)
+    side = int(round(sec.shape[0] * rng.uniform(0.9, 1.1)))
+    sec = cv2.resize(sec, (side, side), interpolation=cv2.INTER_LINEAR)
+    c = rng.integers(0, max(2, side // 12), size=4)  # partial crop, up to ~8 % a side
+    return plane, sec[c[0] : side - c[1], c[2] : side - c[3]]
+
+
+def pose_ok(normal, offset, truth: Plane, max_deg=10.0, max_vox=3.0):
+    cos = float(np.dot(normal, truth.normal))
+    sign = 1.0 if cos >= 0 else -1.0
+    ang = np.degrees(np.arccos(min(1.0, abs(cos))))
+    return bool(ang <= max_deg and abs(sign * offset - truth.offset) <= max_vox), float(ang)
+
+
+def summarise(rows):
+    lat = np.array([r["latency_s"] for r in rows])
+    return dict(
+        n_queries=len(rows),
+        specimen_top1=float(np.mean([r["specimen_ok"] for r in rows])),
+        genus_top1=float(np.mean([r["genus_ok"] for r in rows])),
+        pose_recovery=float(np.mean([r["pose_ok"] for r in rows])),
+        normal_error_deg_median=float(np.median([r["normal_err_deg"] for r in rows])),
+        latency_p50_s=float(np.percentile(lat, 50)),
+        latency_p95_s=float(np.percentile(lat, 95)),
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="tiny", choices=["tiny", "paper"])
+    parser.add_argument("--shape", type=int, default=48)
+    parser.add_argument("--limit", type=int, default=8, help="specimens indexed")
+    parser.add_argument("--queries", type=int, default=24)
+    parser.add_argument("--baseline-queries", type=int, default=8)
+    parser.add_argument("--orientations", type=int, default=300)
+    parser.add_argument("--offsets", type=int, default=9)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "matching.json"))
+    args = parser.parse_args()
+
+    plans = [p for p in virtual.plan_collection(virtual.taxa_preset(args.preset), 0)]
+    plans = [p for p in plans if p.repeat == 0][: args.limit]
+    config = matching.IndexConfig(n_orientations=args.orientations, n_offsets=args.offsets)
+    vols, species = {}, {}
+    for p in plans:
+        vols[p.specimen_id] = virtual.render_scan(p, shape=args.shape, supersample=1)[0]
+        species[p.specimen_id] = p.species
+    t0 = time.perf_counter()
+    index = matching.build_index([(k, species[k], v) for k, v in vols.items()], config)
+    build_s = time.perf_counter() - t0
+    with tempfile.TemporaryDirectory() as tmp:
+        size_mb = index.save(Path(tmp) / "i.npz").stat().st_size / 1e6
+    prepared = {k: matching.prepare_volume(v, config, k) for k, v in vols.items()}
+    t0 = time.perf_counter()
+    base = build_baseline(prepared, config)
+    base_build_s = time.perf_counter() - t0
+    centres = {k: pv.centre for k, pv in prepared.items()}
+
+    rng = np.random.default_rng(args.seed)
+    ours, theirs = [], []
+    specs = list(vols)
+    for qi in range(args.queries):
+        spec = specs[qi % len(specs)]
+        truth, q = draw_query(rng, spec, vols[spec], prepared[spec])
+        t = time.perf_counter()
+        m = matching.match(index, q, volumes=prepared)[0]
+        lat = time.perf_counter() - t
+        ok, err = pose_ok(m.normal, m.offset, truth)
+        ours.append(
+            dict(
+                specimen_ok=m.specimen_id == spec,
+                genus_ok=m.species == species[spec],
+                pose_ok=ok,
+                normal_err_deg=err,
+                latency_s=lat,
+            )
+        )
+        if qi < args.baseline_queries:
+            t = time.perf_counter()
+            bspec, bn, boff = baseline_match(base, q, config, centres)
+            lat = time.perf_counter() - t
+            ok, err = pose_ok(bn, boff, truth)
+            theirs.append(
+                dict(
+                    specimen_ok=bspec == spec,
+                    genus_ok=species[bspec] == species[spec],
+                    pose_ok=ok,
+                    normal_err_deg=err,
+                    latency_s=lat,
+                )
+            )
+        print(f"query {qi + 1}/{args.queries}: {spec} -> {m.specimen_id}", flush=True)
+    result = dict(
+        benchmark="matching",
+        date=today(),
+        machine=machine(),
+        settings=vars(args) | {"specimens": specs, "preprocess_size": config.preprocess.size},
+        index=dict(candidates=len(index), build_s=round(build_s, 2), size_mb=round(size_mb, 2)),
+        baseline_index=dict(
+            axis_slices=sum(len(r) for r in base.values()), build_s=round(base_build_s, 2)
+        ),
+        ours=summarise(ours),
+        baseline=summarise(theirs),
+    )
+    result["speedup_p50"] = result["baseline"]["latency_p50_s"] / result["ours"]["latency_p50_s"]
+    write_text(args.out, json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,181 @@
+"""Slice-to-volume matching on tiny virtual specimens of four genera."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from foramlib import matching, virtual
+from foramlib.matching import IndexConfig, MatchError, MatchIndex
+from foramlib.preprocess import PreprocessError
+from foramlib.slicing import Plane, extract_slice
+
+CONFIG = IndexConfig(n_orientations=150, n_offsets=7)
+
+
+@pytest.fixture(scope="module")
+def specimens():
+    wanted = ("V-CHRY-01", "V-BACU-01", "V-ORBI-01", "V-ALVE-01")  # four genera
+    plans = virtual.plan_collection(virtual.tiny_taxa(), seed=0)
+    chosen = [p for p in plans if p.repeat == 0 and p.specimen_id in wanted]
+    return {
+        p.specimen_id: (p.species, virtual.render_scan(p, shape=48, supersample=1)[0])
+        for p in chosen
+    }
+
+
+@pytest.fixture(scope="module")
+def index(specimens):
+    return matching.build_index([(k, s, v) for k, (s, v) in specimens.items()], CONFIG)
+
+
+@pytest.fixture(scope="module")
+def prepared(specimens):
+    return {k: matching.prepare_volume(v, CONFIG) for k, (_, v) in specimens.items()}
+
+
+def _angle(a, b) -> float:
+    return float(np.degrees(np.arccos(min(1.0, abs(float(np.dot(a, b)))))))
+
+
+def _perturb(section, rng, scale):
+    img = section + rng.normal(0.0, 0.05, section.shape).astype(np.float32)
+    side = int(round(img.shape[0] * scale))
+    img = cv2.resize(img, (side, side), interpolation=cv2.INTER_LINEAR)
+    c = max(1, side // 20)
+    return img[c:-c, c // 2 : side - c]  # a small, uneven crop of the margin
+
+
+def test_index_save_load_roundtrip(index, tmp_path):
+    path = index.save(tmp_path / "idx.npz")
+    back = MatchIndex.load(path, CONFIG)
+    assert back.config == index.config and len(back) == len(index)
+    for name in matching._ARRAYS + ("descriptors",):
+        assert np.array_equal(getattr(back, name), getattr(index, name)), name
+
+
+def test_index_version_mismatch_refused(index, tmp_path):
+    path = index.save(tmp_path / "idx.npz")
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(str(arrays["meta"]))
+    meta["preprocess_version"] = -1
+    arrays["meta"] = np.array(json.dumps(meta))
+    np.savez(tmp_path / "old.npz", **arrays)
+    with pytest.raises(MatchError, match="preprocessing version -1; rebuild it"):
+        MatchIndex.load(tmp_path / "old.npz")
+    with pytest.raises(MatchError, match="rebuild it"):
+        MatchIndex.load(path, IndexConfig(n_orientations=10, n_offsets=7))
+
+
+def test_in_plane_angle_convention(index, specimens):
+    """A query cut at a candidate's plane, turned by 70°, comes back with angle 70°."""
+    spec = "V-ORBI-01"
+    row = int(np.flatnonzero(index.specimen == spec)[len(index) // 40])
+    plane = Plane(tuple(index.normals[row]), float(index.offsets[row]), 70.0)
+    vol = specimens[spec][1]
+    q = extract_slice(vol, plane, size=72)
+    m = matching.match(index, q, top_k=1, specimens=[spec], refine=False)[0]
+    again = Plane(m.normal, m.offset, m.angle_deg)
+    out = matching.match(index, extract_slice(vol, again, size=72), top_k=1, refine=False)[0]
+    assert out.scores["dice"] > 0.85
+    if np.dot(m.normal, plane.normal) > 0.999:
+        assert abs((m.angle_deg - 70.0 + 180) % 360 - 180) < 12
+
+
+# (specimen, normal, offset, in-plane angle, rescale): normals not in the index
+QUERIES = [
+    ("V-CHRY-01", (0.31, -0.55, 0.78), 1.7, 35.0, 1.1),
+    ("V-BACU-01", (-0.62, 0.21, 0.75), -2.3, 200.0, 0.9),
+    ("V-ORBI-01", (0.45, 0.6, -0.66), 1.1, 120.0, 1.05),
+    ("V-ALVE-01", (0.72, -0.35, 0.6), -0.8, 300.0, 0.92),
+]
+# Known gap: on these two the specimen is right but the pose is off by > 15°
+# (a near-symmetric shell at 48^3 voxels; see benchmarks/matching.py for the rate).
+POSE_GAP = {"V-CHRY-01", "V-ALVE-01"}
+
+
+def _query(specimens, prepared, spec, normal, offset, angle, scale):
+    rng = np.random.default_rng(sum(map(ord, spec)))
+    truth = Plane(normal, offset, angle)
+    section = extract_slice(specimens[spec][1], truth, size=prepared[spec].window)
+    return truth, _perturb(section, rng, scale)
+
+
+@pytest.mark.parametrize("spec,normal,offset,angle,scale", QUERIES)
+def test_oblique_query_finds_specimen(
+    index, specimens, prepared, spec, normal, offset, angle, scale
+):
+    truth, q = _query(specimens, prepared, spec, normal, offset, angle, scale)
+    assert min(_angle(truth.normal, n) for n in index.normals) > 0.5  # not an indexed normal
+    found = matching.match(index, q, volumes=prepared)
+    assert found[0].specimen_id == spec
+    assert found[0].species == specimens[spec][0]
+    assert set(found[0].scores) == {"dice", "ncc", "ssim", "descriptor", "combined"}
+    assert found[0].image.dtype == np.uint8
+    assert [m.scores["combined"] for m in found] == sorted(
+        (m.scores["combined"] for m in found), reverse=True
+    )
+
+
+@pytest.mark.parametrize(
+    "spec,normal,offset,angle,scale",
+    [
+        pytest.param(*q, marks=pytest.mark.xfail(reason="pose not recovered yet", strict=True))
+        if q[0] in POSE_GAP
+        else q
+        for q in QUERIES
+    ],
+)
+def test_oblique_query_recovers_pose(
+    index, specimens, prepared, spec, normal, offset, angle, scale
+):
+    truth, q = _query(specimens, prepared, spec, normal, offset, angle, scale)
+    found = matching.match(index, q, volumes=prepared)
+    # a section and its flipped normal are one plane (offset flips too); nearly
+    # symmetric shells make several poses fit, so some top-5 answer must be right
+    poses = []
+    for m in found:
+        sign = 1.0 if np.dot(m.normal, truth.normal) >= 0 else -1.0
+        poses.append((_angle(m.normal, truth.normal), abs(sign * m.offset - offset)))
+    assert any(a <= 15.0 and d <= 3.0 for a, d in poses), poses
+
+
+def test_restrict_to_specimens_and_species(index, specimens, prepared):
+    spec, normal, offset, angle, _ = QUERIES[0]
+    q = extract_slice(specimens[spec][1], Plane(normal, offset, angle), size=60)
+    only = matching.match(index, q, specimens=["V-ALVE-01"], refine=False)
+    assert {m.specimen_id for m in only} == {"V-ALVE-01"}
+    genus = matching.match(index, q, species="Orbitoides", refine=False, top_k=3)
+    assert {m.species for m in genus} == {"Orbitoides"}
+    with pytest.raises(MatchError, match="not in the index"):
+        matching.match(index, q, specimens=["nope"])
+
+
+@pytest.mark.parametrize(
+    "bad,err,msg",
+    [
+        (np.zeros((64, 64)), PreprocessError, "blank"),
+        (np.full((64, 64), 7, np.uint16), PreprocessError, "blank"),
+        (np.random.default_rng(0).random((8, 8)), PreprocessError, "too small"),
+        (np.array([b"\x00\x01", b"zz"] * 50, dtype=object).reshape(10, 10), MatchError, "dtype"),
+        (np.zeros((3, 40, 40, 2)), PreprocessError, "2-D"),
+    ],
+)
+def test_bad_queries_raise_clear_errors(index, bad, err, msg):
+    with pytest.raises(err, match=msg):
+        matching.match(index, bad)
+
+
+def test_bad_arguments(index):
+    img = np.zeros((40, 40))
+    img[10:30, 12:28] = 1.0
+    with pytest.raises(MatchError, match="top_k"):
+        matching.match(index, img, top_k=0)
+    with pytest.raises(MatchError, match="triples"):
+        matching.build_index([("a", np.zeros((8, 8, 8)))], CONFIG)
+    with pytest.raises(ValueError, match="n_orientations"):
+        IndexConfig(n_orientations=0)
