@@ -61,13 +61,10 @@ from foramlib.preprocess import (
     PREPROCESS_VERSION,
     PreprocessConfig,
     PreprocessError,
-    background_level,
-    foreground_threshold,
     preprocess_slice,
-    remove_dense_inclusions,
 )
-from foramlib.slicing import Plane, extract_slices, fibonacci_hemisphere
-from foramlib.volumes import normalize_intensity
+from foramlib.slicing import Plane, SliceError, extract_slices, fibonacci_hemisphere
+from foramlib.slicing import prepare_volume as prepare_slicing_volume
 
 __all__ = [
     "MatchError",
@@ -179,18 +176,12 @@ def prepare_volume(volume, config: IndexConfig = IndexConfig(), name: str = "vol
     data = np.asarray(volume)
     if data.ndim != 3 or data.dtype.kind not in "uif" or min(data.shape) < 8:
         raise MatchError(f"{name}: expected a numeric 3-D volume, got {data.dtype} {data.shape}")
-    data = data.astype(np.float32)
-    if config.smooth_sigma > 0:
-        data = ndimage.gaussian_filter(data, config.smooth_sigma)
     try:
-        data = normalize_intensity(remove_dense_inclusions(data, config.dense_factor))
-        background = background_level(data)
-        threshold = foreground_threshold(data, background)
-    except ValueError as exc:
-        raise MatchError(f"{name}: {exc}") from None
-    fg = np.argwhere(np.abs(data - background) > threshold)
-    if len(fg) < 50:
-        raise MatchError(f"{name}: only {len(fg)} voxels above threshold; no specimen")
+        data, background, threshold, fg = prepare_slicing_volume(
+            data, smooth_sigma=config.smooth_sigma, dense_factor=config.dense_factor, name=name
+        )
+    except SliceError as exc:
+        raise MatchError(str(exc)) from None
     rng = np.random.default_rng(0)
     fg = fg[rng.choice(len(fg), size=min(len(fg), 20_000), replace=False)].astype(np.float64)
     centre = (np.asarray(data.shape, np.float64) - 1.0) / 2.0

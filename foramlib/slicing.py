@@ -58,6 +58,7 @@ __all__ = [
     "extract_slice",
     "extract_slices",
     "slices_per_volume",
+    "prepare_volume",
     "slice_volume",
     "build_slice_store",
     "load_slices",
@@ -318,6 +319,47 @@ def slices_per_volume(manifest: pd.DataFrame, slices_per_taxon: int) -> pd.Serie
     return np.ceil(slices_per_taxon / n_vol).astype(int)
 
 
+def prepare_volume(
+    volume, *, smooth_sigma: float = 0.8, dense_factor: float | None = 1.8, name: str = "volume"
+):
+    """Ready a volume for cutting: denoise, drop dense inclusions, normalise, threshold.
+
+    Shared by dataset creation and the 3D matching index, so that both see sections
+    prepared the same way.
+
+    Returns
+    -------
+    data : ndarray of float32 in [0, 1]
+    background, threshold : float
+        The surroundings' level and the deviation threshold of
+        :func:`foramlib.preprocess.foreground_threshold`.
+    points : ndarray of int, shape (N, 3)
+        Voxel coordinates of the fossil (deviation above the threshold).
+
+    Raises
+    ------
+    SliceError
+        If nothing stands out from the background (a blank volume, or a speck).
+    """
+    data = np.asarray(volume, dtype=np.float32)
+    if smooth_sigma > 0:
+        # mild 3D denoising: a low-contrast matrix is otherwise lost in the noise
+        data = ndimage.gaussian_filter(data, smooth_sigma)
+    data = normalize_intensity(remove_dense_inclusions(data, dense_factor))
+    background = background_level(data)
+    try:
+        threshold = foreground_threshold(data, background)
+    except PreprocessError as exc:
+        raise SliceError(f"{name}: {exc}") from None
+    points = np.argwhere(np.abs(data - background) > threshold)
+    if len(points) < 50:
+        raise SliceError(
+            f"{name}: only {len(points)} voxels above the Otsu threshold "
+            f"{threshold:.3f}; no fossil to slice"
+        )
+    return data, background, threshold, points
+
+
 def slice_volume(
     path,
     n_slices: int,
@@ -339,22 +381,9 @@ def slice_volume(
     t0 = time.perf_counter()
     name = name or str(path)
     vol = read_volume(path, voxel_size_um=voxel_size_um)
-    data = vol.data
-    if config.smooth_sigma > 0:
-        # mild 3D denoising: a low-contrast matrix is otherwise lost in the noise
-        data = ndimage.gaussian_filter(data, config.smooth_sigma)
-    data = normalize_intensity(remove_dense_inclusions(data, config.dense_factor))
-    background = background_level(data)
-    try:
-        threshold = foreground_threshold(data, background)
-    except PreprocessError as exc:
-        raise SliceError(f"{name}: {exc}") from None
-    fg = np.argwhere(np.abs(data - background) > threshold)
-    if len(fg) < 50:
-        raise SliceError(
-            f"{name}: only {len(fg)} voxels above the Otsu threshold "
-            f"{threshold:.3f}; no fossil to slice"
-        )
+    data, background, threshold, fg = prepare_volume(
+        vol.data, smooth_sigma=config.smooth_sigma, dense_factor=config.dense_factor, name=name
+    )
     rng = np.random.default_rng(seed)
     fg = fg[rng.choice(len(fg), size=min(len(fg), 20_000), replace=False)]
     centre = _volume_centre(data.shape)
