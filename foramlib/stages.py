@@ -28,17 +28,25 @@ def parse_parameter(text: str):
     >>> parse_parameter("true"), parse_parameter("null"), parse_parameter("[1, 2]")
     (True, None, [1, 2])
 
-    DVC writes a YAML ``null`` into a command as ``None``; that is read back as None.
+    DVC writes a YAML ``null`` into a command as ``None``, and small floats in exponent
+    form without a dot, which YAML 1.1 would leave as strings; both come back typed.
 
-    >>> parse_parameter("None") is None
-    True
+    >>> parse_parameter("None") is None, parse_parameter("5e-05")
+    (True, 5e-05)
     """
     if text == "None":
         return None
     try:
-        return yaml.safe_load(text)
+        value = yaml.safe_load(text)
     except yaml.YAMLError:
         return text
+    if isinstance(value, str):
+        # YAML 1.1 reads "5e-05" (how DVC writes 0.00005) as a string
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def run_notebook(

@@ -33,6 +33,9 @@ def _notebook(path, body):
         ("false", False),
         ("null", None),
         ("a: [", "a: ["),
+        ("5e-05", 5e-05),  # how DVC writes params.yaml's 0.00005
+        ("None", None),  # how DVC writes a YAML null
+        ("1e3x", "1e3x"),
     ],
 )
 def test_parameters_are_typed_like_yaml(text, expected):
