@@ -708,6 +708,7 @@ def match(
     refine_k: int = 3,
     tilt_deg: float = 4.0,
     step_vox: float = 2.0,
+    progress=None,
 ) -> list[Match]:
     """Where `image` sits in the indexed volumes; best first.
 
@@ -731,6 +732,9 @@ def match(
     refine_k, tilt_deg, step_vox : int, float, float
         Matches refined, and the tilt (degrees) and offset (voxels) steps of the 3×3×3
         refinement grid.
+    progress : callable, optional
+        Called as ``progress(fraction, message)`` as the search advances (for a
+        progress bar); `fraction` goes from 0 to 1.
 
     Returns
     -------
@@ -745,13 +749,18 @@ def match(
     for name, v in (("top_k", top_k), ("coarse_k", coarse_k)):
         if not isinstance(v, int | np.integer) or v < 1:
             raise MatchError(f"{name} must be an integer >= 1, got {v!r}")
+    report = progress or (lambda fraction, message: None)
     rows = _select(index, specimens, species)
+    report(0.0, "preprocessing the query")
     q = _prepare_query(index, image)
+    report(0.1, f"coarse search over {len(rows)} candidate sections")
     cand, cos = _coarse(index, q, rows, max(coarse_k, top_k))
+    report(0.3, f"fine alignment of {len(cand)} candidates")
     found = _fine(index, q, cand, cos)
     if refine and volumes:
         prepared = {}
         for i, m in enumerate(found[:refine_k]):
+            report(0.5 + 0.5 * i / refine_k, f"refining match {i + 1} in {m.specimen_id}")
             if time_budget_s is not None and time.perf_counter() - t0 > time_budget_s:
                 break
             vol = volumes.get(m.specimen_id)
@@ -763,4 +772,5 @@ def match(
                 vol = prepared[m.specimen_id]
             found[i] = _refine(index, q, m, vol, tilt_deg, step_vox)
         found.sort(key=lambda m: -m.scores["combined"])
+    report(1.0, "done")
     return found[:top_k]
