@@ -11,22 +11,29 @@ in its plane:
 * magnitudes of the Fourier transform along the angle of a polar resampling (radius
   measured in units of the silhouette's radius of gyration, so scale drops out too).
 
-The descriptor vector is standardised with the index's own mean and spread and
-L2-normalised, so the coarse search is one matrix-vector product.
+The descriptor vector is standardised with the index's own mean and spread, projected
+on its leading principal components and L2-normalised, so the coarse search is one
+matrix-vector product. The index keeps only these compact descriptors, a bit-packed
+low-resolution silhouette and the plane of each candidate (about 200 bytes each):
+candidate images are re-cut from the specimen volumes when a query needs them.
 
-Matching a query runs in two stages:
+Matching a query runs in three stages:
 
 1. **coarse**: cosine similarity of descriptors over the (filtered) index, then Dice
    of low-resolution silhouettes put in a canonical frame (centroid, principal axes,
    radius of gyration) under the four axis ambiguities (identity, 180°, two mirrors);
    ``coarse = 0.5 * cosine + 0.5 * dice`` picks ``coarse_k`` candidates;
-2. **fine**: the in-plane angle (and whether the section is seen from the other side,
-   a mirror) is recovered directly by circular cross-correlation of polar resamplings,
-   the query is warped onto the candidate, and
-   ``combined = 0.35 * dice + 0.25 * ncc + 0.25 * ssim + 0.15 * descriptor``.
-
-With the specimen volumes at hand, the best candidates are refined by re-cutting the
-volume on a small grid of tilts and offsets around them and re-scoring.
+2. **fine**: the candidates are re-cut from their volumes; the in-plane angle (and
+   whether the section is seen from the other side, a mirror) is recovered directly by
+   circular cross-correlation of polar resamplings (refined below one angle step by a
+   parabola through the peak), both are put in one frame at ``fine_size`` pixels, and
+   ``combined = 0.15 * dice + 0.15 * ncc + 0.4 * texture + 0.15 * ssim + 0.15 *
+   descriptor``, where ``texture`` is the NCC of the high-passed sections (chamber
+   walls and septa: what tells two poses of one outline apart, while the outline alone
+   leaves Dice and NCC near 1 for many poses);
+3. **refine**: the best distinct poses are improved by a pattern search over the
+   plane's two tilts and its offset, re-cutting the volume at every step (the plane
+   of a match is continuous, not limited to the index's grid).
 
 A plane and its flipped normal give the same section, mirrored: a match reports the
 normal, offset and in-plane angle for which ``extract_slice(volume, Plane(normal,
@@ -45,8 +52,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import cv2
@@ -79,14 +87,21 @@ __all__ = [
     "match",
 ]
 
-INDEX_FORMAT = 1
+INDEX_FORMAT = 2  # 2: compact descriptors, no stored images
 N_RADII = 24  # polar resampling: radii from 0.1 to RHO_MAX radii of gyration
 N_ANGLES = 64
 RHO_MAX = 2.6
 N_HARMONICS = 8
 COARSE_WEIGHTS = {"descriptor": 0.5, "dice": 0.5}
-FINE_WEIGHTS = {"dice": 0.35, "ncc": 0.25, "ssim": 0.25, "descriptor": 0.15}
-_BLOCK_WEIGHTS = (("hu", 1.0), ("radial", 1.0), ("fourier", 1.0))
+# `texture` (NCC of the high-passed sections: chamber walls, septa, pores) is what tells
+# two poses of one shell apart; silhouette Dice and plain NCC are near 1 for both
+FINE_WEIGHTS = {"dice": 0.15, "ncc": 0.15, "texture": 0.4, "ssim": 0.15, "descriptor": 0.15}
+# the refinement climbs this cheaper score (no SSIM, no descriptor)
+SEARCH_WEIGHTS = {"dice": 0.2, "ncc": 0.2, "texture": 0.6}
+TEXTURE_SIGMA = 3.0  # high-pass: the section minus its Gaussian blur (pixels at fine_size)
+DESCRIPTOR_DIMS = 64  # principal components kept in the index
+_BLOCK_WEIGHTS = (("hu", 1.0), ("radial", 1.0), ("fourier", 1.0), ("texture", 1.5))
+DESCRIBE_TEXTURE_SIGMA = 1.0  # high-pass of the texture block (pixels at the index size)
 
 
 class MatchError(ValueError):
@@ -110,6 +125,9 @@ class IndexConfig:
         stored candidate images.
     smooth_sigma, dense_factor : float
         Volume preparation, as in :func:`foramlib.slicing.slice_volume`.
+    fine_size : int
+        Side of the sections compared in the fine and refinement stages (re-cut from
+        the volumes, so it costs no index space; internal walls need the resolution).
     """
 
     n_orientations: int = 300
@@ -118,9 +136,15 @@ class IndexConfig:
     preprocess: PreprocessConfig = PreprocessConfig(size=64)
     smooth_sigma: float = 0.8
     dense_factor: float | None = 1.8
+    fine_size: int = 128
 
     def __post_init__(self) -> None:
-        for name, low in (("n_orientations", 1), ("n_offsets", 1), ("descriptor_size", 8)):
+        for name, low in (
+            ("n_orientations", 1),
+            ("n_offsets", 1),
+            ("descriptor_size", 8),
+            ("fine_size", 16),
+        ):
             value = getattr(self, name)
             if not isinstance(value, int | np.integer) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
@@ -214,7 +238,8 @@ class Features:
     ``centroid`` (row, col) and ``radius`` (radius of gyration, pixels) of the
     silhouette; ``orientation`` of its principal axis (radians); ``polar`` the
     (N_RADII, N_ANGLES) resampling of the intensity-normalised image; ``canonical`` the
-    low-resolution silhouette in the canonical frame; ``hu``, ``radial`` and ``fourier``
+    low-resolution silhouette in the canonical frame; ``hu``, ``radial``, ``fourier`` and
+    ``texture`` (radial profile and angular Fourier magnitudes of the high-passed image)
     the raw rotation-invariant descriptor blocks.
     """
 
@@ -226,6 +251,7 @@ class Features:
     hu: np.ndarray
     radial: np.ndarray
     fourier: np.ndarray
+    texture: np.ndarray
 
     def vector(self) -> np.ndarray:
         """Raw descriptor vector (each block L2-normalised and weighted)."""
@@ -316,6 +342,15 @@ def describe(image, descriptor_size: int = 32) -> Features:
     spec = [
         np.abs(np.fft.rfft(p, axis=1))[:, 1 : N_HARMONICS + 1] / N_ANGLES for p in (p_sil, p_img)
     ]
+    # internal structure (walls, septa), which tells poses of one outline apart
+    hp = img / scale - cv2.GaussianBlur(img / scale, (0, 0), DESCRIBE_TEXTURE_SIGMA)
+    p_tex = _polar(hp, centroid, radius)
+    tex = np.concatenate(
+        [
+            np.abs(p_tex).mean(axis=1),
+            (np.abs(np.fft.rfft(p_tex, axis=1))[:, 1 : N_HARMONICS + 1] / N_ANGLES).ravel(),
+        ]
+    )
     canonical = to_canonical(sil, centroid, radius, -orientation, False, descriptor_size) > 0.5
     return Features(
         centroid,
@@ -326,6 +361,7 @@ def describe(image, descriptor_size: int = 32) -> Features:
         hu.astype(np.float32),
         radial.astype(np.float32),
         np.concatenate([s.ravel() for s in spec]).astype(np.float32),
+        tex.astype(np.float32),
     )
 
 
@@ -337,24 +373,25 @@ _ARRAYS = (
     "species",
     "normals",
     "offsets",
-    "images",
-    "raw_descriptors",
+    "descriptors",
     "canonical",
-    "polar",
-    "centroids",
-    "radii",
+    "desc_mean",
+    "desc_std",
+    "desc_basis",
 )
+_PREPARED_CACHE = 24  # prepared volumes kept per index (about 8 MB each at 128³)
 
 
-@dataclass
+@dataclass(eq=False)
 class MatchIndex:
-    """Candidate sections of a set of volumes with their descriptors.
+    """Candidate section planes of a set of volumes with compact descriptors.
 
-    Arrays have one row per candidate: ``specimen``/``species`` (str), ``normals``
-    (n, 3), ``offsets`` (n,), ``images`` (n, size, size) uint8, ``raw_descriptors``
-    (n, d), ``canonical`` (n, descriptor_size²) bool, ``polar`` (n, N_RADII,
-    N_ANGLES), ``centroids`` (n, 2), ``radii`` (n,). ``descriptors`` are the raw ones
-    standardised with ``desc_mean``/``desc_std`` and L2-normalised.
+    One row per candidate: ``specimen``/``species`` (str), ``normals`` (n, 3) and
+    ``offsets`` (n,) of the plane, ``descriptors`` (n, k) standardised, projected and
+    L2-normalised descriptors, ``canonical`` (n, descriptor_size² / 8) the bit-packed
+    canonical silhouettes. ``desc_mean``/``desc_std``/``desc_basis`` map a raw
+    descriptor (:meth:`Features.vector`) into the index's space. Build one with
+    :func:`build_index`; images are re-cut from the volumes when matching.
     """
 
     config: IndexConfig
@@ -362,32 +399,98 @@ class MatchIndex:
     species: np.ndarray
     normals: np.ndarray
     offsets: np.ndarray
-    images: np.ndarray
-    raw_descriptors: np.ndarray
+    descriptors: np.ndarray
     canonical: np.ndarray
-    polar: np.ndarray
-    centroids: np.ndarray
-    radii: np.ndarray
-    desc_mean: np.ndarray = field(init=False)
-    desc_std: np.ndarray = field(init=False)
-    descriptors: np.ndarray = field(init=False)
+    desc_mean: np.ndarray
+    desc_std: np.ndarray
+    desc_basis: np.ndarray
+    _prepared: OrderedDict = field(default_factory=OrderedDict, repr=False)
 
     def __post_init__(self) -> None:
-        if len(self.specimen) == 0:
+        n = len(self.specimen)
+        if n == 0:
             raise MatchError("an index needs at least one candidate section")
-        raw = self.raw_descriptors.astype(np.float64)
-        self.desc_mean = raw.mean(axis=0)
-        self.desc_std = raw.std(axis=0) + 1e-6
-        self.descriptors = self.standardise(raw)
+        for name in ("species", "normals", "offsets", "descriptors", "canonical"):
+            if len(getattr(self, name)) != n:
+                raise MatchError(
+                    f"index array {name!r} has {len(getattr(self, name))} rows, not {n}"
+                )
+        self.descriptors = np.asarray(self.descriptors, np.float32)
+
+    @classmethod
+    def from_raw(cls, config, specimen, species, normals, offsets, raw, canonical) -> MatchIndex:
+        """Index from raw descriptor rows and boolean canonical silhouettes."""
+        raw = np.asarray(raw, np.float64)
+        mean, std = raw.mean(axis=0), raw.std(axis=0) + 1e-6
+        z = (raw - mean) / std
+        k = min(DESCRIPTOR_DIMS, z.shape[1], max(1, z.shape[0] - 1))
+        # principal directions of the standardised descriptors (SVD of a sample is
+        # enough: the covariance of a few thousand rows is well estimated)
+        rng = np.random.default_rng(0)
+        sample = z[rng.choice(len(z), size=min(len(z), 20_000), replace=False)]
+        basis = np.linalg.svd(sample - sample.mean(axis=0), full_matrices=False)[2][:k].T
+        out = cls(
+            config,
+            np.asarray(specimen).astype(str),
+            np.asarray(species).astype(str),
+            np.asarray(normals, np.float32),
+            np.asarray(offsets, np.float32),
+            np.zeros((len(raw), k), np.float32),
+            np.packbits(np.asarray(canonical, bool).reshape(len(raw), -1), axis=1),
+            mean.astype(np.float32),
+            std.astype(np.float32),
+            basis.astype(np.float32),
+        )
+        # stored as float16: round here so a loaded index scores exactly like this one
+        out.descriptors = out.standardise(raw).astype(np.float16).astype(np.float32)
+        return out
 
     def __len__(self) -> int:
         return len(self.specimen)
 
     def standardise(self, raw: np.ndarray) -> np.ndarray:
-        """Standardise raw descriptor rows with the index's statistics, L2-normalised."""
-        z = (np.atleast_2d(raw) - self.desc_mean) / self.desc_std
+        """Map raw descriptor rows into the index's space (standardise, project, L2)."""
+        z = (np.atleast_2d(np.asarray(raw, np.float64)) - self.desc_mean) / self.desc_std
+        z = z @ self.desc_basis
         z /= np.linalg.norm(z, axis=1, keepdims=True) + 1e-12
         return z.astype(np.float32)
+
+    def canonical_masks(self, rows: np.ndarray) -> np.ndarray:
+        """Unpacked canonical silhouettes of `rows`, float32 (len(rows), size²)."""
+        size = self.config.descriptor_size
+        bits = np.unpackbits(self.canonical[rows], axis=1, count=size * size)
+        return bits.astype(np.float32)
+
+    def nbytes(self) -> int:
+        """Memory held by the index arrays."""
+        return int(sum(getattr(self, name).nbytes for name in _ARRAYS))
+
+    def prepared(self, specimen_id: str, volumes: Mapping) -> PreparedVolume:
+        """The prepared volume of `specimen_id` from `volumes`, cached per index.
+
+        Raises
+        ------
+        MatchError
+            If `volumes` has no entry for the specimen.
+        """
+        vol = volumes.get(specimen_id) if volumes is not None else None
+        if vol is None:
+            raise MatchError(
+                f"matching needs the volume of specimen {specimen_id!r}: pass "
+                "volumes={specimen_id: array} (see foramlib.indexing.load_collection)"
+            )
+        if isinstance(vol, PreparedVolume):
+            return vol
+        key = (specimen_id, id(vol))
+        if key in self._prepared:
+            self._prepared.move_to_end(key)
+            return self._prepared[key][1]
+        prepared = prepare_volume(vol, self.config, specimen_id)
+        # keep a reference to the raw array so its id() cannot be reused while cached
+        self._prepared[key] = (vol, prepared)
+        while len(self._prepared) > _PREPARED_CACHE:
+            self._prepared.popitem(last=False)
+        return prepared
 
     def save(self, path) -> Path:
         """Write one ``.npz`` atomically, with the preprocessing version and config."""
@@ -395,8 +498,11 @@ class MatchIndex:
             format=INDEX_FORMAT, preprocess_version=PREPROCESS_VERSION, config=self.config.as_dict()
         )
         arrays = {name: getattr(self, name) for name in _ARRAYS}
-        arrays["specimen"] = arrays["specimen"].astype(str)
-        arrays["species"] = arrays["species"].astype(str)
+        # names as codes into a table: a few bytes a candidate instead of a string each
+        for name in ("specimen", "species"):
+            table, codes = np.unique(arrays.pop(name).astype(str), return_inverse=True)
+            arrays[f"{name}_names"], arrays[f"{name}_codes"] = table, codes.astype(np.int32)
+        arrays["descriptors"] = arrays["descriptors"].astype(np.float16)
         path = Path(path)
         with atomic_path(path, suffix=".npz") as tmp:
             with open(tmp, "wb") as fh:
@@ -410,13 +516,17 @@ class MatchIndex:
         Raises
         ------
         MatchError
-            If the file is not an index, was built with another preprocessing version,
-            or (when `config` is given) with another configuration.
+            If the file is not an index, was built with another preprocessing version
+            or index format, or (when `config` is given) with another configuration.
         """
         try:
             with np.load(path, allow_pickle=False) as z:
                 meta = json.loads(str(z["meta"]))
-                arrays = {name: z[name] for name in _ARRAYS}
+                arrays = None
+                if "desc_basis" in z:
+                    arrays = {name: z[name] for name in _ARRAYS[2:]}
+                    for name in ("specimen", "species"):
+                        arrays[name] = z[f"{name}_names"][z[f"{name}_codes"]]
         except (OSError, KeyError, ValueError) as exc:
             raise MatchError(f"{path}: not a match index ({exc})") from None
         if meta.get("preprocess_version") != PREPROCESS_VERSION:
@@ -425,15 +535,27 @@ class MatchIndex:
                 f"{meta.get('preprocess_version')!r}; rebuild it (current version is "
                 f"{PREPROCESS_VERSION})"
             )
+        if meta.get("format") != INDEX_FORMAT or arrays is None:
+            raise MatchError(
+                f"{path}: index format {meta.get('format')!r}, this version reads format "
+                f"{INDEX_FORMAT}; rebuild it"
+            )
         built = IndexConfig.from_dict(meta["config"])
         if config is not None and built != config:
             raise MatchError(f"{path}: index built with {built}, not {config}; rebuild it")
         return cls(built, **arrays)
 
 
-def _cut_volume(prepared: PreparedVolume, planes, config: IndexConfig, name: str):
-    """Cut and preprocess `planes`; return kept plane indices and their images."""
-    pp = config.preprocess
+def _resize(img: np.ndarray, size: int) -> np.ndarray:
+    return cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
+
+
+def _cut_volume(prepared: PreparedVolume, planes, config: IndexConfig, name: str, size=None):
+    """Cut and preprocess `planes`; return kept plane indices and their images.
+
+    Images are `size` pixels a side (default: the index's preprocessing size).
+    """
+    pp = config.preprocess if size is None else replace(config.preprocess, size=size)
     kept, images = [], []
     for start in range(0, len(planes), 64):
         batch = planes[start : start + 64]
@@ -456,16 +578,27 @@ def _cut_volume(prepared: PreparedVolume, planes, config: IndexConfig, name: str
     return kept, images
 
 
-def build_index(volumes: Sequence, config: IndexConfig = IndexConfig()) -> MatchIndex:
+def build_index(volumes: Sequence, config: IndexConfig = IndexConfig(), progress=None):
     """Index the candidate sections of ``(specimen_id, species, volume)`` triples.
+
+    Parameters
+    ----------
+    volumes : iterable of (str, str, 3-D array)
+    config : IndexConfig
+    progress : callable, optional
+        Called as ``progress(done, specimen_id)`` after each volume.
+
+    Returns
+    -------
+    MatchIndex
 
     Raises
     ------
     MatchError
         If a volume is unusable or no volume yields a candidate.
     """
-    cols = {name: [] for name in _ARRAYS}
-    for item in volumes:
+    cols = {k: [] for k in ("specimen", "species", "normals", "offsets", "raw", "canonical")}
+    for done, item in enumerate(volumes, start=1):
         try:
             spec, species, volume = item
         except (TypeError, ValueError):
@@ -481,18 +614,21 @@ def build_index(volumes: Sequence, config: IndexConfig = IndexConfig()) -> Match
             cols["species"].append(str(species))
             cols["normals"].append(planes[k].normal)
             cols["offsets"].append(planes[k].offset)
-            cols["images"].append(img)
-            cols["raw_descriptors"].append(f.vector())
+            cols["raw"].append(f.vector())
             cols["canonical"].append(f.canonical.ravel())
-            cols["polar"].append(f.polar)
-            cols["centroids"].append(f.centroid)
-            cols["radii"].append(f.radius)
+        if progress is not None:
+            progress(done, str(spec))
     if not cols["specimen"]:
         raise MatchError("no volume yielded a usable candidate section")
-    dtypes = dict(normals=np.float32, offsets=np.float32, raw_descriptors=np.float32)
-    dtypes.update(polar=np.float32, centroids=np.float32, radii=np.float32, canonical=bool)
-    arrays = {k: np.asarray(v, dtype=dtypes.get(k)) for k, v in cols.items()}
-    return MatchIndex(config, **arrays)
+    return MatchIndex.from_raw(
+        config,
+        cols["specimen"],
+        cols["species"],
+        cols["normals"],
+        cols["offsets"],
+        np.stack(cols["raw"]),
+        np.stack(cols["canonical"]),
+    )
 
 
 # ----------------------------------------------------------------------------------------
@@ -502,7 +638,9 @@ def build_index(volumes: Sequence, config: IndexConfig = IndexConfig()) -> Match
 class Match:
     """One answer: where the query sits, how well it fits, and the matched section.
 
-    ``scores`` holds ``dice``, ``ncc``, ``ssim``, ``descriptor`` and ``combined``.
+    ``scores`` holds ``dice`` (silhouettes), ``ncc`` (intensities), ``texture`` (NCC of
+    the high-passed sections: internal walls), ``ssim``, ``descriptor`` (cosine in the
+    index's descriptor space) and their weighted sum ``combined`` (``FINE_WEIGHTS``).
     """
 
     specimen_id: str
@@ -516,12 +654,53 @@ class Match:
 
 @dataclass
 class _Query:
-    image: np.ndarray
-    features: Features
+    image: np.ndarray  # preprocessed at the index's size
     descriptor: np.ndarray
     canon: np.ndarray  # (4, d²) canonical silhouettes under the axis ambiguities
     polar_fft: np.ndarray  # (2, N_RADII, N_ANGLES) FFT of polar image, direct and flipped
     aligned_size: int
+    aligned: tuple  # canonical (image, silhouette, high-pass) at fine_size, direct and flipped
+
+
+@dataclass
+class _Candidate:
+    """A scored plane of one specimen (angle 0; the in-plane turn is in `shift`)."""
+
+    specimen_id: str
+    species: str
+    normal: np.ndarray
+    offset: float
+    image: np.ndarray
+    flip: bool
+    shift: float
+    scores: dict
+
+    @property
+    def search(self) -> float:  # the score the refinement climbs
+        return float(sum(w * self.scores[k] for k, w in SEARCH_WEIGHTS.items()))
+
+    def to_match(self) -> Match:
+        normal, offset, angle = _pose(self.normal, self.offset, self.flip, self.shift)
+        return Match(
+            self.specimen_id, self.species, normal, offset, angle, dict(self.scores), self.image
+        )
+
+
+def _highpass(img: np.ndarray) -> np.ndarray:
+    return img - cv2.GaussianBlur(img, (0, 0), TEXTURE_SIGMA)
+
+
+def _aligned_query(img: np.ndarray, size: int) -> tuple:
+    """The query in its canonical frame (not turned), direct and mirrored."""
+    f = describe(img)
+    out = []
+    for flip in (False, True):
+        cq = f.centroid if not flip else (img.shape[0] - 1 - f.centroid[0], f.centroid[1])
+        a = to_canonical(img[::-1] if flip else img, cq, f.radius, 0.0, False, size)
+        sil = a > 0.5  # any fossil pixel (background is 0), as for the candidates
+        a = a / (a.max() or 1.0)
+        out.append((a, sil, _highpass(a)))
+    return tuple(out)
 
 
 def _prepare_query(index: MatchIndex, image) -> _Query:
@@ -542,13 +721,15 @@ def _prepare_query(index: MatchIndex, image) -> _Query:
     )
     scale = float(img[silhouette(img)].mean()) or 1.0
     polars = np.stack([f.polar, flipped / scale])
+    fine = replace(cfg.preprocess, size=cfg.fine_size)
+    fine_img = preprocess_slice(arr, fine, name="query")[0] if fine != cfg.preprocess else img
     return _Query(
         img,
-        f,
         index.standardise(f.vector())[0],
         canon,
         np.fft.fft(polars - polars.mean(axis=2, keepdims=True), axis=2),
-        cfg.preprocess.size,
+        cfg.fine_size,
+        _aligned_query(fine_img, cfg.fine_size),
     )
 
 
@@ -571,28 +752,37 @@ def _select(index: MatchIndex, specimens, species) -> np.ndarray:
 def _coarse(index: MatchIndex, q: _Query, rows: np.ndarray, coarse_k: int):
     """Top `coarse_k` rows by 0.5·descriptor cosine + 0.5·canonical-silhouette Dice."""
     cos = index.descriptors[rows] @ q.descriptor
-    short = rows[np.argsort(-cos)[: max(4 * coarse_k, 200)]]
+    short = rows[np.argsort(-cos)[: max(8 * coarse_k, 400)]]
     cos_s = index.descriptors[short] @ q.descriptor
-    can = index.canonical[short].astype(np.float32)
+    can = index.canonical_masks(short)
     inter = can @ q.canon.T  # (m, 4)
     dice = (2 * inter / (can.sum(1)[:, None] + q.canon.sum(1)[None, :] + 1e-9)).max(axis=1)
     score = COARSE_WEIGHTS["descriptor"] * cos_s + COARSE_WEIGHTS["dice"] * dice
     order = np.argsort(-score)[:coarse_k]
-    return short[order], cos_s[order]
+    return short[order]
 
 
 def _best_rotation(q: _Query, cand_polar: np.ndarray):
     """Best circular shift and flip of the query's polar image against candidates.
 
-    Returns (flip (bool array), shift in angle steps) such that the query (flipped
-    top-to-bottom when `flip`) at polar angle φ matches the candidate at φ + shift·Δ.
+    Returns (flip (bool array), shift in angle steps, fractional) such that the query
+    (flipped top-to-bottom when `flip`) at polar angle φ matches the candidate at
+    φ + shift·Δ. The shift is refined below one step by a parabola through the peak.
     """
     c = cand_polar - cand_polar.mean(axis=2, keepdims=True)
     cf = np.fft.fft(c, axis=2)  # (m, R, A)
     # corr[s] = sum_j q[j] c[j+s]  ->  ifft(conj(Q) * C)
     corr = np.fft.ifft(np.conj(q.polar_fft)[None] * cf[:, None], axis=3).real.sum(axis=2)
-    best = corr.reshape(len(c), -1).argmax(axis=1)  # over (flip, shift)
-    return best // N_ANGLES == 1, best % N_ANGLES
+    m = len(c)
+    best = corr.reshape(m, -1).argmax(axis=1)  # over (flip, shift)
+    flip, shift = best // N_ANGLES, best % N_ANGLES
+    rows = corr[np.arange(m), flip]  # (m, A)
+    y0 = rows[np.arange(m), (shift - 1) % N_ANGLES]
+    y1 = rows[np.arange(m), shift]
+    y2 = rows[np.arange(m), (shift + 1) % N_ANGLES]
+    den = y0 - 2 * y1 + y2
+    frac = np.where(np.abs(den) > 1e-12, 0.5 * (y0 - y2) / np.where(den == 0, 1, den), 0.0)
+    return flip == 1, shift + np.clip(frac, -0.5, 0.5)
 
 
 def _ncc(a: np.ndarray, b: np.ndarray) -> float:
@@ -601,21 +791,23 @@ def _ncc(a: np.ndarray, b: np.ndarray) -> float:
     return float((a * b).sum() / den) if den > 0 else 0.0
 
 
-def _pair_scores(q: _Query, cand_img, centroid, radius, flip, shift):
-    """Warp query and candidate onto one canonical frame and score them."""
-    size = q.aligned_size
+def _pair_scores(q: _Query, cand_img, feats: Features, flip, shift, ssim: bool = True):
+    """Warp the candidate onto the query's canonical frame and score the pair."""
     theta = 2 * np.pi * shift / N_ANGLES
-    qf = q.features
-    cq = qf.centroid if not flip else (q.image.shape[0] - 1 - qf.centroid[0], qf.centroid[1])
-    qimg = q.image[::-1] if flip else q.image
+    na, sa, ha = q.aligned[int(bool(flip))]
     # query at φ ~ candidate at φ + θ: turn the candidate back by θ
-    a = to_canonical(qimg, cq, qf.radius, 0.0, False, size)
-    b = to_canonical(cand_img, centroid, radius, -theta, False, size)
-    sa, sb = a > 0.5, b > 0.5
-    dice = 2 * float((sa & sb).sum()) / (float(sa.sum() + sb.sum()) + 1e-9)
-    na, nb = a / (a.max() or 1.0), b / (b.max() or 1.0)
-    ssim = float(structural_similarity(na, nb, data_range=1.0, win_size=7))
-    return dict(dice=dice, ncc=_ncc(na, nb), ssim=ssim)
+    b = to_canonical(cand_img, feats.centroid, feats.radius, -theta, False, q.aligned_size)
+    sb = b > 0.5
+    nb = b / (b.max() or 1.0)
+    inside = sa | sb
+    out = dict(
+        dice=2 * float((sa & sb).sum()) / (float(sa.sum() + sb.sum()) + 1e-9),
+        ncc=_ncc(na, nb),
+        texture=_ncc(ha[inside], _highpass(nb)[inside]),
+    )
+    if ssim:
+        out["ssim"] = float(structural_similarity(na, nb, data_range=1.0, win_size=7))
+    return out
 
 
 def _combined(s: dict) -> float:
@@ -630,84 +822,131 @@ def _pose(normal, offset, flip, shift):
     return tuple(float(v) for v in normal), float(offset), a % 360.0
 
 
-def _fine(index: MatchIndex, q: _Query, rows, cos) -> list[Match]:
-    flips, shifts = _best_rotation(q, index.polar[rows])
+def _evaluate(index, q, prepared, spec, species, planes, full: bool) -> list[_Candidate]:
+    """Cut `planes` (angle 0) from one prepared volume and score each against `q`."""
+    cfg = index.config
+    kept, images = _cut_volume(prepared, planes, cfg, spec, size=cfg.fine_size)
+    if not kept:
+        return []
+    feats = [describe(img, cfg.descriptor_size) for img in images]
+    flips, shifts = _best_rotation(q, np.stack([f.polar for f in feats]))
+    cos = None
+    if full:  # the descriptor as the index computed it, at the index's size
+        small = cfg.preprocess.size
+        raw = [
+            describe(_resize(img, small), cfg.descriptor_size).vector()
+            if img.shape[0] != small
+            else f.vector()
+            for img, f in zip(images, feats, strict=True)
+        ]
+        cos = index.standardise(np.stack(raw)) @ q.descriptor
     out = []
-    for r, c, fl, sh in zip(rows, cos, flips, shifts, strict=True):
-        s = _pair_scores(q, index.images[r], index.centroids[r], index.radii[r], fl, sh)
-        s["descriptor"] = float(c)
-        s["combined"] = _combined(s)
-        normal, offset, angle = _pose(index.normals[r], index.offsets[r], fl, sh)
+    for i, k in enumerate(kept):
+        s = _pair_scores(q, images[i], feats[i], flips[i], shifts[i], ssim=full)
+        if full:
+            s["descriptor"] = float(cos[i])
+            s["combined"] = _combined(s)
+        n = np.asarray(planes[k].normal, np.float64)
         out.append(
-            Match(
-                str(index.specimen[r]),
-                str(index.species[r]),
-                normal,
-                offset,
-                angle,
-                s,
-                index.images[r],
-            )
+            _Candidate(spec, species, n, planes[k].offset, images[i], flips[i], shifts[i], s)
         )
-    return sorted(out, key=lambda m: -m.scores["combined"])
+    return out
 
 
-def _neighbour_planes(m: Match, tilt_deg: float, step_vox: float) -> list[Plane]:
-    """Planes around a match's (hemisphere) normal: 3×3 tilts × 3 offsets, angle 0."""
-    n = np.asarray(m.normal)
-    off = m.offset
-    if n[2] < 0:  # back to the index's hemisphere, as candidates are stored
-        n, off = -n, -off
+def _rescore(index, q, cands: list[_Candidate], volumes) -> list[_Candidate]:
+    """Full scores (SSIM and descriptor too) of candidates scored for the search only."""
+    out = []
+    for c in cands:
+        plane = Plane(tuple(c.normal), float(c.offset), 0.0)
+        prepared = index.prepared(c.specimen_id, volumes)
+        out += _evaluate(index, q, prepared, c.specimen_id, c.species, [plane], True)
+    return out
+
+
+def _fine(index, q, rows, volumes, keep: int) -> list[_Candidate]:
+    """Re-cut the coarse candidates, rank them by the search score, fully score `keep`."""
+    out = []
+    for spec in dict.fromkeys(index.specimen[rows].tolist()):
+        mine = rows[index.specimen[rows] == spec]
+        planes = [Plane(tuple(index.normals[r]), float(index.offsets[r]), 0.0) for r in mine]
+        prepared = index.prepared(spec, volumes)
+        out += _evaluate(index, q, prepared, spec, str(index.species[mine[0]]), planes, False)
+    best = _distinct(sorted(out, key=lambda c: -c.search))[:keep]
+    return sorted(_rescore(index, q, best, volumes), key=lambda c: -c.scores["combined"])
+
+
+def _tilted(n: np.ndarray, off: float, tilt_deg: float, step_vox: float) -> list[Plane]:
+    """The six pattern-search neighbours of a plane: ±tilt about two axes, ±offset."""
     ref = np.eye(3)[int(np.argmin(np.abs(n)))]
     a1 = np.cross(n, ref)
     a1 /= np.linalg.norm(a1)
     a2 = np.cross(n, a1)
-    planes = []
-    for t1 in (-tilt_deg, 0.0, tilt_deg):
-        for t2 in (-tilt_deg, 0.0, tilt_deg):
-            rot = Rotation.from_rotvec(np.deg2rad(t1) * a1 + np.deg2rad(t2) * a2)
-            nn = rot.apply(n)
-            for d in (-step_vox, 0.0, step_vox):
-                planes.append(Plane(tuple(nn), float(off + d), 0.0))
-    return planes
+    out = []
+    for axis in (a1, a2):
+        for sign in (-1.0, 1.0):
+            nn = Rotation.from_rotvec(np.deg2rad(sign * tilt_deg) * axis).apply(n)
+            out.append(Plane(tuple(nn), float(off), 0.0))
+    out += [Plane(tuple(n), float(off + d), 0.0) for d in (-step_vox, step_vox)]
+    return out
 
 
-def _refine(index, q, best: Match, prepared: PreparedVolume, tilt_deg, step_vox):
-    """Re-cut the volume around `best` and return the best-scoring neighbour."""
-    planes = _neighbour_planes(best, tilt_deg, step_vox)
-    kept, images = _cut_volume(prepared, planes, index.config, best.specimen_id)
-    if not kept:
-        return best
-    feats = [describe(img, index.config.descriptor_size) for img in images]
-    raw = np.stack([f.vector() for f in feats])
-    cos = index.standardise(raw) @ q.descriptor
-    flips, shifts = _best_rotation(q, np.stack([f.polar for f in feats]))
-    top = best
-    for i, k in enumerate(kept):
-        f = feats[i]
-        s = _pair_scores(q, images[i], f.centroid, f.radius, flips[i], shifts[i])
-        s["descriptor"] = float(cos[i])
-        s["combined"] = _combined(s)
-        if s["combined"] > top.scores["combined"]:
-            normal, offset, angle = _pose(planes[k].normal, planes[k].offset, flips[i], shifts[i])
-            top = Match(best.specimen_id, best.species, normal, offset, angle, s, images[i])
-    return top
+def _refine(index, q, start: _Candidate, prepared, tilt_deg, step_vox, max_evals) -> _Candidate:
+    """Pattern search over the plane's tilts and offset from `start`, then full scores.
+
+    Moves to the best of the six neighbours while that improves the search score, and
+    halves both steps when none does, until they are an eighth of the initial ones or
+    `max_evals` sections have been cut.
+    """
+    best, evals = start, 0
+    tilt, step = tilt_deg, step_vox
+    while tilt >= tilt_deg / 8 and evals < max_evals:
+        planes = _tilted(best.normal, best.offset, tilt, step)
+        trial = _evaluate(index, q, prepared, best.specimen_id, best.species, planes, False)
+        evals += len(planes)
+        top = max(trial, key=lambda c: c.search, default=None)
+        if top is not None and top.search > best.search + 1e-4:
+            best = top
+        else:
+            tilt, step = tilt / 2, step / 2
+    if best is start:
+        return start
+    plane = Plane(tuple(best.normal), float(best.offset), 0.0)
+    again = _evaluate(index, q, prepared, best.specimen_id, best.species, [plane], True)
+    return again[0] if again and again[0].scores["combined"] > start.scores["combined"] else start
+
+
+def _same_pose(a: _Candidate, b: _Candidate, max_deg: float = 6.0, max_vox: float = 2.0):
+    if a.specimen_id != b.specimen_id:
+        return False
+    cos = float(np.dot(a.normal, b.normal))
+    sign = 1.0 if cos >= 0 else -1.0
+    close = np.degrees(np.arccos(min(1.0, abs(cos)))) <= max_deg
+    return bool(close and abs(sign * a.offset - b.offset) <= max_vox)
+
+
+def _distinct(cands: list[_Candidate]) -> list[_Candidate]:
+    out: list[_Candidate] = []
+    for c in cands:
+        if not any(_same_pose(c, o) for o in out):
+            out.append(c)
+    return out
 
 
 def match(
     index: MatchIndex,
     image,
     *,
+    volumes: Mapping | None = None,
     top_k: int = 5,
     specimens=None,
     species=None,
-    coarse_k: int = 50,
+    coarse_k: int = 80,
     refine: bool = True,
-    volumes: Mapping | None = None,
     time_budget_s: float | None = None,
-    refine_k: int = 3,
+    refine_k: int = 6,
     tilt_deg: float = 4.0,
     step_vox: float = 2.0,
+    max_evals: int = 48,
     progress=None,
 ) -> list[Match]:
     """Where `image` sits in the indexed volumes; best first.
@@ -717,21 +956,24 @@ def match(
     index : MatchIndex
     image : array-like
         A 2-D section, any size and pixel type (gray, RGB, uint16, float).
+    volumes : mapping
+        specimen_id → raw 3-D array or :class:`PreparedVolume` (see
+        :func:`prepare_volume`), for every specimen the search may reach: candidate
+        sections are re-cut from them. Prepared copies of raw arrays are cached on the
+        index (the last few specimens).
     top_k : int
-        Number of matches returned.
+        Number of matches returned (distinct poses).
     specimens, species : str or sequence of str, optional
         Restrict the search to these specimen ids / species.
     coarse_k : int
         Candidates passed from the coarse to the fine stage.
     refine : bool
-        Refine the best `refine_k` matches in their volumes (needs `volumes`).
-    volumes : mapping, optional
-        specimen_id → PreparedVolume (see :func:`prepare_volume`) or raw 3-D array.
+        Improve the best `refine_k` distinct poses by a local pattern search.
     time_budget_s : float, optional
-        Skip refinement once this many seconds have passed.
-    refine_k, tilt_deg, step_vox : int, float, float
-        Matches refined, and the tilt (degrees) and offset (voxels) steps of the 3×3×3
-        refinement grid.
+        Stop refining once this many seconds have passed.
+    refine_k, tilt_deg, step_vox, max_evals : int, float, float, int
+        Poses refined, the initial tilt (degrees) and offset (voxels) steps of the
+        search, and the sections it may cut per pose.
     progress : callable, optional
         Called as ``progress(fraction, message)`` as the search advances (for a
         progress bar); `fraction` goes from 0 to 1.
@@ -743,34 +985,33 @@ def match(
     Raises
     ------
     MatchError, PreprocessError
-        For unusable queries (non-numeric, blank, tiny, no foreground) or filters.
+        For unusable queries (non-numeric, blank, tiny, no foreground), filters, or
+        missing volumes.
     """
     t0 = time.perf_counter()
-    for name, v in (("top_k", top_k), ("coarse_k", coarse_k)):
+    for name, v in (("top_k", top_k), ("coarse_k", coarse_k), ("refine_k", refine_k)):
         if not isinstance(v, int | np.integer) or v < 1:
             raise MatchError(f"{name} must be an integer >= 1, got {v!r}")
     report = progress or (lambda fraction, message: None)
     rows = _select(index, specimens, species)
     report(0.0, "preprocessing the query")
     q = _prepare_query(index, image)
+    if volumes is None:
+        raise MatchError(
+            "matching needs the specimen volumes (volumes={specimen_id: array}): candidate "
+            "sections are re-cut from them; see foramlib.indexing.load_collection"
+        )
     report(0.1, f"coarse search over {len(rows)} candidate sections")
-    cand, cos = _coarse(index, q, rows, max(coarse_k, top_k))
+    cand = _coarse(index, q, rows, max(coarse_k, top_k))
     report(0.3, f"fine alignment of {len(cand)} candidates")
-    found = _fine(index, q, cand, cos)
-    if refine and volumes:
-        prepared = {}
-        for i, m in enumerate(found[:refine_k]):
-            report(0.5 + 0.5 * i / refine_k, f"refining match {i + 1} in {m.specimen_id}")
+    found = _fine(index, q, cand, volumes, keep=max(refine_k, top_k))
+    if refine:
+        for i, c in enumerate(found[:refine_k]):
             if time_budget_s is not None and time.perf_counter() - t0 > time_budget_s:
                 break
-            vol = volumes.get(m.specimen_id)
-            if vol is None:
-                continue
-            if not isinstance(vol, PreparedVolume):
-                if m.specimen_id not in prepared:
-                    prepared[m.specimen_id] = prepare_volume(vol, index.config, m.specimen_id)
-                vol = prepared[m.specimen_id]
-            found[i] = _refine(index, q, m, vol, tilt_deg, step_vox)
-        found.sort(key=lambda m: -m.scores["combined"])
+            report(0.4 + 0.6 * i / refine_k, f"refining pose {i + 1} in {c.specimen_id}")
+            prepared = index.prepared(c.specimen_id, volumes)
+            found[i] = _refine(index, q, c, prepared, tilt_deg, step_vox, max_evals)
+        found = _distinct(sorted(found, key=lambda c: -c.scores["combined"]))
     report(1.0, "done")
-    return found[:top_k]
+    return [c.to_match() for c in found[:top_k]]

@@ -53,8 +53,29 @@ def test_index_save_load_roundtrip(index, tmp_path):
     path = index.save(tmp_path / "idx.npz")
     back = MatchIndex.load(path, CONFIG)
     assert back.config == index.config and len(back) == len(index)
-    for name in matching._ARRAYS + ("descriptors",):
+    for name in matching._ARRAYS:
         assert np.array_equal(getattr(back, name), getattr(index, name)), name
+
+
+def test_index_is_compact(index, tmp_path):
+    # descriptors (float16) + packed silhouette + plane: a few hundred bytes a candidate,
+    # so the default collection's index stays in the tens of megabytes
+    size = index.save(tmp_path / "idx.npz").stat().st_size
+    assert size / len(index) < 400
+    assert index.canonical.dtype == np.uint8
+    assert index.descriptors.shape[1] <= matching.DESCRIPTOR_DIMS
+
+
+def test_old_index_format_refused(index, tmp_path):
+    path = index.save(tmp_path / "idx.npz")
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files if k != "desc_basis"}
+    meta = json.loads(str(arrays["meta"]))
+    meta["format"] = 1
+    arrays["meta"] = np.array(json.dumps(meta))
+    np.savez(tmp_path / "v1.npz", **arrays)
+    with pytest.raises(MatchError, match="index format 1.*rebuild it"):
+        MatchIndex.load(tmp_path / "v1.npz")
 
 
 def test_index_version_mismatch_refused(index, tmp_path):
@@ -78,9 +99,12 @@ def test_in_plane_angle_convention(index, specimens):
     plane = Plane(tuple(index.normals[row]), float(index.offsets[row]), 70.0)
     vol = specimens[spec][1]
     q = extract_slice(vol, plane, size=72)
-    m = matching.match(index, q, top_k=1, specimens=[spec], refine=False)[0]
+    vols = {spec: vol}
+    m = matching.match(index, q, volumes=vols, top_k=1, specimens=[spec], refine=False)[0]
     again = Plane(m.normal, m.offset, m.angle_deg)
-    out = matching.match(index, extract_slice(vol, again, size=72), top_k=1, refine=False)[0]
+    out = matching.match(
+        index, extract_slice(vol, again, size=72), volumes=vols, top_k=1, specimens=[spec]
+    )[0]
     assert out.scores["dice"] > 0.85
     if np.dot(m.normal, plane.normal) > 0.999:
         assert abs((m.angle_deg - 70.0 + 180) % 360 - 180) < 12
@@ -114,7 +138,7 @@ def test_oblique_query_finds_specimen(
     found = matching.match(index, q, volumes=prepared)
     assert found[0].specimen_id == spec
     assert found[0].species == specimens[spec][0]
-    assert set(found[0].scores) == {"dice", "ncc", "ssim", "descriptor", "combined"}
+    assert set(found[0].scores) == {"dice", "ncc", "texture", "ssim", "descriptor", "combined"}
     assert found[0].image.dtype == np.uint8
     assert [m.scores["combined"] for m in found] == sorted(
         (m.scores["combined"] for m in found), reverse=True
@@ -147,12 +171,45 @@ def test_oblique_query_recovers_pose(
 def test_restrict_to_specimens_and_species(index, specimens, prepared):
     spec, normal, offset, angle, _ = QUERIES[0]
     q = extract_slice(specimens[spec][1], Plane(normal, offset, angle), size=60)
-    only = matching.match(index, q, specimens=["V-ALVE-01"], refine=False)
+    only = matching.match(index, q, volumes=prepared, specimens=["V-ALVE-01"], refine=False)
     assert {m.specimen_id for m in only} == {"V-ALVE-01"}
-    genus = matching.match(index, q, species="Orbitoides", refine=False, top_k=3)
+    genus = matching.match(index, q, volumes=prepared, species="Orbitoides", refine=False, top_k=3)
     assert {m.species for m in genus} == {"Orbitoides"}
     with pytest.raises(MatchError, match="not in the index"):
-        matching.match(index, q, specimens=["nope"])
+        matching.match(index, q, volumes=prepared, specimens=["nope"])
+
+
+def test_volumes_are_required_and_cached(index, specimens):
+    spec, normal, offset, angle, _ = QUERIES[2]
+    vol = specimens[spec][1]
+    q = extract_slice(vol, Plane(normal, offset, angle), size=60)
+    with pytest.raises(MatchError, match="needs the specimen volumes"):
+        matching.match(index, q)
+    with pytest.raises(MatchError, match="needs the volume of specimen 'V-"):
+        matching.match(index, q, volumes={"V-ALVE-01": specimens["V-ALVE-01"][1]})
+    raw = {spec: vol}
+    first = index.prepared(spec, raw)
+    assert index.prepared(spec, raw) is first  # prepared once, then reused
+
+
+def test_progress_reports_fractions_up_to_done(index, prepared):
+    spec, normal, offset, angle, _ = QUERIES[0]
+    q = extract_slice(prepared[spec].data, Plane(normal, offset, angle), size=60)
+    seen = []
+    matching.match(index, q, volumes=prepared, progress=lambda f, msg: seen.append((f, msg)))
+    fractions = [f for f, _ in seen]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0 and seen[-1][1] == "done"
+    assert any("refining" in msg for _, msg in seen)
+
+
+def test_matches_are_distinct_poses(index, specimens, prepared):
+    truth, q = _query(specimens, prepared, *QUERIES[1])
+    found = matching.match(index, q, volumes=prepared, top_k=5)
+    for i, a in enumerate(found):
+        for b in found[:i]:
+            same = a.specimen_id == b.specimen_id
+            if same and abs(abs(a.offset) - abs(b.offset)) < 1.0:
+                assert _angle(a.normal, b.normal) > 3.0
 
 
 @pytest.mark.parametrize(
