@@ -13,7 +13,7 @@ export PYTHONUNBUFFERED := 1
 # TensorFlow's C++ start-up chatter (no GPU here, oneDNN notes) hides the progress lines
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: help env demo test lint book profile benchmarks clean
+.PHONY: help env demo test lint book profile benchmarks dashboard clean
 
 help:
 	@echo "make demo      create .venv if needed, run the DVC pipeline, build the book"
@@ -21,6 +21,7 @@ help:
 	@echo "make lint      ruff check + format check"
 	@echo "make profile PROFILE=paper   switch params.yaml to another kept profile"
 	@echo "make benchmarks              run the speed benchmarks (JSON in benchmarks/results/)"
+	@echo "make dashboard [PORT=8866]   serve the dashboard (Voila) on http://127.0.0.1:PORT"
 
 $(STAMP): pyproject.toml
 	@echo "==> creating the Python environment in $(VENV) (first time: a few minutes)"
@@ -54,6 +55,14 @@ benchmarks: env
 	$(BIN)/python benchmarks/split_search.py
 	$(BIN)/python benchmarks/slicing_speed.py $(if $(wildcard data/curated/manifest.csv),--collection data/virtual)
 	$(BIN)/python benchmarks/train_throughput.py --backbone tiny_cnn mobilenetv3_small mobilenetv3_large efficientnetv2_b0 --input-size 96 $(if $(wildcard data/split/index.csv),--store data/slices --index data/split/index.csv)
+
+# The dashboard (Voila, local only): uses the models/results/index of `dvc repro`.
+PORT ?= 8866
+dashboard: env
+	@test -d models -a -d results/ensemble || echo "==> no trained models yet (models/, results/ensemble/): run 'make demo' (or 'dvc repro') first; the classification page will say so too"
+	@test -d data/index || echo "==> no 3D search index yet (data/index/): run 'dvc repro index' first for the matching page"
+	@echo "==> serving the dashboard on http://127.0.0.1:$(PORT)  (Ctrl-C stops it)"
+	FORAM_WORKSPACE=$(CURDIR) $(BIN)/python -m voila dashboard/app.ipynb --no-browser --port=$(PORT) --Voila.ip=127.0.0.1
 
 clean:
 	rm -rf book/_build book/_generated .pytest_cache .ruff_cache

@@ -1,12 +1,17 @@
-"""Command line entry points: ``foramlib run``, ``foramlib profile`` and ``foramlib book``.
+"""Command line: ``foram run|profile|book|index|match``.
 
-Run as ``python -m foramlib.cli ...`` (or ``foramlib ...`` once installed).
+Run as ``foram ...`` once installed (``foramlib ...`` is the same program), or
+``python -m foramlib.cli ...``. ``foram match IMAGE`` prints where a section image
+sits in the indexed specimen volumes (build the index with ``dvc repro index``).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import time
+from pathlib import Path
 
 __all__ = ["main"]
 
@@ -43,9 +48,148 @@ def _book(args: argparse.Namespace) -> int:
     return 0
 
 
+def _index(args: argparse.Namespace) -> int:
+    from foramlib.indexing import META_FILE, build_collection_index
+    from foramlib.matching import IndexConfig
+    from foramlib.preprocess import PreprocessConfig
+
+    config = IndexConfig(
+        n_orientations=args.orientations,
+        n_offsets=args.offsets,
+        preprocess=PreprocessConfig(size=args.size),
+    )
+    t0 = time.perf_counter()
+    out = build_collection_index(
+        args.manifest,
+        args.raw_dir,
+        args.out,
+        config,
+        progress=lambda fraction, message: print(f"[{fraction:4.0%}] {message}", flush=True),
+    )
+    meta = json.loads((out / META_FILE).read_text(encoding="utf-8"))
+    print(
+        f"index of {meta['candidates']} candidate sections of {meta['specimens']} specimens "
+        f"written to {out} ({meta['index_bytes'] / 1e6:.1f} MB) in "
+        f"{time.perf_counter() - t0:.1f} s"
+    )
+    return 0
+
+
+SCORE_COLUMNS = ("dice", "ncc", "texture", "ssim", "combined")
+
+
+def format_matches(matches) -> str:
+    """A plain-text table of matches, best first.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from foramlib.matching import Match
+    >>> s = dict(dice=0.91, ncc=0.8, texture=0.6, ssim=0.7, descriptor=0.95, combined=0.84)
+    >>> m = Match("V-ORBI-01", "Orbitoides", (0.0, 0.6, 0.8), -3.25, 42.0, s, np.zeros((2, 2)))
+    >>> print(format_matches([m]))  # doctest: +NORMALIZE_WHITESPACE
+    rank  specimen   genus       normal                 offset  angle
+        dice    ncc  texture   ssim  combined
+       1  V-ORBI-01  Orbitoides  (0.000, 0.600, 0.800)    -3.2   42.0
+        0.910  0.800    0.600  0.700     0.840
+    """
+    rows = [
+        (
+            str(rank),
+            m.specimen_id,
+            m.species,
+            "(" + ", ".join(f"{v:.3f}" for v in m.normal) + ")",
+            f"{m.offset:.1f}",
+            f"{m.angle_deg:.1f}",
+            *(f"{m.scores.get(k, float('nan')):.3f}" for k in SCORE_COLUMNS),
+        )
+        for rank, m in enumerate(matches, start=1)
+    ]
+    head = ("rank", "specimen", "genus", "normal", "offset", "angle")
+    head += SCORE_COLUMNS
+    left = {1, 2, 3}  # text columns
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+
+    def line(cells) -> str:
+        return "  ".join(
+            c.ljust(w) if i in left else c.rjust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ).rstrip()
+
+    return "\n".join([line(head), *(line(r) for r in rows)])
+
+
+def _match(args: argparse.Namespace) -> int:
+    from foramlib.indexing import load_collection, read_image
+    from foramlib.matching import MatchError, match
+    from foramlib.preprocess import PreprocessError
+
+    image = read_image(args.image)
+    t0 = time.perf_counter()
+    collection = load_collection(args.index, args.workspace)
+    t_load = time.perf_counter() - t0
+    try:
+        found = match(
+            collection.index,
+            image,
+            top_k=args.top_k,
+            specimens=args.specimens,
+            species=args.species,
+            refine=not args.no_refine,
+            volumes=collection.volumes,
+            time_budget_s=args.time_budget,
+        )
+    except (MatchError, PreprocessError) as exc:
+        raise type(exc)(f"{args.image}: {exc}") from None
+    t_match = time.perf_counter() - t0 - t_load
+    if args.json:
+        out = [
+            dict(
+                rank=rank,
+                specimen_id=m.specimen_id,
+                genus=m.species,
+                normal=[round(v, 6) for v in m.normal],
+                offset=round(m.offset, 4),
+                angle_deg=round(m.angle_deg, 3),
+                scores={k: round(v, 6) for k, v in m.scores.items()},
+            )
+            for rank, m in enumerate(found, start=1)
+        ]
+        print(json.dumps(out, indent=2))
+    else:
+        print(
+            f"{args.image}: top {len(found)} of {len(collection.index)} candidate sections "
+            f"({len(collection.specimens)} specimens); index loaded in {t_load:.1f} s, "
+            f"matched in {t_match:.1f} s"
+        )
+        print(format_matches(found))
+    if args.save_figure and found:
+        from foramlib.atomic import atomic_path
+        from foramlib.slicing import Plane
+        from foramlib.view3d import plane_figure
+
+        best = found[0]
+        fig = plane_figure(
+            collection.volume(best.specimen_id),
+            Plane(best.normal, best.offset, best.angle_deg),
+            title=f"best match: {best.specimen_id} ({best.species})",
+            section=[("query", image), ("matched section", best.image)],
+        )
+        path = Path(args.save_figure)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=110, format=path.suffix.lstrip(".") or "png")
+        print(f"3D view of the best match written to {path}", file=sys.stderr)
+    return 0
+
+
+def _prog() -> str:
+    name = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
+    return "foramlib" if name == "foramlib" else "foram"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse `argv` and run the chosen command; errors print one line and exit 2."""
-    parser = argparse.ArgumentParser(prog="foramlib", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=_prog(), description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", help="execute a stage notebook with papermill, atomically")
@@ -73,11 +217,33 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--no-strict", action="store_true", help="do not turn warnings into errors")
     b.set_defaults(func=_book)
 
+    i = sub.add_parser("index", help="build the 3D matching index of a curated collection")
+    i.add_argument("--manifest", default="data/curated/manifest.csv", help="curated manifest")
+    i.add_argument("--raw-dir", default="data/virtual", help="folder holding the volumes")
+    i.add_argument("--out", default="data/index", help="index folder (replaced atomically)")
+    i.add_argument("--orientations", type=int, default=300, help="plane normals per volume")
+    i.add_argument("--offsets", type=int, default=9, help="parallel planes per normal")
+    i.add_argument("--size", type=int, default=64, help="side of the stored sections (px)")
+    i.set_defaults(func=_index)
+
+    m = sub.add_parser("match", help="where does a section image sit in the specimen volumes?")
+    m.add_argument("image", help="the section image (PNG, JPEG, TIFF incl. 16-bit, BMP, ...)")
+    m.add_argument("--index", default="data/index", help="index folder (`dvc repro index`)")
+    m.add_argument("--workspace", default=".", help="folder the index's volume paths start in")
+    m.add_argument("--top-k", type=int, default=5, help="number of matches printed")
+    m.add_argument("--species", nargs="+", metavar="GENUS", help="search only these genera")
+    m.add_argument("--specimens", nargs="+", metavar="ID", help="search only these specimens")
+    m.add_argument("--no-refine", action="store_true", help="skip the 3D refinement")
+    m.add_argument("--time-budget", type=float, metavar="S", help="skip refinement after S s")
+    m.add_argument("--json", action="store_true", help="print the matches as JSON")
+    m.add_argument("--save-figure", metavar="PATH", help="write a 3D view of the best match")
+    m.set_defaults(func=_match)
+
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
-        print(f"foramlib {args.command}: error: {exc}", file=sys.stderr)
+    except (ValueError, OSError, RuntimeError) as exc:
+        print(f"{parser.prog} {args.command}: error: {exc}", file=sys.stderr)
         return 2
 
 

@@ -197,6 +197,10 @@ SCHEMA: dict[str, tuple[Callable[[Any], bool], str]] = {
     "ensemble.mode": (_one_of("soft", "majority"), "soft (mean probability) or majority vote"),
     "ensemble.main": (_optional_str, "PatchEnsemble main model (null: best on validation)"),
     "ensemble.n_weak": (_positive_int, "weak classes: lowest validation F1 of the main model"),
+    "match.n_orientations": (_positive_int, "plane normals per specimen in the 3D match index"),
+    "match.n_offsets": (_positive_int, "parallel planes per normal in the match index"),
+    "match.size": (_int_at_least(16), "edge of the index's stored sections in pixels"),
+    "match.descriptor_size": (_int_at_least(8), "side of the coarse-stage silhouette"),
 }
 
 

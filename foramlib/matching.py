@@ -420,14 +420,15 @@ class MatchIndex:
     @classmethod
     def from_raw(cls, config, specimen, species, normals, offsets, raw, canonical) -> MatchIndex:
         """Index from raw descriptor rows and boolean canonical silhouettes."""
-        raw = np.asarray(raw, np.float64)
-        mean, std = raw.mean(axis=0), raw.std(axis=0) + 1e-6
-        z = (raw - mean) / std
-        k = min(DESCRIPTOR_DIMS, z.shape[1], max(1, z.shape[0] - 1))
+        raw = np.asarray(raw, np.float32)
+        mean = raw.mean(axis=0, dtype=np.float64)
+        std = raw.std(axis=0, dtype=np.float64) + 1e-6
+        k = min(DESCRIPTOR_DIMS, raw.shape[1], max(1, raw.shape[0] - 1))
         # principal directions of the standardised descriptors (SVD of a sample is
         # enough: the covariance of a few thousand rows is well estimated)
         rng = np.random.default_rng(0)
-        sample = z[rng.choice(len(z), size=min(len(z), 20_000), replace=False)]
+        pick = np.sort(rng.choice(len(raw), size=min(len(raw), 20_000), replace=False))
+        sample = (raw[pick] - mean) / std
         basis = np.linalg.svd(sample - sample.mean(axis=0), full_matrices=False)[2][:k].T
         out = cls(
             config,
@@ -450,10 +451,14 @@ class MatchIndex:
 
     def standardise(self, raw: np.ndarray) -> np.ndarray:
         """Map raw descriptor rows into the index's space (standardise, project, L2)."""
-        z = (np.atleast_2d(np.asarray(raw, np.float64)) - self.desc_mean) / self.desc_std
-        z = z @ self.desc_basis
-        z /= np.linalg.norm(z, axis=1, keepdims=True) + 1e-12
-        return z.astype(np.float32)
+        raw = np.atleast_2d(raw)
+        out = np.empty((len(raw), self.desc_basis.shape[1]), np.float32)
+        for start in range(0, len(raw), 8192):  # in blocks: bounded memory on big builds
+            z = (np.asarray(raw[start : start + 8192], np.float64) - self.desc_mean) / self.desc_std
+            z = z @ self.desc_basis
+            z /= np.linalg.norm(z, axis=1, keepdims=True) + 1e-12
+            out[start : start + len(z)] = z
+        return out
 
     def canonical_masks(self, rows: np.ndarray) -> np.ndarray:
         """Unpacked canonical silhouettes of `rows`, float32 (len(rows), size²)."""
@@ -495,7 +500,10 @@ class MatchIndex:
     def save(self, path) -> Path:
         """Write one ``.npz`` atomically, with the preprocessing version and config."""
         meta = dict(
-            format=INDEX_FORMAT, preprocess_version=PREPROCESS_VERSION, config=self.config.as_dict()
+            format=INDEX_FORMAT,
+            preprocess_version=PREPROCESS_VERSION,
+            descriptor_length=int(len(self.desc_mean)),
+            config=self.config.as_dict(),
         )
         arrays = {name: getattr(self, name) for name in _ARRAYS}
         # names as codes into a table: a few bytes a candidate instead of a string each
@@ -540,6 +548,11 @@ class MatchIndex:
                 f"{path}: index format {meta.get('format')!r}, this version reads format "
                 f"{INDEX_FORMAT}; rebuild it"
             )
+        if len(arrays["desc_mean"]) != descriptor_length():
+            raise MatchError(
+                f"{path}: index descriptors have {len(arrays['desc_mean'])} values, this "
+                f"version computes {descriptor_length()}; rebuild it"
+            )
         built = IndexConfig.from_dict(meta["config"])
         if config is not None and built != config:
             raise MatchError(f"{path}: index built with {built}, not {config}; rebuild it")
@@ -548,6 +561,11 @@ class MatchIndex:
 
 def _resize(img: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
+
+
+def descriptor_length() -> int:
+    """Length of :meth:`Features.vector` in this version (a check on loaded indexes)."""
+    return 7 + 2 * N_RADII + 2 * N_RADII * N_HARMONICS + N_RADII * (1 + N_HARMONICS)
 
 
 def _cut_volume(prepared: PreparedVolume, planes, config: IndexConfig, name: str, size=None):
@@ -1004,7 +1022,8 @@ def match(
     report(0.1, f"coarse search over {len(rows)} candidate sections")
     cand = _coarse(index, q, rows, max(coarse_k, top_k))
     report(0.3, f"fine alignment of {len(cand)} candidates")
-    found = _fine(index, q, cand, volumes, keep=max(refine_k, top_k))
+    # refined poses can converge onto one another: keep spares so top_k remain
+    found = _fine(index, q, cand, volumes, keep=refine_k + top_k)
     if refine:
         for i, c in enumerate(found[:refine_k]):
             if time_budget_s is not None and time.perf_counter() - t0 > time_budget_s:

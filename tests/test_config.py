@@ -46,6 +46,14 @@ def test_every_schema_key_is_in_the_profiles(quick):
         ("virtual.n_jobs", True, r"virtual.n_jobs = True is invalid"),
         ("curate.min_models", 0, r"curate.min_models = 0 is invalid: expected an integer >= 1"),
         ("data.raw_dir", "  ", r"data.raw_dir = '  ' is invalid: expected a non-empty string"),
+        (
+            "match.n_orientations",
+            0,
+            r"match.n_orientations = 0 is invalid: expected an integer >= 1",
+        ),
+        ("match.n_offsets", 2.5, r"match.n_offsets = 2.5 is invalid: expected an integer >= 1"),
+        ("match.size", 8, r"match.size = 8 is invalid: expected an integer >= 16"),
+        ("match.descriptor_size", "32", r"match.descriptor_size = '32' is invalid"),
     ],
 )
 def test_bad_values_are_named_and_echoed(quick, key, value, match):
@@ -111,3 +119,24 @@ def test_cli_profile_switch_and_error_exit(tmp_path, repo_root, capsys):
     assert "unknown profile 'nope'" in capsys.readouterr().err
     assert main(["profile", *args]) == 0
     assert "paper, quick" in capsys.readouterr().out
+
+
+def test_a_profile_without_the_match_section_is_refused(quick):
+    params = copy.deepcopy(quick)
+    del params["match"]
+    with pytest.raises(config.ParamsError, match=r"missing key 'match.n_orientations'"):
+        config.validate_params(params)
+
+
+def test_match_params_make_a_valid_index_config(quick):
+    from foramlib.matching import IndexConfig
+    from foramlib.preprocess import PreprocessConfig
+
+    m = quick["match"]
+    cfg = IndexConfig(
+        n_orientations=m["n_orientations"],
+        n_offsets=m["n_offsets"],
+        descriptor_size=m["descriptor_size"],
+        preprocess=PreprocessConfig(size=m["size"]),
+    )
+    assert cfg.n_orientations * cfg.n_offsets >= 100

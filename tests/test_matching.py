@@ -236,3 +236,19 @@ def test_bad_arguments(index):
         matching.build_index([("a", np.zeros((8, 8, 8)))], CONFIG)
     with pytest.raises(ValueError, match="n_orientations"):
         IndexConfig(n_orientations=0)
+
+
+def test_index_from_another_descriptor_layout_refused(index, tmp_path):
+    path = index.save(tmp_path / "idx.npz")
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["desc_mean"] = arrays["desc_mean"][:-5]
+    np.savez(tmp_path / "other.npz", **arrays)
+    with pytest.raises(MatchError, match="descriptors have .* values.*rebuild it"):
+        MatchIndex.load(tmp_path / "other.npz")
+
+
+def test_top_k_matches_are_returned(index, specimens, prepared):
+    _, q = _query(specimens, prepared, *QUERIES[3])
+    assert len(matching.match(index, q, volumes=prepared, top_k=5)) == 5
+    assert len(matching.match(index, q, volumes=prepared, top_k=2, refine=False)) == 2

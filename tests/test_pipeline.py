@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -32,6 +33,7 @@ OVERRIDES = {
         "max_steps_per_epoch": 2,
     },
     "ensemble": {"max_k": 2},
+    "match": {"n_orientations": 20, "n_offsets": 3, "size": 32, "descriptor_size": 16},
 }
 
 
@@ -101,6 +103,7 @@ def test_dvc_repro_runs_every_stage_then_nothing(scratch_repo):
         "train@mobilenetv3_small",
         "ensemble",
         "evaluate",
+        "index",
         "book",
     ):
         assert f"Running stage '{stage}'" in first
@@ -110,7 +113,10 @@ def test_dvc_repro_runs_every_stage_then_nothing(scratch_repo):
     index = (repo / "book" / "_build" / "html" / "index.html").read_text()
     assert "figure2_collection.png" in index
     assert "virtual" in index.lower()
-    for nb in ("synthesize", "curate"):
+    meta = json.loads((repo / "data" / "index" / "index.json").read_text())
+    assert meta["specimens"] == 12 and meta["repeat_scans_skipped"] == ["V-CHRY-01_scan2.nii.gz"]
+    assert (repo / "results" / "figures" / "match_example.png").exists()
+    for nb in ("synthesize", "curate", "index"):
         assert (
             repo / "book" / "_build" / "html" / "_generated" / "reports" / f"{nb}.html"
         ).exists()
@@ -127,6 +133,7 @@ def test_changing_a_slice_param_reruns_only_downstream(scratch_repo):
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     out = _run([sys.executable, "-m", "dvc", "repro"], repo, env)
     assert "Running stage 'synthesize'" not in out and "Running stage 'curate'" not in out
+    assert "Running stage 'index'" not in out  # the index reads no slice.sensitivity
     for stage in ("slice", "split", "train@tiny_cnn", "ensemble", "evaluate", "book"):
         assert f"Running stage '{stage}'" in out
     meta = (repo / "data" / "slices" / "slicing.json").read_text()

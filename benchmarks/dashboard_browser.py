@@ -1,0 +1,289 @@
+"""Dashboard speed in a real browser: time to first render of each page, and memory.
+
+Starts the Voila dashboard (``dashboard/app.ipynb``) on a free local port over a
+workspace (default: this repository's own pipeline outputs), drives headless Debian
+Chromium through Playwright and measures, per browser session (each page load is a
+fresh Voila kernel):
+
+* **landing**: from navigation start to ``.foram-app`` visible (the kernel starts,
+  runs the notebook, and the widgets render) — read from the page's own clock
+  (``performance.now()``, which starts at navigation);
+* **classify page** / **match page**: from the click on the navigation button to the
+  page visible (in-page clock, both ends);
+* in the first session also **classify** (button click to the top-5 table, on a
+  gallery test slice) and **match** (button click to the best match's row), when the
+  workspace has a matching index (``data/index``);
+* **resident memory** (VmRSS from ``/proc``) of the Voila server process and of its
+  kernel after that session's classification (and match), with the session still open.
+
+Writes benchmarks/results/dashboard_browser.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from machine import machine, today  # noqa: E402
+
+from foramlib.atomic import write_text  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+APP = "dashboard/app.ipynb"
+VIEWPORT = {"width": 1280, "height": 860}
+TIMEOUT_MS = 300_000
+
+VISIBLE_AT = """sel => {
+    const e = document.querySelector(sel);
+    return e && e.offsetParent !== null ? performance.now() : null;
+}"""
+CLICK = "sel => { window.__foram_t0 = performance.now(); document.querySelector(sel).click(); }"
+VISIBLE_SINCE_CLICK = """([sel, bad]) => {
+    const e = document.querySelector(sel);
+    if (e && e.offsetParent !== null) return performance.now() - window.__foram_t0;
+    const b = bad && document.querySelector(bad);
+    return b && b.innerText.trim() ? b.innerText : null;
+}"""
+
+
+def rss_mb(pid: int) -> float:
+    """Resident set size of one process, MB (VmRSS of /proc/<pid>/status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def children(pid: int) -> list[int]:
+    """Direct children of a process, from /proc/<pid>/task/*/children."""
+    out = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        text = (task / "children").read_text().split()
+        out.extend(int(t) for t in text)
+    return out
+
+
+def cmdline(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(workspace: Path, log_path: Path):
+    port = free_port()
+    env = {
+        **os.environ,
+        "FORAM_WORKSPACE": str(workspace),
+        "KERAS_BACKEND": os.environ.get("KERAS_BACKEND", "tensorflow"),
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    }
+    cmd = [sys.executable, "-m", "voila", APP, "--no-browser", f"--port={port}"]
+    cmd.append("--Voila.ip=127.0.0.1")
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    t0 = time.perf_counter()
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"voila exited ({proc.returncode}):\n{log_path.read_text()}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            if time.perf_counter() - t0 > 120:
+                proc.kill()
+                raise RuntimeError(f"voila did not answer:\n{log_path.read_text()}") from None
+            time.sleep(0.1)
+    return proc, f"http://127.0.0.1:{port}/", time.perf_counter() - t0
+
+
+def open_page(browser, url: str) -> tuple:
+    """A new session; returns (context, page, ms from navigation start to visible app)."""
+    context = browser.new_context(viewport=VIEWPORT)
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(url, wait_until="commit", timeout=TIMEOUT_MS)
+    landing = page.wait_for_function(VISIBLE_AT, arg=".foram-app", polling="raf").json_value()
+    return context, page, float(landing)
+
+
+def click_until(page, button: str, target: str, error: str | None = None) -> float:
+    """ms from clicking `button` (in-page) to `target` visible (RuntimeError if the app
+    shows an error in `error` instead)."""
+    page.evaluate(CLICK, button)
+    value = page.wait_for_function(
+        VISIBLE_SINCE_CLICK, arg=[target, error], polling="raf"
+    ).json_value()
+    if isinstance(value, str):
+        raise RuntimeError(f"the dashboard reported: {value}")
+    return float(value)
+
+
+def session(browser, url: str, *, act: bool, has_index: bool) -> dict:
+    context, page, landing = open_page(browser, url)
+    out = {"landing_ms": round(landing, 1)}
+    out["classify_page_ms"] = round(
+        click_until(page, ".foram-nav-classify", ".foram-page-classify"), 1
+    )
+    out["match_page_ms"] = round(click_until(page, ".foram-nav-match", ".foram-page-match"), 1)
+    if act:
+        page.click(".foram-nav-classify")
+        page.locator(".foram-page-classify").wait_for(state="visible")
+        options = page.eval_on_selector_all(".foram-gallery select option", "os => os.length")
+        if options < 2:
+            raise RuntimeError("the gallery lists no test slice: is the workspace complete?")
+        page.select_option(".foram-gallery select", index=1)
+        page.wait_for_function(
+            "() => { const i = document.querySelector('.foram-preview'); "
+            "return i && i.complete && i.naturalWidth > 0; }"
+        )
+        out["classify_ms"] = round(
+            click_until(
+                page,
+                ".foram-classify-button",
+                ".foram-top5 tr.foram-rank-1",
+                ".foram-message .foram-msg-error",
+            ),
+            1,
+        )
+        out["top1"] = page.inner_text(".foram-top5 tr.foram-rank-1").split("\t")
+        if has_index:
+            page.click(".foram-to-match")
+            page.locator(".foram-page-match").wait_for(state="visible")
+            out["match_ms"] = round(
+                click_until(
+                    page,
+                    ".foram-match-button",
+                    ".foram-match-results tr.foram-match-1",
+                    ".foram-match-message .foram-msg-error",
+                ),
+                1,
+            )
+    return {"context": context, "page": page, **out}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--workspace", default=str(REPO), help="folder with models/, results/, data/")
+    ap.add_argument("--sessions", type=int, default=3, help="browser sessions (page loads)")
+    ap.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
+    ap.add_argument("--out", default=str(REPO / "benchmarks/results/dashboard_browser.json"))
+    args = ap.parse_args(argv)
+    from playwright.sync_api import sync_playwright
+
+    workspace = Path(args.workspace).resolve()
+    try:  # the match timing needs a usable index (an outdated one is refused)
+        from foramlib.indexing import load_collection
+
+        load_collection(workspace / "data/index", workspace)
+        has_index, index_note = True, "data/index loaded"
+    except Exception as exc:  # noqa: BLE001 - reported in the JSON
+        has_index, index_note = False, f"no match timing: {exc}"
+        print(index_note, flush=True)
+    load_at_start = os.getloadavg()  # the machine may be shared: context for the timings
+    log = Path(tempfile.mkdtemp()) / "voila.log"
+    proc, url, start_s = start_server(workspace, log)
+    sessions = []
+    memory = {}
+    try:
+        server_idle = rss_mb(proc.pid)
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(
+                executable_path=args.chromium, headless=True, args=["--no-sandbox"]
+            )
+            for i in range(args.sessions):
+                before = set(children(proc.pid))
+                s = session(browser, url, act=i == 0, has_index=has_index)
+                if i == 0:  # memory with this one session open, after its classification
+                    kernels = [p for p in children(proc.pid) if p not in before]
+                    kernels = [p for p in kernels if "ipykernel" in cmdline(p)] or kernels
+                    kernel = sum(rss_mb(p) for p in kernels)
+                    server = rss_mb(proc.pid)
+                    memory = {
+                        "server_idle_mb": round(server_idle, 1),
+                        "server_mb": round(server, 1),
+                        "kernel_mb": round(kernel, 1),
+                        "session_total_mb": round(server + kernel, 1),
+                        "kernels": len(kernels),
+                        "after": "classification" + (" and match" if has_index else ""),
+                    }
+                s["context"].close()
+                s.pop("page")
+                s.pop("context")
+                sessions.append(s)
+                print(json.dumps(s), flush=True)
+                time.sleep(2)  # let Voila shut the closed session's kernel down
+            browser.close()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+    def stats(key):
+        values = [s[key] for s in sessions if key in s]
+        if not values:
+            return None
+        return {
+            "first": values[0],
+            "median": round(float(sorted(values)[len(values) // 2]), 1),
+            "max": max(values),
+            "n": len(values),
+        }
+
+    metrics = json.loads((workspace / "results/metrics.json").read_text())
+    result = {
+        "benchmark": "dashboard_browser",
+        "date": today(),
+        "machine": machine(),
+        "browser": "Debian chromium (headless) via playwright",
+        "workspace": {
+            "path": "this repository" if workspace == REPO else str(workspace),
+            "data_source": metrics.get("data_source"),
+            "final": metrics.get("final"),
+            "members": sorted(p.name for p in (workspace / "models").iterdir() if p.is_dir()),
+            "matching_index": index_note,
+        },
+        "load_average_at_start": [round(x, 2) for x in load_at_start],
+        "server_start_s": round(start_s, 2),
+        "first_render_ms": {
+            "landing (navigation start to app visible)": stats("landing_ms"),
+            "classify page (click to visible)": stats("classify_page_ms"),
+            "match page (click to visible)": stats("match_page_ms"),
+        },
+        "actions_ms": {
+            "classify (click to top-5)": stats("classify_ms"),
+            "match (click to best match)": stats("match_ms"),
+        },
+        "memory_rss": memory,
+        "sessions": sessions,
+        "notes": (
+            "Each page load is a new Voila kernel that imports TensorFlow and builds the "
+            "app; the models load in a background thread while the page renders, so the "
+            "first classification may wait for them. RSS from /proc VmRSS."
+        ),
+    }
+    write_text(args.out, json.dumps(result, indent=2) + "\n")
+    print(
+        json.dumps(
+            {k: result[k] for k in ("first_render_ms", "actions_ms", "memory_rss")}, indent=2
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

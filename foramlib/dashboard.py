@@ -1,0 +1,1302 @@
+"""The Voila dashboard (paper §2.5, §3.3): classify a section, find it in 3D.
+
+:class:`App` is an ipywidgets ``VBox`` with three pages — landing, classification and 3D
+slice matching — switched by navigation buttons. ``dashboard/app.ipynb`` only builds and
+displays it; every handler is a method that tests call directly, without a browser.
+
+The heavy parts live elsewhere: :mod:`foramlib.classify` (upload decoding, the training
+preprocessing, the saved ensemble, the calibrated uncertainty threshold, Grad-CAM),
+:mod:`foramlib.indexing` (the 3D index of the collection), :mod:`foramlib.matching`
+(the search) and :mod:`foramlib.view3d` (the plane inside the specimen).
+
+Widgets carry CSS classes (``foram-*``) that the browser tests rely on; see
+``book/dashboard.md``.
+
+Examples
+--------
+>>> import tempfile
+>>> app = App(tempfile.mkdtemp())
+>>> app.active_page
+'home'
+>>> "dvc repro" in app.message.value
+True
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import ipywidgets as widgets
+import numpy as np
+import pandas as pd
+
+from foramlib import classify
+from foramlib.preprocess import PreprocessError
+
+__all__ = ["App", "png_bytes", "probability_chart", "resolve_workspace", "max_upload_bytes"]
+
+PAGES = ("home", "classify", "match")
+DEFAULT_MAX_UPLOAD_MB = 100
+GALLERY_PER_GENUS = 5
+GALLERY_COLUMNS = ("slice_id", "specimen_id", "species", "array", "row", "split")
+MATCH_TIME_BUDGET_S = 30.0
+STYLE = """
+<style>
+.foram-app { max-width: 1200px; font-family: sans-serif; }
+.foram-app table { border-collapse: collapse; margin: 4px 0; }
+.foram-app th, .foram-app td { border-bottom: 1px solid #ddd; padding: 3px 10px;
+  text-align: left; vertical-align: middle; }
+.foram-app tr.foram-rank-1 td, .foram-app tr.foram-match-1 td { font-weight: bold; }
+.foram-msg-error { color: #a40000; background: #fff0f0; padding: 6px; border-radius: 4px; }
+.foram-msg-info { color: #1f3d66; background: #eef4fb; padding: 6px; border-radius: 4px; }
+.foram-msg-warn { color: #6b4a00; background: #fff7dd; padding: 6px; border-radius: 4px; }
+.foram-uncertain-box { color: #6b4a00; background: #fff3cd; border: 1px solid #e0b400;
+  padding: 8px; border-radius: 4px; }
+.foram-muted { color: #666; font-size: 90%; }
+</style>
+"""
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def resolve_workspace(path) -> Path:
+    """The workspace folder (holding models/, results/, data/).
+
+    Voila runs a notebook in its own folder, so ``"."`` inside ``dashboard/`` means the
+    repository root: a folder named ``dashboard`` without pipeline outputs falls back to
+    its parent when that has them.
+
+    >>> resolve_workspace("/tmp").name
+    'tmp'
+    """
+    ws = Path(path).resolve()
+    markers = ("params.yaml", "models", "results", "dvc.yaml")
+    if ws.name == "dashboard" and not any((ws / m).exists() for m in markers):
+        if any((ws.parent / m).exists() for m in markers):
+            return ws.parent
+    return ws
+
+
+def max_upload_bytes(env=None) -> tuple[int, str | None]:
+    """Upload limit from ``FORAM_MAX_UPLOAD_MB`` (default 100 MB), and a note if invalid.
+
+    >>> max_upload_bytes({"FORAM_MAX_UPLOAD_MB": "2"})
+    (2097152, None)
+    >>> max_upload_bytes({"FORAM_MAX_UPLOAD_MB": "lots"})[1]
+    "FORAM_MAX_UPLOAD_MB='lots' is not a positive number; using 100 MB"
+    """
+    env = os.environ if env is None else env
+    raw = env.get("FORAM_MAX_UPLOAD_MB")
+    if raw is None or raw == "":
+        return DEFAULT_MAX_UPLOAD_MB * 2**20, None
+    try:
+        mb = float(raw)
+        if not np.isfinite(mb) or mb <= 0:
+            raise ValueError
+    except ValueError:
+        return DEFAULT_MAX_UPLOAD_MB * 2**20, (
+            f"FORAM_MAX_UPLOAD_MB={raw!r} is not a positive number; using "
+            f"{DEFAULT_MAX_UPLOAD_MB} MB"
+        )
+    return int(mb * 2**20), None
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """PNG of a 2-D (gray) or RGB uint8 image.
+
+    >>> png_bytes(np.zeros((4, 4), np.uint8))[:4]
+    b'\\x89PNG'
+    """
+    img = np.asarray(image)
+    if img.ndim == 3:
+        img = cv2.cvtColor(img, cv2.COLOR_RGB2BGR)
+    ok, buf = cv2.imencode(".png", img)
+    if not ok:
+        raise ValueError(f"cannot encode an image of shape {img.shape} as PNG")
+    return buf.tobytes()
+
+
+def _display_uint8(image: np.ndarray) -> np.ndarray:
+    """Any section → uint8 gray (or RGB) for display, stretched between 0.5/99.5 %."""
+    arr = np.asarray(image)
+    if arr.ndim == 3 and arr.shape[2] == 4:
+        arr = arr[..., :3]
+    arr = arr.astype(np.float32)
+    lo, hi = np.percentile(arr, [0.5, 99.5]) if arr.size else (0.0, 1.0)
+    if hi <= lo:
+        hi = lo + 1.0
+    return np.round(np.clip((arr - lo) / (hi - lo), 0, 1) * 255).astype(np.uint8)
+
+
+def _thumbnail(image: np.ndarray, side: int = 256) -> np.ndarray:
+    h, w = image.shape[:2]
+    scale = min(1.0, side / max(h, w))
+    if scale < 1.0:
+        image = cv2.resize(
+            image, (max(1, round(w * scale)), max(1, round(h * scale))), cv2.INTER_AREA
+        )
+    return image
+
+
+def _data_uri(image: np.ndarray) -> str:
+    return "data:image/png;base64," + base64.b64encode(png_bytes(image)).decode("ascii")
+
+
+def probability_chart(probabilities: dict[str, float], highlight: str | None = None) -> bytes:
+    """Horizontal bar chart (PNG) of every genus' probability, largest on top."""
+    from matplotlib.figure import Figure
+
+    items = sorted(probabilities.items(), key=lambda kv: kv[1])
+    fig = Figure(figsize=(5.2, 0.26 * len(items) + 0.9), layout="constrained")
+    ax = fig.add_subplot()
+    colours = ["#d9822b" if k == highlight else "#4a78a8" for k, _ in items]
+    ax.barh([k for k, _ in items], [100 * v for _, v in items], color=colours)
+    ax.set_xlim(0, 100)
+    ax.set_xlabel("probability (%)")
+    ax.tick_params(axis="y", labelsize=8)
+    ax.set_title("All genera", fontsize=9)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    return buf.getvalue()
+
+
+def _message(kind: str, text: str) -> str:
+    return f'<div class="foram-msg-{kind}">{html.escape(text)}</div>'
+
+
+def _hide(widget, hidden: bool = True) -> None:
+    widget.layout.display = "none" if hidden else None
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _cls(widget, *names):
+    for n in names:
+        widget.add_class(n)
+    return widget
+
+
+# --------------------------------------------------------------------------- app
+
+
+class App(widgets.VBox):
+    """The dashboard: landing, classification and 3D-matching pages.
+
+    Parameters
+    ----------
+    workspace : path-like
+        Folder holding the pipeline's ``models/``, ``results/`` and ``data/``
+        (see :func:`resolve_workspace`).
+    max_upload_mb : float, optional
+        Upload limit in MB (default: ``FORAM_MAX_UPLOAD_MB``, 100 MB if unset).
+    classifier : Classifier, optional
+        Use this classifier instead of loading the workspace's (for tests).
+    collection_loader : callable, optional
+        ``loader(workspace) -> Collection`` (default: :func:`foramlib.indexing.load_collection`
+        on ``data/index``).
+    """
+
+    def __init__(
+        self,
+        workspace=".",
+        *,
+        max_upload_mb: float | None = None,
+        classifier=None,
+        collection_loader=None,
+    ):
+        self.workspace = resolve_workspace(workspace)
+        limit, note = max_upload_bytes()
+        self.max_upload = int(max_upload_mb * 2**20) if max_upload_mb else limit
+        self._limit_note = note
+        self._classifier = classifier
+        self._classifier_error: str | None = None
+        self._load_lock = threading.Lock()
+        self._collection_loader = collection_loader or _default_collection_loader
+        self._collection = None
+        self.metrics = _read_json(self.workspace / "results" / "metrics.json")
+        self.base_config, self.base_source = classify.preprocess_defaults(self.workspace)
+
+        self.source: np.ndarray | None = None  # the raw section (or stored slice)
+        self.source_name = ""
+        self.source_cleaned = False
+        self.source_truth: str | None = None
+        self.volume: classify.VolumeUpload | None = None
+        self.cleaned: np.ndarray | None = None
+        self.cleaned_info: dict | None = None
+        self.prediction: classify.Prediction | None = None
+        self.match_query: np.ndarray | None = None
+        self.match_query_name = ""
+        self.matches: list = []
+        self._quiet = False
+
+        self.nav = {
+            "home": widgets.Button(description="Home", icon="home"),
+            "classify": widgets.Button(description="Classify a slice", icon="search"),
+            "match": widgets.Button(description="Find it in 3D", icon="cube"),
+        }
+        for name, button in self.nav.items():
+            _cls(button, f"foram-nav-{name}")
+            button.on_click(lambda _b, n=name: self.show_page(n))
+        self.pages = {
+            "home": self._build_home(),
+            "classify": self._build_classify(),
+            "match": self._build_match(),
+        }
+        for name, page in self.pages.items():
+            _cls(page, f"foram-page-{name}")
+        header = widgets.HBox(
+            [widgets.HTML("<b>ForamDeepSlice</b>&nbsp;&nbsp;"), *self.nav.values()]
+        )
+        super().__init__([widgets.HTML(STYLE), header, *self.pages.values()])
+        _cls(self, "foram-app")
+        self.active_page = ""
+        self.show_page("home")
+        self._check_artefacts()
+
+    # ================================================================== navigation
+    def show_page(self, name: str) -> None:
+        """Show page `name` ("home", "classify" or "match"); hide the others."""
+        if name not in PAGES:
+            raise ValueError(f"page must be one of {PAGES}, got {name!r}")
+        for n, page in self.pages.items():
+            _hide(page, n != name)
+        for n, button in self.nav.items():
+            button.button_style = "primary" if n == name else ""
+        self.active_page = name
+        if name == "match":
+            self._enter_match()
+
+    # ================================================================== landing
+    def _build_home(self) -> widgets.VBox:
+        intro = widgets.HTML(
+            "<h2>Identify a foraminifera section — and find where it lies in 3D</h2>"
+            "<p>This tool classifies a 2D section of a larger benthic foraminifer (a thin "
+            "section photograph or a slice of a micro-CT scan) into one of the genera the "
+            "models were trained on, shows how confident it is and which part of the image "
+            "it looked at, and locates the section inside the 3D scans of the reference "
+            "collection.</p>"
+            "<h3>Quick start</h3><ol>"
+            "<li>Open <b>Classify a slice</b>. Upload a PNG, JPEG or TIFF image (16-bit "
+            "works) or a NIfTI volume (then pick the axis and slice), or pick a test slice "
+            "from the gallery.</li>"
+            "<li>Check the cleaned preview: the fossil is cut out of its background, cropped "
+            "and resized exactly as for training. Adjust the segmentation sensitivity, "
+            "contrast enhancement, sharpening or the manual crop if the fossil is cut badly."
+            "</li>"
+            "<li>Press <b>Classify</b>: the five most likely genera, every genus' "
+            "probability, a heat map of the decisive region, and a warning when the answer "
+            "is uncertain.</li>"
+            "<li>Press <b>Find this slice in 3D</b> to search the reference specimens for "
+            "the plane that best matches your section.</li></ol>"
+        )
+        self.dataset = _cls(widgets.HTML(self._dataset_html()), "foram-dataset")
+        self.performance = _cls(widgets.HTML(self._performance_html()), "foram-performance")
+        go_classify = widgets.Button(description="Classify a slice", button_style="success")
+        go_match = widgets.Button(description="Find a slice in 3D", button_style="info")
+        go_classify.on_click(lambda _b: self.show_page("classify"))
+        go_match.on_click(lambda _b: self.show_page("match"))
+        _cls(go_classify, "foram-home-classify")
+        _cls(go_match, "foram-home-match")
+        return widgets.VBox(
+            [intro, self.dataset, self.performance, widgets.HBox([go_classify, go_match])]
+        )
+
+    def _data_source(self) -> str | None:
+        if self.metrics and self.metrics.get("data_source"):
+            return str(self.metrics["data_source"])
+        params = self.workspace / "params.yaml"
+        if params.is_file():
+            import yaml
+
+            try:
+                return str(yaml.safe_load(params.read_text(encoding="utf-8"))["data"]["source"])
+            except (yaml.YAMLError, KeyError, TypeError):
+                return None
+        return None
+
+    def _dataset_html(self) -> str:
+        source = self._data_source()
+        manifest = self.workspace / "data" / "curated" / "manifest.csv"
+        counts = ""
+        if manifest.is_file():
+            try:
+                m = pd.read_csv(manifest, dtype=str)
+                counts = (
+                    f" {m['specimen_id'].nunique()} specimens ({len(m)} scans) of "
+                    f"{m['species'].nunique()} genera after curation."
+                )
+            except (OSError, ValueError, KeyError):
+                counts = ""
+        if source == "virtual":
+            text = (
+                "<h3>Dataset</h3><p><b>The virtual micro-CT collection</b> — synthetic "
+                "(virtual) specimens generated by this project to stand in for the authors' "
+                f"scans; they are <i>not</i> real fossils.{html.escape(counts)} The numbers "
+                "below describe how the pipeline behaves on these virtual genera, not on real "
+                "material.</p>"
+            )
+        elif source:
+            text = (
+                f"<h3>Dataset</h3><p>Your own collection (data source "
+                f"<code>{html.escape(source)}</code>).{html.escape(counts)}</p>"
+            )
+        else:
+            text = (
+                "<h3>Dataset</h3><p>No pipeline outputs found in "
+                f"<code>{html.escape(str(self.workspace))}</code>: run <code>dvc repro</code> "
+                "(or <code>make demo</code>) first.</p>"
+            )
+        return text
+
+    def _performance_html(self) -> str:
+        m = self.metrics
+        if not m or "final" not in m or m["final"] not in m.get("models", {}):
+            return (
+                "<h3>Performance</h3><p>No evaluation yet (results/metrics.json is missing): "
+                "run <code>dvc repro</code> (or <code>make demo</code>) first.</p>"
+            )
+        final = m["final"]
+        rows = []
+        for name, r in m["models"].items():
+            cells = [
+                html.escape(name) + (" (final)" if name == final else ""),
+                *(
+                    f"{100 * r[k]:.1f}%" if r.get(k) is not None else "–"
+                    for k in ("accuracy", "macro_f1", "top3")
+                ),
+                f"{r['auc']:.3f}" if r.get("auc") is not None else "–",
+            ]
+            style = ' style="font-weight:bold"' if name == final else ""
+            rows.append(f"<tr{style}>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+        r = m["models"][final]
+        return (
+            f"<h3>Performance</h3><p>Final model: <b>{html.escape(final)}</b> — accuracy "
+            f"{100 * r['accuracy']:.1f}%, macro-F1 {100 * r['macro_f1']:.1f}% on "
+            f"{m.get('test_slices', r.get('n', '?'))} held-out test slices "
+            f"(specimens never seen in training).</p>"
+            "<table><tr><th>Model</th><th>Accuracy</th><th>Macro-F1</th><th>Top-3</th>"
+            "<th>AUC</th></tr>" + "".join(rows) + "</table>"
+        )
+
+    # ================================================================== classify page
+    def _build_classify(self) -> widgets.VBox:
+        accept = ",".join(classify.IMAGE_SUFFIXES + classify.VOLUME_SUFFIXES)
+        self.upload = _cls(
+            widgets.FileUpload(
+                accept=accept, multiple=False, description="Upload a slice or volume"
+            ),
+            "foram-upload",
+        )
+        self.upload.layout.width = "260px"
+        self.upload.observe(self._on_upload, names="value")
+        self.gallery = _cls(
+            widgets.Dropdown(
+                options=self._gallery_options(), value=None, description="…or a test slice"
+            ),
+            "foram-gallery",
+        )
+        self.gallery.style.description_width = "initial"
+        self.gallery.layout.width = "420px"
+        self.gallery.observe(self._on_gallery, names="value")
+        self.volume_axis = _cls(
+            widgets.IntSlider(value=2, min=0, max=2, description="Axis"), "foram-volume-axis"
+        )
+        self.volume_index = _cls(
+            widgets.IntSlider(value=0, min=0, max=1, description="Slice"), "foram-volume-index"
+        )
+        self.volume_axis.observe(self._on_volume_axis, names="value")
+        self.volume_index.observe(self._on_option, names="value")
+        self.volume_box = widgets.HBox([self.volume_axis, self.volume_index])
+        _hide(self.volume_box)
+
+        d = self.base_config
+        self.sensitivity = _cls(
+            widgets.FloatSlider(
+                value=float(np.clip(d.sensitivity, 0.05, 0.95)),
+                min=0.05,
+                max=0.95,
+                step=0.05,
+                description="Segmentation sensitivity",
+                readout_format=".2f",
+                continuous_update=False,
+            ),
+            "foram-sensitivity",
+        )
+        self.sensitivity.style.description_width = "initial"
+        self.clahe = _cls(
+            widgets.Checkbox(value=bool(d.clahe), description="Contrast enhancement (CLAHE)"),
+            "foram-clahe",
+        )
+        self.sharpen = _cls(
+            widgets.Checkbox(value=bool(d.sharpen), description="Sharpen"), "foram-sharpen"
+        )
+        self.denoise = _cls(
+            widgets.Checkbox(value=bool(d.denoise), description="Denoise"), "foram-denoise"
+        )
+        self.crop_rows = _crop_slider("Crop rows %", "foram-crop-rows")
+        self.crop_cols = _crop_slider("Crop columns %", "foram-crop-cols")
+        self.crop_rows.style.description_width = "initial"
+        self.crop_cols.style.description_width = "initial"
+        for w in (
+            self.sensitivity,
+            self.clahe,
+            self.sharpen,
+            self.denoise,
+            self.crop_rows,
+            self.crop_cols,
+        ):
+            w.observe(self._on_option, names="value")
+        reset = widgets.Button(description="Training settings", tooltip="Reset the options")
+        reset.on_click(lambda _b: self.reset_options())
+        _cls(reset, "foram-reset")
+        options = widgets.VBox(
+            [
+                widgets.HTML(
+                    "<b>Preprocessing</b> <span class='foram-muted'>(defaults: the "
+                    f"training settings, from {html.escape(self.base_source)})</span>"
+                ),
+                self.sensitivity,
+                widgets.HBox([self.clahe, self.sharpen, self.denoise]),
+                self.crop_rows,
+                self.crop_cols,
+                reset,
+            ]
+        )
+        self.raw_view = _cls(widgets.Image(format="png"), "foram-raw")
+        self.raw_view.layout.max_width = "256px"
+        self.preview = _cls(widgets.Image(format="png"), "foram-preview")
+        self.preview.layout.width = "192px"
+        self.preview_info = _cls(widgets.HTML(), "foram-preview-info")
+        previews = widgets.HBox(
+            [
+                widgets.VBox([widgets.HTML("<b>Input</b> (box: automatic crop)"), self.raw_view]),
+                widgets.VBox(
+                    [widgets.HTML("<b>Cleaned (model input)</b>"), self.preview, self.preview_info]
+                ),
+            ]
+        )
+        self.classify_button = _cls(
+            widgets.Button(description="Classify", button_style="success", icon="check"),
+            "foram-classify-button",
+        )
+        self.classify_button.on_click(lambda _b: self.classify())
+        self.to_match = _cls(
+            widgets.Button(description="Find this slice in 3D", icon="cube", disabled=True),
+            "foram-to-match",
+        )
+        self.to_match.layout.width = "200px"
+        self.to_match.on_click(lambda _b: self.go_to_match())
+        self.message = _cls(widgets.HTML(), "foram-message")
+        self.top5 = _cls(widgets.HTML(), "foram-top5")
+        self.uncertain = _cls(widgets.HTML(), "foram-uncertain")
+        _hide(self.uncertain)
+        self.probabilities = _cls(widgets.Image(format="png"), "foram-probabilities")
+        self.probabilities.layout.max_width = "480px"
+        self.gradcam = _cls(widgets.Image(format="png"), "foram-gradcam")
+        self.gradcam.layout.width = "192px"
+        self.metadata = _cls(widgets.HTML(), "foram-metadata")
+        self.results_box = widgets.VBox(
+            [
+                self.uncertain,
+                widgets.HBox(
+                    [
+                        widgets.VBox([widgets.HTML("<b>Top 5</b>"), self.top5]),
+                        widgets.VBox(
+                            [
+                                widgets.HTML("<b>Where the main model looked</b> (Grad-CAM)"),
+                                self.gradcam,
+                            ]
+                        ),
+                    ]
+                ),
+                self.probabilities,
+                self.metadata,
+            ]
+        )
+        _hide(self.results_box)
+        inputs = widgets.VBox(
+            [
+                widgets.HTML(
+                    "<h2>Classify a slice</h2><p class='foram-muted'>PNG, JPEG, TIFF (8/16-bit) "
+                    "or a NIfTI volume (.nii, .nii.gz), up to "
+                    f"{self.max_upload / 2**20:.0f} MB.</p>"
+                ),
+                widgets.HBox([self.upload, self.gallery]),
+                self.volume_box,
+            ]
+        )
+        return widgets.VBox(
+            [
+                inputs,
+                widgets.HBox([options, previews]),
+                widgets.HBox([self.classify_button, self.to_match]),
+                self.message,
+                self.results_box,
+            ]
+        )
+
+    # ------------------------------------------------------------------ gallery
+    def _gallery_table(self) -> pd.DataFrame | None:
+        index = self.workspace / "data" / "split" / "index.csv"
+        store = self.workspace / "data" / "slices"
+        if not index.is_file() or not store.is_dir():
+            return None
+        try:
+            df = pd.read_csv(
+                index,
+                dtype={"slice_id": str, "specimen_id": str, "species": str, "array": str},
+                usecols=lambda c: (
+                    c in ("slice_id", "specimen_id", "species", "array", "row", "split")
+                ),
+            )
+        except (OSError, ValueError):
+            return None
+        if not {"slice_id", "species", "array", "row", "split"} <= set(df.columns):
+            return None
+        test = df[df["split"] == "test"]
+        picks = []
+        for _, rows in test.groupby("species", sort=True):
+            k = min(GALLERY_PER_GENUS, len(rows))
+            picks.append(rows.iloc[np.linspace(0, len(rows) - 1, k).round().astype(int)])
+        if not picks:
+            return None
+        table = pd.concat(picks).drop_duplicates("slice_id").set_index("slice_id")
+        return table[[(store / a).is_file() for a in table["array"]]]
+
+    def _gallery_options(self) -> list:
+        self._gallery = self._gallery_table()
+        if self._gallery is None or self._gallery.empty:
+            return [("(no test slices: run dvc repro)", None)]
+        options = [("— pick a test slice —", None)]
+        for sid, r in self._gallery.iterrows():
+            specimen = sid.rsplit(":", 1)[0]  # the scan: repeat scans get their own label
+            number = sid.rsplit(":", 1)[-1].lstrip("0") or "0"
+            options.append((f"{r['species']} — {specimen} #{number}", sid))
+        return options
+
+    def select_gallery(self, slice_id: str) -> None:
+        """Use the stored test slice `slice_id` (its store image, label known)."""
+        r = self._gallery.loc[slice_id]
+        arr = np.load(self.workspace / "data" / "slices" / r["array"], mmap_mode="r")
+        self._set_source(
+            np.array(arr[int(r["row"])]),
+            name=f"test slice {slice_id}",
+            cleaned=True,
+            truth=str(r["species"]),
+        )
+
+    def _on_gallery(self, change) -> None:
+        if self._quiet or change["new"] is None:
+            return
+        self._guard(lambda: self.select_gallery(change["new"]))
+
+    # ------------------------------------------------------------------ upload
+    def _on_upload(self, change) -> None:
+        value = change["new"]
+        if not value:
+            return
+        item = value[0]
+        name, content = item["name"], item["content"]
+        self._guard(lambda: self.load_upload(name, bytes(content)))
+        self._quiet = True
+        try:
+            self.upload.value = ()  # the same file can be uploaded again
+        finally:
+            self._quiet = False
+
+    def load_upload(self, name: str, data: bytes) -> None:
+        """Decode an uploaded file and show its cleaned preview (or a clear message)."""
+        self._reset_results()
+        try:
+            decoded = classify.decode_upload(name, data, max_bytes=self.max_upload)
+        except classify.UploadError as exc:
+            self._clear_source()
+            self.message.value = _message("error", str(exc))
+            return
+        self._quiet = True
+        try:
+            self.gallery.value = None
+        finally:
+            self._quiet = False
+        if isinstance(decoded, classify.VolumeUpload):
+            self.volume = decoded
+            _hide(self.volume_box, False)
+            self._quiet = True
+            try:
+                self.volume_axis.value = 2
+                n = decoded.shape[2]
+                self.volume_index.max = max(1, n - 1)
+                self.volume_index.value = n // 2
+            finally:
+                self._quiet = False
+            self._set_source(
+                decoded.section(2, n // 2),
+                name=f"{name} (axis 2, slice {n // 2})",
+                keep_volume=True,
+            )
+        else:
+            self._set_source(decoded, name=name)
+
+    def _on_volume_axis(self, change) -> None:
+        if self._quiet or self.volume is None:
+            return
+        n = self.volume.shape[change["new"]]
+        self._quiet = True
+        try:
+            self.volume_index.max = max(1, n - 1)
+            self.volume_index.value = n // 2
+        finally:
+            self._quiet = False
+        self._on_option(None)
+
+    def _set_source(self, image, *, name, cleaned=False, truth=None, keep_volume=False):
+        if not keep_volume:
+            self.volume = None
+            _hide(self.volume_box)
+        self.source = np.asarray(image)
+        self.source_name = name
+        self.source_cleaned = cleaned
+        self.source_truth = truth
+        self.to_match.disabled = False
+        self.refresh_preview()
+
+    def _clear_source(self) -> None:
+        self.source, self.source_name, self.cleaned, self.cleaned_info = None, "", None, None
+        self.volume = None
+        _hide(self.volume_box)
+        self.preview.value = b""
+        self.raw_view.value = b""
+        self.preview_info.value = ""
+        self.to_match.disabled = True
+
+    # ------------------------------------------------------------------ options
+    def options(self) -> classify.PrepareOptions:
+        """The preprocessing options currently set in the page."""
+        r0, r1 = self.crop_rows.value
+        c0, c1 = self.crop_cols.value
+        return classify.PrepareOptions(
+            sensitivity=round(float(self.sensitivity.value), 4),
+            clahe=bool(self.clahe.value),
+            denoise=bool(self.denoise.value),
+            sharpen=bool(self.sharpen.value),
+            crop=(r0 / 100, max(r1, r0 + 1) / 100, c0 / 100, max(c1, c0 + 1) / 100),
+        )
+
+    def reset_options(self) -> None:
+        """Back to the training preprocessing (and no manual crop)."""
+        d = self.base_config
+        self._quiet = True
+        try:
+            self.sensitivity.value = float(np.clip(d.sensitivity, 0.05, 0.95))
+            self.clahe.value, self.sharpen.value, self.denoise.value = (
+                bool(d.clahe),
+                bool(d.sharpen),
+                bool(d.denoise),
+            )
+            self.crop_rows.value = (0.0, 100.0)
+            self.crop_cols.value = (0.0, 100.0)
+        finally:
+            self._quiet = False
+        self.refresh_preview()
+
+    def _on_option(self, _change) -> None:
+        if self._quiet:
+            return
+        if self.volume is not None:
+            axis, index = self.volume_axis.value, self.volume_index.value
+            self.source = self.volume.section(axis, index)
+            self.source_name = f"{self.volume.name} (axis {axis}, slice {index})"
+        self._guard(self.refresh_preview)
+
+    def refresh_preview(self) -> None:
+        """Run the preprocessing on the current source and show the cleaned slice."""
+        self._reset_results()
+        if self.source is None:
+            return
+        raw = self.source
+        options = self.options()
+        if options.cropped and not self.source_cleaned:
+            raw = classify._manual_crop(raw, options.crop)
+        shown = _thumbnail(_display_uint8(raw))
+        try:
+            cleaned, info = classify.prepare(
+                self.source,
+                options,
+                self.base_config,
+                cleaned=self.source_cleaned,
+                name=self.source_name,
+            )
+        except (PreprocessError, classify.ClassifyError) as exc:
+            self.cleaned, self.cleaned_info = None, None
+            self.preview.value = b""
+            self.raw_view.value = png_bytes(shown)
+            self.preview_info.value = ""
+            self.message.value = _message(
+                "error", f"{exc}. Try another sensitivity or crop, or another image."
+            )
+            return
+        if info.get("box") and not self.source_cleaned:
+            scale = shown.shape[0] / raw.shape[0] / info.get("scale", 1.0)
+            r0, r1, c0, c1 = (int(round(b * scale)) for b in info["box"])
+            shown = cv2.cvtColor(shown, cv2.COLOR_GRAY2RGB) if shown.ndim == 2 else shown.copy()
+            cv2.rectangle(shown, (c0, r0), (c1 - 1, r1 - 1), (230, 120, 0), 1)
+        self.raw_view.value = png_bytes(shown)
+        self.cleaned, self.cleaned_info = cleaned, info
+        self.preview.value = png_bytes(cleaned)
+        truth = (
+            f"; true genus: <b>{html.escape(self.source_truth)}</b>" if self.source_truth else ""
+        )
+        self.preview_info.value = (
+            f"<span class='foram-muted'>{html.escape(self.source_name)}: fossil covers "
+            f"{100 * info['fraction']:.1f}% ({info['source']}){truth or ''}</span>"
+        )
+        low = info["fraction"] < self.base_config.min_fraction and not self.source_cleaned
+        if low:
+            self.message.value = _message(
+                "warn",
+                f"The fossil covers only {100 * info['fraction']:.1f}% of the image — training "
+                f"dropped sections under {100 * self.base_config.min_fraction:.0f}%. "
+                "Crop closer or raise the sensitivity.",
+            )
+        elif not self._classifier_error:
+            self.message.value = _message("info", "Ready: press Classify.")
+
+    # ------------------------------------------------------------------ classify
+    def _check_artefacts(self) -> None:
+        missing = classify.missing_artefacts(self.workspace) if self._classifier is None else []
+        if missing:
+            self._classifier_error = (
+                "The trained models are not there yet (missing: "
+                + ", ".join(missing[:4])
+                + "). Run `dvc repro` (or `make demo`) in "
+                + str(self.workspace)
+                + " first, then reload this page."
+            )
+            self.message.value = _message("error", self._classifier_error)
+            self.classify_button.disabled = True
+
+    def classifier(self):
+        """The workspace's classifier, loaded on first use (thread-safe)."""
+        with self._load_lock:
+            if self._classifier is None:
+                self._classifier = classify.Classifier.from_workspace(self.workspace)
+            return self._classifier
+
+    def preload(self) -> threading.Thread | None:
+        """Start loading the models in the background (the page renders meanwhile)."""
+        if self._classifier is not None or self._classifier_error:
+            return None
+
+        def work():
+            try:
+                self.classifier().warm_up()
+            except Exception:  # reported when the user presses Classify
+                pass
+
+        thread = threading.Thread(target=work, name="foram-load-models", daemon=True)
+        thread.start()
+        return thread
+
+    def classify(self) -> None:
+        """Classify the cleaned slice and fill the result widgets."""
+        self._guard(self._classify)
+
+    def _classify(self) -> None:
+        if self._classifier_error:
+            self.message.value = _message("error", self._classifier_error)
+            return
+        if self.cleaned is None:
+            self.message.value = _message(
+                "error",
+                "Nothing to classify yet: upload an image or volume, or pick a test slice "
+                "(and make sure the cleaned preview shows the fossil).",
+            )
+            return
+        if self._classifier is None:
+            self.message.value = _message("info", "Loading the models (first time only)…")
+        try:
+            clf = self.classifier()
+        except classify.ArtefactError as exc:
+            self._classifier_error = str(exc)
+            self.message.value = _message("error", str(exc))
+            return
+        t0 = time.perf_counter()
+        pred = clf.predict(self.cleaned, preprocessing=self.cleaned_info)
+        seconds = time.perf_counter() - t0
+        self.prediction = pred
+        self.top5.value = _top5_html(pred)
+        self.probabilities.value = probability_chart(pred.probabilities, highlight=pred.genus)
+        if pred.uncertain:
+            self.uncertain.value = _uncertain_html(pred)
+            _hide(self.uncertain, False)
+        else:
+            self.uncertain.value = ""
+            _hide(self.uncertain)
+        try:
+            heat = clf.grad_cam(self.cleaned, pred.genus)
+            self.gradcam.value = png_bytes(classify.overlay(self.cleaned, heat))
+            cam_note = f"Grad-CAM of {clf.main} for {pred.genus}."
+        except classify.ClassifyError as exc:
+            self.gradcam.value = b""
+            cam_note = f"No heat map: {exc}"
+        self.metadata.value = _metadata_html(pred, seconds, cam_note)
+        _hide(self.results_box, False)
+        truth = ""
+        if self.source_truth:
+            verdict = "correct" if self.source_truth == pred.genus else "not correct"
+            truth = f" The true genus is {self.source_truth}: {verdict}."
+        self.message.value = _message(
+            "info", f"Classified {self.source_name} in {seconds:.2f} s.{truth}"
+        )
+
+    def _reset_results(self) -> None:
+        self.prediction = None
+        self.top5.value = ""
+        self.uncertain.value = ""
+        _hide(self.uncertain)
+        self.probabilities.value = b""
+        self.gradcam.value = b""
+        self.metadata.value = ""
+        _hide(self.results_box)
+        if not self._classifier_error:
+            self.message.value = ""
+
+    def _guard(self, action) -> None:
+        """Run a handler; any error becomes a message and the app keeps working."""
+        try:
+            action()
+        except (PreprocessError, classify.ClassifyError, ValueError) as exc:
+            self.message.value = _message("error", str(exc))
+        except Exception as exc:  # noqa: BLE001 - the page must survive anything
+            self.message.value = _message(
+                "error", f"Unexpected error ({type(exc).__name__}): {exc}"
+            )
+
+    # ================================================================== match page
+    def _build_match(self) -> widgets.VBox:
+        self.match_query_view = _cls(widgets.Image(format="png"), "foram-match-query")
+        self.match_query_view.layout.width = "160px"
+        self.match_query_info = widgets.HTML()
+        self.match_genera = _cls(
+            widgets.SelectMultiple(options=[], rows=8, description="Genera"),
+            "foram-match-genera",
+        )
+        self.match_specimens = _cls(
+            widgets.SelectMultiple(options=[], rows=8, description="Specimens"),
+            "foram-match-specimens",
+        )
+        self.match_genera.observe(self._on_match_genera, names="value")
+        self.match_predicted = _cls(
+            widgets.Checkbox(value=False, description="within the predicted genus only"),
+            "foram-match-predicted",
+        )
+        self.match_predicted.style.description_width = "initial"
+        self.match_button = _cls(
+            widgets.Button(description="Find in 3D", button_style="success", icon="cube"),
+            "foram-match-button",
+        )
+        self.match_button.on_click(lambda _b: self.run_match())
+        self.match_progress = _cls(
+            widgets.FloatProgress(value=0.0, min=0.0, max=1.0, description="Search"),
+            "foram-match-progress",
+        )
+        self.match_status = widgets.HTML()
+        self.match_message = _cls(widgets.HTML(), "foram-match-message")
+        self.match_results = _cls(widgets.HTML(), "foram-match-results")
+        self.match_choice = _cls(
+            widgets.Dropdown(options=[], description="Show match"), "foram-match-choice"
+        )
+        self.match_choice.observe(self._on_match_choice, names="value")
+        self.match_view = _cls(widgets.Image(format="png"), "foram-match-view")
+        self.match_view.layout.max_width = "900px"
+        return widgets.VBox(
+            [
+                widgets.HTML(
+                    "<h2>Find the slice in 3D</h2><p>Searches the indexed specimen volumes for "
+                    "the plane whose section best matches your slice (silhouette overlap, "
+                    "texture correlation and structural similarity). Leave the lists empty to "
+                    "search everything; select genera or specimens (Ctrl/Cmd-click) to narrow "
+                    "the search.</p>"
+                ),
+                widgets.HBox(
+                    [
+                        widgets.VBox([widgets.HTML("<b>Query</b>"), self.match_query_view]),
+                        self.match_query_info,
+                    ]
+                ),
+                widgets.HBox([self.match_genera, self.match_specimens]),
+                self.match_predicted,
+                widgets.HBox([self.match_button, self.match_progress, self.match_status]),
+                self.match_message,
+                self.match_results,
+                self.match_choice,
+                self.match_view,
+            ]
+        )
+
+    def collection(self):
+        """The 3D index and its volumes, loaded on first use (None with a message if absent)."""
+        if self._collection is None:
+            self._collection = self._collection_loader(self.workspace)
+        return self._collection
+
+    def _enter_match(self) -> None:
+        self._show_query()
+        try:
+            col = self.collection()
+        except Exception as exc:  # noqa: BLE001 - missing index, old index, import error
+            self.match_message.value = _message("error", _index_hint(exc))
+            self.match_button.disabled = True
+            return
+        self.match_button.disabled = False
+        if not self.match_genera.options:
+            self.match_genera.options = list(col.genera)
+            self._fill_specimens()
+
+    def _fill_specimens(self) -> None:
+        col = self._collection
+        if col is None:
+            return
+        spec = col.specimens
+        chosen = set(self.match_genera.value)
+        if chosen:
+            spec = spec[spec["species"].isin(chosen)]
+        keep = [s for s in self.match_specimens.value if s in set(spec["specimen_id"])]
+        self.match_specimens.options = [
+            (f"{r.specimen_id} ({r.species})", r.specimen_id) for r in spec.itertuples()
+        ]
+        self.match_specimens.value = tuple(keep)
+
+    def _on_match_genera(self, _change) -> None:
+        self._fill_specimens()
+
+    def go_to_match(self) -> None:
+        """Carry the current slice to the matching page ("find this slice in 3D")."""
+        if self.source is None:
+            self.message.value = _message("error", "Upload or pick a slice first.")
+            return
+        options = self.options()
+        try:
+            # the matcher preprocesses with the index's own settings: pass the section
+            # as the user framed it (manual crop), without intensity enhancements
+            if self.source_cleaned:
+                query = np.asarray(self.source)
+            else:
+                query = (
+                    classify._manual_crop(self.source, options.crop)
+                    if options.cropped
+                    else np.asarray(self.source)
+                )
+        except classify.ClassifyError as exc:
+            self.message.value = _message("error", str(exc))
+            return
+        self.match_query = query
+        self.match_query_name = self.source_name
+        self.show_page("match")
+
+    def _show_query(self) -> None:
+        if self.match_query is None:
+            self.match_query_view.value = b""
+            self.match_query_info.value = (
+                "<p>No slice yet: upload or pick one on the <b>Classify a slice</b> page and "
+                "press <b>Find this slice in 3D</b>.</p>"
+            )
+            return
+        self.match_query_view.value = png_bytes(_thumbnail(_display_uint8(self.match_query)))
+        predicted = (
+            f"<br>Predicted genus: <b>{html.escape(self.prediction.genus)}</b>"
+            if self.prediction is not None
+            else "<br><span class='foram-muted'>Not classified yet (classify it to search "
+            "within the predicted genus).</span>"
+        )
+        self.match_query_info.value = f"<p>{html.escape(self.match_query_name)}{predicted}</p>"
+
+    def run_match(self) -> None:
+        """Run the matcher on the carried slice with the chosen restrictions."""
+        try:
+            self._run_match()
+        except Exception as exc:  # noqa: BLE001 - the page must survive anything
+            self.match_message.value = _message("error", f"{exc}")
+            self.match_status.value = ""
+
+    def _run_match(self) -> None:
+        from foramlib import matching, view3d  # noqa: F401 - view3d checked early
+
+        if self.match_query is None:
+            self.match_message.value = _message(
+                "error",
+                "No slice to match: upload or pick one on the classification page, then "
+                "press 'Find this slice in 3D'.",
+            )
+            return
+        try:
+            col = self.collection()
+        except Exception as exc:  # noqa: BLE001
+            self.match_message.value = _message("error", _index_hint(exc))
+            return
+        species = list(self.match_genera.value) or None
+        specimens = list(self.match_specimens.value) or None
+        if self.match_predicted.value:
+            if self.prediction is None:
+                self.match_message.value = _message(
+                    "error",
+                    "No predicted genus yet: classify the slice first, or untick 'within the "
+                    "predicted genus only'.",
+                )
+                return
+            genus = self.prediction.genus
+            if genus not in col.genera:
+                self.match_message.value = _message(
+                    "error", f"The predicted genus {genus} has no indexed specimens."
+                )
+                return
+            species = [genus]
+            if specimens:
+                ids = set(col.specimens.loc[col.specimens["species"] == genus, "specimen_id"])
+                specimens = [s for s in specimens if s in ids] or None
+        self.matches = []
+        self.match_results.value = ""
+        self.match_view.value = b""
+        self.match_choice.options = []
+        self.match_message.value = _message("info", "Searching…")
+
+        def progress(fraction, message):
+            self.match_progress.value = float(np.clip(fraction, 0.0, 1.0))
+            self.match_status.value = f"<span class='foram-muted'>{html.escape(message)}</span>"
+
+        t0 = time.perf_counter()
+        try:
+            matches = matching.match(
+                col.index,
+                self.match_query,
+                top_k=5,
+                specimens=specimens,
+                species=species,
+                refine=True,
+                volumes=col.volumes,
+                time_budget_s=MATCH_TIME_BUDGET_S,
+                progress=progress,
+            )
+        except (matching.MatchError, PreprocessError, ValueError) as exc:
+            self.match_progress.value = 0.0
+            self.match_status.value = ""
+            self.match_message.value = _message("error", str(exc))
+            return
+        seconds = time.perf_counter() - t0
+        self.match_progress.value = 1.0
+        self.matches = matches
+        if not matches:
+            self.match_message.value = _message("warn", "No candidate sections matched.")
+            return
+        where = []
+        if species:
+            where.append("genera " + ", ".join(species))
+        if specimens:
+            where.append("specimens " + ", ".join(specimens))
+        self.match_message.value = _message(
+            "info",
+            f"{len(matches)} best matches in {seconds:.1f} s"
+            + (f" (within {'; '.join(where)})" if where else " (whole collection)")
+            + ".",
+        )
+        self.match_results.value = _matches_html(self.match_query, matches)
+        self._quiet = True
+        try:
+            self.match_choice.options = [
+                (f"{i}. {m.specimen_id} ({m.species})", i - 1)
+                for i, m in enumerate(matches, start=1)
+            ]
+            self.match_choice.value = 0
+        finally:
+            self._quiet = False
+        self.show_match(0)
+
+    def _on_match_choice(self, change) -> None:
+        if self._quiet or change["new"] is None:
+            return
+        try:
+            self.show_match(int(change["new"]))
+        except Exception as exc:  # noqa: BLE001
+            self.match_message.value = _message("error", f"Cannot draw the 3D view: {exc}")
+
+    def show_match(self, i: int) -> None:
+        """Draw match `i`'s plane inside its specimen (the 3D view)."""
+        from foramlib import view3d
+        from foramlib.slicing import Plane
+
+        m = self.matches[i]
+        volume = self._collection.volume(m.specimen_id)
+        source = self._data_source()
+        label = " (virtual specimen)" if source == "virtual" else ""
+        fig = view3d.plane_figure(
+            volume,
+            Plane(tuple(m.normal), float(m.offset), float(m.angle_deg)),
+            title=f"{m.specimen_id} — {m.species}{label}: combined score "
+            f"{m.scores['combined']:.2f}",
+            section=[("your slice", _display_uint8(self.match_query)), ("matched", m.image)],
+        )
+        self.match_view.value = view3d.figure_png(fig, dpi=80)
+
+
+# --------------------------------------------------------------------------- html parts
+
+
+def _default_collection_loader(workspace: Path):
+    from foramlib.indexing import load_collection
+
+    index_dir = Path(workspace) / "data" / "index"
+    if not index_dir.is_dir():
+        raise FileNotFoundError(f"{index_dir} does not exist")
+    return load_collection(index_dir=index_dir, workspace=workspace)
+
+
+def _index_hint(exc: Exception) -> str:
+    return (
+        f"The 3D search index is not available ({exc}). Run `dvc repro index` in the "
+        "workspace first (it indexes the specimen volumes into data/index), then reload."
+    )
+
+
+def _pct(p: float) -> str:
+    return f"{100 * p:.1f}%"
+
+
+def _top5_html(pred: classify.Prediction) -> str:
+    rows = "".join(
+        f'<tr class="foram-rank-{i}"><td>{i}</td><td>{html.escape(g)}</td><td>{_pct(p)}</td></tr>'
+        for i, (g, p) in enumerate(pred.top5, start=1)
+    )
+    return f"<table><tr><th>Rank</th><th>Genus</th><th>Confidence</th></tr>{rows}</table>"
+
+
+def _uncertain_html(pred: classify.Prediction) -> str:
+    cal = pred.threshold
+    if cal is None:
+        why = "no validation predictions were found to calibrate a confidence threshold."
+    elif not cal.reached:
+        why = (
+            f"on the validation slices no confidence level reached the required "
+            f"{_pct(cal.target_precision)} precision, so every answer is flagged."
+        )
+    else:
+        why = (
+            f"the top probability {_pct(pred.confidence)} is below the calibrated threshold "
+            f"{_pct(cal.threshold)} (validation predictions at or above it were right "
+            f"{_pct(cal.precision)} of the time)."
+        )
+    return (
+        '<div class="foram-uncertain-box"><b>⚠ Uncertain result</b> — '
+        f"{html.escape(why)} The slice may be ambiguous, badly segmented, or from a genus "
+        "outside the trained genera; treat the ranking as a suggestion and check the other "
+        "candidates.</div>"
+    )
+
+
+def _metadata_html(pred: classify.Prediction, seconds: float, cam_note: str) -> str:
+    md = pred.metadata
+    pp = md.get("preprocessing") or {}
+    cfg = pp.get("config", md.get("preprocessing_defaults", {}))
+    members = ", ".join(
+        f"{html.escape(m)} ({md['input_size'][m]} px)" + (" — main" if m == md["main"] else "")
+        for m in md["members"]
+    )
+    crop = pp.get("crop", [0, 1, 0, 1])
+    crop_txt = (
+        "none"
+        if list(crop) == [0.0, 1.0, 0.0, 1.0]
+        else "rows {:.0%}–{:.0%}, columns {:.0%}–{:.0%}".format(*crop)
+    )
+    cal = md.get("calibration")
+    cal_txt = (
+        "not calibrated (no validation predictions)"
+        if not cal
+        else (
+            f"{_pct(cal['threshold'])}: {html.escape(cal['rule'])}; on "
+            f"{cal['n_val']} validation slices precision {_pct(cal['precision'])}, "
+            f"coverage {_pct(cal['coverage'])}"
+            if cal["reached"]
+            else f"target {_pct(cal['target_precision'])} not reached on validation"
+        )
+    )
+    kind = (
+        f"main model {md['main']}, patch model for the weak genera " + ", ".join(md.get("weak", []))
+        if md["kind"] == "patch"
+        else f"soft vote of {len(md['members'])} model(s)"
+    )
+    switched = ""
+    if "patch_switched" in md:
+        switched = " (patch model used for this slice)" if md["patch_switched"] else ""
+    rows = [
+        ("Model", f"{html.escape(md['ensemble'])} — {kind}{switched}"),
+        ("Members", members),
+        ("Classes", str(md["classes"])),
+        (
+            "Preprocessing",
+            f"{html.escape(pp.get('source', '?'))}; size {cfg.get('size')} px, sensitivity "
+            f"{cfg.get('sensitivity')}, CLAHE {cfg.get('clahe')}, denoise "
+            f"{cfg.get('denoise')}, sharpen {cfg.get('sharpen')}, manual crop {crop_txt}"
+            + (
+                f"; shrunk from {pp['downscaled_from'][0]}×{pp['downscaled_from'][1]} px"
+                if pp.get("downscaled_from")
+                else ""
+            ),
+        ),
+        ("Training settings from", html.escape(md["sources"].get("preprocessing", "?"))),
+        ("Uncertainty threshold", cal_txt),
+        ("Heat map", html.escape(cam_note)),
+        ("Time", f"{seconds:.2f} s (all members + combination)"),
+    ]
+    body = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows)
+    return f"<details open><summary><b>Details</b></summary><table>{body}</table></details>"
+
+
+def _crop_slider(description: str, css_class: str):
+    """A 0–100 % range slider of the manual crop (applied on release, not while dragging)."""
+    slider = widgets.FloatRangeSlider(
+        value=(0.0, 100.0),
+        min=0.0,
+        max=100.0,
+        step=1.0,
+        description=description,
+        continuous_update=False,
+    )
+    return _cls(slider, css_class)
+
+
+def _matches_html(query: np.ndarray, matches) -> str:
+    q = _data_uri(_thumbnail(_display_uint8(query), 96))
+    rows = []
+    for i, m in enumerate(matches, start=1):
+        s = m.scores
+        img = _data_uri(_thumbnail(np.asarray(m.image, dtype=np.uint8), 96))
+        rows.append(
+            f'<tr class="foram-match-{i}"><td>{i}</td><td>{html.escape(m.specimen_id)}</td>'
+            f"<td>{html.escape(m.species)}</td>"
+            f'<td><img src="{q}" width="72"> <img src="{img}" width="72"></td>'
+            f"<td>{s['combined']:.3f}</td><td>{s['dice']:.3f}</td><td>{s['ncc']:.3f}</td>"
+            f"<td>{s.get('texture', float('nan')):.3f}</td>"
+            f"<td>{s['ssim']:.3f}</td><td>{s['descriptor']:.3f}</td>"
+            f"<td>n=({m.normal[0]:.2f}, {m.normal[1]:.2f}, {m.normal[2]:.2f}), "
+            f"offset {m.offset:.1f} vox, angle {m.angle_deg:.0f}°</td></tr>"
+        )
+    head = (
+        "<tr><th>#</th><th>Specimen</th><th>Genus</th><th>Yours | matched</th>"
+        "<th>Combined</th><th>Dice</th><th>NCC</th><th>Texture</th><th>SSIM</th>"
+        "<th>Descriptor</th>"
+        "<th>Plane</th></tr>"
+    )
+    return f"<table>{head}{''.join(rows)}</table>"

@@ -1,0 +1,433 @@
+"""foramlib.classify: upload decoding, preprocessing, calibration, the saved ensemble, Grad-CAM.
+
+A tiny workspace (two untrained tiny_cnn members, a hand-made EnsembleSpec, validation
+predictions) is built in a temporary folder; nothing depends on a pipeline run.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+
+import cv2
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+
+from foramlib import classify
+from foramlib.ensemble import EnsembleSpec, save_ensembles
+from foramlib.preprocess import PreprocessConfig, PreprocessError
+
+NAMES = ["Alpha", "Beta", "Gamma"]
+SIZE = 32
+
+
+def disc_image(shape=(80, 100), dtype=np.uint8, value=200, radius=25):
+    img = np.zeros(shape, dtype)
+    cv2.circle(img, (shape[1] // 2, shape[0] // 2), radius, int(value), -1)
+    cv2.circle(img, (shape[1] // 2, shape[0] // 2), radius // 3, int(value) // 4, -1)
+    return img
+
+
+def write_workspace(root, *, with_val=True, final="PatchEnsemble"):
+    """models/<m>/ for two tiny_cnn members, results/ensemble + metrics.json, slicing.json."""
+    from foramlib.data import save_class_names
+    from foramlib.models import build_model
+
+    rng = np.random.default_rng(0)
+    members = ("m1", "m2")
+    n = 40
+    y = rng.integers(0, 3, n)
+    for i, m in enumerate(members):
+        d = root / "models" / m
+        d.mkdir(parents=True)
+        model = build_model("tiny_cnn", input_size=SIZE, n_classes=len(NAMES), seed=i)
+        model.save(d / "model.keras")
+        save_class_names(NAMES, d / "class_names.json")
+        if with_val:
+            probs = rng.dirichlet(np.ones(3), n)
+            probs[np.arange(n // 2), y[: n // 2]] += 2.0  # half confidently right
+            probs /= probs.sum(axis=1, keepdims=True)
+            frame = pd.DataFrame(
+                {
+                    "slice_id": [f"v:{k}" for k in range(n)],
+                    "split": "val",
+                    "true": [NAMES[k] for k in y],
+                    "predicted": [NAMES[k] for k in probs.argmax(1)],
+                }
+            )
+            for j, name in enumerate(NAMES):
+                frame[f"p_{name}"] = probs[:, j]
+            frame.to_csv(d / "predictions_val.csv", index=False)
+    specs = {
+        "PatchEnsemble": EnsembleSpec(
+            "patch", members, tuple(NAMES), main="m1", patch="m2", weak=("Beta",)
+        ),
+        "Top-2": EnsembleSpec("top_k", members, tuple(NAMES), k=2),
+    }
+    (root / "results" / "ensemble").mkdir(parents=True)
+    for name, spec in specs.items():
+        spec.save(root / "results" / "ensemble" / f"{name}.json")
+    save_ensembles(specs, root / "results" / "ensembles.json")
+    metrics = {"data_source": "virtual", "final": final, "models": {}}
+    (root / "results" / "metrics.json").write_text(json.dumps(metrics))
+    (root / "data" / "slices").mkdir(parents=True)
+    pp = PreprocessConfig(size=SIZE, sensitivity=0.5).as_dict()
+    (root / "data" / "slices" / "slicing.json").write_text(json.dumps({"preprocess": pp}))
+    return root
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    return write_workspace(tmp_path_factory.mktemp("ws"))
+
+
+@pytest.fixture(scope="module")
+def classifier(workspace):
+    return classify.Classifier.from_workspace(workspace)
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def _png(img):
+    return cv2.imencode(".png", img)[1].tobytes()
+
+
+@pytest.mark.parametrize(
+    ("name", "encode", "dtype"),
+    [
+        ("a.png", lambda im: _png(im), np.uint8),
+        ("a16.png", lambda im: _png(im.astype(np.uint16) * 257), np.uint16),
+        ("a.jpg", lambda im: cv2.imencode(".jpg", im)[1].tobytes(), np.uint8),
+        ("a.tif", lambda im: _tiff(im.astype(np.uint16) * 257), np.uint16),
+        (
+            "lzw.tif",
+            lambda im: cv2.imencode(".tif", im.astype(np.uint16) * 257)[1].tobytes(),
+            np.uint16,
+        ),
+    ],
+)
+def test_decode_images_keep_pixel_type(name, encode, dtype):
+    img = disc_image()
+    out = classify.decode_upload(name, encode(img))
+    assert isinstance(out, np.ndarray)
+    assert out.dtype == dtype and out.shape == img.shape
+
+
+def _tiff(arr):
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, arr)
+    return buf.getvalue()
+
+
+def test_decode_colour_png_is_rgb():
+    bgr = np.zeros((20, 20, 3), np.uint8)
+    bgr[..., 2] = 255  # red in OpenCV's BGR order
+    out = classify.decode_upload("red.png", _png(bgr))
+    assert out[0, 0].tolist() == [255, 0, 0]
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_decode_nifti_volume_and_section(compress):
+    vol = np.zeros((20, 24, 28), np.float32)
+    vol[5:15, 6:18, 7:21] = 1.0
+    raw = nib.Nifti1Image(vol, np.eye(4)).to_bytes()
+    data = gzip.compress(raw) if compress else raw
+    out = classify.decode_upload("scan.nii.gz" if compress else "scan.nii", data)
+    assert isinstance(out, classify.VolumeUpload)
+    assert out.shape == (20, 24, 28)
+    assert out.section(2, 14).shape == (20, 24)
+    with pytest.raises(classify.ClassifyError, match=r"0\.\.27, got 28"):
+        out.section(2, 28)
+
+
+def test_decode_tiff_stack_is_a_volume():
+    stack = np.zeros((5, 30, 40), np.uint16)
+    out = classify.decode_upload("stack.tif", _tiff(stack + 1))
+    assert isinstance(out, classify.VolumeUpload) and out.shape == (40, 30, 5)
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "match"),
+    [
+        ("notes.txt", b"hello world", r"notes\.txt: not a readable image"),
+        ("empty.png", b"", r"empty\.png: the file is empty"),
+        ("broken.png", b"\x89PNG\r\n\x1a\n" + b"\0" * 40, r"broken\.png: the PNG file is corrupt"),
+        ("bad.nii.gz", gzip.compress(b"x" * 400), r"bad\.nii\.gz: not a readable NIfTI"),
+        ("bad.tif", b"II*\x00" + b"\xff" * 20, r"bad\.tif: not a readable TIFF"),
+    ],
+)
+def test_decode_rejects_non_images(name, data, match):
+    with pytest.raises(classify.UploadError, match=match):
+        classify.decode_upload(name, data)
+
+
+def test_decode_refuses_oversized_upload():
+    with pytest.raises(classify.UploadError, match=r"big\.png: .* too large; the limit is 1 MB"):
+        classify.decode_upload("big.png", b"\x89PNG" + b"\0" * (2 * 2**20), max_bytes=2**20)
+
+
+# --------------------------------------------------------------------------- preprocessing
+
+
+def test_prepare_uses_the_shared_preprocessing():
+    from foramlib.preprocess import preprocess_slice
+
+    img = disc_image()
+    base = PreprocessConfig(size=SIZE)
+    out, info = classify.prepare(img, classify.PrepareOptions(), base)
+    expected, _ = preprocess_slice(img, base)
+    np.testing.assert_array_equal(out, expected)
+    assert info["source"] == "preprocessed" and 0.1 < info["fraction"] < 0.4
+
+
+def test_prepare_options_change_the_output():
+    img = disc_image()
+    base = PreprocessConfig(size=SIZE)
+    plain, _ = classify.prepare(img, classify.PrepareOptions(), base)
+    sharp, info = classify.prepare(img, classify.PrepareOptions(clahe=True, sharpen=True), base)
+    assert not np.array_equal(plain, sharp)
+    assert info["config"]["clahe"] and info["config"]["sharpen"]
+
+
+def test_prepare_manual_crop_keeps_only_the_chosen_part():
+    img = np.zeros((60, 120), np.uint8)
+    cv2.circle(img, (30, 30), 20, 200, -1)
+    cv2.rectangle(img, (80, 10), (115, 50), 120, -1)
+    base = PreprocessConfig(size=SIZE)
+    _, whole = classify.prepare(img, classify.PrepareOptions(), base)
+    _, left = classify.prepare(img, classify.PrepareOptions(crop=(0, 1, 0, 0.5)), base)
+    assert left["crop"] == [0.0, 1.0, 0.0, 0.5]
+    # only the disc: the crop box is square around it, much narrower than both shapes
+    assert (left["box"][3] - left["box"][2]) < (whole["box"][3] - whole["box"][2])
+
+
+def test_prepare_stored_slice_is_used_as_is_with_training_settings():
+    base = PreprocessConfig(size=SIZE)
+    stored, _ = classify.prepare(disc_image(), classify.PrepareOptions(), base)
+    same, info = classify.prepare(stored, classify.PrepareOptions(), base, cleaned=True)
+    assert info["source"] == "stored slice" and same is not stored
+    np.testing.assert_array_equal(same, stored)
+    _, changed = classify.prepare(
+        stored, classify.PrepareOptions(sensitivity=0.7), base, cleaned=True
+    )
+    assert changed["source"] == "preprocessed"
+
+
+def test_prepare_shrinks_huge_images():
+    big = cv2.resize(disc_image(), (3000, 2400), interpolation=cv2.INTER_NEAREST)
+    out, info = classify.prepare(big, classify.PrepareOptions(), PreprocessConfig(size=SIZE))
+    assert out.shape == (SIZE, SIZE) and info["downscaled_from"] == [2400, 3000]
+
+
+@pytest.mark.parametrize(
+    ("image", "match"),
+    [
+        (np.zeros((40, 40), np.uint8), "blank"),
+        (np.eye(8, dtype=np.uint8), "too small"),
+    ],
+)
+def test_prepare_rejects_blank_and_tiny(image, match):
+    with pytest.raises(PreprocessError, match=match):
+        classify.prepare(image, name="upload.png")
+
+
+@pytest.mark.parametrize(
+    "crop", [(0.5, 0.4, 0, 1), (0, 1, -0.1, 1), (0, 1.5, 0, 1), (0, 1, 0, float("nan"))]
+)
+def test_prepare_options_reject_bad_crops(crop):
+    with pytest.raises(classify.ClassifyError, match="crop must be"):
+        classify.PrepareOptions(crop=crop)
+
+
+def test_prepare_options_reject_bad_sensitivity():
+    with pytest.raises(classify.ClassifyError, match="sensitivity must be in"):
+        classify.PrepareOptions(sensitivity=1.5).config(PreprocessConfig())
+
+
+def test_preprocess_defaults_from_store_then_params(tmp_path):
+    (tmp_path / "params.yaml").write_text("slice:\n  size: 48\n  sensitivity: 0.6\n")
+    cfg, source = classify.preprocess_defaults(tmp_path)
+    assert (cfg.size, cfg.sensitivity, source) == (48, 0.6, "params.yaml slice.*")
+    (tmp_path / "data" / "slices").mkdir(parents=True)
+    pp = PreprocessConfig(size=64, clahe=True).as_dict()
+    (tmp_path / "data" / "slices" / "slicing.json").write_text(json.dumps({"preprocess": pp}))
+    cfg, source = classify.preprocess_defaults(tmp_path)
+    assert (cfg.size, cfg.clahe, source) == (64, True, "data/slices/slicing.json")
+
+
+# --------------------------------------------------------------------------- calibration
+
+
+def test_calibration_picks_the_largest_coverage_reaching_the_precision():
+    conf = np.array([0.9, 0.85, 0.8, 0.7, 0.6, 0.55, 0.5, 0.4])
+    ok = np.array([1, 1, 1, 1, 0, 1, 0, 0], bool)
+    cal = classify.calibrate_threshold(conf, ok, target_precision=0.8, min_support=3)
+    # accepting >= 0.55: 5 of 6 right (83 %); >= 0.5: 5 of 7 (71 %)
+    assert cal.threshold == 0.55 and cal.reached
+    assert cal.precision == pytest.approx(5 / 6) and cal.coverage == pytest.approx(6 / 8)
+    assert cal.uncertain(0.54) and not cal.uncertain(0.55)
+
+
+def test_calibration_ties_are_taken_together():
+    conf = [0.9, 0.7, 0.7, 0.7, 0.2]
+    ok = [True, True, False, False, False]
+    cal = classify.calibrate_threshold(conf, ok, target_precision=0.6, min_support=1)
+    assert cal.threshold == 0.9  # ">= 0.7" takes all three tied slices: 2 of 4 right
+    cal = classify.calibrate_threshold(conf, ok, target_precision=0.5, min_support=2)
+    assert cal.threshold == 0.7 and cal.coverage == pytest.approx(0.8)
+
+
+def test_calibration_unreachable_flags_everything():
+    cal = classify.calibrate_threshold([0.9, 0.8], [False, True], target_precision=0.9)
+    assert not cal.reached and cal.uncertain(0.99)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (dict(confidence=[], correct=[]), "non-empty"),
+        (dict(confidence=[0.5], correct=[True, False]), "one length"),
+        (dict(confidence=[float("nan")], correct=[True]), "NaN"),
+        (dict(confidence=[0.5], correct=[True], target_precision=0), "target_precision"),
+        (dict(confidence=[0.5], correct=[True], min_support=0), "min_support"),
+    ],
+)
+def test_calibration_rejects_bad_input(kwargs, match):
+    with pytest.raises(classify.ClassifyError, match=match):
+        classify.calibrate_threshold(**kwargs)
+
+
+def test_calibrate_spec_uses_validation_predictions(workspace):
+    from foramlib.metrics import load_model_predictions
+
+    spec = EnsembleSpec.load(workspace / "results" / "ensemble" / "Top-2.json")
+    cal = classify.calibrate_spec(spec, workspace / "models", target_precision=0.6, min_support=5)
+    val = {m: load_model_predictions(workspace / "models" / m, "val") for m in spec.members}
+    probs = spec.apply(val)
+    conf, ok = probs.max(1), probs.argmax(1) == val["m1"].y_true
+    accepted = conf >= cal.threshold
+    assert cal.n_val == 40
+    assert ok[accepted].mean() == pytest.approx(cal.precision)
+    assert cal.reached and cal.precision >= 0.6
+
+
+# --------------------------------------------------------------------------- classifier
+
+
+def test_missing_artefacts_name_what_to_run(tmp_path):
+    assert classify.missing_artefacts(tmp_path) == [
+        "results/metrics.json (the evaluated final ensemble)"
+    ]
+    with pytest.raises(classify.ArtefactError, match=r"metrics\.json is missing.*dvc repro"):
+        classify.Classifier.from_workspace(tmp_path)
+
+
+def test_missing_member_model_is_reported(tmp_path):
+    ws = write_workspace(tmp_path, with_val=False)
+    (ws / "models" / "m2" / "model.keras").unlink()
+    assert classify.missing_artefacts(ws) == ["models/m2/model.keras"]
+    with pytest.raises(classify.ArtefactError, match=r"m2.*missing.*dvc repro"):
+        classify.Classifier.from_workspace(ws)
+
+
+def test_classifier_loads_the_final_ensemble(classifier):
+    assert classifier.name == "PatchEnsemble" and classifier.main == "m1"
+    assert classifier.input_sizes == {"m1": SIZE, "m2": SIZE}
+    assert classifier.preprocess.size == SIZE
+    assert classifier.calibration is not None and classifier.calibration.n_val == 40
+    assert classifier.sources["preprocessing"] == "data/slices/slicing.json"
+
+
+def test_predict_combines_members_like_the_spec(classifier):
+    clean, info = classifier.prepare(disc_image())
+    pred = classifier.predict(clean, preprocessing=info)
+    x = clean.astype(np.float32)[None, :, :, None]
+    members = {m: np.asarray(model.predict_on_batch(x)) for m, model in classifier.models.items()}
+    expected = classifier.spec.apply(members)[0]
+    assert [g for g, _ in pred.top5] == [NAMES[i] for i in np.argsort(-expected)]
+    assert pred.probabilities == pytest.approx(dict(zip(NAMES, expected, strict=True)))
+    assert pred.uncertain == classifier.calibration.uncertain(pred.confidence)
+    assert pred.metadata["members"] == ["m1", "m2"] and pred.metadata["preprocessing"] is info
+
+
+def test_predict_resizes_like_training(workspace):
+    """A slice of another size is resized with the training loader's rule."""
+    from foramlib.data import _resize
+
+    clf = classify.Classifier.from_workspace(workspace, ensemble="m1")
+    assert clf.spec.members == ("m1",)
+    big = np.random.default_rng(1).integers(0, 255, (50, 50), dtype=np.uint8)
+    pred = clf.predict(big)
+    x = _resize(big, SIZE).astype(np.float32)[None, :, :, None]
+    expected = np.asarray(clf.models["m1"].predict_on_batch(x))[0]
+    assert pred.member_probabilities["m1"] == pytest.approx(expected.tolist())
+
+
+def test_predict_rejects_raw_images(classifier):
+    with pytest.raises(classify.ClassifyError, match="cleaned 2-D uint8"):
+        classifier.predict(np.zeros((SIZE, SIZE), np.float32))
+
+
+def test_unknown_ensemble_is_an_artefact_error(workspace):
+    with pytest.raises(classify.ArtefactError, match="ensemble 'Top-9' not found"):
+        classify.Classifier.from_workspace(workspace, ensemble="Top-9")
+
+
+def test_classifier_without_validation_predictions_flags_everything(tmp_path):
+    ws = write_workspace(tmp_path, with_val=False)
+    clf = classify.Classifier.from_workspace(ws)
+    clean, _ = clf.prepare(disc_image())
+    assert clf.calibration is None and clf.predict(clean).uncertain
+
+
+# --------------------------------------------------------------------------- Grad-CAM
+
+
+def test_feature_layer_of_nested_backbone(classifier):
+    assert classify.feature_layer(classifier.models["m1"]).name == "block4_relu"
+
+
+def test_grad_cam_follows_the_models_own_forward_pass(classifier):
+    import keras
+
+    from foramlib.models import backbone_of
+
+    model = classifier.models["m1"]
+    clean, _ = classifier.prepare(disc_image())
+    heat = classify.grad_cam(model, clean.astype(np.float32))
+    assert heat.shape == (SIZE // 8, SIZE // 8) and heat.dtype == np.float32
+    assert 0.0 <= heat.min() and heat.max() <= 1.0
+    # the wrapper layers it re-applies reproduce the model's output
+    net = backbone_of(model)
+    x = clean.astype(np.float32)[None, :, :, None]
+    rgb = model.get_layer("preprocess")(model.get_layer("gray_to_rgb")([x, x, x]))
+    probs = model.get_layer("predictions")(net(rgb))
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(probs), model.predict_on_batch(x), rtol=1e-5, atol=1e-6
+    )
+
+
+def test_grad_cam_depends_on_where_the_fossil_is(classifier):
+    left = np.zeros((SIZE, SIZE), np.uint8)
+    left[8:24, 2:14] = 220
+    right = left[:, ::-1].copy()
+    hl = classifier.grad_cam(left)
+    hr = classifier.grad_cam(right)
+    assert hl.shape == (SIZE, SIZE)
+    assert not np.allclose(hl, hr)
+
+
+def test_grad_cam_rejects_wrong_size(classifier):
+    with pytest.raises(classify.ClassifyError, match=r"expected an image of shape \(32, 32, 1\)"):
+        classify.grad_cam(classifier.models["m1"], np.zeros((10, 10), np.float32))
+
+
+def test_overlay_blends_colour():
+    out = classify.overlay(np.full((8, 8), 100, np.uint8), np.linspace(0, 1, 64).reshape(8, 8))
+    assert out.shape == (8, 8, 3) and out.dtype == np.uint8
+    assert not np.array_equal(out[0, 0], out[-1, -1])

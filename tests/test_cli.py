@@ -1,0 +1,194 @@
+"""`foram index` and `foram match`: tables, JSON, figures, and one-line errors (exit 2)."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+
+from foramlib import cli, matching
+from foramlib.indexing import load_collection, read_image
+from foramlib.slicing import Plane, extract_slice
+from foramlib.volumes import write_nifti
+
+
+def _ellipsoid(axes, shape=32, seed=0) -> np.ndarray:
+    g = np.indices((shape,) * 3, dtype=np.float32) - (shape - 1) / 2
+    inside = sum((g[i] / a) ** 2 for i, a in enumerate(axes)) <= 1.0
+    core = sum((g[i] / (0.5 * a)) ** 2 for i, a in enumerate(axes)) <= 1.0
+    vol = 100 + 700 * inside + 150 * core
+    return vol + np.random.default_rng(seed).normal(0, 20, vol.shape)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """A workspace with three specimens, its index built by `foram index`, and a query."""
+    root = tmp_path_factory.mktemp("ws")
+    rows = []
+    for i, (spec, species, axes) in enumerate(
+        [("A-01", "Alpha", (11, 7, 5)), ("A-02", "Alpha", (12, 6, 6)), ("B-01", "Beta", (9, 9, 4))]
+    ):
+        write_nifti(root / "raw" / f"{spec}.nii.gz", _ellipsoid(axes, seed=i), (10.0,) * 3)
+        rows.append(dict(file=f"{spec}.nii.gz", specimen_id=spec, species=species))
+    pd.DataFrame(rows).to_csv(root / "manifest.csv", index=False)
+    args = ["index", "--manifest", str(root / "manifest.csv"), "--raw-dir", str(root / "raw")]
+    args += ["--out", str(root / "index"), "--orientations", "20", "--offsets", "3"]
+    args += ["--size", "32"]
+    assert cli.main(args) == 0
+    vol = _ellipsoid((12, 6, 6), seed=1)
+    query = extract_slice(vol, Plane((0.3, 0.2, 0.93), 1.0, 25.0))
+    q16 = np.round((query - query.min()) / np.ptp(query) * 60000).astype(np.uint16)
+    cv2.imwrite(str(root / "query.png"), q16)
+    return root
+
+
+def _match(workspace, *extra):
+    return cli.main(["match", str(workspace / "query.png"), "--index", str(workspace / "index"),
+                     *extra])  # fmt: skip
+
+
+def test_index_command_reports_what_it_built(workspace, capsys):
+    args = ["index", "--manifest", str(workspace / "manifest.csv")]
+    args += ["--raw-dir", str(workspace / "raw"), "--out", str(workspace / "index2")]
+    args += ["--orientations", "20", "--offsets", "3", "--size", "32"]
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    assert "[  0%] indexing A-01 (1/3)" in out
+    assert "candidate sections of 3 specimens written to" in out
+    built = matching.MatchIndex.load(workspace / "index2" / "index.npz")
+    assert built.config.n_orientations == 20 and built.config.preprocess.size == 32
+
+
+def test_match_prints_a_table_of_the_top_matches(workspace, capsys):
+    assert _match(workspace, "--top-k", "2") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "top 2 of" in lines[0] and "(3 specimens)" in lines[0]
+    assert lines[1].split() == [
+        "rank", "specimen", "genus", "normal", "offset", "angle",
+        "dice", "ncc", "texture", "ssim", "combined",
+    ]  # fmt: skip
+    assert len(lines) == 4
+    # the same answer as the library gives for the same image, index and volumes
+    c = load_collection(workspace / "index")
+    image = read_image(workspace / "query.png")
+    found = matching.match(c.index, image, top_k=2, volumes=c.volumes)
+    for row, m in zip(lines[2:], found, strict=True):
+        cells = row.split()
+        assert cells[:3] == [str(found.index(m) + 1), m.specimen_id, m.species]
+        assert " ".join(cells[3:6]) == "({:.3f}, {:.3f}, {:.3f})".format(*m.normal)
+        assert cells[6:8] == [f"{m.offset:.1f}", f"{m.angle_deg:.1f}"]
+        assert cells[8:] == [f"{m.scores[k]:.3f}" for k in cli.SCORE_COLUMNS]
+
+
+def test_match_json_filters_and_no_refine(workspace, capsys):
+    assert _match(workspace, "--json", "--species", "Beta", "--no-refine", "--top-k", "3") == 0
+    found = json.loads(capsys.readouterr().out)
+    assert [m["rank"] for m in found] == [1, 2, 3]
+    assert {m["genus"] for m in found} == {"Beta"}
+    assert set(found[0]) == {"rank", "specimen_id", "genus", "normal", "offset", "angle_deg",
+                             "scores"}  # fmt: skip
+    assert set(found[0]["scores"]) >= {"dice", "ncc", "ssim", "descriptor", "combined"}
+    assert _match(workspace, "--json", "--specimens", "A-01", "B-01", "--top-k", "1") == 0
+    assert json.loads(capsys.readouterr().out)[0]["specimen_id"] in {"A-01", "B-01"}
+
+
+def test_match_refinement_uses_the_volumes_and_a_time_budget(workspace, capsys):
+    assert _match(workspace, "--json", "--top-k", "1") == 0
+    refined = json.loads(capsys.readouterr().out)[0]
+    assert _match(workspace, "--json", "--top-k", "1", "--no-refine") == 0
+    coarse = json.loads(capsys.readouterr().out)[0]
+    assert refined["scores"]["combined"] >= coarse["scores"]["combined"]
+    assert _match(workspace, "--json", "--top-k", "1", "--time-budget", "0") == 0
+    assert json.loads(capsys.readouterr().out)[0] == coarse  # budget spent: no refinement
+
+
+def test_match_saves_the_3d_view_of_the_best_match(workspace, tmp_path, capsys):
+    out = tmp_path / "fig" / "best.png"
+    assert _match(workspace, "--top-k", "1", "--save-figure", str(out)) == 0
+    assert out.read_bytes()[:4] == b"\x89PNG"
+    assert f"written to {out}" in capsys.readouterr().err
+
+
+def _write(path, image):
+    cv2.imwrite(str(path), image)
+    return path
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: p.write_bytes(b"%PDF-1.4 not an image") and p, r"not a readable image"),
+        (lambda p: _write(p, np.full((64, 64), 128, np.uint8)), r"image is blank"),
+        (lambda p: _write(p, np.full((8, 8), 9, np.uint8)), r"too small"),
+        (
+            lambda p: _write(p, np.pad(np.full((2, 2), 255, np.uint8), 31)),
+            r"query\.png: query: the fossil covers only 0\.391% of the image",
+        ),
+    ],
+    ids=["non-image", "blank", "tiny", "no-foreground"],
+)
+def test_bad_query_images_are_one_line_errors(workspace, tmp_path, capsys, make, message):
+    path = make(tmp_path / "query.png")
+    code = cli.main(["match", str(path), "--index", str(workspace / "index")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("foram match: error: ") and err.count("\n") == 1
+    assert "query.png" in err
+    assert re.search(message, err), err
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--species", "Gamma"], r"species not in the index: \['Gamma'\]"),
+        (["--specimens", "Z-9"], r"specimens not in the index: \['Z-9'\]"),
+        (["--top-k", "0"], r"top_k must be an integer >= 1, got 0"),
+    ],
+)
+def test_bad_filters_are_one_line_errors(workspace, capsys, extra, message):
+    assert _match(workspace, *extra) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert re.search(message, err), err
+
+
+def test_missing_or_stale_index(workspace, tmp_path, capsys, monkeypatch):
+    query = str(workspace / "query.png")
+    assert cli.main(["match", query, "--index", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err
+    assert "index.npz is missing: run `dvc repro index` first" in err
+    monkeypatch.setattr(matching, "PREPROCESS_VERSION", matching.PREPROCESS_VERSION + 1)
+    assert _match(workspace) == 2
+    assert "preprocessing version" in capsys.readouterr().err
+
+
+def test_prog_name_is_foram_and_foramlib_still_works(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["/usr/bin/foram"])
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    assert capsys.readouterr().out.startswith("usage: foram ")
+    monkeypatch.setattr(sys, "argv", ["/usr/bin/foramlib"])
+    with pytest.raises(SystemExit):
+        cli.main(["match", "--help"])
+    assert capsys.readouterr().out.startswith("usage: foramlib match ")
+
+
+def test_module_entry_point_exits_2_with_one_line(workspace, tmp_path):
+    bad = tmp_path / "notes.png"
+    bad.write_text("just text")
+    proc = subprocess.run(
+        [sys.executable, "-m", "foramlib.cli", "match", str(bad), "--index", str(workspace)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"foram match: error: {bad}: not a readable image (expected PNG, JPEG, TIFF, BMP, ...)"
+    ]
