@@ -31,7 +31,9 @@ Matching a query runs in three stages:
    descriptor``, where ``texture`` is the NCC of the high-passed sections (chamber
    walls and septa: what tells two poses of one outline apart, while the outline alone
    leaves Dice and NCC near 1 for many poses);
-3. **refine**: the best distinct poses are improved by a pattern search over the
+3. **refine**: the best ``expand_k`` candidates are widened by their tilt/offset
+   neighbours (the texture score's basin is narrower than the grid), then the best
+   distinct poses are improved by a pattern search over the
    plane's two tilts and its offset, re-cutting the volume at every step (the plane
    of a match is continuous, not limited to the index's grid).
 
@@ -881,15 +883,27 @@ def _rescore(index, q, cands: list[_Candidate], volumes) -> list[_Candidate]:
     return out
 
 
-def _fine(index, q, rows, volumes, keep: int) -> list[_Candidate]:
-    """Re-cut the coarse candidates, rank them by the search score, fully score `keep`."""
+def _fine(index, q, rows, volumes, keep: int, expand_k: int, tilt_deg, step_vox):
+    """Re-cut the coarse candidates, rank them by the search score, fully score `keep`.
+
+    The texture score drops within a few degrees of the true plane, less than the
+    index's spacing of normals, so the grid point nearest the truth may rank below
+    wrong poses: the best `expand_k` distinct candidates are first widened by their
+    six pattern-search neighbours, and the ranking is made over all of them.
+    """
     out = []
     for spec in dict.fromkeys(index.specimen[rows].tolist()):
         mine = rows[index.specimen[rows] == spec]
         planes = [Plane(tuple(index.normals[r]), float(index.offsets[r]), 0.0) for r in mine]
         prepared = index.prepared(spec, volumes)
         out += _evaluate(index, q, prepared, spec, str(index.species[mine[0]]), planes, False)
-    best = _distinct(sorted(out, key=lambda c: -c.search))[:keep]
+    ranked = _distinct(sorted(out, key=lambda c: -c.search))
+    wider = list(ranked)
+    for c in ranked[:expand_k]:
+        planes = _tilted(c.normal, c.offset, tilt_deg, step_vox)
+        prepared = index.prepared(c.specimen_id, volumes)
+        wider += _evaluate(index, q, prepared, c.specimen_id, c.species, planes, False)
+    best = _distinct(sorted(wider, key=lambda c: -c.search))[:keep]
     return sorted(_rescore(index, q, best, volumes), key=lambda c: -c.scores["combined"])
 
 
@@ -962,6 +976,7 @@ def match(
     refine: bool = True,
     time_budget_s: float | None = None,
     refine_k: int = 6,
+    expand_k: int = 20,
     tilt_deg: float = 4.0,
     step_vox: float = 2.0,
     max_evals: int = 48,
@@ -992,6 +1007,9 @@ def match(
     refine_k, tilt_deg, step_vox, max_evals : int, float, float, int
         Poses refined, the initial tilt (degrees) and offset (voxels) steps of the
         search, and the sections it may cut per pose.
+    expand_k : int
+        Best fine candidates whose six tilt/offset neighbours are scored too before
+        the poses to refine are chosen (0: none; faster, fewer poses recovered).
     progress : callable, optional
         Called as ``progress(fraction, message)`` as the search advances (for a
         progress bar); `fraction` goes from 0 to 1.
@@ -1010,6 +1028,8 @@ def match(
     for name, v in (("top_k", top_k), ("coarse_k", coarse_k), ("refine_k", refine_k)):
         if not isinstance(v, int | np.integer) or v < 1:
             raise MatchError(f"{name} must be an integer >= 1, got {v!r}")
+    if not isinstance(expand_k, int | np.integer) or expand_k < 0:
+        raise MatchError(f"expand_k must be an integer >= 0, got {expand_k!r}")
     report = progress or (lambda fraction, message: None)
     rows = _select(index, specimens, species)
     report(0.0, "preprocessing the query")
@@ -1023,7 +1043,7 @@ def match(
     cand = _coarse(index, q, rows, max(coarse_k, top_k))
     report(0.3, f"fine alignment of {len(cand)} candidates")
     # refined poses can converge onto one another: keep spares so top_k remain
-    found = _fine(index, q, cand, volumes, keep=refine_k + top_k)
+    found = _fine(index, q, cand, volumes, refine_k + top_k, expand_k, tilt_deg, step_vox)
     if refine:
         for i, c in enumerate(found[:refine_k]):
             if time_budget_s is not None and time.perf_counter() - t0 > time_budget_s:
