@@ -260,15 +260,16 @@ def decode_upload(name: str, data: bytes, *, max_bytes: int | None = None):
         return _decode_nifti(name, data)
     if kind == "tiff":
         return _decode_tiff(name, data)
-    if kind in ("png", "jpeg"):
-        arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-        if arr is None:
-            raise UploadError(f"{name}: the {kind.upper()} file is corrupt or truncated")
+    # PNG, JPEG, and whatever else OpenCV reads (BMP, WebP, ...)
+    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if arr is not None:
         if arr.ndim == 3 and arr.shape[2] == 3:
             arr = cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
         elif arr.ndim == 3 and arr.shape[2] == 4:
             arr = cv2.cvtColor(arr, cv2.COLOR_BGRA2RGBA)
         return arr
+    if kind in ("png", "jpeg"):
+        raise UploadError(f"{name}: the {kind.upper()} file is corrupt or truncated")
     raise UploadError(
         f"{name}: not a readable image or volume (expected PNG, JPEG, TIFF or NIfTI; "
         f"the file starts with {data[:16]!r})"

@@ -38,16 +38,13 @@ notes.txt: not a readable image (expected PNG, JPEG, TIFF, BMP, ...)
 
 from __future__ import annotations
 
-import io
 import json
-import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pandas as pd
 
@@ -78,7 +75,6 @@ INDEX_FILE = "index.npz"
 SPECIMENS_FILE = "specimens.csv"
 META_FILE = "index.json"
 SPECIMEN_COLUMNS = ("specimen_id", "species", "file", "voxel_size_um", "candidates")
-_TIFF_SUFFIXES = (".tif", ".tiff")
 RAW_CACHE = 3  # raw volumes kept by a Collection (3D views of the last matches)
 
 
@@ -351,8 +347,9 @@ def load_collection(index_dir="data/index", workspace=".", *, cache_size: int = 
 def read_image(source, name: str | None = None) -> np.ndarray:
     """Read a query image from a path or from its bytes, keeping its pixel type.
 
-    16-bit and float TIFFs are read with tifffile, other formats with OpenCV
-    (``IMREAD_UNCHANGED``); colour comes back in RGB(A) order.
+    Decoded by :func:`foramlib.classify.decode_upload`, as the dashboard's uploads are
+    (tifffile for TIFF, OpenCV ``IMREAD_UNCHANGED`` for the rest); colour comes back in
+    RGB(A) order.
 
     Raises
     ------
@@ -367,27 +364,18 @@ def read_image(source, name: str | None = None) -> np.ndarray:
         if not path.is_file():
             raise ImageError(f"{name}: file not found")
         data = path.read_bytes()
-    image = None
-    if name.lower().endswith(_TIFF_SUFFIXES) or data[:4] in (b"II*\x00", b"MM\x00*"):
-        import tifffile
+    # the dashboard's decoder: one reader of image bytes for uploads and the CLI
+    from foramlib.classify import UploadError, VolumeUpload, decode_upload
 
-        logger = logging.getLogger("tifffile")
-        level = logger.level
-        logger.setLevel(logging.ERROR)  # a broken file is reported below, once
-        try:
-            image = tifffile.imread(io.BytesIO(data))
-        except Exception:  # noqa: BLE001 - any decoder failure means "not a TIFF"
-            image = None
-        finally:
-            logger.setLevel(level)
-        if image is not None and (np.ndim(image) < 2 or np.size(image) == 0):
-            image = None
-    if image is None:
-        buf = np.frombuffer(data, np.uint8)
-        image = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if buf.size else None
-        if image is not None and image.ndim == 3 and image.shape[2] in (3, 4):
-            code = cv2.COLOR_BGR2RGB if image.shape[2] == 3 else cv2.COLOR_BGRA2RGBA
-            image = cv2.cvtColor(image, code)
+    try:
+        image = decode_upload(name, data)
+    except UploadError:
+        image = None
     if image is None:
         raise ImageError(f"{name}: not a readable image (expected PNG, JPEG, TIFF, BMP, ...)")
+    if isinstance(image, VolumeUpload):
+        raise ImageError(
+            f"{name}: holds a volume of shape {image.data.shape}, not a section; "
+            "cut one section from it first"
+        )
     return np.asarray(image)
