@@ -225,15 +225,16 @@ class Collection:
     workspace : Path
         Folder that the ``file`` entries are relative to.
     cache_size : int
-        Prepared volumes kept in memory (about 8 MB each at 128³). Matching re-cuts
-        candidates from many specimens, so keep it near the number of specimens
-        when memory allows; raw volumes (for 3D views) are kept for the last few.
+        Prepared volumes kept in memory (about 8 MB each at 128³). A match compares
+        the query with sections of most specimens, so keep it at least the number of
+        specimens when memory allows (the default collection's 71 fit in ~600 MB);
+        raw volumes (for 3D views) are kept for the last few.
     """
 
     index: MatchIndex
     specimens: pd.DataFrame
     workspace: Path = Path(".")
-    cache_size: int = 32
+    cache_size: int = 96
     _raw: _LRU = field(init=False, repr=False)
     _prep: _LRU = field(init=False, repr=False)
     _rows: dict = field(init=False, repr=False)
@@ -307,7 +308,7 @@ class Collection:
         return _PreparedVolumes(self)
 
 
-def load_collection(index_dir="data/index", workspace=".", *, cache_size: int = 32) -> Collection:
+def load_collection(index_dir="data/index", workspace=".", *, cache_size: int = 96) -> Collection:
     """Read an index folder written by :func:`build_collection_index`.
 
     Raises

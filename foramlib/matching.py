@@ -14,28 +14,29 @@ in its plane:
 The descriptor vector is standardised with the index's own mean and spread, projected
 on its leading principal components and L2-normalised, so the coarse search is one
 matrix-vector product. The index keeps only these compact descriptors, a bit-packed
-low-resolution silhouette and the plane of each candidate (about 200 bytes each):
-candidate images are re-cut from the specimen volumes when a query needs them.
+low-resolution silhouette, the silhouette's geometry (centroid, radius of gyration,
+principal axis, in voxels) and the plane of each candidate (under 300 bytes each): the
+query is compared with the specimen volumes themselves.
 
-Matching a query runs in three stages:
+Matching a query runs in four stages:
 
 1. **coarse**: cosine similarity of descriptors over the (filtered) index, then Dice
    of low-resolution silhouettes put in a canonical frame (centroid, principal axes,
    radius of gyration) under the four axis ambiguities (identity, 180°, two mirrors);
    ``coarse = 0.5 * cosine + 0.5 * dice`` picks ``coarse_k`` candidates;
-2. **fine**: the candidates are re-cut from their volumes; the in-plane angle (and
-   whether the section is seen from the other side, a mirror) is recovered directly by
-   circular cross-correlation of polar resamplings (refined below one angle step by a
-   parabola through the peak), both are put in one frame at ``fine_size`` pixels, and
-   ``combined = 0.15 * dice + 0.15 * ncc + 0.4 * texture + 0.15 * ssim + 0.15 *
-   descriptor``, where ``texture`` is the NCC of the high-passed sections (chamber
-   walls and septa: what tells two poses of one outline apart, while the outline alone
-   leaves Dice and NCC near 1 for many poses);
-3. **refine**: the best ``expand_k`` candidates are widened by their tilt/offset
-   neighbours (the texture score's basin is narrower than the grid), then the best
-   distinct poses are improved by a pattern search over the
-   plane's two tilts and its offset, re-cutting the volume at every step (the plane
-   of a match is continuous, not limited to the index's grid).
+2. **screen**: each candidate's geometry gives a full pose of the query in the volume
+   (plane, in-plane turn from the principal axes, shift from the centroids, scale from
+   the radii), one per axis ambiguity; the volume is sampled at the query's pixels for
+   every pose at once (:mod:`foramlib.registration`) and scored by
+   ``combined = 0.7 * texture + 0.3 * ncc``, where ``texture`` is the correlation of
+   the high-passed images (chamber walls and septa: what tells two poses of one
+   outline apart, while the outline alone leaves intensity NCC and Dice near 1 for
+   many poses);
+3. **align**: the best ``screen_k`` distinct poses get a short registration at the
+   coarse, band-passed level of the query, whose score changes slowly with the pose;
+4. **refine**: the best ``refine_k`` are registered over the whole pyramid: a pattern
+   search over the plane's two tilts, its offset, the in-plane turn, shift and scale,
+   so the plane of a match is continuous, not limited to the index's grid.
 
 A plane and its flipped normal give the same section, mirrored: a match reports the
 normal, offset and in-plane angle for which ``extract_slice(volume, Plane(normal,
@@ -56,13 +57,14 @@ import json
 import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 
 import cv2
 import numpy as np
 from scipy import ndimage
-from scipy.spatial.transform import Rotation
 from skimage.measure import moments_central, moments_hu, moments_normalized
 from skimage.metrics import structural_similarity
 
@@ -72,6 +74,16 @@ from foramlib.preprocess import (
     PreprocessConfig,
     PreprocessError,
     preprocess_slice,
+    segment_silhouette,
+    to_gray_float,
+)
+from foramlib.registration import (
+    SectionPose,
+    batch_scores,
+    make_template,
+    pose_scores,
+    register,
+    sample_section,
 )
 from foramlib.slicing import Plane, SliceError, extract_slices, fibonacci_hemisphere
 from foramlib.slicing import prepare_volume as prepare_slicing_volume
@@ -89,18 +101,22 @@ __all__ = [
     "match",
 ]
 
-INDEX_FORMAT = 2  # 2: compact descriptors, no stored images
+INDEX_FORMAT = 3  # 2: compact descriptors, no stored images; 3: + silhouette geometry
 N_RADII = 24  # polar resampling: radii from 0.1 to RHO_MAX radii of gyration
 N_ANGLES = 64
 RHO_MAX = 2.6
 N_HARMONICS = 8
 COARSE_WEIGHTS = {"descriptor": 0.5, "dice": 0.5}
-# `texture` (NCC of the high-passed sections: chamber walls, septa, pores) is what tells
-# two poses of one shell apart; silhouette Dice and plain NCC are near 1 for both
-FINE_WEIGHTS = {"dice": 0.15, "ncc": 0.15, "texture": 0.4, "ssim": 0.15, "descriptor": 0.15}
-# the refinement climbs this cheaper score (no SSIM, no descriptor)
-SEARCH_WEIGHTS = {"dice": 0.2, "ncc": 0.2, "texture": 0.6}
-TEXTURE_SIGMA = 3.0  # high-pass: the section minus its Gaussian blur (pixels at fine_size)
+# `texture` (NCC of the high-passed images: chamber walls, septa, pores) is what tells
+# two poses of one shell apart; plain NCC (and silhouette Dice) are near 1 for both
+SEARCH_WEIGHTS = {"texture": 0.7, "ncc": 0.3}
+# registration pyramid: (grid side, high-pass sigma in grid pixels), coarse to fine;
+# the coarse level's similarity changes slowly with the pose (a wide basin)
+REGISTRATION_LEVELS = ((32, 2.0), (64, 1.5))
+TEXTURE_SIGMA = 3.0  # high-pass sigma of the fine_size grid (the matched image)
+SHORT_EVALS = 80  # poses scored by the short registration of each screened start
+FULL_EVALS = 400  # poses scored by the full registration of each refined start
+REGISTRATION_THREADS = 2  # registrations run side by side (the interpolation frees the GIL)
 DESCRIPTOR_DIMS = 64  # principal components kept in the index
 _BLOCK_WEIGHTS = (("hu", 1.0), ("radial", 1.0), ("fourier", 1.0), ("texture", 1.5))
 DESCRIBE_TEXTURE_SIGMA = 1.0  # high-pass of the texture block (pixels at the index size)
@@ -124,12 +140,12 @@ class IndexConfig:
         Side of the low-resolution canonical silhouette used in the coarse stage.
     preprocess : PreprocessConfig
         Applied to every candidate and every query; its ``size`` is the side of the
-        stored candidate images.
+        images the descriptors are computed on.
     smooth_sigma, dense_factor : float
         Volume preparation, as in :func:`foramlib.slicing.slice_volume`.
     fine_size : int
-        Side of the sections compared in the fine and refinement stages (re-cut from
-        the volumes, so it costs no index space; internal walls need the resolution).
+        Side of the matched section returned with each match (sampled from the
+        volume in the query's frame) and of the grid its Dice and SSIM are taken on.
     """
 
     n_orientations: int = 300
@@ -377,6 +393,7 @@ _ARRAYS = (
     "offsets",
     "descriptors",
     "canonical",
+    "geometry",
     "desc_mean",
     "desc_std",
     "desc_basis",
@@ -391,9 +408,12 @@ class MatchIndex:
     One row per candidate: ``specimen``/``species`` (str), ``normals`` (n, 3) and
     ``offsets`` (n,) of the plane, ``descriptors`` (n, k) standardised, projected and
     L2-normalised descriptors, ``canonical`` (n, descriptor_size² / 8) the bit-packed
-    canonical silhouettes. ``desc_mean``/``desc_std``/``desc_basis`` map a raw
-    descriptor (:meth:`Features.vector`) into the index's space. Build one with
-    :func:`build_index`; images are re-cut from the volumes when matching.
+    canonical silhouettes, ``geometry`` (n, 4) the silhouette's centroid (offsets along
+    the plane's axes from its centre point, voxels), radius of gyration (voxels) and
+    principal-axis angle (radians), from which a query's start pose is set.
+    ``desc_mean``/``desc_std``/``desc_basis`` map a raw descriptor
+    (:meth:`Features.vector`) into the index's space. Build one with
+    :func:`build_index`; matching samples the volumes themselves.
     """
 
     config: IndexConfig
@@ -403,6 +423,7 @@ class MatchIndex:
     offsets: np.ndarray
     descriptors: np.ndarray
     canonical: np.ndarray
+    geometry: np.ndarray
     desc_mean: np.ndarray
     desc_std: np.ndarray
     desc_basis: np.ndarray
@@ -412,7 +433,7 @@ class MatchIndex:
         n = len(self.specimen)
         if n == 0:
             raise MatchError("an index needs at least one candidate section")
-        for name in ("species", "normals", "offsets", "descriptors", "canonical"):
+        for name in ("species", "normals", "offsets", "descriptors", "canonical", "geometry"):
             if len(getattr(self, name)) != n:
                 raise MatchError(
                     f"index array {name!r} has {len(getattr(self, name))} rows, not {n}"
@@ -420,8 +441,10 @@ class MatchIndex:
         self.descriptors = np.asarray(self.descriptors, np.float32)
 
     @classmethod
-    def from_raw(cls, config, specimen, species, normals, offsets, raw, canonical) -> MatchIndex:
-        """Index from raw descriptor rows and boolean canonical silhouettes."""
+    def from_raw(
+        cls, config, specimen, species, normals, offsets, raw, canonical, geometry
+    ) -> MatchIndex:
+        """Index from raw descriptor rows, boolean canonical silhouettes and geometry."""
         raw = np.asarray(raw, np.float32)
         mean = raw.mean(axis=0, dtype=np.float64)
         std = raw.std(axis=0, dtype=np.float64) + 1e-6
@@ -440,6 +463,7 @@ class MatchIndex:
             np.asarray(offsets, np.float32),
             np.zeros((len(raw), k), np.float32),
             np.packbits(np.asarray(canonical, bool).reshape(len(raw), -1), axis=1),
+            np.asarray(geometry, np.float16),
             mean.astype(np.float32),
             std.astype(np.float32),
             basis.astype(np.float32),
@@ -533,7 +557,7 @@ class MatchIndex:
             with np.load(path, allow_pickle=False) as z:
                 meta = json.loads(str(z["meta"]))
                 arrays = None
-                if "desc_basis" in z:
+                if all(name in z for name in _ARRAYS[2:]):
                     arrays = {name: z[name] for name in _ARRAYS[2:]}
                     for name in ("specimen", "species"):
                         arrays[name] = z[f"{name}_names"][z[f"{name}_codes"]]
@@ -571,12 +595,13 @@ def descriptor_length() -> int:
 
 
 def _cut_volume(prepared: PreparedVolume, planes, config: IndexConfig, name: str, size=None):
-    """Cut and preprocess `planes`; return kept plane indices and their images.
+    """Cut and preprocess `planes`; return kept plane indices, their images and boxes.
 
-    Images are `size` pixels a side (default: the index's preprocessing size).
+    Images are `size` pixels a side (default: the index's preprocessing size); boxes
+    are the preprocessing's crop boxes (r0, r1, c0, c1) in section pixels (voxels).
     """
     pp = config.preprocess if size is None else replace(config.preprocess, size=size)
-    kept, images = [], []
+    kept, images, boxes = [], [], []
     for start in range(0, len(planes), 64):
         batch = planes[start : start + 64]
         secs = extract_slices(prepared.data, batch, prepared.window, cval=prepared.background)
@@ -595,7 +620,8 @@ def _cut_volume(prepared: PreparedVolume, planes, config: IndexConfig, name: str
             if info.fraction >= pp.min_fraction:
                 kept.append(start + i)
                 images.append(img)
-    return kept, images
+                boxes.append(info.box)
+    return kept, images, boxes
 
 
 def build_index(volumes: Sequence, config: IndexConfig = IndexConfig(), progress=None):
@@ -617,7 +643,8 @@ def build_index(volumes: Sequence, config: IndexConfig = IndexConfig(), progress
     MatchError
         If a volume is unusable or no volume yields a candidate.
     """
-    cols = {k: [] for k in ("specimen", "species", "normals", "offsets", "raw", "canonical")}
+    keys = ("specimen", "species", "normals", "offsets", "raw", "canonical", "geometry")
+    cols = {k: [] for k in keys}
     for done, item in enumerate(volumes, start=1):
         try:
             spec, species, volume = item
@@ -627,9 +654,10 @@ def build_index(volumes: Sequence, config: IndexConfig = IndexConfig(), progress
             ) from None
         prepared = prepare_volume(volume, config, name=str(spec))
         planes = candidate_planes(prepared, config.n_orientations, config.n_offsets)
-        kept, images = _cut_volume(prepared, planes, config, str(spec))
-        for k, img in zip(kept, images, strict=True):
+        kept, images, boxes = _cut_volume(prepared, planes, config, str(spec))
+        for k, img, box in zip(kept, images, boxes, strict=True):
             f = describe(img, config.descriptor_size)
+            cols["geometry"].append(_geometry(f, box, config.preprocess.size, prepared.window))
             cols["specimen"].append(str(spec))
             cols["species"].append(str(species))
             cols["normals"].append(planes[k].normal)
@@ -648,7 +676,18 @@ def build_index(volumes: Sequence, config: IndexConfig = IndexConfig(), progress
         cols["offsets"],
         np.stack(cols["raw"]),
         np.stack(cols["canonical"]),
+        np.stack(cols["geometry"]),
     )
+
+
+def _geometry(f: Features, box, size: int, window: int) -> tuple:
+    """Silhouette centroid (u, v offsets from the plane's centre point, voxels), radius
+    of gyration (voxels) and principal-axis angle of an indexed section."""
+    k = (box[1] - box[0]) / size  # voxels per image pixel
+    mid = (window - 1) / 2.0
+    row = box[0] + (f.centroid[0] + 0.5) * k - 0.5
+    col = box[2] + (f.centroid[1] + 0.5) * k - 0.5
+    return (col - mid, row - mid, f.radius * k, f.orientation)
 
 
 # ----------------------------------------------------------------------------------------
@@ -658,9 +697,12 @@ def build_index(volumes: Sequence, config: IndexConfig = IndexConfig(), progress
 class Match:
     """One answer: where the query sits, how well it fits, and the matched section.
 
-    ``scores`` holds ``dice`` (silhouettes), ``ncc`` (intensities), ``texture`` (NCC of
-    the high-passed sections: internal walls), ``ssim``, ``descriptor`` (cosine in the
-    index's descriptor space) and their weighted sum ``combined`` (``FINE_WEIGHTS``).
+    ``scores`` holds ``texture`` (correlation of the high-passed images: chamber walls
+    and septa) and ``ncc`` (correlation of the intensities), which the registration
+    maximises, their weighted sum ``combined`` (``SEARCH_WEIGHTS``, what ranks the
+    matches), and for information ``dice`` (silhouettes), ``ssim`` and
+    ``descriptor`` (cosine in the index's descriptor space). ``image`` is the matched
+    section, preprocessed, in the query's frame (same turn, shift and scale).
     """
 
     specimen_id: str
@@ -674,53 +716,29 @@ class Match:
 
 @dataclass
 class _Query:
-    image: np.ndarray  # preprocessed at the index's size
     descriptor: np.ndarray
     canon: np.ndarray  # (4, d²) canonical silhouettes under the axis ambiguities
-    polar_fft: np.ndarray  # (2, N_RADII, N_ANGLES) FFT of polar image, direct and flipped
-    aligned_size: int
-    aligned: tuple  # canonical (image, silhouette, high-pass) at fine_size, direct and flipped
+    centroid: np.ndarray  # (row, col) of the silhouette in crop pixels
+    radius: float  # radius of gyration, crop pixels
+    orientation: float  # principal axis, radians
+    templates: list  # registration pyramid (coarse to fine), then the fine_size grid
+    silhouette: np.ndarray  # (fine_size, fine_size) on the last template's grid
+    crop: np.ndarray  # query intensities on that grid, NaN outside the image
 
 
 @dataclass
-class _Candidate:
-    """A scored plane of one specimen (angle 0; the in-plane turn is in `shift`)."""
+class _Pose:
+    """A pose of the query in one specimen and its registration score."""
 
     specimen_id: str
     species: str
-    normal: np.ndarray
-    offset: float
-    image: np.ndarray
-    flip: bool
-    shift: float
-    scores: dict
+    pose: SectionPose
+    score: float
+    centre: np.ndarray
 
-    @property
-    def search(self) -> float:  # the score the refinement climbs
-        return float(sum(w * self.scores[k] for k, w in SEARCH_WEIGHTS.items()))
-
-    def to_match(self) -> Match:
-        normal, offset, angle = _pose(self.normal, self.offset, self.flip, self.shift)
-        return Match(
-            self.specimen_id, self.species, normal, offset, angle, dict(self.scores), self.image
-        )
-
-
-def _highpass(img: np.ndarray) -> np.ndarray:
-    return img - cv2.GaussianBlur(img, (0, 0), TEXTURE_SIGMA)
-
-
-def _aligned_query(img: np.ndarray, size: int) -> tuple:
-    """The query in its canonical frame (not turned), direct and mirrored."""
-    f = describe(img)
-    out = []
-    for flip in (False, True):
-        cq = f.centroid if not flip else (img.shape[0] - 1 - f.centroid[0], f.centroid[1])
-        a = to_canonical(img[::-1] if flip else img, cq, f.radius, 0.0, False, size)
-        sil = a > 0.5  # any fossil pixel (background is 0), as for the candidates
-        a = a / (a.max() or 1.0)
-        out.append((a, sil, _highpass(a)))
-    return tuple(out)
+    @cached_property
+    def plane(self) -> Plane:
+        return self.pose.plane(self.centre)
 
 
 def _prepare_query(index: MatchIndex, image) -> _Query:
@@ -736,20 +754,35 @@ def _prepare_query(index: MatchIndex, image) -> _Query:
     f = describe(img, cfg.descriptor_size)
     c = f.canonical
     canon = np.stack([c, c[::-1, ::-1], c[::-1], c[:, ::-1]]).reshape(4, -1).astype(np.float32)
-    flipped = _polar(
-        img[::-1].astype(np.float32), (img.shape[0] - 1 - f.centroid[0], f.centroid[1]), f.radius
-    )
-    scale = float(img[silhouette(img)].mean()) or 1.0
-    polars = np.stack([f.polar, flipped / scale])
-    fine = replace(cfg.preprocess, size=cfg.fine_size)
-    fine_img = preprocess_slice(arr, fine, name="query")[0] if fine != cfg.preprocess else img
+    # the query's own intensities over its crop box (not masked: the volume is not
+    # either), NaN where the box runs past the image
+    gray = to_gray_float(arr, "query")
+    r0, r1, c0, c1 = info.box
+    side = r1 - r0
+    crop = np.full((side, side), np.nan, np.float32)
+    a0, b0 = max(r0, 0), max(c0, 0)
+    a1, b1 = min(r1, gray.shape[0]), min(c1, gray.shape[1])
+    crop[a0 - r0 : a1 - r0, b0 - c0 : b1 - c0] = gray[a0:a1, b0:b1]
+    k = side / cfg.preprocess.size  # crop pixels per index pixel
+    centroid = (np.asarray(f.centroid) + 0.5) * k - 0.5
+    sil = silhouette(img).astype(np.float32)
+    sil = cv2.resize(sil, (side, side), interpolation=cv2.INTER_LINEAR) > 0.5
+    levels = [*REGISTRATION_LEVELS, (cfg.fine_size, TEXTURE_SIGMA)]
+    try:
+        templates = [make_template(crop, sil, centroid, g, sigma) for g, sigma in levels]
+    except ValueError as exc:
+        raise MatchError(f"query: {exc}") from None
+    fine = templates[-1]
+    fine_crop = cv2.resize(crop, (cfg.fine_size,) * 2, interpolation=cv2.INTER_AREA)
     return _Query(
-        img,
         index.standardise(f.vector())[0],
         canon,
-        np.fft.fft(polars - polars.mean(axis=2, keepdims=True), axis=2),
-        cfg.fine_size,
-        _aligned_query(fine_img, cfg.fine_size),
+        centroid,
+        f.radius * k,
+        f.orientation,
+        templates,
+        fine.inside.reshape(fine.shape),
+        np.where(fine.valid.reshape(fine.shape), fine_crop, np.nan),
     )
 
 
@@ -782,186 +815,154 @@ def _coarse(index: MatchIndex, q: _Query, rows: np.ndarray, coarse_k: int):
     return short[order]
 
 
-def _best_rotation(q: _Query, cand_polar: np.ndarray):
-    """Best circular shift and flip of the query's polar image against candidates.
+def _rot2(a: float) -> np.ndarray:
+    return np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
 
-    Returns (flip (bool array), shift in angle steps, fractional) such that the query
-    (flipped top-to-bottom when `flip`) at polar angle φ matches the candidate at
-    φ + shift·Δ. The shift is refined below one step by a parabola through the peak.
+
+# the canonical frame's axis ambiguities, acting on (x, y): as in _Query.canon
+_AMBIGUITIES = (np.eye(2), -np.eye(2), np.diag([1.0, -1.0]), np.diag([-1.0, 1.0]))
+
+
+def _start_poses(index: MatchIndex, q: _Query, rows: np.ndarray, centre):
+    """Poses putting the query on candidates `rows`, one per canonical-frame ambiguity.
+
+    Centroids coincide, radii of gyration set the scale and principal axes the turn:
+    query offsets ``d`` (crop pixels) map to candidate section offsets
+    ``k · R(θc) · T · R(-θq) · d`` (voxels), with ``T`` an axis ambiguity.
+
+    Returns
+    -------
+    origin (4m, 3), axes (4m, 2, 3), scale (4m,)
+        Row-major over (row, ambiguity).
     """
-    c = cand_polar - cand_polar.mean(axis=2, keepdims=True)
-    cf = np.fft.fft(c, axis=2)  # (m, R, A)
-    # corr[s] = sum_j q[j] c[j+s]  ->  ifft(conj(Q) * C)
-    corr = np.fft.ifft(np.conj(q.polar_fft)[None] * cf[:, None], axis=3).real.sum(axis=2)
-    m = len(c)
-    best = corr.reshape(m, -1).argmax(axis=1)  # over (flip, shift)
-    flip, shift = best // N_ANGLES, best % N_ANGLES
-    rows = corr[np.arange(m), flip]  # (m, A)
-    y0 = rows[np.arange(m), (shift - 1) % N_ANGLES]
-    y1 = rows[np.arange(m), shift]
-    y2 = rows[np.arange(m), (shift + 1) % N_ANGLES]
-    den = y0 - 2 * y1 + y2
-    frac = np.where(np.abs(den) > 1e-12, 0.5 * (y0 - y2) / np.where(den == 0, 1, den), 0.0)
-    return flip == 1, shift + np.clip(frac, -0.5, 0.5)
+    geo = index.geometry[rows].astype(np.float64)
+    n = index.normals[rows].astype(np.float64)
+    n /= np.linalg.norm(n, axis=1, keepdims=True)
+    # plane_axes(n, 0) for every row at once
+    ref = np.eye(3)[np.argmin(np.abs(n), axis=1)]
+    u0 = ref - n * np.sum(ref * n, axis=1, keepdims=True)
+    u0 /= np.linalg.norm(u0, axis=1, keepdims=True)
+    v0 = np.cross(n, u0)
+    offsets = index.offsets[rows].astype(np.float64)[:, None]
+    origin = np.asarray(centre) + offsets * n + geo[:, :1] * u0 + geo[:, 1:2] * v0
+    scale = geo[:, 2] / q.radius
+    cos, sin = np.cos(geo[:, 3]), np.sin(geo[:, 3])
+    rot_c = np.stack([np.stack([cos, -sin], 1), np.stack([sin, cos], 1)], 1)  # (m, 2, 2)
+    m = np.einsum("rij,ajk->raik", rot_c, np.stack(_AMBIGUITIES) @ _rot2(-q.orientation))
+    # U = m00 u0 + m10 v0, V = m01 u0 + m11 v0
+    axes = np.einsum("raki,rkc->raic", m, np.stack([u0, v0], 1))
+    k = len(_AMBIGUITIES)
+    return np.repeat(origin, k, axis=0), axes.reshape(-1, 2, 3), np.repeat(scale, k)
 
 
-def _ncc(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a - a.mean(), b - b.mean()
-    den = np.sqrt((a * a).sum() * (b * b).sum())
-    return float((a * b).sum() / den) if den > 0 else 0.0
-
-
-def _pair_scores(q: _Query, cand_img, feats: Features, flip, shift, ssim: bool = True):
-    """Warp the candidate onto the query's canonical frame and score the pair."""
-    theta = 2 * np.pi * shift / N_ANGLES
-    na, sa, ha = q.aligned[int(bool(flip))]
-    # query at φ ~ candidate at φ + θ: turn the candidate back by θ
-    b = to_canonical(cand_img, feats.centroid, feats.radius, -theta, False, q.aligned_size)
-    sb = b > 0.5
-    nb = b / (b.max() or 1.0)
-    inside = sa | sb
-    out = dict(
-        dice=2 * float((sa & sb).sum()) / (float(sa.sum() + sb.sum()) + 1e-9),
-        ncc=_ncc(na, nb),
-        texture=_ncc(ha[inside], _highpass(nb)[inside]),
-    )
-    if ssim:
-        out["ssim"] = float(structural_similarity(na, nb, data_range=1.0, win_size=7))
-    return out
-
-
-def _combined(s: dict) -> float:
-    return float(sum(w * s[k] for k, w in FINE_WEIGHTS.items()))
-
-
-def _pose(normal, offset, flip, shift):
-    """Plane (normal, offset, angle) reproducing the query, see the module docstring."""
-    a = float(360.0 * shift / N_ANGLES)
-    if flip:
-        return tuple(-float(v) for v in normal), -float(offset), (-a) % 360.0
-    return tuple(float(v) for v in normal), float(offset), a % 360.0
-
-
-def _evaluate(index, q, prepared, spec, species, planes, full: bool) -> list[_Candidate]:
-    """Cut `planes` (angle 0) from one prepared volume and score each against `q`."""
-    cfg = index.config
-    kept, images = _cut_volume(prepared, planes, cfg, spec, size=cfg.fine_size)
-    if not kept:
-        return []
-    feats = [describe(img, cfg.descriptor_size) for img in images]
-    flips, shifts = _best_rotation(q, np.stack([f.polar for f in feats]))
-    cos = None
-    if full:  # the descriptor as the index computed it, at the index's size
-        small = cfg.preprocess.size
-        raw = [
-            describe(_resize(img, small), cfg.descriptor_size).vector()
-            if img.shape[0] != small
-            else f.vector()
-            for img, f in zip(images, feats, strict=True)
-        ]
-        cos = index.standardise(np.stack(raw)) @ q.descriptor
-    out = []
-    for i, k in enumerate(kept):
-        s = _pair_scores(q, images[i], feats[i], flips[i], shifts[i], ssim=full)
-        if full:
-            s["descriptor"] = float(cos[i])
-            s["combined"] = _combined(s)
-        n = np.asarray(planes[k].normal, np.float64)
-        out.append(
-            _Candidate(spec, species, n, planes[k].offset, images[i], flips[i], shifts[i], s)
-        )
-    return out
-
-
-def _rescore(index, q, cands: list[_Candidate], volumes) -> list[_Candidate]:
-    """Full scores (SSIM and descriptor too) of candidates scored for the search only."""
-    out = []
-    for c in cands:
-        plane = Plane(tuple(c.normal), float(c.offset), 0.0)
-        prepared = index.prepared(c.specimen_id, volumes)
-        out += _evaluate(index, q, prepared, c.specimen_id, c.species, [plane], True)
-    return out
-
-
-def _fine(index, q, rows, volumes, keep: int, expand_k: int, tilt_deg, step_vox):
-    """Re-cut the coarse candidates, rank them by the search score, fully score `keep`.
-
-    The texture score drops within a few degrees of the true plane, less than the
-    index's spacing of normals, so the grid point nearest the truth may rank below
-    wrong poses: the best `expand_k` distinct candidates are first widened by their
-    six pattern-search neighbours, and the ranking is made over all of them.
-    """
-    out = []
-    for spec in dict.fromkeys(index.specimen[rows].tolist()):
-        mine = rows[index.specimen[rows] == spec]
-        planes = [Plane(tuple(index.normals[r]), float(index.offsets[r]), 0.0) for r in mine]
-        prepared = index.prepared(spec, volumes)
-        out += _evaluate(index, q, prepared, spec, str(index.species[mine[0]]), planes, False)
-    ranked = _distinct(sorted(out, key=lambda c: -c.search))
-    wider = list(ranked)
-    for c in ranked[:expand_k]:
-        planes = _tilted(c.normal, c.offset, tilt_deg, step_vox)
-        prepared = index.prepared(c.specimen_id, volumes)
-        wider += _evaluate(index, q, prepared, c.specimen_id, c.species, planes, False)
-    best = _distinct(sorted(wider, key=lambda c: -c.search))[:keep]
-    return sorted(_rescore(index, q, best, volumes), key=lambda c: -c.scores["combined"])
-
-
-def _tilted(n: np.ndarray, off: float, tilt_deg: float, step_vox: float) -> list[Plane]:
-    """The six pattern-search neighbours of a plane: ±tilt about two axes, ±offset."""
-    ref = np.eye(3)[int(np.argmin(np.abs(n)))]
-    a1 = np.cross(n, ref)
-    a1 /= np.linalg.norm(a1)
-    a2 = np.cross(n, a1)
-    out = []
-    for axis in (a1, a2):
-        for sign in (-1.0, 1.0):
-            nn = Rotation.from_rotvec(np.deg2rad(sign * tilt_deg) * axis).apply(n)
-            out.append(Plane(tuple(nn), float(off), 0.0))
-    out += [Plane(tuple(n), float(off + d), 0.0) for d in (-step_vox, step_vox)]
-    return out
-
-
-def _refine(index, q, start: _Candidate, prepared, tilt_deg, step_vox, max_evals) -> _Candidate:
-    """Pattern search over the plane's tilts and offset from `start`, then full scores.
-
-    Moves to the best of the six neighbours while that improves the search score, and
-    halves both steps when none does, until they are an eighth of the initial ones or
-    `max_evals` sections have been cut.
-    """
-    best, evals = start, 0
-    tilt, step = tilt_deg, step_vox
-    while tilt >= tilt_deg / 8 and evals < max_evals:
-        planes = _tilted(best.normal, best.offset, tilt, step)
-        trial = _evaluate(index, q, prepared, best.specimen_id, best.species, planes, False)
-        evals += len(planes)
-        top = max(trial, key=lambda c: c.search, default=None)
-        if top is not None and top.search > best.search + 1e-4:
-            best = top
-        else:
-            tilt, step = tilt / 2, step / 2
-    if best is start:
-        return start
-    plane = Plane(tuple(best.normal), float(best.offset), 0.0)
-    again = _evaluate(index, q, prepared, best.specimen_id, best.species, [plane], True)
-    return again[0] if again and again[0].scores["combined"] > start.scores["combined"] else start
-
-
-def _same_pose(a: _Candidate, b: _Candidate, max_deg: float = 6.0, max_vox: float = 2.0):
+def _same_pose(a: _Pose, b: _Pose, max_deg: float = 6.0, max_vox: float = 2.0) -> bool:
     if a.specimen_id != b.specimen_id:
         return False
-    cos = float(np.dot(a.normal, b.normal))
+    pa, pb = a.plane, b.plane
+    cos = float(np.dot(pa.normal, pb.normal))
     sign = 1.0 if cos >= 0 else -1.0
     close = np.degrees(np.arccos(min(1.0, abs(cos)))) <= max_deg
-    return bool(close and abs(sign * a.offset - b.offset) <= max_vox)
+    return bool(close and abs(sign * pa.offset - pb.offset) <= max_vox)
 
 
-def _distinct(cands: list[_Candidate]) -> list[_Candidate]:
-    out: list[_Candidate] = []
-    for c in cands:
-        if not any(_same_pose(c, o) for o in out):
-            out.append(c)
+def _distinct(poses: list[_Pose], limit: int | None = None) -> list[_Pose]:
+    """Best first, dropping poses within a few degrees and voxels of a better one."""
+    out: list[_Pose] = []
+    for p in sorted(poses, key=lambda p: -p.score):
+        if not any(_same_pose(p, o) for o in out):
+            out.append(p)
+            if limit is not None and len(out) >= limit:
+                break
     return out
+
+
+def _screen(index, q: _Query, rows, volumes) -> list[_Pose]:
+    """Score every ambiguity of every coarse candidate at the coarsest level."""
+    t = q.templates[0]
+    specs = list(dict.fromkeys(index.specimen[rows].tolist()))
+    prepared = {spec: index.prepared(spec, volumes) for spec in specs}  # main thread: cache
+
+    def one(spec: str) -> list[_Pose]:
+        mine = rows[index.specimen[rows] == spec]
+        pv = prepared[spec]
+        origin, axes, scale = _start_poses(index, q, mine, pv.centre)
+        tex, ncc = batch_scores(pv.data, pv.background, origin, axes, scale, t)
+        score = SEARCH_WEIGHTS["texture"] * tex + SEARCH_WEIGHTS["ncc"] * ncc
+        species = str(index.species[mine[0]])
+        return [
+            _Pose(spec, species, SectionPose(origin[i], axes[i], float(scale[i])), s, pv.centre)
+            for i, s in enumerate(score.tolist())
+        ]
+
+    with ThreadPoolExecutor(max_workers=REGISTRATION_THREADS) as pool:
+        return [p for poses in pool.map(one, specs) for p in poses]
+
+
+def _register_all(index, q: _Query, poses, volumes, levels: slice, max_evals: int, spent, report):
+    """Register `poses` (in place) on the `levels` of the query's pyramid, two at a time.
+
+    The interpolation releases the GIL, so two threads use both cores of a small
+    machine. Poses not started before `spent()` is true keep their screened pose.
+    """
+    prepared = [index.prepared(p.specimen_id, volumes) for p in poses]  # main thread: cache
+
+    def one(i: int) -> tuple[int, _Pose]:
+        pv, p = prepared[i], poses[i]
+        pose, score, _ = register(
+            pv.data,
+            pv.background,
+            p.pose,
+            q.templates[levels],
+            texture_weight=SEARCH_WEIGHTS["texture"],
+            max_evals=max_evals,
+        )
+        return i, replace(p, pose=pose, score=score)
+
+    with ThreadPoolExecutor(max_workers=REGISTRATION_THREADS) as pool:
+        pending = list(range(len(poses)))
+        while pending and not spent():
+            batch, pending = pending[:REGISTRATION_THREADS], pending[REGISTRATION_THREADS:]
+            for i, p in pool.map(one, batch):
+                poses[i] = p
+            report(1.0 - len(pending) / len(poses))
+
+
+def _to_match(index: MatchIndex, q: _Query, p: _Pose, volumes) -> Match:
+    """Full scores and the matched section of a registered pose."""
+    pv = index.prepared(p.specimen_id, volumes)
+    tex, ncc = pose_scores(pv.data, pv.background, [p.pose], q.templates[-2])
+    fine = q.templates[-1]
+    section = sample_section(pv.data, pv.background, p.pose, fine)
+    cfg = index.config
+    pp = replace(cfg.preprocess, size=cfg.fine_size)
+    # preprocessed as the index's sections are (the volume's own threshold), so the
+    # descriptor compares with the query as the index's do
+    try:
+        image = preprocess_slice(
+            section, pp, threshold=pv.threshold, background=pv.background, normalized=True
+        )[0]
+        small = describe(_resize(image, cfg.preprocess.size)).vector()
+        cos = float(index.standardise(small)[0] @ q.descriptor)
+    except (PreprocessError, MatchError):
+        image, cos = np.zeros((pp.size, pp.size), np.uint8), 0.0
+    sil = segment_silhouette(section, pp.sensitivity, pv.threshold, pv.background)
+    qs = q.silhouette
+    a = np.where(qs, np.nan_to_num(q.crop), 0.0)
+    b = np.where(sil, section, 0.0)
+    scores = dict(
+        texture=float(tex[0]),
+        ncc=float(ncc[0]),
+        dice=2 * float((qs & sil).sum()) / (float(qs.sum() + sil.sum()) + 1e-9),
+        ssim=float(
+            structural_similarity(
+                a / (a.max() or 1.0), b / (b.max() or 1.0), data_range=1.0, win_size=7
+            )
+        ),
+        descriptor=cos,
+    )
+    scores["combined"] = float(sum(w * scores[k] for k, w in SEARCH_WEIGHTS.items()))
+    plane = p.plane
+    return Match(p.specimen_id, p.species, plane.normal, plane.offset, plane.angle, scores, image)
 
 
 def match(
@@ -972,14 +973,11 @@ def match(
     top_k: int = 5,
     specimens=None,
     species=None,
-    coarse_k: int = 80,
+    coarse_k: int = 1200,
+    screen_k: int = 40,
+    refine_k: int = 8,
     refine: bool = True,
     time_budget_s: float | None = None,
-    refine_k: int = 6,
-    expand_k: int = 20,
-    tilt_deg: float = 4.0,
-    step_vox: float = 2.0,
-    max_evals: int = 48,
     progress=None,
 ) -> list[Match]:
     """Where `image` sits in the indexed volumes; best first.
@@ -991,25 +989,24 @@ def match(
         A 2-D section, any size and pixel type (gray, RGB, uint16, float).
     volumes : mapping
         specimen_id → raw 3-D array or :class:`PreparedVolume` (see
-        :func:`prepare_volume`), for every specimen the search may reach: candidate
-        sections are re-cut from them. Prepared copies of raw arrays are cached on the
-        index (the last few specimens).
+        :func:`prepare_volume`), for every specimen the search may reach: the query
+        is compared with the volumes themselves. Prepared copies of raw arrays are
+        cached on the index (the last few specimens).
     top_k : int
         Number of matches returned (distinct poses).
     specimens, species : str or sequence of str, optional
         Restrict the search to these specimen ids / species.
     coarse_k : int
-        Candidates passed from the coarse to the fine stage.
+        Index candidates whose start poses are screened against the volumes.
+    screen_k : int
+        Best distinct screened poses given a short registration at the coarse level.
+    refine_k : int
+        Best of those registered at every level (the full pose search).
     refine : bool
-        Improve the best `refine_k` distinct poses by a local pattern search.
+        Run the registrations; without, the screened start poses are returned
+        (fast, but only as precise as the index's grid).
     time_budget_s : float, optional
-        Stop refining once this many seconds have passed.
-    refine_k, tilt_deg, step_vox, max_evals : int, float, float, int
-        Poses refined, the initial tilt (degrees) and offset (voxels) steps of the
-        search, and the sections it may cut per pose.
-    expand_k : int
-        Best fine candidates whose six tilt/offset neighbours are scored too before
-        the poses to refine are chosen (0: none; faster, fewer poses recovered).
+        Stop registering once this many seconds have passed (0: as ``refine=False``).
     progress : callable, optional
         Called as ``progress(fraction, message)`` as the search advances (for a
         progress bar); `fraction` goes from 0 to 1.
@@ -1025,32 +1022,48 @@ def match(
         missing volumes.
     """
     t0 = time.perf_counter()
-    for name, v in (("top_k", top_k), ("coarse_k", coarse_k), ("refine_k", refine_k)):
+    for name, v in (
+        ("top_k", top_k),
+        ("coarse_k", coarse_k),
+        ("screen_k", screen_k),
+        ("refine_k", refine_k),
+    ):
         if not isinstance(v, int | np.integer) or v < 1:
             raise MatchError(f"{name} must be an integer >= 1, got {v!r}")
-    if not isinstance(expand_k, int | np.integer) or expand_k < 0:
-        raise MatchError(f"expand_k must be an integer >= 0, got {expand_k!r}")
     report = progress or (lambda fraction, message: None)
     rows = _select(index, specimens, species)
     report(0.0, "preprocessing the query")
     q = _prepare_query(index, image)
     if volumes is None:
         raise MatchError(
-            "matching needs the specimen volumes (volumes={specimen_id: array}): candidate "
-            "sections are re-cut from them; see foramlib.indexing.load_collection"
+            "matching needs the specimen volumes (volumes={specimen_id: array}): the "
+            "query is compared with them; see foramlib.indexing.load_collection"
         )
     report(0.1, f"coarse search over {len(rows)} candidate sections")
     cand = _coarse(index, q, rows, max(coarse_k, top_k))
-    report(0.3, f"fine alignment of {len(cand)} candidates")
+    report(0.2, f"screening {4 * len(cand)} start poses")
     # refined poses can converge onto one another: keep spares so top_k remain
-    found = _fine(index, q, cand, volumes, refine_k + top_k, expand_k, tilt_deg, step_vox)
+    found = _distinct(_screen(index, q, cand, volumes), max(screen_k, refine_k + top_k))
+
+    def spent() -> bool:
+        return time_budget_s is not None and time.perf_counter() - t0 > time_budget_s
+
     if refine:
-        for i, c in enumerate(found[:refine_k]):
-            if time_budget_s is not None and time.perf_counter() - t0 > time_budget_s:
-                break
-            report(0.4 + 0.6 * i / refine_k, f"refining pose {i + 1} in {c.specimen_id}")
-            prepared = index.prepared(c.specimen_id, volumes)
-            found[i] = _refine(index, q, c, prepared, tilt_deg, step_vox, max_evals)
-        found = _distinct(sorted(found, key=lambda c: -c.scores["combined"]))
+        _register_all(
+            index, q, found, volumes, slice(0, 1), SHORT_EVALS, spent,
+            lambda f: report(0.3 + 0.3 * f, "aligning the best start poses"),
+        )  # fmt: skip
+        found = _distinct(found)
+        best = found[:refine_k]
+        _register_all(
+            index, q, best, volumes, slice(0, len(REGISTRATION_LEVELS)), FULL_EVALS, spent,
+            lambda f: report(0.6 + 0.35 * f, f"refining the best {len(best)} poses"),
+        )  # fmt: skip
+        found = _distinct(best) + found[refine_k:]
+    report(0.95, "scoring the matches")
+    out = sorted(
+        (_to_match(index, q, p, volumes) for p in found[: top_k + 2]),
+        key=lambda m: -m.scores["combined"],
+    )
     report(1.0, "done")
-    return [c.to_match() for c in found[:top_k]]
+    return out[:top_k]

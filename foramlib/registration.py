@@ -1,0 +1,319 @@
+"""Register a 2D section image to a 3D volume: plane, in-plane turn, shift and scale.
+
+A :class:`SectionPose` maps the image's pixel offsets ``(dx, dy)`` (columns, rows)
+from a reference point of the image to volume coordinates::
+
+    X = origin + scale * (dx * U + dy * V)
+
+with ``U``, ``V`` orthonormal in-plane axes; the plane's normal is ``U × V``. The
+image is compared with the volume by sampling the volume directly at those points
+(no section is cut, cropped or resized), so one evaluation of a pose costs one
+trilinear interpolation of a few thousand points, and many poses are scored in one
+call.
+
+:func:`register` improves a pose by a pattern search over its seven parameters (two
+tilts, the in-plane turn, three shifts and the scale), on a coarse-to-fine pyramid of
+the image: band-passed at a coarse scale first, whose similarity changes slowly with
+the pose (a wide basin of attraction), then at the full resolution of the template,
+whose similarity peaks sharply at the true pose.
+
+Examples
+--------
+An image lying in the plane 3 voxels above the centre of a 32³ volume, upright:
+
+>>> pose = SectionPose(np.array([15.5, 15.5, 18.5]), np.eye(3)[[0, 1]], 1.0)
+>>> plane = pose.plane((15.5, 15.5, 15.5))
+>>> plane.normal, plane.offset, plane.angle
+((0.0, 0.0, 1.0), 3.0, 0.0)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from scipy import ndimage
+from scipy.spatial.transform import Rotation
+
+from foramlib.slicing import Plane, plane_axes
+
+__all__ = [
+    "SectionPose",
+    "Template",
+    "make_template",
+    "sample_section",
+    "pose_scores",
+    "batch_scores",
+    "register",
+]
+
+
+@dataclass(frozen=True)
+class SectionPose:
+    """Where an image lies in a volume (see the module docstring).
+
+    Parameters
+    ----------
+    origin : (3,) array
+        Volume coordinates of the image's reference point.
+    axes : (2, 3) array
+        ``U`` (image columns) and ``V`` (image rows), orthonormal.
+    scale : float
+        Voxels per image pixel.
+    """
+
+    origin: np.ndarray
+    axes: np.ndarray
+    scale: float
+
+    @property
+    def normal(self) -> np.ndarray:
+        return np.cross(self.axes[0], self.axes[1])
+
+    def plane(self, centre) -> Plane:
+        """The :class:`~foramlib.slicing.Plane` whose section shows the image upright.
+
+        ``extract_slice(volume, pose.plane(centre))`` has its columns along ``U`` and
+        its rows along ``V``, like the image (centred elsewhere in the plane).
+        """
+        n = self.normal / np.linalg.norm(self.normal)
+        u0, v0 = plane_axes(n, 0.0)
+        angle = np.degrees(np.arctan2(self.axes[0] @ v0, self.axes[0] @ u0))
+        offset = float((self.origin - np.asarray(centre, np.float64)) @ n)
+        return Plane(tuple(n), offset, float(angle % 360.0))
+
+    def moved(self, step: np.ndarray) -> SectionPose:
+        """The pose after ``(tilt_u, tilt_v, turn, shift_u, shift_v, shift_n, log_scale)``.
+
+        Tilts and turn are rotations (radians) about ``U``, ``V`` and the normal,
+        pivoting on the reference point; shifts are in voxels along ``U``, ``V`` and
+        the normal.
+        """
+        u, v = self.axes
+        n = np.cross(u, v)
+        rot = Rotation.from_rotvec(step[0] * u + step[1] * v + step[2] * n)
+        origin = self.origin + step[3] * u + step[4] * v + step[5] * n
+        return SectionPose(origin, rot.apply(self.axes), self.scale * float(np.exp(step[6])))
+
+
+@dataclass(frozen=True)
+class Template:
+    """The image at one pyramid level, ready for scoring.
+
+    ``offsets`` (2, m): ``(dx, dy)`` of the grid points in the pose's pixel units;
+    ``shape`` of the grid; ``valid`` grid points that lie inside the image;
+    ``inside`` valid points inside the fossil's silhouette; ``intensity`` and
+    ``texture`` the zero-mean, unit-norm image values over ``valid`` and its high-pass
+    (image minus its Gaussian blur of ``sigma`` grid pixels) over ``inside``.
+    """
+
+    offsets: np.ndarray
+    shape: tuple[int, int]
+    valid: np.ndarray
+    inside: np.ndarray
+    intensity: np.ndarray
+    texture: np.ndarray
+    sigma: float
+
+
+def _unit_centred(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float64)
+    x = x - x.mean(axis=-1, keepdims=True)
+    return x / (np.linalg.norm(x, axis=-1, keepdims=True) + 1e-12)
+
+
+def _highpass(images: np.ndarray, sigma: float) -> np.ndarray:
+    """Images (..., h, w) minus their Gaussian blur (one filter for query and volume)."""
+    lead = (0,) * (images.ndim - 2)
+    return images - ndimage.gaussian_filter(images, (*lead, sigma, sigma), truncate=3.0)
+
+
+def make_template(image, silhouette, reference, size: int, sigma: float) -> Template:
+    """One pyramid level of an image for :func:`pose_scores`.
+
+    Parameters
+    ----------
+    image : 2-D float array
+        The image, NaN where it has no data (outside the field of view).
+    silhouette : 2-D bool array
+        The fossil's silhouette in `image`.
+    reference : (row, col)
+        The image's reference point (the pose's origin), in `image` pixels.
+    size : int
+        Side of the level's grid; `image` is area-resampled onto it.
+    sigma : float
+        High-pass scale of the texture term, in grid pixels.
+
+    Raises
+    ------
+    ValueError
+        If the image is not square, `size` < 8, or the silhouette holds no point.
+    """
+    img = np.asarray(image, np.float32)
+    if img.ndim != 2 or img.shape[0] != img.shape[1]:
+        raise ValueError(f"template image must be square 2-D, got shape {img.shape}")
+    if size < 8:
+        raise ValueError(f"template size must be >= 8, got {size!r}")
+    side = img.shape[0]
+    finite = np.isfinite(img)
+    fill = float(img[finite].mean()) if finite.any() else 0.0
+    small = cv2.resize(np.where(finite, img, fill), (size, size), interpolation=cv2.INTER_AREA)
+    valid = cv2.resize(finite.astype(np.float32), (size, size), interpolation=cv2.INTER_AREA)
+    sil = cv2.resize(np.asarray(silhouette, np.float32), (size, size), interpolation=cv2.INTER_AREA)
+    valid = valid.ravel() > 0.99
+    inside = valid & (sil.ravel() > 0.5)
+    if inside.sum() < 8:
+        raise ValueError("template silhouette holds fewer than 8 grid points")
+    k = side / size  # image pixels per grid pixel
+    t = (np.arange(size) + 0.5) * k - 0.5
+    dy, dx = np.meshgrid(t - reference[0], t - reference[1], indexing="ij")
+    return Template(
+        np.stack([dx.ravel(), dy.ravel()]),
+        (size, size),
+        valid,
+        inside,
+        _unit_centred(small.ravel()[valid]),
+        _unit_centred(_highpass(small, sigma).ravel()[inside]),
+        float(sigma),
+    )
+
+
+def _rotations(rotvec: np.ndarray) -> np.ndarray:
+    """Rotation matrices (k, 3, 3) of rotation vectors (k, 3) (Rodrigues' formula)."""
+    theta = np.linalg.norm(rotvec, axis=1)
+    axis = rotvec / np.where(theta > 0, theta, 1.0)[:, None]
+    kx = np.zeros((len(rotvec), 3, 3))
+    kx[:, 0, 1], kx[:, 0, 2], kx[:, 1, 2] = -axis[:, 2], axis[:, 1], -axis[:, 0]
+    kx -= kx.transpose(0, 2, 1)
+    s, c = np.sin(theta)[:, None, None], np.cos(theta)[:, None, None]
+    return np.eye(3) + s * kx + (1.0 - c) * kx @ kx
+
+
+def _moved(pose: SectionPose, steps: np.ndarray):
+    """Vectorised :meth:`SectionPose.moved` for step rows (k, 7): origins, axes, scales."""
+    u, v = pose.axes
+    n = pose.normal
+    frame = np.stack([u, v, n])  # rows: the pose's own axes
+    rot = _rotations(steps[:, :3] @ frame)
+    axes = np.einsum("kij,aj->kai", rot, pose.axes)
+    origin = pose.origin + steps[:, 3:6] @ frame
+    return origin, axes, pose.scale * np.exp(steps[:, 6])
+
+
+def _sample_arrays(volume, cval, origin, axes, scale, t: Template) -> np.ndarray:
+    """The volume at the template's grid points for poses given as arrays, (n, h, w)."""
+    pts = origin[:, None, :] + t.offsets.T[None] @ (axes * scale[:, None, None])  # (n, m, 3)
+    vals = ndimage.map_coordinates(
+        volume, pts.reshape(-1, 3).T, order=1, mode="constant", cval=cval, prefilter=False
+    )
+    return vals.reshape(len(origin), *t.shape).astype(np.float32)
+
+
+def _as_arrays(poses: list[SectionPose]):
+    return (
+        np.stack([p.origin for p in poses]),
+        np.stack([p.axes for p in poses]),
+        np.array([p.scale for p in poses], np.float64),
+    )
+
+
+def sample_section(volume: np.ndarray, cval: float, pose: SectionPose, t: Template):
+    """The volume at the template's grid points for `pose`, shaped like the grid."""
+    return _sample_arrays(volume, cval, *_as_arrays([pose]), t)[0]
+
+
+def _scores(vals: np.ndarray, t: Template):
+    hp = _highpass(vals, t.sigma)
+    flat, hpf = vals.reshape(len(vals), -1), hp.reshape(len(vals), -1)
+    texture = _unit_centred(hpf[:, t.inside]) @ t.texture
+    intensity = _unit_centred(flat[:, t.valid]) @ t.intensity
+    return texture, intensity
+
+
+def batch_scores(volume, cval: float, origin, axes, scale, t: Template):
+    """:func:`pose_scores` of poses given as arrays: origins (n, 3), axes (n, 2, 3) and
+    scales (n,)."""
+    return _scores(_sample_arrays(volume, cval, origin, axes, np.asarray(scale), t), t)
+
+
+def pose_scores(volume: np.ndarray, cval: float, poses: list[SectionPose], t: Template):
+    """Similarity of the template to the volume at each pose.
+
+    Returns
+    -------
+    texture, intensity : (n,) arrays
+        Correlation (NCC) of the high-passed values inside the silhouette, and of the
+        values over the whole valid grid.
+    """
+    return _scores(_sample_arrays(volume, cval, *_as_arrays(poses), t), t)
+
+
+def _objective(volume, cval, arrays, t, texture_weight):
+    tex, ncc = _scores(_sample_arrays(volume, cval, *arrays, t), t)
+    return texture_weight * tex + (1.0 - texture_weight) * ncc
+
+
+GRADIENT_MOVES = (1.0, 2.0, 4.0)  # multiples of the step tried along the local slope
+# initial steps: tilts and turn (degrees), shifts (voxels), log-scale
+STEP = np.array([4.0, 4.0, 3.0, 1.5, 1.5, 1.5, 0.04])
+
+
+def _step_vector(scale: np.ndarray) -> np.ndarray:
+    return np.concatenate([np.deg2rad(scale[:3]), scale[3:]])
+
+
+def register(
+    volume: np.ndarray,
+    cval: float,
+    start: SectionPose,
+    templates: list[Template],
+    *,
+    texture_weight: float = 0.7,
+    step: np.ndarray = STEP,
+    min_step: float = 1 / 8,
+    max_evals: int = 400,
+) -> tuple[SectionPose, float, int]:
+    """Improve `start` by a coarse-to-fine pattern search.
+
+    On each template in turn (coarsest first), moves to the best of the 14
+    neighbours (each parameter ± its step) and of a few moves along the slope they
+    show, while that improves ``texture_weight * texture + (1 - texture_weight) *
+    intensity``; halves all steps when nothing does, until the steps are `min_step`
+    of the initial ones or `max_evals` poses have been scored.
+
+    Returns
+    -------
+    pose, score, evaluations
+        The best pose, its score on the last template, and the poses scored.
+    """
+    pose, evals, score = start, 0, -np.inf
+    for level, t in enumerate(templates):
+        score = float(_objective(volume, cval, _as_arrays([pose]), t, texture_weight)[0])
+        evals += 1
+        scale = np.asarray(step, np.float64) * (0.5 if level else 1.0)
+        floor = np.asarray(step, np.float64) * min_step
+        while evals < max_evals and (scale >= floor).all():
+            vec = _step_vector(scale)
+            moves = np.concatenate([np.diag(vec), -np.diag(vec)])
+            s = _objective(volume, cval, _moved(pose, moves), t, texture_weight)
+            if GRADIENT_MOVES:
+                # the parameters are coupled (a tilt moves the section like a shift,
+                # an offset changes its size like the scale): also try moving all of
+                # them along the slope the neighbours show
+                slope = (s[:7] - s[7:]) / 2.0
+                if np.abs(slope).max() > 0:
+                    d = vec * slope / np.abs(slope).max()
+                    extra = np.stack([d * k for k in GRADIENT_MOVES])
+                    moves = np.concatenate([moves, extra])
+                    s = np.concatenate(
+                        [s, _objective(volume, cval, _moved(pose, extra), t, texture_weight)]
+                    )
+            evals += len(moves)
+            best = int(np.argmax(s))
+            if s[best] > score + 1e-5:
+                origin, axes, scales = _moved(pose, moves[best : best + 1])
+                pose, score = SectionPose(origin[0], axes[0], float(scales[0])), float(s[best])
+            else:
+                scale = scale / 2.0
+    return pose, score, evals
