@@ -34,7 +34,6 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 from scipy import ndimage
-from scipy.spatial.transform import Rotation
 
 from foramlib.slicing import Plane, plane_axes
 
@@ -90,11 +89,8 @@ class SectionPose:
         pivoting on the reference point; shifts are in voxels along ``U``, ``V`` and
         the normal.
         """
-        u, v = self.axes
-        n = np.cross(u, v)
-        rot = Rotation.from_rotvec(step[0] * u + step[1] * v + step[2] * n)
-        origin = self.origin + step[3] * u + step[4] * v + step[5] * n
-        return SectionPose(origin, rot.apply(self.axes), self.scale * float(np.exp(step[6])))
+        origin, axes, scale = _moved(self, np.asarray(step, np.float64)[None])
+        return SectionPose(origin[0], axes[0], float(scale[0]))
 
 
 @dataclass(frozen=True)
@@ -191,7 +187,7 @@ def _rotations(rotvec: np.ndarray) -> np.ndarray:
 
 
 def _moved(pose: SectionPose, steps: np.ndarray):
-    """Vectorised :meth:`SectionPose.moved` for step rows (k, 7): origins, axes, scales."""
+    """:meth:`SectionPose.moved` for step rows (k, 7) at once: origins, axes, scales."""
     u, v = pose.axes
     n = pose.normal
     frame = np.stack([u, v, n])  # rows: the pose's own axes
