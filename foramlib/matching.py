@@ -254,8 +254,7 @@ class Features:
     """What the matcher knows about one preprocessed section.
 
     ``centroid`` (row, col) and ``radius`` (radius of gyration, pixels) of the
-    silhouette; ``orientation`` of its principal axis (radians); ``polar`` the
-    (N_RADII, N_ANGLES) resampling of the intensity-normalised image; ``canonical`` the
+    silhouette; ``orientation`` of its principal axis (radians); ``canonical`` the
     low-resolution silhouette in the canonical frame; ``hu``, ``radial``, ``fourier`` and
     ``texture`` (radial profile and angular Fourier magnitudes of the high-passed image)
     the raw rotation-invariant descriptor blocks.
@@ -264,7 +263,6 @@ class Features:
     centroid: tuple[float, float]
     radius: float
     orientation: float
-    polar: np.ndarray
     canonical: np.ndarray
     hu: np.ndarray
     radial: np.ndarray
@@ -374,7 +372,6 @@ def describe(image, descriptor_size: int = 32) -> Features:
         centroid,
         radius,
         orientation,
-        p_img.astype(np.float32),
         canonical,
         hu.astype(np.float32),
         radial.astype(np.float32),
@@ -594,13 +591,13 @@ def descriptor_length() -> int:
     return 7 + 2 * N_RADII + 2 * N_RADII * N_HARMONICS + N_RADII * (1 + N_HARMONICS)
 
 
-def _cut_volume(prepared: PreparedVolume, planes, config: IndexConfig, name: str, size=None):
+def _cut_volume(prepared: PreparedVolume, planes, config: IndexConfig, name: str):
     """Cut and preprocess `planes`; return kept plane indices, their images and boxes.
 
-    Images are `size` pixels a side (default: the index's preprocessing size); boxes
-    are the preprocessing's crop boxes (r0, r1, c0, c1) in section pixels (voxels).
+    Boxes are the preprocessing's crop boxes (r0, r1, c0, c1) in section pixels
+    (voxels).
     """
-    pp = config.preprocess if size is None else replace(config.preprocess, size=size)
+    pp = config.preprocess
     kept, images, boxes = [], [], []
     for start in range(0, len(planes), 64):
         batch = planes[start : start + 64]
