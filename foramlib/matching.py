@@ -18,7 +18,7 @@ low-resolution silhouette, the silhouette's geometry (centroid, radius of gyrati
 principal axis, in voxels) and the plane of each candidate (under 300 bytes each): the
 query is compared with the specimen volumes themselves.
 
-Matching a query runs in four stages:
+Matching a query runs in five stages:
 
 1. **coarse**: cosine similarity of descriptors over the (filtered) index, then Dice
    of low-resolution silhouettes put in a canonical frame (centroid, principal axes,
@@ -36,7 +36,12 @@ Matching a query runs in four stages:
    coarse, band-passed level of the query, whose score changes slowly with the pose;
 4. **refine**: the best ``refine_k`` are registered over the whole pyramid: a pattern
    search over the plane's two tilts, its offset, the in-plane turn, shift and scale,
-   so the plane of a match is continuous, not limited to the index's grid.
+   so the plane of a match is continuous, not limited to the index's grid;
+5. **neighbours**: the sections parallel to the best few refined poses, a few voxels
+   either side, are cut and measured like index candidates and the best of their
+   start poses are registered too. Sections of a shell a few voxels apart can look
+   alike (lens and spindle shapes, regularly repeated chamberlets): registration
+   alone stays on the one it started from.
 
 A plane and its flipped normal give the same section, mirrored: a match reports the
 normal, offset and in-plane angle for which ``extract_slice(volume, Plane(normal,
@@ -83,9 +88,10 @@ from foramlib.registration import (
     make_template,
     pose_scores,
     register,
+    sample_grid,
     sample_section,
 )
-from foramlib.slicing import Plane, SliceError, extract_slices, fibonacci_hemisphere
+from foramlib.slicing import Plane, SliceError, fibonacci_hemisphere, plane_axes
 from foramlib.slicing import prepare_volume as prepare_slicing_volume
 
 __all__ = [
@@ -117,6 +123,13 @@ TEXTURE_SIGMA = 3.0  # high-pass sigma of the fine_size grid (the matched image)
 SHORT_EVALS = 80  # poses scored by the short registration of each screened start
 FULL_EVALS = 400  # poses scored by the full registration of each refined start
 REGISTRATION_THREADS = 2  # registrations run side by side (the interpolation frees the GIL)
+# sections parallel to the best poses, this many voxels either side, are tried as new
+# starts: a shell's sections a few voxels apart look alike (lens- and spindle-shaped
+# shells, regular chamberlets), and registration does not cross from one to the next
+NEIGHBOUR_OFFSETS = (-18.0, -13.5, -9.0, -4.5, 4.5, 9.0, 13.5, 18.0)
+NEIGHBOUR_POSES = 4  # best registered poses whose neighbours are tried
+NEIGHBOUR_STARTS = 2  # best screened neighbour starts of each, registered in full
+NEIGHBOUR_EVALS = 200
 DESCRIPTOR_DIMS = 64  # principal components kept in the index
 _BLOCK_WEIGHTS = (("hu", 1.0), ("radial", 1.0), ("fourier", 1.0), ("texture", 1.5))
 DESCRIBE_TEXTURE_SIGMA = 1.0  # high-pass of the texture block (pixels at the index size)
@@ -323,6 +336,16 @@ def to_canonical(img, centroid, radius, angle_rad=0.0, flip=False, out_size=64) 
     )
 
 
+def _moments(sil: np.ndarray) -> tuple[tuple[float, float], float, float]:
+    """Centroid (row, col), radius of gyration and principal-axis angle of a mask."""
+    rr, cc = np.nonzero(sil)
+    centroid = (float(rr.mean()), float(cc.mean()))
+    dr, dc = rr - centroid[0], cc - centroid[1]
+    radius = float(np.sqrt(np.mean(dr**2 + dc**2))) + 1e-6
+    orientation = 0.5 * float(np.arctan2(2 * np.mean(dr * dc), np.mean(dc**2) - np.mean(dr**2)))
+    return centroid, radius, orientation
+
+
 def describe(image, descriptor_size: int = 32) -> Features:
     """Rotation- and mirror-invariant features of a preprocessed section.
 
@@ -343,11 +366,7 @@ def describe(image, descriptor_size: int = 32) -> Features:
     area = float(sil.sum())
     if area < 4:
         raise MatchError(f"section has no silhouette to describe ({area:g} pixels)")
-    rr, cc = np.nonzero(sil)
-    centroid = (float(rr.mean()), float(cc.mean()))
-    dr, dc = rr - centroid[0], cc - centroid[1]
-    radius = float(np.sqrt(np.mean(dr**2 + dc**2))) + 1e-6
-    orientation = 0.5 * float(np.arctan2(2 * np.mean(dr * dc), np.mean(dc**2) - np.mean(dr**2)))
+    centroid, radius, orientation = _moments(sil)
     inside = img[sil]
     scale = float(inside.mean()) if inside.mean() > 0 else 1.0
     p_img = _polar(img / scale, centroid, radius)
@@ -591,6 +610,27 @@ def descriptor_length() -> int:
     return 7 + 2 * N_RADII + 2 * N_RADII * N_HARMONICS + N_RADII * (1 + N_HARMONICS)
 
 
+def _sections(prepared: PreparedVolume, planes) -> np.ndarray:
+    """``extract_slices(prepared.data, planes, prepared.window)``, with the faster
+    sampler of the registration."""
+    t = np.arange(prepared.window) - (prepared.window - 1) / 2.0  # as extract_slices'
+    dy, dx = np.meshgrid(t, t, indexing="ij")
+    normals = np.array([p.normal for p in planes], np.float64)
+    normals /= np.linalg.norm(normals, axis=1, keepdims=True)
+    offsets = np.array([p.offset for p in planes], np.float64)
+    axes = np.stack(
+        [np.stack(plane_axes(n, p.angle)) for n, p in zip(normals, planes, strict=True)]
+    )
+    return sample_grid(
+        prepared.data,
+        prepared.background,
+        prepared.centre + offsets[:, None] * normals,
+        axes,
+        np.ones(len(planes)),
+        np.stack([dx.ravel(), dy.ravel()]),
+    ).reshape(len(planes), prepared.window, prepared.window)
+
+
 def _cut_volume(prepared: PreparedVolume, planes, config: IndexConfig, name: str):
     """Cut and preprocess `planes`; return kept plane indices, their images and boxes.
 
@@ -601,7 +641,7 @@ def _cut_volume(prepared: PreparedVolume, planes, config: IndexConfig, name: str
     kept, images, boxes = [], [], []
     for start in range(0, len(planes), 64):
         batch = planes[start : start + 64]
-        secs = extract_slices(prepared.data, batch, prepared.window, cval=prepared.background)
+        secs = _sections(prepared, batch)
         for i, sec in enumerate(secs):
             try:
                 img, info = preprocess_slice(
@@ -654,7 +694,16 @@ def build_index(volumes: Sequence, config: IndexConfig = IndexConfig(), progress
         kept, images, boxes = _cut_volume(prepared, planes, config, str(spec))
         for k, img, box in zip(kept, images, boxes, strict=True):
             f = describe(img, config.descriptor_size)
-            cols["geometry"].append(_geometry(f, box, config.preprocess.size, prepared.window))
+            cols["geometry"].append(
+                _geometry(
+                    f.centroid,
+                    f.radius,
+                    f.orientation,
+                    box,
+                    config.preprocess.size,
+                    prepared.window,
+                )
+            )
             cols["specimen"].append(str(spec))
             cols["species"].append(str(species))
             cols["normals"].append(planes[k].normal)
@@ -677,14 +726,15 @@ def build_index(volumes: Sequence, config: IndexConfig = IndexConfig(), progress
     )
 
 
-def _geometry(f: Features, box, size: int, window: int) -> tuple:
+def _geometry(centroid, radius: float, orientation: float, box, size: int, window: int):
     """Silhouette centroid (u, v offsets from the plane's centre point, voxels), radius
-    of gyration (voxels) and principal-axis angle of an indexed section."""
+    of gyration (voxels) and principal-axis angle of an indexed section, from those of
+    its preprocessed image (`size` pixels) cut from crop `box` of the section."""
     k = (box[1] - box[0]) / size  # voxels per image pixel
     mid = (window - 1) / 2.0
-    row = box[0] + (f.centroid[0] + 0.5) * k - 0.5
-    col = box[2] + (f.centroid[1] + 0.5) * k - 0.5
-    return (col - mid, row - mid, f.radius * k, f.orientation)
+    row = box[0] + (centroid[0] + 0.5) * k - 0.5
+    col = box[2] + (centroid[1] + 0.5) * k - 0.5
+    return (col - mid, row - mid, radius * k, orientation)
 
 
 # ----------------------------------------------------------------------------------------
@@ -820,27 +870,32 @@ def _rot2(a: float) -> np.ndarray:
 _AMBIGUITIES = (np.eye(2), -np.eye(2), np.diag([1.0, -1.0]), np.diag([-1.0, 1.0]))
 
 
-def _start_poses(index: MatchIndex, q: _Query, rows: np.ndarray, centre):
-    """Poses putting the query on candidates `rows`, one per canonical-frame ambiguity.
+def _start_poses(q: _Query, normals, offsets, geometry, centre):
+    """Poses putting the query on candidate sections, one per canonical-frame ambiguity.
 
     Centroids coincide, radii of gyration set the scale and principal axes the turn:
     query offsets ``d`` (crop pixels) map to candidate section offsets
     ``k · R(θc) · T · R(-θq) · d`` (voxels), with ``T`` an axis ambiguity.
 
+    Parameters
+    ----------
+    normals, offsets, geometry : arrays (m, 3), (m,), (m, 4)
+        The candidates' planes (angle 0) and silhouette geometry (see ``_geometry``).
+
     Returns
     -------
     origin (4m, 3), axes (4m, 2, 3), scale (4m,)
-        Row-major over (row, ambiguity).
+        Row-major over (candidate, ambiguity).
     """
-    geo = index.geometry[rows].astype(np.float64)
-    n = index.normals[rows].astype(np.float64)
-    n /= np.linalg.norm(n, axis=1, keepdims=True)
+    geo = np.asarray(geometry, np.float64)
+    n = np.asarray(normals, np.float64)
+    n = n / np.linalg.norm(n, axis=1, keepdims=True)
     # plane_axes(n, 0) for every row at once
     ref = np.eye(3)[np.argmin(np.abs(n), axis=1)]
     u0 = ref - n * np.sum(ref * n, axis=1, keepdims=True)
     u0 /= np.linalg.norm(u0, axis=1, keepdims=True)
     v0 = np.cross(n, u0)
-    offsets = index.offsets[rows].astype(np.float64)[:, None]
+    offsets = np.asarray(offsets, np.float64)[:, None]
     origin = np.asarray(centre) + offsets * n + geo[:, :1] * u0 + geo[:, 1:2] * v0
     scale = geo[:, 2] / q.radius
     cos, sin = np.cos(geo[:, 3]), np.sin(geo[:, 3])
@@ -873,23 +928,73 @@ def _distinct(poses: list[_Pose], limit: int | None = None) -> list[_Pose]:
     return out
 
 
+def _screened_starts(q: _Query, pv, spec, species, normals, offsets, geometry) -> list[_Pose]:
+    """The start poses on candidate sections of one specimen, scored at the coarsest
+    level."""
+    origin, axes, scale = _start_poses(q, normals, offsets, geometry, pv.centre)
+    tex, ncc = batch_scores(pv.data, pv.background, origin, axes, scale, q.templates[0])
+    score = SEARCH_WEIGHTS["texture"] * tex + SEARCH_WEIGHTS["ncc"] * ncc
+    return [
+        _Pose(spec, species, SectionPose(origin[i], axes[i], float(scale[i])), s, pv.centre)
+        for i, s in enumerate(score.tolist())
+    ]
+
+
+def _section_geometry(pv: PreparedVolume, normal, offsets, config: IndexConfig):
+    """Silhouette geometry (as the index's) of sections parallel to a plane.
+
+    Returns the offsets whose section holds enough of the fossil, and their geometry
+    (k, 4).
+    """
+    planes = [Plane(tuple(normal), float(o), 0.0) for o in offsets]
+    kept, images, boxes = _cut_volume(pv, planes, config, "section")
+    geometry = [
+        _geometry(*_moments(silhouette(img)), box, config.preprocess.size, pv.window)
+        for img, box in zip(images, boxes, strict=True)
+    ]
+    return np.asarray(offsets, np.float64)[kept], np.array(geometry).reshape(-1, 4)
+
+
+def _neighbours(index, q: _Query, poses, volumes, spent) -> list[_Pose]:
+    """Register start poses on the sections parallel to `poses`, a few voxels away.
+
+    For each pose, the parallel sections at ``NEIGHBOUR_OFFSETS`` are measured and
+    screened like index candidates; the best few distinct starts are registered in
+    full.
+    """
+    starts = []
+    for p in poses:
+        pv = index.prepared(p.specimen_id, volumes)
+        plane = p.plane
+        offsets, geometry = _section_geometry(
+            pv, plane.normal, plane.offset + np.asarray(NEIGHBOUR_OFFSETS), index.config
+        )
+        if not len(offsets):
+            continue
+        normals = np.repeat(np.asarray(plane.normal)[None], len(offsets), axis=0)
+        screened = _screened_starts(q, pv, p.specimen_id, p.species, normals, offsets, geometry)
+        starts += _distinct(screened, NEIGHBOUR_STARTS)
+    unregistered = list(starts)
+    _register_all(
+        index, q, starts, volumes, slice(0, len(REGISTRATION_LEVELS)), NEIGHBOUR_EVALS, spent,
+        lambda f: None,
+    )  # fmt: skip
+    # scores of unregistered starts are on the coarse level: not comparable
+    return [p for p, s in zip(starts, unregistered, strict=True) if p is not s]
+
+
 def _screen(index, q: _Query, rows, volumes) -> list[_Pose]:
     """Score every ambiguity of every coarse candidate at the coarsest level."""
-    t = q.templates[0]
     specs = list(dict.fromkeys(index.specimen[rows].tolist()))
     prepared = {spec: index.prepared(spec, volumes) for spec in specs}  # main thread: cache
 
     def one(spec: str) -> list[_Pose]:
         mine = rows[index.specimen[rows] == spec]
         pv = prepared[spec]
-        origin, axes, scale = _start_poses(index, q, mine, pv.centre)
-        tex, ncc = batch_scores(pv.data, pv.background, origin, axes, scale, t)
-        score = SEARCH_WEIGHTS["texture"] * tex + SEARCH_WEIGHTS["ncc"] * ncc
         species = str(index.species[mine[0]])
-        return [
-            _Pose(spec, species, SectionPose(origin[i], axes[i], float(scale[i])), s, pv.centre)
-            for i, s in enumerate(score.tolist())
-        ]
+        return _screened_starts(
+            q, pv, spec, species, index.normals[mine], index.offsets[mine], index.geometry[mine]
+        )
 
     with ThreadPoolExecutor(max_workers=REGISTRATION_THREADS) as pool:
         return [p for poses in pool.map(one, specs) for p in poses]
@@ -1054,9 +1159,12 @@ def match(
         best = found[:refine_k]
         _register_all(
             index, q, best, volumes, slice(0, len(REGISTRATION_LEVELS)), FULL_EVALS, spent,
-            lambda f: report(0.6 + 0.35 * f, f"refining the best {len(best)} poses"),
+            lambda f: report(0.6 + 0.25 * f, f"refining the best {len(best)} poses"),
         )  # fmt: skip
-        found = _distinct(best) + found[refine_k:]
+        refined = _distinct(best)
+        report(0.85, "trying the sections next to the best poses")
+        nearby = _neighbours(index, q, refined[:NEIGHBOUR_POSES], volumes, spent)
+        found = _distinct(refined + nearby) + found[refine_k:]
     report(0.95, "scoring the matches")
     out = sorted(
         (_to_match(index, q, p, volumes) for p in found[: top_k + 2]),

@@ -46,8 +46,9 @@ __all__ = [
     "remove_dense_inclusions",
 ]
 
-# Bump when the output of preprocess_slice changes for the same input and config:
-# stored slices and search indexes record it and refuse to mix versions.
+# Bump when the output of preprocess_slice changes for the same input, config and
+# threshold: stored slices and search indexes (all cut with their volume's threshold)
+# record it and refuse to mix versions.
 PREPROCESS_VERSION = 1
 
 
@@ -200,7 +201,10 @@ def segment_silhouette(
     smooth = filters.gaussian(img, sigma=1.0, preserve_range=True)
     bg = background_level(smooth) if background is None else float(background)
     dev = np.abs(smooth - bg)
-    base = foreground_threshold(smooth, bg) if threshold is None else float(threshold)
+    if threshold is None:
+        base = foreground_threshold(smooth, bg, crowded=True)
+    else:
+        base = float(threshold)
     floor = min(float(np.percentile(dev, 1.0)), base)
     mask = dev > sensitivity_threshold(base, floor, sensitivity)
     if not mask.any():
@@ -327,13 +331,28 @@ def background_level(array: np.ndarray) -> float:
     return float(np.median(np.concatenate(parts)))
 
 
-def foreground_threshold(array: np.ndarray, background: float | None = None) -> float:
+def foreground_threshold(
+    array: np.ndarray, background: float | None = None, *, crowded: bool = False
+) -> float:
     """Otsu threshold on the deviation ``|value - background|`` of a (denoised) array.
 
     The fossil is whatever departs from its surroundings: bright calcite in air, but in
     a carbonate matrix also chambers infilled darker than the matrix. Otsu's method
     runs on the deviations above their median only, which turns a small fossil in a
     large field into a two-class problem instead of splitting the background's noise.
+
+    Parameters
+    ----------
+    array : ndarray
+        Image or volume, denoised.
+    background : float, optional
+        Level of the surroundings; default :func:`background_level`.
+    crowded : bool
+        Also handle a fossil that fills more than half of the field (a tight crop):
+        when the median deviation stands out of the noise, the median is fossil, and
+        the deviations above it would split the fossil's own dim and bright parts;
+        Otsu then runs on every deviation. Single images use it; volumes do not, so
+        that stored slices stay as they were cut.
 
     Raises
     ------
@@ -343,11 +362,24 @@ def foreground_threshold(array: np.ndarray, background: float | None = None) -> 
     >>> img = np.zeros((32, 32), np.float32); img[8:24, 8:24] = 1.0
     >>> 0.0 < foreground_threshold(img) < 1.0
     True
+
+    A disc filling most of a crop, with a bright core: by default only the core stands
+    out; with `crowded`, the whole disc does.
+
+    >>> yy, xx = np.mgrid[:32, :32]; r = np.hypot(yy - 15.5, xx - 15.5)
+    >>> disc = np.where(r < 15, 0.5, 0.0) + np.where(r < 7, 0.5, 0.0)
+    >>> float(foreground_threshold(disc, 0.0))
+    0.5
+    >>> foreground_threshold(disc, 0.0, crowded=True) < 0.5
+    True
     """
     a = np.asarray(array, dtype=np.float32)
     bg = background_level(a) if background is None else float(background)
     dev = np.abs(a.ravel()[:: max(1, a.size // 400_000)] - bg)
-    upper = dev[dev > np.median(dev)]
+    noise = noise_level(a)
+    median = float(np.median(dev))
+    crowded = crowded and median > CROWDED_FACTOR * noise
+    upper = dev if crowded else dev[dev > median]
     if upper.size < 20:  # the fossil fills most of the field: use every pixel
         upper = dev
     if upper.max() <= 0:
@@ -356,7 +388,6 @@ def foreground_threshold(array: np.ndarray, background: float | None = None) -> 
         return float(upper.max()) / 2.0
     t = otsu_threshold(upper)
     # Otsu splits anything, noise included: demand a signal well above the noise
-    noise = noise_level(a)
     signal = float(np.median(upper[upper > t]))
     if signal < NOISE_FACTOR * noise:
         raise PreprocessError(
@@ -370,6 +401,9 @@ def foreground_threshold(array: np.ndarray, background: float | None = None) -> 
 # Pure (smoothed) noise gives a contrast/noise ratio of ~3.2 by the measure below and
 # the weakest virtual scan ~4.7; real fossils in air are far above both.
 NOISE_FACTOR = 3.5
+# Background deviations are |noise|, whose median is 0.67 of the noise level: a median
+# deviation beyond 3 noise levels is fossil.
+CROWDED_FACTOR = 3.0
 
 
 def noise_level(array: np.ndarray) -> float:

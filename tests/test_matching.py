@@ -7,10 +7,12 @@ import json
 import cv2
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from foramlib import matching, virtual
 from foramlib.matching import IndexConfig, MatchError, MatchIndex
-from foramlib.preprocess import PreprocessError
+from foramlib.preprocess import PreprocessError, preprocess_slice
+from foramlib.registration import SectionPose
 from foramlib.slicing import Plane, extract_slice, plane_axes
 
 CONFIG = IndexConfig(n_orientations=150, n_offsets=7)
@@ -151,6 +153,54 @@ QUERIES = [
 # fit about as well and the best five are 15-50° off (see benchmarks/matching.py for
 # the rate at 128^3).
 AMBIGUOUS = {"V-ALVE-01"}
+
+
+def test_section_geometry_is_the_index_geometry(index, prepared):
+    """Sections measured at match time are measured as the index's were."""
+    for r in range(0, len(index), 131):
+        pv = prepared[index.specimen[r]]
+        normal = index.normals[r].astype(float)
+        offsets, geometry = matching._section_geometry(
+            pv, normal, [float(index.offsets[r])], CONFIG
+        )
+        assert len(offsets) == 1
+        assert np.allclose(geometry[0], index.geometry[r].astype(float), atol=0.02, rtol=2e-3)
+
+
+def test_neighbouring_sections_get_out_of_a_periodic_local_optimum():
+    """Chamberlets that repeat along an axis make a section 9 voxels off a local
+    optimum of the registration; trying the parallel sections around it finds the
+    true one."""
+    rng = np.random.default_rng(5)
+    z, y, x = np.mgrid[:40, :40, :40] - 19.5
+    period = ndimage.gaussian_filter(rng.normal(size=(9, 40, 40)), (1.0, 1.2, 1.2), mode="wrap")
+    unique = ndimage.gaussian_filter(rng.normal(size=(40, 40, 40)), 1.2)
+    texture = np.tile(period, (5, 1, 1))[:40] + 0.4 * unique
+    volume = np.where((x**2 + y**2 < 13**2) & (np.abs(z) < 15), 0.6 + 2.0 * texture, 0.0)
+    volumes = {"cyl": volume.astype(np.float32)}
+    config = IndexConfig(n_orientations=20, n_offsets=3)
+    index = matching.build_index([("cyl", "Cylindrica", volumes["cyl"])], config)
+    pv = index.prepared("cyl", volumes)
+    truth = Plane((0.0, 0.0, 1.0), 2.0, 0.0)
+    section = extract_slice(volumes["cyl"], truth, size=pv.window)
+    q = matching._prepare_query(index, section)
+    # the query's reference point (its silhouette's centroid) 9 voxels above the truth
+    _, info = preprocess_slice(section, config.preprocess)
+    mid = (pv.window - 1) / 2
+    row, col = q.centroid[0] + info.box[0] - mid, q.centroid[1] + info.box[2] - mid
+    u, v = plane_axes(truth.normal, 0.0)
+    origin = pv.centre + (truth.offset + 9.0) * np.asarray(truth.normal) + col * u + row * v
+    start = SectionPose(origin, np.stack([u, v]), 1.0)
+    poses = [matching._Pose("cyl", "Cylindrica", start, 0.0, pv.centre)]
+    never = lambda: False  # noqa: E731
+    matching._register_all(index, q, poses, volumes, slice(0, 2), 400, never, lambda f: None)
+    stuck = poses[0]
+    assert abs(stuck.plane.offset - truth.offset) > 3.0  # the registration alone
+    found = matching._neighbours(index, q, [stuck], volumes, never)
+    best = max(found, key=lambda p: p.score)
+    assert best.score > stuck.score
+    assert abs(best.plane.offset - truth.offset) < 1.0
+    assert _angle(best.plane.normal, truth.normal) < 3.0
 
 
 def _query(specimens, prepared, spec, normal, offset, angle, scale):

@@ -40,6 +40,25 @@ def test_silhouette_in_low_contrast_matrix_with_dark_infill():
     assert not wide[2, 2]
 
 
+@pytest.mark.parametrize("radius", [40, 44])
+def test_a_fossil_filling_most_of_a_crop_is_not_split_into_its_parts(radius):
+    # a tight crop: a disc (fill 0.45) with bright walls in a lattice (0.85), noisy;
+    # the median pixel is fossil, so the deviations above it are the disc's own
+    yy, xx = np.mgrid[:96, :96]
+    disc = np.hypot(yy - 48, xx - 48) < radius
+    img = np.where(disc, 0.45, 0.05).astype(np.float32)
+    img[disc & ((yy % 8 < 2) | (xx % 8 < 2))] = 0.85
+    img += np.random.default_rng(1).normal(0, 0.04, img.shape).astype(np.float32)
+    assert disc.mean() > 0.5
+    mask = pp.segment_silhouette(img)
+    assert (mask == disc).mean() > 0.97
+    # the volume's path keeps the median split (stored slices stay as cut)
+    smooth = pp.filters.gaussian(img, sigma=1.0, preserve_range=True)
+    assert pp.foreground_threshold(smooth, 0.05) > pp.foreground_threshold(
+        smooth, 0.05, crowded=True
+    )
+
+
 def test_small_specks_and_noise_are_dropped():
     img = _ring(radius=25)
     img[5:8, 5:8] = 1.0  # a speck: a stem cut across, or dust
