@@ -150,19 +150,20 @@ def draw_query(rng, spec, vol, pv):
     return plane, sec[c[0] : side - c[1], c[2] : side - c[3]], placement
 
 
-def truth_score(index, query, pv, truth: Plane, placement) -> float:
-    """The matcher's score (``combined``) of the true pose, registered from there.
+def truth_score(index, query, pv, truth: Plane, placement, reading: str) -> float:
+    """The matcher's score (``combined``) of the true pose, registered from there, for
+    the reading of the query that the answer used.
 
     A miss where this beats the returned match's score is a search miss (the objective
     prefers the truth but the search did not reach it); otherwise the objective
     itself cannot tell (symmetric shells, look-alike specimens, bad segmentation).
     """
     top, left, k = placement
-    q = matching._prepare_query(index, query)
-    _, info = preprocess_slice(query, index.config.preprocess)
+    read = next(r for r in matching.READINGS if r.name == reading)
+    q = matching._prepare_query(index, query, read)
     # the query's reference point, in the resized section's pixels, then in voxels
-    r = (q.centroid[0] + info.box[0] + top + 0.5) * k - 0.5 - (pv.window - 1) / 2
-    c = (q.centroid[1] + info.box[2] + left + 0.5) * k - 0.5 - (pv.window - 1) / 2
+    r = (q.centroid[0] + q.box[0] + top + 0.5) * k - 0.5 - (pv.window - 1) / 2
+    c = (q.centroid[1] + q.box[2] + left + 0.5) * k - 0.5 - (pv.window - 1) / 2
     u, v = plane_axes(truth.normal, truth.angle)
     origin = pv.centre + truth.offset * np.asarray(truth.normal) + r * v + c * u
     start = registration.SectionPose(origin, np.stack([u, v]), k)
@@ -270,10 +271,11 @@ def main() -> None:
                 ),
                 normal_err_deg=err,
                 latency_s=lat,
+                reading=m.reading,
             )
         )
         if not ok:  # after the timing: is the miss the search's or the objective's?
-            truth_s = truth_score(index, q, prepared[spec], truth, placement)
+            truth_s = truth_score(index, q, prepared[spec], truth, placement, m.reading)
             ours[-1]["search_miss"] = truth_s > m.scores["combined"]
         if qi < args.baseline_queries:
             t = time.perf_counter()
@@ -316,6 +318,7 @@ def main() -> None:
             # misses where the true pose scores higher than the answer: the search's
             # fault, not the similarity's
             "search_misses": int(sum(r.get("search_miss", False) for r in ours)),
+            "other_readings": int(sum(r["reading"] != matching.READINGS[0].name for r in ours)),
             "misses": int(sum(not r["pose_ok"] for r in ours)),
         },
         baseline=summarise(theirs),

@@ -121,7 +121,7 @@ def format_matches(matches) -> str:
 
 def _match(args: argparse.Namespace) -> int:
     from foramlib.indexing import load_collection, read_image
-    from foramlib.matching import MatchError, match
+    from foramlib.matching import READINGS, MatchError, match
     from foramlib.preprocess import PreprocessError
 
     image = read_image(args.image)
@@ -152,6 +152,7 @@ def _match(args: argparse.Namespace) -> int:
                 offset=round(m.offset, 4),
                 angle_deg=round(m.angle_deg, 3),
                 scores={k: round(v, 6) for k, v in m.scores.items()},
+                reading=m.reading,
             )
             for rank, m in enumerate(found, start=1)
         ]
@@ -163,6 +164,11 @@ def _match(args: argparse.Namespace) -> int:
             f"matched in {t_match:.1f} s"
         )
         print(format_matches(found))
+        if found and found[0].reading != READINGS[0].name:
+            print(
+                f"note: the image as given matched weakly; these matches are for another "
+                f"reading of it: {found[0].reading}"
+            )
     if args.save_figure and found:
         from foramlib.atomic import atomic_path
         from foramlib.slicing import Plane

@@ -1111,7 +1111,13 @@ class App(widgets.VBox):
             "info",
             f"{len(matches)} best matches in {seconds:.1f} s"
             + (f" (within {'; '.join(where)})" if where else " (whole collection)")
-            + ".",
+            + "."
+            + (
+                f" Your slice as given matched weakly; these matches are for another "
+                f"reading of it: {matches[0].reading}."
+                if matches[0].reading != matching.READINGS[0].name
+                else ""
+            ),
         )
         self.match_results.value = _matches_html(self.match_query, matches)
         self._quiet = True

@@ -39,9 +39,16 @@ Matching a query runs in five stages:
    so the plane of a match is continuous, not limited to the index's grid;
 5. **neighbours**: the sections parallel to the best few refined poses, a few voxels
    either side, are cut and measured like index candidates and the best of their
-   start poses are registered too. Sections of a shell a few voxels apart can look
-   alike (lens and spindle shapes, regularly repeated chamberlets): registration
-   alone stays on the one it started from.
+   start poses are registered too, and so is each of those poses turned by half a
+   turn in its plane. Sections of a shell a few voxels apart can look alike (lens and
+   spindle shapes, regularly repeated chamberlets), a near-symmetric section fits
+   both ways round, and registration alone stays where it started.
+
+When the best match is weak (``combined`` under ``RETRY_SCORE``), the query may have
+been misread rather than be absent: the search runs again on other *readings* of it
+(``READINGS``: its outline segmented after more smoothing, for a faint fossil in a
+noisy matrix; its brightest class removed, for a mounting stem or a dense inclusion
+cut across) and the reading whose best match scores highest is kept.
 
 A plane and its flipped normal give the same section, mirrored: a match reports the
 normal, offset and in-plane angle for which ``extract_slice(volume, Plane(normal,
@@ -79,6 +86,7 @@ from foramlib.preprocess import (
     PreprocessConfig,
     PreprocessError,
     preprocess_slice,
+    remove_bright_class,
     segment_silhouette,
     to_gray_float,
 )
@@ -101,6 +109,8 @@ __all__ = [
     "Features",
     "MatchIndex",
     "Match",
+    "Reading",
+    "READINGS",
     "prepare_volume",
     "describe",
     "build_index",
@@ -130,9 +140,38 @@ NEIGHBOUR_OFFSETS = (-18.0, -13.5, -9.0, -4.5, 4.5, 9.0, 13.5, 18.0)
 NEIGHBOUR_POSES = 4  # best registered poses whose neighbours are tried
 NEIGHBOUR_STARTS = 2  # best screened neighbour starts of each, registered in full
 NEIGHBOUR_EVALS = 200
+RETRY_SCORE = 0.8  # a best combined score under this sends the query through other readings
 DESCRIPTOR_DIMS = 64  # principal components kept in the index
 _BLOCK_WEIGHTS = (("hu", 1.0), ("radial", 1.0), ("fourier", 1.0), ("texture", 1.5))
 DESCRIBE_TEXTURE_SIGMA = 1.0  # high-pass of the texture block (pixels at the index size)
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One way to read a query image before matching it.
+
+    Attributes
+    ----------
+    name : str
+        Reported with each match (``Match.reading``).
+    sigma : float
+        Smoothing of the query's segmentation
+        (:func:`foramlib.preprocess.segment_silhouette`); its intensities are kept.
+    bright_removed : bool
+        Replace the query's brightest class by background first
+        (:func:`foramlib.preprocess.remove_bright_class`).
+    """
+
+    name: str
+    sigma: float = 1.0
+    bright_removed: bool = False
+
+
+READINGS = (
+    Reading("as given"),
+    Reading("smoothed outline", sigma=2.7),
+    Reading("brightest class removed", bright_removed=True),
+)
 
 
 class MatchError(ValueError):
@@ -750,6 +789,7 @@ class Match:
     matches), and for information ``dice`` (silhouettes), ``ssim`` and
     ``descriptor`` (cosine in the index's descriptor space). ``image`` is the matched
     section, preprocessed, in the query's frame (same turn, shift and scale).
+    ``reading`` names the reading of the query that was matched (see ``READINGS``).
     """
 
     specimen_id: str
@@ -759,6 +799,7 @@ class Match:
     angle_deg: float
     scores: dict
     image: np.ndarray = field(repr=False)
+    reading: str = READINGS[0].name
 
 
 @dataclass
@@ -771,6 +812,7 @@ class _Query:
     templates: list  # registration pyramid (coarse to fine), then the fine_size grid
     silhouette: np.ndarray  # (fine_size, fine_size) on the last template's grid
     crop: np.ndarray  # query intensities on that grid, NaN outside the image
+    box: tuple  # the crop's (row0, row1, col0, col1) in the image
 
 
 @dataclass
@@ -788,12 +830,16 @@ class _Pose:
         return self.pose.plane(self.centre)
 
 
-def _prepare_query(index: MatchIndex, image) -> _Query:
+def _prepare_query(index: MatchIndex, image, reading: Reading = READINGS[0]) -> _Query:
     arr = np.asarray(image)
     if arr.dtype == object or arr.dtype.kind not in "uifb":
         raise MatchError(f"query must be a numeric image array, got dtype {arr.dtype}")
     cfg = index.config
-    img, info = preprocess_slice(arr, cfg.preprocess, name="query")
+    if reading.bright_removed:
+        arr = remove_bright_class(to_gray_float(arr, "query"))
+        if arr is None:
+            raise MatchError("query: no bright class to remove")
+    img, info = preprocess_slice(arr, cfg.preprocess, name="query", sigma=reading.sigma)
     if info.fraction < cfg.preprocess.min_fraction / 4:
         raise MatchError(
             f"query: the fossil covers only {info.fraction:.3%} of the image; nothing to match"
@@ -830,6 +876,7 @@ def _prepare_query(index: MatchIndex, image) -> _Query:
         templates,
         fine.inside.reshape(fine.shape),
         np.where(fine.valid.reshape(fine.shape), fine_crop, np.nan),
+        info.box,
     )
 
 
@@ -960,10 +1007,13 @@ def _neighbours(index, q: _Query, poses, volumes, spent) -> list[_Pose]:
 
     For each pose, the parallel sections at ``NEIGHBOUR_OFFSETS`` are measured and
     screened like index candidates; the best few distinct starts are registered in
-    full.
+    full, and so is the pose itself turned by 180° in its plane (a near-symmetric
+    section registers to a local optimum that way round, and the earlier stages keep
+    one turn per plane).
     """
     starts = []
     for p in poses:
+        starts.append(replace(p, pose=SectionPose(p.pose.origin, -p.pose.axes, p.pose.scale)))
         pv = index.prepared(p.specimen_id, volumes)
         plane = p.plane
         offsets, geometry = _section_geometry(
@@ -1067,6 +1117,33 @@ def _to_match(index: MatchIndex, q: _Query, p: _Pose, volumes) -> Match:
     return Match(p.specimen_id, p.species, plane.normal, plane.offset, plane.angle, scores, image)
 
 
+def _search(
+    index, q: _Query, rows, volumes, spent, report, *, top_k, coarse_k, screen_k, refine_k, refine
+) -> list[_Pose]:
+    """The five stages for one reading of the query: poses, best first."""
+    report(0.0, f"coarse search over {len(rows)} candidate sections")
+    cand = _coarse(index, q, rows, coarse_k)
+    report(0.1, f"screening {len(_AMBIGUITIES) * len(cand)} start poses")
+    # refined poses can converge onto one another: keep spares so top_k remain
+    found = _distinct(_screen(index, q, cand, volumes), max(screen_k, refine_k + top_k))
+    if not refine:
+        return found
+    _register_all(
+        index, q, found, volumes, slice(0, 1), SHORT_EVALS, spent,
+        lambda f: report(0.2 + 0.3 * f, "aligning the best start poses"),
+    )  # fmt: skip
+    found = _distinct(found)
+    best = found[:refine_k]
+    _register_all(
+        index, q, best, volumes, slice(0, len(REGISTRATION_LEVELS)), FULL_EVALS, spent,
+        lambda f: report(0.5 + 0.35 * f, f"refining the best {len(best)} poses"),
+    )  # fmt: skip
+    refined = _distinct(best)
+    report(0.85, "trying the sections next to the best poses")
+    nearby = _neighbours(index, q, refined[:NEIGHBOUR_POSES], volumes, spent)
+    return _distinct(refined + nearby) + found[refine_k:]
+
+
 def match(
     index: MatchIndex,
     image,
@@ -1141,33 +1218,37 @@ def match(
             "matching needs the specimen volumes (volumes={specimen_id: array}): the "
             "query is compared with them; see foramlib.indexing.load_collection"
         )
-    report(0.1, f"coarse search over {len(rows)} candidate sections")
-    cand = _coarse(index, q, rows, max(coarse_k, top_k))
-    report(0.2, f"screening {4 * len(cand)} start poses")
-    # refined poses can converge onto one another: keep spares so top_k remain
-    found = _distinct(_screen(index, q, cand, volumes), max(screen_k, refine_k + top_k))
+    settings = dict(coarse_k=max(coarse_k, top_k), screen_k=screen_k, refine_k=refine_k)
+    settings.update(top_k=top_k, refine=refine)
 
     def spent() -> bool:
         return time_budget_s is not None and time.perf_counter() - t0 > time_budget_s
 
-    if refine:
-        _register_all(
-            index, q, found, volumes, slice(0, 1), SHORT_EVALS, spent,
-            lambda f: report(0.3 + 0.3 * f, "aligning the best start poses"),
-        )  # fmt: skip
-        found = _distinct(found)
-        best = found[:refine_k]
-        _register_all(
-            index, q, best, volumes, slice(0, len(REGISTRATION_LEVELS)), FULL_EVALS, spent,
-            lambda f: report(0.6 + 0.25 * f, f"refining the best {len(best)} poses"),
-        )  # fmt: skip
-        refined = _distinct(best)
-        report(0.85, "trying the sections next to the best poses")
-        nearby = _neighbours(index, q, refined[:NEIGHBOUR_POSES], volumes, spent)
-        found = _distinct(refined + nearby) + found[refine_k:]
+    found = _search(
+        index, q, rows, volumes, spent, lambda f, m: report(0.1 + 0.8 * f, m), **settings
+    )
+    reading = READINGS[0]
+    first = found[0].score if found else -1.0
+    # a weak first answer: every other reading is searched, the best one kept
+    for other in READINGS[1:] if refine and first < RETRY_SCORE else ():
+        if spent():
+            break
+        best = found[0].score if found else -1.0
+        report(0.9, f"weak match ({first:.2f}): searching again, query read as {other.name!r}")
+        try:
+            q2 = _prepare_query(index, image, other)
+        except (MatchError, PreprocessError):
+            continue  # nothing to read this way
+        again = _search(index, q2, rows, volumes, spent, lambda f, m: None, **settings)
+        # a search the budget cut short scores some poses unregistered: not comparable
+        if again and again[0].score > best and not spent():
+            q, found, reading = q2, again, other
     report(0.95, "scoring the matches")
     out = sorted(
-        (_to_match(index, q, p, volumes) for p in found[: top_k + 2]),
+        (
+            replace(_to_match(index, q, p, volumes), reading=reading.name)
+            for p in found[: top_k + 2]
+        ),
         key=lambda m: -m.scores["combined"],
     )
     report(1.0, "done")

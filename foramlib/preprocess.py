@@ -44,6 +44,7 @@ __all__ = [
     "foreground_threshold",
     "noise_level",
     "remove_dense_inclusions",
+    "remove_bright_class",
 ]
 
 # Bump when the output of preprocess_slice changes for the same input, config and
@@ -177,6 +178,7 @@ def segment_silhouette(
     sensitivity: float = 0.5,
     threshold: float | None = None,
     background: float | None = None,
+    sigma: float = 1.0,
 ) -> np.ndarray:
     """Boolean silhouette of the fossil: walls plus everything they enclose.
 
@@ -190,6 +192,9 @@ def segment_silhouette(
         :func:`foreground_threshold`); default: the image's own.
     background : float, optional
         Level of the surroundings (air or matrix); default: the image border's median.
+    sigma : float
+        Gaussian smoothing (pixels) before thresholding. More smoothing gives a
+        smoother outline of a faint fossil in a noisy matrix, at the cost of detail.
 
     Returns
     -------
@@ -198,7 +203,9 @@ def segment_silhouette(
         hole-filled; specks smaller than a fifth of the largest component are dropped
         (noise, a mounting stem cut across). All False when nothing stands out.
     """
-    smooth = filters.gaussian(img, sigma=1.0, preserve_range=True)
+    if not sigma > 0:
+        raise ValueError(f"sigma must be > 0, got {sigma!r}")
+    smooth = filters.gaussian(img, sigma=sigma, preserve_range=True)
     bg = background_level(smooth) if background is None else float(background)
     dev = np.abs(smooth - bg)
     if threshold is None:
@@ -278,6 +285,7 @@ def preprocess_slice(
     background: float | None = None,
     normalized: bool = False,
     name: str = "image",
+    sigma: float = 1.0,
 ):
     """Turn a section into the model's uint8 input; see the module docstring.
 
@@ -293,6 +301,11 @@ def preprocess_slice(
         The image is already float in [0, 1] on the volume's scale (slices cut from
         a normalised volume); skip per-image normalisation so that the volume
         threshold applies.
+    name : str
+        Names the image in error messages.
+    sigma : float
+        Smoothing of the segmentation (see :func:`segment_silhouette`); the output's
+        intensities are not smoothed.
 
     Returns
     -------
@@ -305,7 +318,7 @@ def preprocess_slice(
         If nothing lies above the threshold at this sensitivity.
     """
     img = np.asarray(image, dtype=np.float32) if normalized else to_gray_float(image, name)
-    mask = segment_silhouette(img, config.sensitivity, threshold, background)
+    mask = segment_silhouette(img, config.sensitivity, threshold, background, sigma)
     fraction = float(mask.mean())
     if fraction == 0.0:
         raise PreprocessError(
@@ -456,3 +469,54 @@ def remove_dense_inclusions(volume: np.ndarray, factor: float | None = 1.8) -> n
     out = vol.copy()
     out[dense] = bg
     return out
+
+
+def remove_bright_class(img: np.ndarray, grow: int = 2) -> np.ndarray | None:
+    """A section with its brightest class of foreground replaced by the background.
+
+    A mounting stem or a dense inclusion (pyrite) cut across by a 2-D section is
+    brighter than the fossil's walls, and it captures the segmentation: the fossil is
+    cropped with it, or falls under a threshold the stem sets. In a volume
+    :func:`remove_dense_inclusions` tells them apart by how much denser they are; a
+    single section cannot (a fossil's bright walls in a grey matrix look the same), so
+    this gives the *other reading* of the section, to be tried beside the image as it
+    is: Otsu's method splits the pixels brighter than the background by more than
+    the foreground threshold, and the upper class, grown by `grow` pixels, becomes
+    background.
+
+    Parameters
+    ----------
+    img : 2-D float array in [0, 1]
+        As from :func:`to_gray_float`.
+    grow : int
+        Pixels added around the removed class (its blurred rim).
+
+    Returns
+    -------
+    ndarray or None
+        The new image (same shape), or None when there is nothing to split: no
+        foreground, or fewer than 20 distinct bright pixels.
+
+    >>> img = np.zeros((64, 64), np.float32); img[16:48, 16:48] = 0.3
+    >>> img[4:10, 4:10] = 1.0  # a stem in the corner
+    >>> out = remove_bright_class(img)
+    >>> float(out[4:10, 4:10].max()), round(float(out[20:44, 20:44].min()), 2)
+    (0.0, 0.3)
+    """
+    if grow < 0:
+        raise ValueError(f"grow must be >= 0, got {grow!r}")
+    g = np.asarray(img, dtype=np.float32)
+    smooth = filters.gaussian(g, sigma=1.0, preserve_range=True)
+    bg = background_level(smooth)
+    try:
+        t = foreground_threshold(smooth, bg, crowded=True)
+    except PreprocessError:
+        return None
+    dev = smooth - bg
+    bright = dev[dev > t]
+    if bright.size < 20 or bright.min() == bright.max():
+        return None
+    dense = dev > otsu_threshold(bright)
+    if grow:
+        dense = ndimage.binary_dilation(dense, iterations=grow)
+    return np.where(dense, np.float32(bg), g)

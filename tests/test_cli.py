@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 import sys
+from dataclasses import replace
 
 import cv2
 import numpy as np
@@ -73,17 +74,34 @@ def test_match_prints_a_table_of_the_top_matches(workspace, capsys):
         "rank", "specimen", "genus", "normal", "offset", "angle",
         "dice", "ncc", "texture", "ssim", "combined",
     ]  # fmt: skip
-    assert len(lines) == 4
     # the same answer as the library gives for the same image, index and volumes
     c = load_collection(workspace / "index")
     image = read_image(workspace / "query.png")
     found = matching.match(c.index, image, top_k=2, volumes=c.volumes)
-    for row, m in zip(lines[2:], found, strict=True):
+    assert len(lines) == 4 + (found[0].reading != "as given")  # + a note on the reading
+    for row, m in zip(lines[2:4], found, strict=True):
         cells = row.split()
         assert cells[:3] == [str(found.index(m) + 1), m.specimen_id, m.species]
         assert " ".join(cells[3:6]) == "({:.3f}, {:.3f}, {:.3f})".format(*m.normal)
         assert cells[6:8] == [f"{m.offset:.1f}", f"{m.angle_deg:.1f}"]
         assert cells[8:] == [f"{m.scores[k]:.3f}" for k in cli.SCORE_COLUMNS]
+
+
+def test_match_says_when_it_matched_another_reading_of_the_image(workspace, capsys, monkeypatch):
+    real = matching.match
+
+    def read_away(*args, **kwargs):
+        return [replace(m, reading="brightest class removed") for m in real(*args, **kwargs)]
+
+    monkeypatch.setattr(matching, "match", read_away)
+    assert _match(workspace, "--top-k", "1") == 0
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last == (
+        "note: the image as given matched weakly; these matches are for another reading of it: "
+        "brightest class removed"
+    )
+    assert _match(workspace, "--json", "--top-k", "1") == 0
+    assert json.loads(capsys.readouterr().out)[0]["reading"] == "brightest class removed"
 
 
 def test_match_json_filters_and_no_refine(workspace, capsys):
@@ -92,7 +110,7 @@ def test_match_json_filters_and_no_refine(workspace, capsys):
     assert [m["rank"] for m in found] == [1, 2, 3]
     assert {m["genus"] for m in found} == {"Beta"}
     assert set(found[0]) == {"rank", "specimen_id", "genus", "normal", "offset", "angle_deg",
-                             "scores"}  # fmt: skip
+                             "scores", "reading"}  # fmt: skip
     assert set(found[0]["scores"]) >= {"dice", "ncc", "ssim", "descriptor", "combined"}
     assert _match(workspace, "--json", "--specimens", "A-01", "B-01", "--top-k", "1") == 0
     assert json.loads(capsys.readouterr().out)[0]["specimen_id"] in {"A-01", "B-01"}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import gzip
 import json
+from dataclasses import replace
 
 import cv2
 import nibabel as nib
@@ -361,6 +362,23 @@ def test_find_in_3d_runs_the_matcher_and_shows_the_plane(app, recorder):
     view = app.match_view.value
     app.match_choice.value = 1
     assert app.match_view.value != view
+
+
+def test_the_message_says_which_reading_of_the_slice_matched(app, monkeypatch):
+    import foramlib.matching as matching
+
+    scores = dict(dice=0.9, ncc=0.6, ssim=0.7, descriptor=0.6, combined=0.7)
+    read = Match("S1", "Beta", (0.0, 0.0, 1.0), 1.5, 30.0, scores, np.zeros((32, 32), np.uint8))
+    for reading, note in (("as given", False), ("brightest class removed", True)):
+        found = [replace(read, reading=reading)]
+        monkeypatch.setattr(matching, "match", lambda *a, found=found, **k: found)
+        app.load_upload("scan.png", png(disc_image()))
+        app.to_match.click()
+        app.run_match()
+        said = (
+            "matched weakly; these matches are for another reading of it: brightest class removed"
+        )
+        assert (said in app.match_message.value) == note, app.match_message.value
 
 
 def test_match_within_the_predicted_genus(app, recorder):

@@ -203,6 +203,43 @@ def test_neighbouring_sections_get_out_of_a_periodic_local_optimum():
     assert _angle(best.plane.normal, truth.normal) < 3.0
 
 
+def test_a_pose_half_a_turn_off_is_tried_the_other_way_round(monkeypatch):
+    """A section nearly symmetric under a half turn in its plane: registration
+    started half a turn off stays there; the neighbour stage also registers the pose
+    turned round, which finds the truth."""
+    rng = np.random.default_rng(11)
+    z, y, x = np.mgrid[:40, :40, :40] - 19.5
+    s = ndimage.gaussian_filter(rng.normal(size=(40, 40, 40)), 1.5)
+    odd = ndimage.gaussian_filter(rng.normal(size=(40, 40, 40)), 1.5)
+    texture = s + s[:, ::-1, ::-1] + 0.6 * odd  # the first two: a half turn about z
+    volume = np.where((x**2 + y**2 < 14**2) & (np.abs(z) < 15), 0.6 + 2.0 * texture, 0.0)
+    volumes = {"disc": volume.astype(np.float32)}
+    index = matching.build_index([("disc", "Discus", volumes["disc"])], IndexConfig(20, 3))
+    pv = index.prepared("disc", volumes)
+    truth = Plane((0.0, 0.0, 1.0), 2.0, 0.0)
+    section = extract_slice(volumes["disc"], truth, size=pv.window)
+    q = matching._prepare_query(index, section)
+    _, info = preprocess_slice(section, index.config.preprocess)
+    mid = (pv.window - 1) / 2
+    row, col = q.centroid[0] + info.box[0] - mid, q.centroid[1] + info.box[2] - mid
+    u, v = plane_axes(truth.normal, 0.0)
+    origin = pv.centre + truth.offset * np.asarray(truth.normal) + col * u + row * v
+    turned = SectionPose(origin, -np.stack([u, v]), 1.0)
+    poses = [matching._Pose("disc", "Discus", turned, 0.0, pv.centre)]
+    never = lambda: False  # noqa: E731
+    matching._register_all(index, q, poses, volumes, slice(0, 2), 400, never, lambda f: None)
+    stuck = poses[0]
+    assert np.dot(stuck.pose.axes[0], u) < -0.9  # the registration alone
+    # only the turned pose: no parallel section holds the fossil this far away
+    monkeypatch.setattr(matching, "NEIGHBOUR_OFFSETS", (60.0,))
+    found = matching._neighbours(index, q, [stuck], volumes, never)
+    assert found, "nothing registered"
+    best = max(found, key=lambda p: p.score)
+    assert best.score > stuck.score + 0.05
+    assert np.dot(best.pose.axes[0] / np.linalg.norm(best.pose.axes[0]), u) > 0.99
+    assert abs(best.plane.offset - truth.offset) < 1.0
+
+
 def _query(specimens, prepared, spec, normal, offset, angle, scale):
     rng = np.random.default_rng(sum(map(ord, spec)))
     truth = Plane(normal, offset, angle)
@@ -251,6 +288,46 @@ def test_oblique_query_recovers_pose(
     # 48^3 voxels poses a few degrees apart score alike)
     assert found[0].specimen_id == spec
     assert poses[0][0] <= 10.0 and poses[0][1] <= 1.0, poses
+
+
+def test_a_mounting_stem_in_the_query_is_read_away(index, specimens, prepared, monkeypatch):
+    """A metal stem cut across in a corner takes the query's segmentation; the weak
+    first answer sends the query through its other readings, and the one without its
+    brightest class finds the pose."""
+    spec, normal, offset, angle, scale = QUERIES[2]
+    truth, q = _query(specimens, prepared, spec, normal, offset, angle, scale)
+    q[:8, -9:] = 3.0 * np.percentile(q, 99.9)
+
+    def recovered(m) -> bool:
+        sign = 1.0 if np.dot(m.normal, truth.normal) >= 0 else -1.0
+        return _angle(m.normal, truth.normal) <= 10.0 and abs(sign * m.offset - offset) <= 1.0
+
+    best = matching.match(index, q, volumes=prepared)[0]
+    assert best.reading == "brightest class removed"
+    assert best.specimen_id == spec and recovered(best)
+    monkeypatch.setattr(matching, "RETRY_SCORE", -1.0)  # never retry
+    first = matching.match(index, q, volumes=prepared)[0]
+    assert first.reading == "as given" and not recovered(first)
+    assert first.scores["combined"] < best.scores["combined"]
+
+
+@pytest.mark.parametrize("retry_score,retried", [(0.0, False), (2.0, True)])
+def test_other_readings_are_searched_only_after_a_weak_answer(
+    index, specimens, prepared, monkeypatch, retry_score, retried
+):
+    truth, q = _query(specimens, prepared, *QUERIES[0])
+    monkeypatch.setattr(matching, "RETRY_SCORE", retry_score)
+    seen = []
+    found = matching.match(index, q, volumes=prepared, progress=lambda f, m: seen.append(m))
+    again = [m for m in seen if "searching again" in m]
+    names = [r.name for r in matching.READINGS[1:]]
+    assert len(again) == (len(names) if retried else 0)
+    assert all(name in m for name, m in zip(names[: len(again)], again, strict=True))
+    assert found[0].reading in (names + ["as given"] if retried else ["as given"])
+    # refine=False returns screened poses, whose scores are not comparable: no retry
+    seen.clear()
+    matching.match(index, q, volumes=prepared, refine=False, progress=lambda f, m: seen.append(m))
+    assert not any("searching again" in m for m in seen)
 
 
 def test_restrict_to_specimens_and_species(index, specimens, prepared):

@@ -180,3 +180,57 @@ def test_dense_removal_refuses_to_eat_the_fossil():
     np.testing.assert_array_equal(pp.remove_dense_inclusions(vol, factor=1.5), vol)
     with pytest.raises(ValueError, match="factor must be > 1"):
         pp.remove_dense_inclusions(vol, factor=0.5)
+
+
+def _faint_ring_and_stem(rng):
+    """A faint ring fossil in noise, and a metal stem cut across in a corner."""
+    yy, xx = np.mgrid[:96, :96]
+    r = np.hypot(yy - 52, xx - 50)
+    img = np.where((r > 16) & (r < 22), 0.25, 0.0) + rng.normal(0, 0.02, (96, 96))
+    img[4:14, 80:92] = 1.0
+    return np.clip(img, 0, 1).astype(np.float32), r < 22
+
+
+def test_removing_the_bright_class_frees_the_fossil_from_a_stem():
+    img, fossil = _faint_ring_and_stem(np.random.default_rng(3))
+    as_given = pp.segment_silhouette(img)
+    assert as_given[4:14, 80:92].all() and not as_given[fossil].any()  # the stem won
+    out = pp.remove_bright_class(img)
+    assert out.shape == img.shape and out.dtype == np.float32
+    assert out[2:16, 78:94].max() < 0.1  # the stem and its rim are background now
+    np.testing.assert_array_equal(out[fossil], img[fossil])
+    sil = pp.segment_silhouette(out)
+    assert not sil[:20, 75:].any()
+    iou = (sil & fossil).sum() / (sil | fossil).sum()
+    assert iou > 0.85, iou
+
+
+@pytest.mark.parametrize(
+    "image",
+    [np.zeros((32, 32), np.float32), np.pad(np.ones((2, 2), np.float32), 15)],  # blank; a dot
+)
+def test_nothing_to_remove_gives_none(image):
+    assert pp.remove_bright_class(image) is None
+
+
+def test_bright_class_removal_validates_grow():
+    img, _ = _faint_ring_and_stem(np.random.default_rng(3))
+    with pytest.raises(ValueError, match="grow must be >= 0, got -1"):
+        pp.remove_bright_class(img, grow=-1)
+
+
+def test_more_smoothing_gives_a_faint_fossil_a_cleaner_outline():
+    rng = np.random.default_rng(7)
+    yy, xx = np.mgrid[:128, :128]
+    disc = np.hypot(yy - 64, xx - 60) < 30
+    # darker than the matrix by 0.6 of the noise level
+    img = np.clip(0.5 + np.where(disc, -0.06, 0.0) + rng.normal(0, 0.1, disc.shape), 0, 1)
+    ious = []
+    for sigma in (1.0, 2.7):
+        sil = pp.segment_silhouette(img.astype(np.float32), sigma=sigma)
+        ious.append((sil & disc).sum() / (sil | disc).sum())
+    assert ious[1] > ious[0] + 0.03 and ious[1] > 0.9, ious
+    out, _ = pp.preprocess_slice(img, pp.PreprocessConfig(size=64), sigma=2.7)
+    assert out.shape == (64, 64)
+    with pytest.raises(ValueError, match="sigma must be > 0, got 0"):
+        pp.segment_silhouette(img, sigma=0)
