@@ -1182,10 +1182,13 @@ def match(
     refine_k : int
         Best of those registered at every level (the full pose search).
     refine : bool
-        Run the registrations; without, the screened start poses are returned
-        (fast, but only as precise as the index's grid).
+        Run the registrations, and after a weak answer (best ``combined`` under
+        ``RETRY_SCORE``) the whole search again on the query's other ``READINGS``;
+        without, the screened start poses of the image as given are returned (fast,
+        but only as precise as the index's grid).
     time_budget_s : float, optional
-        Stop registering once this many seconds have passed (0: as ``refine=False``).
+        Stop registering, and trying other readings, once this many seconds have
+        passed (0: as ``refine=False``).
     progress : callable, optional
         Called as ``progress(fraction, message)`` as the search advances (for a
         progress bar); `fraction` goes from 0 to 1.

@@ -495,7 +495,7 @@ def remove_bright_class(img: np.ndarray, grow: int = 2) -> np.ndarray | None:
     -------
     ndarray or None
         The new image (same shape), or None when there is nothing to split: no
-        foreground, or fewer than 20 distinct bright pixels.
+        foreground, or fewer than 20 pixels above its threshold, or all of one value.
 
     >>> img = np.zeros((64, 64), np.float32); img[16:48, 16:48] = 0.3
     >>> img[4:10, 4:10] = 1.0  # a stem in the corner
