@@ -1231,12 +1231,11 @@ def match(
         index, q, rows, volumes, spent, lambda f, m: report(0.1 + 0.8 * f, m), **settings
     )
     reading = READINGS[0]
-    first = found[0].score if found else -1.0
+    first = best = found[0].score if found else -1.0
     # a weak first answer: every other reading is searched, the best one kept
     for other in READINGS[1:] if refine and first < RETRY_SCORE else ():
         if spent():
             break
-        best = found[0].score if found else -1.0
         report(0.9, f"weak match ({first:.2f}): searching again, query read as {other.name!r}")
         try:
             q2 = _prepare_query(index, image, other)
@@ -1245,7 +1244,7 @@ def match(
         again = _search(index, q2, rows, volumes, spent, lambda f, m: None, **settings)
         # a search the budget cut short scores some poses unregistered: not comparable
         if again and again[0].score > best and not spent():
-            q, found, reading = q2, again, other
+            q, found, reading, best = q2, again, other, again[0].score
     report(0.95, "scoring the matches")
     out = sorted(
         (
