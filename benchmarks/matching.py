@@ -5,10 +5,10 @@ Builds the index of the curated collection (default: the pipeline's
 the default virtual collection is synthesised), draws held-out oblique queries with known
 truth (random normal, offset and in-plane angle; perturbed by ±10 % scale, noise and a
 partial crop) and reports, for both matchers in one run: specimen and genus top-1
-rates, pose recovery (normal within 10° and offset within 3 voxels, allowing for the
-plane's sign ambiguity), latency p50/p95, index build time and size. Each of our
-misses is then put down to the search (the true pose, registered from there, scores
-higher than the answer) or to the similarity itself.
+rates, pose recovery (the right specimen, its normal within 10° and offset within 3
+voxels, allowing for the plane's sign ambiguity), latency p50/p95, index build time and
+size. Each of our misses is then put down to the search (the true pose, registered from
+there, scores higher than the answer) or to the similarity itself.
 
 The baseline follows the authors' description: coarse = every axis-aligned slice scored
 0.4·Dice + 0.6·Hu-similarity, top 5; fine = ±5 slices × 12 in-plane rotations scored
@@ -135,6 +135,11 @@ def baseline_match(base, query, config, centres):
 # ----------------------------------------------------------------------------------------
 # Queries and scoring
 # ----------------------------------------------------------------------------------------
+# query sets whose misses were studied while the matcher was designed and tuned; the
+# others (3, 4) are held out, so their rates are the honest estimate
+DESIGN_SEEDS = (0, 1, 2)
+
+
 def draw_query(rng, spec, vol, pv):
     n = rng.normal(size=3)
     n /= np.linalg.norm(n)
@@ -218,6 +223,72 @@ def load_specimens(args):
     return vols, {p.specimen_id: p.species for p in plans}, f"virtual {args.preset} {args.shape}^3"
 
 
+def run_queries(index, vols, prepared, species, seed, n_queries, baseline=None):
+    """Draw `n_queries` queries with `seed` and match them (and the first few with the
+    baseline, when given as (base, config, centres, n)); rows of results per matcher."""
+    rng = np.random.default_rng(seed)
+    ours, theirs = [], []
+    specs = list(vols)
+    for qi in range(n_queries):
+        spec = specs[int(rng.integers(len(specs)))]
+        truth, q, placement = draw_query(rng, spec, vols[spec], prepared[spec])
+        t = time.perf_counter()
+        found = matching.match(index, q, volumes=prepared)
+        lat = time.perf_counter() - t
+        m = found[0]
+        ok, err = pose_ok(m.normal, m.offset, truth)
+        ok = ok and m.specimen_id == spec  # a pose is only recovered in its own specimen
+        ours.append(
+            dict(
+                specimen_ok=m.specimen_id == spec,
+                genus_ok=m.species == species[spec],
+                pose_ok=ok,
+                pose_ok_top5=any(
+                    x.specimen_id == spec and pose_ok(x.normal, x.offset, truth)[0] for x in found
+                ),
+                normal_err_deg=err,
+                latency_s=lat,
+                reading=m.reading,
+            )
+        )
+        if not ok:  # after the timing: is the miss the search's or the objective's?
+            truth_s = truth_score(index, q, prepared[spec], truth, placement, m.reading)
+            ours[-1]["search_miss"] = truth_s > m.scores["combined"]
+        if baseline is not None and qi < baseline[3]:
+            base, config, centres, _ = baseline
+            t = time.perf_counter()
+            bspec, bn, boff = baseline_match(base, q, config, centres)
+            lat = time.perf_counter() - t
+            ok, err = pose_ok(bn, boff, truth)
+            theirs.append(
+                dict(
+                    specimen_ok=bspec == spec,
+                    genus_ok=species[bspec] == species[spec],
+                    pose_ok=ok and bspec == spec,
+                    normal_err_deg=err,
+                    latency_s=lat,
+                )
+            )
+        print(
+            f"seed {seed} query {qi + 1}/{n_queries}: {spec} -> {m.specimen_id} pose "
+            f"{'ok' if ours[-1]['pose_ok'] else 'missed'} ({ours[-1]['latency_s']:.2f} s)",
+            flush=True,
+        )
+    return ours, theirs
+
+
+def summarise_ours(rows):
+    """:func:`summarise` plus what only our matcher reports."""
+    return summarise(rows) | {
+        "pose_recovery_top5": float(np.mean([r["pose_ok_top5"] for r in rows])),
+        # misses where the true pose scores higher than the answer: the search's
+        # fault, not the similarity's
+        "search_misses": int(sum(r.get("search_miss", False) for r in rows)),
+        "other_readings": int(sum(r["reading"] != matching.READINGS[0].name for r in rows)),
+        "misses": int(sum(not r["pose_ok"] for r in rows)),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--manifest", default="data/curated/manifest.csv")
@@ -229,7 +300,11 @@ def main() -> None:
     parser.add_argument("--baseline-queries", type=int, default=12)
     parser.add_argument("--orientations", type=int, default=300)
     parser.add_argument("--offsets", type=int, default=9)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="the query set both matchers run")
+    parser.add_argument(
+        "--more-seeds", type=int, nargs="*", default=[1, 2, 3, 4],
+        help="more query sets, ours only",
+    )  # fmt: skip
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "matching.json"))
     args = parser.parse_args()
 
@@ -250,59 +325,23 @@ def main() -> None:
     base_build_s = time.perf_counter() - t0
     centres = {k: pv.centre for k, pv in prepared.items()}
 
-    rng = np.random.default_rng(args.seed)
-    ours, theirs = [], []
-    specs = list(vols)
-    for qi in range(args.queries):
-        spec = specs[int(rng.integers(len(specs)))]
-        truth, q, placement = draw_query(rng, spec, vols[spec], prepared[spec])
-        t = time.perf_counter()
-        found = matching.match(index, q, volumes=prepared)
-        lat = time.perf_counter() - t
-        m = found[0]
-        ok, err = pose_ok(m.normal, m.offset, truth)
-        ours.append(
-            dict(
-                specimen_ok=m.specimen_id == spec,
-                genus_ok=m.species == species[spec],
-                pose_ok=ok,
-                pose_ok_top5=any(
-                    x.specimen_id == spec and pose_ok(x.normal, x.offset, truth)[0] for x in found
-                ),
-                normal_err_deg=err,
-                latency_s=lat,
-                reading=m.reading,
-            )
-        )
-        if not ok:  # after the timing: is the miss the search's or the objective's?
-            truth_s = truth_score(index, q, prepared[spec], truth, placement, m.reading)
-            ours[-1]["search_miss"] = truth_s > m.scores["combined"]
-        if qi < args.baseline_queries:
-            t = time.perf_counter()
-            bspec, bn, boff = baseline_match(base, q, config, centres)
-            lat = time.perf_counter() - t
-            ok, err = pose_ok(bn, boff, truth)
-            theirs.append(
-                dict(
-                    specimen_ok=bspec == spec,
-                    genus_ok=species[bspec] == species[spec],
-                    pose_ok=ok,
-                    normal_err_deg=err,
-                    latency_s=lat,
-                )
-            )
-        print(
-            f"query {qi + 1}/{args.queries}: {spec} -> {m.specimen_id} pose "
-            f"{'ok' if ours[-1]['pose_ok'] else 'missed'} ({ours[-1]['latency_s']:.2f} s)",
-            flush=True,
-        )
+    ours, theirs = run_queries(
+        index, vols, prepared, species, args.seed, args.queries,
+        baseline=(base, config, centres, args.baseline_queries),
+    )  # fmt: skip
+    # more query sets, ours only: the spread between sets is as large as a tuning step
+    by_seed = {args.seed: ours}
+    for seed in dict.fromkeys(args.more_seeds):
+        if seed == args.seed:
+            continue
+        by_seed[seed] = run_queries(index, vols, prepared, species, seed, args.queries)[0]
     result = dict(
         benchmark="matching",
         date=today(),
         machine=machine(),
-        settings=vars(args) | {"source": source, "specimens": len(specs)},
+        settings=vars(args) | {"source": source, "specimens": len(vols)},
         index=dict(
-            specimens=len(specs),
+            specimens=len(vols),
             candidates=len(index),
             build_s=round(build_s, 1),
             size_mb=round(size / 1e6, 2),
@@ -312,17 +351,16 @@ def main() -> None:
         baseline_index=dict(
             axis_slices=sum(len(r) for r in base.values()), build_s=round(base_build_s, 1)
         ),
-        ours=summarise(ours)
-        | {
-            "pose_recovery_top5": float(np.mean([r["pose_ok_top5"] for r in ours])),
-            # misses where the true pose scores higher than the answer: the search's
-            # fault, not the similarity's
-            "search_misses": int(sum(r.get("search_miss", False) for r in ours)),
-            "other_readings": int(sum(r["reading"] != matching.READINGS[0].name for r in ours)),
-            "misses": int(sum(not r["pose_ok"] for r in ours)),
-        },
+        ours=summarise_ours(ours),
+        # every query set, the first being the one above; DESIGN_SEEDS were looked at
+        # while the matcher was tuned, the others were not
+        ours_by_seed={str(k): summarise_ours(v) for k, v in by_seed.items()},
+        ours_all_sets=summarise_ours([r for v in by_seed.values() for r in v]),
         baseline=summarise(theirs),
     )
+    held_out = [r for k, v in by_seed.items() if k not in DESIGN_SEEDS for r in v]
+    if held_out:
+        result["ours_held_out"] = summarise_ours(held_out)
     result["speedup_p50"] = result["baseline"]["latency_p50_s"] / result["ours"]["latency_p50_s"]
     write_text(args.out, json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

@@ -111,11 +111,17 @@ def main() -> None:
     parser.add_argument("--store", help="slice store folder (default: a synthetic one)")
     parser.add_argument("--index", help="split index CSV of --store")
     parser.add_argument(
+        "--precision", default="auto", choices=list(training.PRECISIONS),
+        help="dtype policy; auto: as training does (mixed_float16 on a GPU, else float32)",
+    )  # fmt: skip
+    parser.add_argument(
         "--out", default=str(Path(__file__).parent / "results" / "train_throughput.json")
     )
     args = parser.parse_args()
     import keras
 
+    precision = training.resolve_precision(args.precision)
+    keras.mixed_precision.set_global_policy(precision)
     tmp = tempfile.TemporaryDirectory()
     if args.store:
         store = Path(args.store)
@@ -147,6 +153,7 @@ def main() -> None:
         benchmark="train throughput",
         backend=keras.backend.backend(),
         device=accelerators or f"CPU ({os.cpu_count()} cores)",
+        precision=precision,
         store="synthetic" if not args.store else str(args.store),
         runs=runs,
         goal="pipeline >= 90% of the model step on a GPU",

@@ -243,3 +243,57 @@ def test_training_runs_on_other_installed_backends(backend, split_store, tmp_pat
         pytest.skip(f"{backend} is not installed here (TensorFlow is the project's backend)")
     summary = _train_in_subprocess(backend, split_store, tmp_path / backend)
     assert summary["backend"] == backend
+    if backend == "jax":  # the augmentation layers must not switch jit off (op by op)
+        assert summary["jit_compile"] is True
+
+
+def _augmented():
+    import keras
+
+    from foramlib.augment import augmentation_layers
+
+    return keras.Sequential(
+        [keras.Input((16, 16, 1)), augmentation_layers(AugmentConfig(), seed=0)]
+    )
+
+
+def test_enable_jit_marks_the_affine_augmentation_compilable_on_jax():
+    from foramlib.models import sublayers
+
+    model = _augmented()
+    blocked = [x for x in sublayers(model) if not x.supports_jit]
+    assert {type(x).__name__ for x in blocked} == set(training.JIT_SAFE_ON_JAX)
+    assert training.enable_jit(model, backend="jax") is True
+    assert all(x.supports_jit for x in sublayers(model))
+
+
+@pytest.mark.parametrize("backend", ["tensorflow", "torch"])
+def test_enable_jit_leaves_other_backends_alone(backend):
+    from foramlib.models import sublayers
+
+    model = _augmented()
+    assert training.enable_jit(model, backend=backend) == "auto"
+    assert not all(x.supports_jit for x in sublayers(model))
+
+
+def test_enable_jit_keeps_jit_off_for_an_unknown_uncompilable_layer():
+    import keras
+
+    class HostOnly(keras.layers.Layer):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.supports_jit = False
+
+        def call(self, x):
+            return x
+
+    model = keras.Sequential([keras.Input((16, 16, 1)), keras.layers.RandomZoom(0.1), HostOnly()])
+    assert training.enable_jit(model, backend="jax") == "auto"
+    assert not model.layers[0].supports_jit  # nothing changed
+
+
+def test_compile_on_tensorflow_keeps_keras_default():
+    model = _augmented()
+    config = training.TrainConfig(backbone="tiny_cnn", input_size=32, batch_size=4)
+    training._compile(model, config, 1e-3)
+    assert model.jit_compile is False  # Keras' auto: the augmentation has no XLA kernel
