@@ -192,6 +192,13 @@ def pose_ok(normal, offset, truth: Plane, max_deg=10.0, max_vox=3.0):
     return bool(ang <= max_deg and abs(sign * offset - truth.offset) <= max_vox), float(ang)
 
 
+def recovered(found_spec, normal, offset, spec, truth: Plane) -> tuple[bool, float]:
+    """:func:`pose_ok`, and only in the right specimen (a plane's normal and offset mean
+    nothing in another specimen's volume)."""
+    ok, err = pose_ok(normal, offset, truth)
+    return ok and found_spec == spec, err
+
+
 def summarise(rows):
     lat = np.array([r["latency_s"] for r in rows])
     return dict(
@@ -223,9 +230,10 @@ def load_specimens(args):
     return vols, {p.specimen_id: p.species for p in plans}, f"virtual {args.preset} {args.shape}^3"
 
 
-def run_queries(index, vols, prepared, species, seed, n_queries, baseline=None):
-    """Draw `n_queries` queries with `seed` and match them (and the first few with the
-    baseline, when given as (base, config, centres, n)); rows of results per matcher."""
+def run_queries(index, vols, prepared, species, seed, n_queries, baseline=None, baseline_queries=0):
+    """Draw `n_queries` queries with `seed` and match them, the first
+    `baseline_queries` also with `baseline` (query → specimen, normal, offset); rows of
+    results per matcher."""
     rng = np.random.default_rng(seed)
     ours, theirs = [], []
     specs = list(vols)
@@ -236,15 +244,14 @@ def run_queries(index, vols, prepared, species, seed, n_queries, baseline=None):
         found = matching.match(index, q, volumes=prepared)
         lat = time.perf_counter() - t
         m = found[0]
-        ok, err = pose_ok(m.normal, m.offset, truth)
-        ok = ok and m.specimen_id == spec  # a pose is only recovered in its own specimen
+        ok, err = recovered(m.specimen_id, m.normal, m.offset, spec, truth)
         ours.append(
             dict(
                 specimen_ok=m.specimen_id == spec,
                 genus_ok=m.species == species[spec],
                 pose_ok=ok,
                 pose_ok_top5=any(
-                    x.specimen_id == spec and pose_ok(x.normal, x.offset, truth)[0] for x in found
+                    recovered(x.specimen_id, x.normal, x.offset, spec, truth)[0] for x in found
                 ),
                 normal_err_deg=err,
                 latency_s=lat,
@@ -254,17 +261,16 @@ def run_queries(index, vols, prepared, species, seed, n_queries, baseline=None):
         if not ok:  # after the timing: is the miss the search's or the objective's?
             truth_s = truth_score(index, q, prepared[spec], truth, placement, m.reading)
             ours[-1]["search_miss"] = truth_s > m.scores["combined"]
-        if baseline is not None and qi < baseline[3]:
-            base, config, centres, _ = baseline
+        if baseline is not None and qi < baseline_queries:
             t = time.perf_counter()
-            bspec, bn, boff = baseline_match(base, q, config, centres)
+            bspec, bn, boff = baseline(q)
             lat = time.perf_counter() - t
-            ok, err = pose_ok(bn, boff, truth)
+            ok, err = recovered(bspec, bn, boff, spec, truth)
             theirs.append(
                 dict(
                     specimen_ok=bspec == spec,
                     genus_ok=species[bspec] == species[spec],
-                    pose_ok=ok and bspec == spec,
+                    pose_ok=ok,
                     normal_err_deg=err,
                     latency_s=lat,
                 )
@@ -327,7 +333,8 @@ def main() -> None:
 
     ours, theirs = run_queries(
         index, vols, prepared, species, args.seed, args.queries,
-        baseline=(base, config, centres, args.baseline_queries),
+        baseline=lambda q: baseline_match(base, q, config, centres),
+        baseline_queries=args.baseline_queries,
     )  # fmt: skip
     # more query sets, ours only: the spread between sets is as large as a tuning step
     by_seed = {args.seed: ours}
