@@ -18,7 +18,7 @@ low-resolution silhouette, the silhouette's geometry (centroid, radius of gyrati
 principal axis, in voxels) and the plane of each candidate (under 300 bytes each): the
 query is compared with the specimen volumes themselves.
 
-Matching a query runs in five stages:
+Matching a query runs in six stages:
 
 1. **coarse**: cosine similarity of descriptors over the (filtered) index, then Dice
    of low-resolution silhouettes put in a canonical frame (centroid, principal axes,
@@ -42,7 +42,12 @@ Matching a query runs in five stages:
    start poses are registered too, and so is each of those poses turned by half a
    turn in its plane. Sections of a shell a few voxels apart can look alike (lens and
    spindle shapes, regularly repeated chamberlets), a near-symmetric section fits
-   both ways round, and registration alone stays where it started.
+   both ways round, and registration alone stays where it started;
+6. **axis turns**: the best two refined poses are turned about each principal axis
+   of their specimen, through its centroid, in steps of 30°; the best of the turned
+   poses are registered too. A shell that is nearly a solid of revolution (a cone, a
+   spindle, a lens) shows nearly the same section all the way round its axis, and
+   only its chambers tell the true turn.
 
 When the best match is weak (``combined`` under ``RETRY_SCORE``), the query may have
 been misread rather than be absent: the search runs again on other *readings* of it
@@ -77,6 +82,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 from scipy import ndimage
+from scipy.spatial.transform import Rotation
 from skimage.measure import moments_central, moments_hu, moments_normalized
 from skimage.metrics import structural_similarity
 
@@ -140,6 +146,9 @@ NEIGHBOUR_OFFSETS = (-18.0, -13.5, -9.0, -4.5, 4.5, 9.0, 13.5, 18.0)
 NEIGHBOUR_POSES = 4  # best registered poses whose neighbours are tried
 NEIGHBOUR_STARTS = 2  # best screened neighbour starts of each, registered in full
 NEIGHBOUR_EVALS = 200
+AXIS_TURN_POSES = 2  # best refined poses turned about their specimen's principal axes
+AXIS_TURN_STEP = 30.0  # degrees between the turns
+AXIS_TURN_STARTS = 4  # best screened turned starts of each, registered (NEIGHBOUR_EVALS)
 RETRY_SCORE = 0.8  # a best combined score under this sends the query through other readings
 DESCRIPTOR_DIMS = 64  # principal components kept in the index
 _BLOCK_WEIGHTS = (("hu", 1.0), ("radial", 1.0), ("fourier", 1.0), ("texture", 1.5))
@@ -257,6 +266,13 @@ class PreparedVolume:
     @property
     def centre(self) -> np.ndarray:
         return (np.asarray(self.data.shape, np.float64) - 1.0) / 2.0
+
+    @cached_property
+    def principal_axes(self) -> tuple[np.ndarray, np.ndarray]:
+        """The foreground's centroid (3,) and principal axes (3, 3), one per row."""
+        centroid = self.points.mean(axis=0)
+        _, vectors = np.linalg.eigh(np.cov((self.points - centroid).T))
+        return centroid, vectors.T
 
 
 def prepare_volume(volume, config: IndexConfig = IndexConfig(), name: str = "volume"):
@@ -975,16 +991,21 @@ def _distinct(poses: list[_Pose], limit: int | None = None) -> list[_Pose]:
     return out
 
 
-def _screened_starts(q: _Query, pv, spec, species, normals, offsets, geometry) -> list[_Pose]:
-    """The start poses on candidate sections of one specimen, scored at the coarsest
-    level."""
-    origin, axes, scale = _start_poses(q, normals, offsets, geometry, pv.centre)
+def _scored_poses(q: _Query, pv, spec, species, origin, axes, scale) -> list[_Pose]:
+    """Poses given as arrays (see ``_start_poses``), scored at the coarsest level."""
     tex, ncc = batch_scores(pv.data, pv.background, origin, axes, scale, q.templates[0])
     score = SEARCH_WEIGHTS["texture"] * tex + SEARCH_WEIGHTS["ncc"] * ncc
     return [
         _Pose(spec, species, SectionPose(origin[i], axes[i], float(scale[i])), s, pv.centre)
         for i, s in enumerate(score.tolist())
     ]
+
+
+def _screened_starts(q: _Query, pv, spec, species, normals, offsets, geometry) -> list[_Pose]:
+    """The start poses on candidate sections of one specimen, scored at the coarsest
+    level."""
+    origin, axes, scale = _start_poses(q, normals, offsets, geometry, pv.centre)
+    return _scored_poses(q, pv, spec, species, origin, axes, scale)
 
 
 def _section_geometry(pv: PreparedVolume, normal, offsets, config: IndexConfig):
@@ -1024,13 +1045,46 @@ def _neighbours(index, q: _Query, poses, volumes, spent) -> list[_Pose]:
         normals = np.repeat(np.asarray(plane.normal)[None], len(offsets), axis=0)
         screened = _screened_starts(q, pv, p.specimen_id, p.species, normals, offsets, geometry)
         starts += _distinct(screened, NEIGHBOUR_STARTS)
+    return _registered_starts(index, q, starts, volumes, spent)
+
+
+def _registered_starts(index, q: _Query, starts: list[_Pose], volumes, spent) -> list[_Pose]:
+    """`starts` registered over the pyramid (``NEIGHBOUR_EVALS``); those the time budget
+    left unregistered are dropped (their scores are on the coarse level: not
+    comparable)."""
     unregistered = list(starts)
     _register_all(
         index, q, starts, volumes, slice(0, len(REGISTRATION_LEVELS)), NEIGHBOUR_EVALS, spent,
         lambda f: None,
     )  # fmt: skip
-    # scores of unregistered starts are on the coarse level: not comparable
     return [p for p, s in zip(starts, unregistered, strict=True) if p is not s]
+
+
+def _axis_turns(index, q: _Query, poses, volumes, spent) -> list[_Pose]:
+    """Register `poses` turned about the principal axes of their specimen.
+
+    Shells are near solids of revolution (cones, spindles, lenses): a section turned
+    about the axis of revolution, through the shell's centroid, cuts nearly the same
+    outline and chambers, so it is a local optimum the registration does not leave,
+    and only the chambers' irregularities tell the true turn. Each pose is turned by
+    every multiple of ``AXIS_TURN_STEP`` about each of the three principal axes (the
+    axis of revolution of a squat cone is not the one with the odd moment of
+    inertia), the turned poses are scored on the coarse level and the best
+    ``AXIS_TURN_STARTS`` distinct ones registered.
+    """
+    angles = np.deg2rad(np.arange(AXIS_TURN_STEP, 360.0, AXIS_TURN_STEP))
+    starts = []
+    for p in poses:
+        pv = index.prepared(p.specimen_id, volumes)
+        centroid, principal = pv.principal_axes
+        rot = Rotation.from_rotvec((principal[:, None, :] * angles[:, None]).reshape(-1, 3))
+        turn = rot.as_matrix()  # (k, 3, 3)
+        origin = centroid + np.einsum("kij,j->ki", turn, p.pose.origin - centroid)
+        axes = np.einsum("kij,aj->kai", turn, p.pose.axes)
+        scale = np.full(len(turn), p.pose.scale)
+        turned = _scored_poses(q, pv, p.specimen_id, p.species, origin, axes, scale)
+        starts += _distinct(turned, AXIS_TURN_STARTS)
+    return _registered_starts(index, q, starts, volumes, spent)
 
 
 def _screen(index, q: _Query, rows, volumes) -> list[_Pose]:
@@ -1141,7 +1195,9 @@ def _search(
     refined = _distinct(best)
     report(0.85, "trying the sections next to the best poses")
     nearby = _neighbours(index, q, refined[:NEIGHBOUR_POSES], volumes, spent)
-    return _distinct(refined + nearby) + found[refine_k:]
+    report(0.93, "turning the best poses about the shell's axes")
+    turned = _axis_turns(index, q, refined[:AXIS_TURN_POSES], volumes, spent)
+    return _distinct(refined + nearby + turned) + found[refine_k:]
 
 
 def match(

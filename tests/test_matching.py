@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import pytest
 from scipy import ndimage
+from scipy.spatial.transform import Rotation
 
 from foramlib import matching, virtual
 from foramlib.matching import IndexConfig, MatchError, MatchIndex
@@ -238,6 +239,50 @@ def test_a_pose_half_a_turn_off_is_tried_the_other_way_round(monkeypatch):
     assert best.score > stuck.score + 0.05
     assert np.dot(best.pose.axes[0] / np.linalg.norm(best.pose.axes[0]), u) > 0.99
     assert abs(best.plane.offset - truth.offset) < 1.0
+
+
+def test_a_pose_turned_about_the_shell_axis_is_turned_back():
+    """A solid of revolution with eight radial partitions, which an irregular texture
+    breaks only a little: a section turned 100° about its axis sits next to a local
+    optimum (a 90° turn) that the registration keeps; the axis-turn stage tries the
+    pose turned about the specimen's principal axes and finds the truth."""
+    rng = np.random.default_rng(3)
+    z, y, x = np.mgrid[:40, :40, :40] - 19.5
+    r, phi = np.hypot(x, y), np.arctan2(y, x)
+    profile = ndimage.gaussian_filter(rng.normal(size=(40, 20)), 1.5)  # over (z, r)
+    layers = ndimage.map_coordinates(profile, [z + 19.5, r], order=1, mode="nearest")
+    partitions = np.cos(8 * phi) * np.clip(r / 6.0, 0.0, 1.0)
+    odd = ndimage.gaussian_filter(rng.normal(size=(40, 40, 40)), 1.5)
+    texture = layers / layers.std() + partitions / partitions.std() + 0.5 * odd / odd.std()
+    volume = np.where((r < 14) & (np.abs(z) < 15), 1.0 + 0.3 * texture, 0.0)
+    volumes = {"cone": volume.astype(np.float32)}
+    index = matching.build_index([("cone", "Conica", volumes["cone"])], IndexConfig(20, 3))
+    pv = index.prepared("cone", volumes)
+    centroid, principal = pv.principal_axes
+    axis = principal[np.argmax(np.abs(principal[:, 0]))]
+    assert abs(axis[0]) > 0.99  # z (array axis 0), the long axis, is one of them
+    truth = Plane((0.0, 0.0, 1.0), 4.0, 0.0)  # (z, y, x): a plane along the axis
+    section = extract_slice(volumes["cone"], truth, size=pv.window)
+    q = matching._prepare_query(index, section)
+    _, info = preprocess_slice(section, index.config.preprocess)
+    mid = (pv.window - 1) / 2
+    row, col = q.centroid[0] + info.box[0] - mid, q.centroid[1] + info.box[2] - mid
+    u, v = plane_axes(truth.normal, 0.0)
+    origin = pv.centre + truth.offset * np.asarray(truth.normal) + col * u + row * v
+    m = Rotation.from_rotvec(np.deg2rad(100.0) * axis).as_matrix()
+    start = SectionPose(centroid + m @ (origin - centroid), np.stack([m @ u, m @ v]), 1.0)
+    poses = [matching._Pose("cone", "Conica", start, 0.0, pv.centre)]
+    never = lambda: False  # noqa: E731
+    matching._register_all(index, q, poses, volumes, slice(0, 2), 400, never, lambda f: None)
+    stuck = poses[0]
+    assert _angle(stuck.plane.normal, truth.normal) > 30.0  # the registration alone
+    found = matching._axis_turns(index, q, [stuck], volumes, never)
+    assert found, "nothing registered"
+    best = max(found, key=lambda p: p.score)
+    assert best.score > stuck.score + 0.02
+    assert _angle(best.plane.normal, truth.normal) < 3.0
+    sign = np.sign(np.dot(best.plane.normal, truth.normal))
+    assert abs(sign * best.plane.offset - truth.offset) < 1.0
 
 
 def _query(specimens, prepared, spec, normal, offset, angle, scale):
