@@ -769,6 +769,7 @@ class Classifier:
         import keras
 
         from foramlib.data import DataError, check_class_lists, load_class_names
+        from foramlib.training import enable_jit
 
         ws = Path(workspace)
         name = ensemble or _final_name(ws)
@@ -787,6 +788,10 @@ class Classifier:
             except DataError as exc:
                 raise ArtefactError(f"{exc}; {RUN_FIRST}") from None
             models[m] = keras.saving.load_model(path, compile=False)
+            # on JAX the augmentation layers (idle at inference) would leave prediction
+            # uncompiled, op by op; `supports_jit` is not saved with a model
+            if enable_jit(models[m]) is True:
+                models[m].jit_compile = True
         config, pp_source = preprocess_defaults(ws)
         try:
             calibration = calibrate_spec(

@@ -385,6 +385,36 @@ def test_classifier_without_validation_predictions_flags_everything(tmp_path):
     assert clf.calibration is None and clf.predict(clean).uncertain
 
 
+def test_loaded_models_are_compiled_for_prediction_on_jax(workspace, tmp_path, monkeypatch):
+    """Keras marks the augmentation layers (idle at inference) as not jit-compilable
+    and does not save `supports_jit`, so on JAX a loaded model would predict op by
+    op; loading applies :func:`foramlib.training.enable_jit`. Only the backend's name
+    is faked here (JAX is not a dependency); on TensorFlow nothing changes."""
+    import shutil
+
+    import keras
+
+    from foramlib import training
+    from foramlib.augment import AugmentConfig
+    from foramlib.models import build_model, sublayers
+
+    ws = shutil.copytree(workspace, tmp_path / "ws")
+    augmented = build_model(
+        "tiny_cnn", input_size=SIZE, n_classes=len(NAMES), augment=AugmentConfig()
+    )
+    augmented.save(ws / "models" / "m1" / "model.keras")
+    as_saved = classify.Classifier.from_workspace(ws, ensemble="m1").models["m1"]
+    assert not all(layer.supports_jit for layer in sublayers(as_saved))
+    plain = keras.saving.load_model(ws / "models" / "m1" / "model.keras", compile=False)
+    assert as_saved.jit_compile == plain.jit_compile  # TensorFlow: Keras' own choice
+
+    real = training.enable_jit
+    monkeypatch.setattr(training, "enable_jit", lambda m, backend=None: real(m, backend="jax"))
+    model = classify.Classifier.from_workspace(ws, ensemble="m1").models["m1"]
+    assert all(layer.supports_jit for layer in sublayers(model))
+    assert model.jit_compile is True
+
+
 # --------------------------------------------------------------------------- Grad-CAM
 
 
