@@ -168,6 +168,19 @@ def test_section_geometry_is_the_index_geometry(index, prepared):
         assert np.allclose(geometry[0], index.geometry[r].astype(float), atol=0.02, rtol=2e-3)
 
 
+def _true_pose(index, pv, volume, truth: Plane):
+    """The query cut at `truth` (angle 0), and the origin and axes of its true pose
+    (the query's reference point, its silhouette's centroid, placed in the volume)."""
+    section = extract_slice(volume, truth, size=pv.window)
+    q = matching._prepare_query(index, section)
+    _, info = preprocess_slice(section, index.config.preprocess)
+    mid = (pv.window - 1) / 2
+    row, col = q.centroid[0] + info.box[0] - mid, q.centroid[1] + info.box[2] - mid
+    u, v = plane_axes(truth.normal, 0.0)
+    origin = pv.centre + truth.offset * np.asarray(truth.normal) + col * u + row * v
+    return q, origin, u, v
+
+
 def test_neighbouring_sections_get_out_of_a_periodic_local_optimum():
     """Chamberlets that repeat along an axis make a section 9 voxels off a local
     optimum of the registration; trying the parallel sections around it finds the
@@ -183,15 +196,8 @@ def test_neighbouring_sections_get_out_of_a_periodic_local_optimum():
     index = matching.build_index([("cyl", "Cylindrica", volumes["cyl"])], config)
     pv = index.prepared("cyl", volumes)
     truth = Plane((0.0, 0.0, 1.0), 2.0, 0.0)
-    section = extract_slice(volumes["cyl"], truth, size=pv.window)
-    q = matching._prepare_query(index, section)
-    # the query's reference point (its silhouette's centroid) 9 voxels above the truth
-    _, info = preprocess_slice(section, config.preprocess)
-    mid = (pv.window - 1) / 2
-    row, col = q.centroid[0] + info.box[0] - mid, q.centroid[1] + info.box[2] - mid
-    u, v = plane_axes(truth.normal, 0.0)
-    origin = pv.centre + (truth.offset + 9.0) * np.asarray(truth.normal) + col * u + row * v
-    start = SectionPose(origin, np.stack([u, v]), 1.0)
+    q, origin, u, v = _true_pose(index, pv, volumes["cyl"], truth)
+    start = SectionPose(origin + 9.0 * np.asarray(truth.normal), np.stack([u, v]), 1.0)  # 9 above
     poses = [matching._Pose("cyl", "Cylindrica", start, 0.0, pv.centre)]
     never = lambda: False  # noqa: E731
     matching._register_all(index, q, poses, volumes, slice(0, 2), 400, never, lambda f: None)
@@ -218,13 +224,7 @@ def test_a_pose_half_a_turn_off_is_tried_the_other_way_round(monkeypatch):
     index = matching.build_index([("disc", "Discus", volumes["disc"])], IndexConfig(20, 3))
     pv = index.prepared("disc", volumes)
     truth = Plane((0.0, 0.0, 1.0), 2.0, 0.0)
-    section = extract_slice(volumes["disc"], truth, size=pv.window)
-    q = matching._prepare_query(index, section)
-    _, info = preprocess_slice(section, index.config.preprocess)
-    mid = (pv.window - 1) / 2
-    row, col = q.centroid[0] + info.box[0] - mid, q.centroid[1] + info.box[2] - mid
-    u, v = plane_axes(truth.normal, 0.0)
-    origin = pv.centre + truth.offset * np.asarray(truth.normal) + col * u + row * v
+    q, origin, u, v = _true_pose(index, pv, volumes["disc"], truth)
     turned = SectionPose(origin, -np.stack([u, v]), 1.0)
     poses = [matching._Pose("disc", "Discus", turned, 0.0, pv.centre)]
     never = lambda: False  # noqa: E731
@@ -262,13 +262,7 @@ def test_a_pose_turned_about_the_shell_axis_is_turned_back():
     axis = principal[np.argmax(np.abs(principal[:, 0]))]
     assert abs(axis[0]) > 0.99  # z (array axis 0), the long axis, is one of them
     truth = Plane((0.0, 0.0, 1.0), 4.0, 0.0)  # (z, y, x): a plane along the axis
-    section = extract_slice(volumes["cone"], truth, size=pv.window)
-    q = matching._prepare_query(index, section)
-    _, info = preprocess_slice(section, index.config.preprocess)
-    mid = (pv.window - 1) / 2
-    row, col = q.centroid[0] + info.box[0] - mid, q.centroid[1] + info.box[2] - mid
-    u, v = plane_axes(truth.normal, 0.0)
-    origin = pv.centre + truth.offset * np.asarray(truth.normal) + col * u + row * v
+    q, origin, u, v = _true_pose(index, pv, volumes["cone"], truth)
     m = Rotation.from_rotvec(np.deg2rad(100.0) * axis).as_matrix()
     start = SectionPose(centroid + m @ (origin - centroid), np.stack([m @ u, m @ v]), 1.0)
     poses = [matching._Pose("cone", "Conica", start, 0.0, pv.centre)]
