@@ -1063,7 +1063,7 @@ def _registered_starts(index, q: _Query, starts: list[_Pose], volumes, spent) ->
 def _axis_turns(index, q: _Query, poses, volumes, spent) -> list[_Pose]:
     """Register `poses` turned about the principal axes of their specimen.
 
-    Shells are near solids of revolution (cones, spindles, lenses): a section turned
+    Many shells are nearly solids of revolution (cones, spindles, lenses): a section turned
     about the axis of revolution, through the shell's centroid, cuts nearly the same
     outline and chambers, so it is a local optimum the registration does not leave,
     and only the chambers' irregularities tell the true turn. Each pose is turned by
