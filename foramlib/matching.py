@@ -2,9 +2,9 @@
 
 An index holds, for every specimen volume, candidate section planes (normals spread
 evenly over the hemisphere × parallel offsets across the specimen), each cut, run
-through the shared preprocessing (:func:`foramlib.preprocess.preprocess_slice`) and
-summarised by descriptors that do not change when the section is turned or mirrored
-in its plane:
+through the shared preprocessing (:func:`foramlib.preprocess.preprocess_slice`, on the
+section's own threshold, as a query is) and summarised by descriptors that do not
+change when the section is turned or mirrored in its plane:
 
 * log-scaled Hu moments of the silhouette,
 * radial profiles of the silhouette and of the image about the silhouette's centroid,
@@ -53,7 +53,10 @@ When the best match is weak (``combined`` under ``RETRY_SCORE``), the query may 
 been misread rather than be absent: the search runs again on other *readings* of it
 (``READINGS``: its outline segmented after more smoothing, for a faint fossil in a
 noisy matrix; its brightest class removed, for a mounting stem or a dense inclusion
-cut across) and the reading whose best match scores highest is kept.
+cut across) and the reading whose best match scores highest is kept. A query whose
+bright stem hid the fossil from the segmentation
+(:func:`foramlib.preprocess.bright_class_hides_fossil`) is searched without its
+brightest class whatever its first score: the stem alone can match well.
 
 A plane and its flipped normal give the same section, mirrored: a match reports the
 normal, offset and in-plane angle for which ``extract_slice(volume, Plane(normal,
@@ -91,6 +94,7 @@ from foramlib.preprocess import (
     PREPROCESS_VERSION,
     PreprocessConfig,
     PreprocessError,
+    bright_class_hides_fossil,
     preprocess_slice,
     remove_bright_class,
     segment_silhouette,
@@ -123,7 +127,9 @@ __all__ = [
     "match",
 ]
 
-INDEX_FORMAT = 3  # 2: compact descriptors, no stored images; 3: + silhouette geometry
+# 2: compact descriptors, no stored images; 3: + silhouette geometry; 4: each section
+# segmented on its own threshold, as a query is
+INDEX_FORMAT = 4
 N_RADII = 24  # polar resampling: radii from 0.1 to RHO_MAX radii of gyration
 N_ANGLES = 64
 RHO_MAX = 2.6
@@ -689,6 +695,10 @@ def _sections(prepared: PreparedVolume, planes) -> np.ndarray:
 def _cut_volume(prepared: PreparedVolume, planes, config: IndexConfig, name: str):
     """Cut and preprocess `planes`; return kept plane indices, their images and boxes.
 
+    Each section is preprocessed as a query is, on its own background and threshold
+    (not the volume's): a thin wall that the volume's threshold loses in one
+    section is kept by the query's own, and the coarse stage compares silhouettes and
+    the start poses take their scale from them, so both sides must be read alike.
     Boxes are the preprocessing's crop boxes (r0, r1, c0, c1) in section pixels
     (voxels).
     """
@@ -699,14 +709,7 @@ def _cut_volume(prepared: PreparedVolume, planes, config: IndexConfig, name: str
         secs = _sections(prepared, batch)
         for i, sec in enumerate(secs):
             try:
-                img, info = preprocess_slice(
-                    sec,
-                    pp,
-                    threshold=prepared.threshold,
-                    background=prepared.background,
-                    normalized=True,
-                    name=name,
-                )
+                img, info = preprocess_slice(sec, pp, name=name)
             except PreprocessError:
                 continue
             if info.fraction >= pp.min_fraction:
@@ -1141,17 +1144,15 @@ def _to_match(index: MatchIndex, q: _Query, p: _Pose, volumes) -> Match:
     section = sample_section(pv.data, pv.background, p.pose, fine)
     cfg = index.config
     pp = replace(cfg.preprocess, size=cfg.fine_size)
-    # preprocessed as the index's sections are (the volume's own threshold), so the
-    # descriptor compares with the query as the index's do
+    # preprocessed as the index's sections and the query are (on its own threshold), so
+    # the descriptor compares with the query as the index's do
     try:
-        image = preprocess_slice(
-            section, pp, threshold=pv.threshold, background=pv.background, normalized=True
-        )[0]
+        image = preprocess_slice(section, pp, name="matched section")[0]
         small = describe(_resize(image, cfg.preprocess.size)).vector()
         cos = float(index.standardise(small)[0] @ q.descriptor)
     except (PreprocessError, MatchError):
         image, cos = np.zeros((pp.size, pp.size), np.uint8), 0.0
-    sil = segment_silhouette(section, pp.sensitivity, pv.threshold, pv.background)
+    sil = segment_silhouette(to_gray_float(section, "matched section"), pp.sensitivity)
     qs = q.silhouette
     a = np.where(qs, np.nan_to_num(q.crop), 0.0)
     b = np.where(sil, section, 0.0)
@@ -1239,9 +1240,10 @@ def match(
         Best of those registered at every level (the full pose search).
     refine : bool
         Run the registrations, and after a weak answer (best ``combined`` under
-        ``RETRY_SCORE``) the whole search again on the query's other ``READINGS``;
-        without, the screened start poses of the image as given are returned (fast,
-        but only as precise as the index's grid).
+        ``RETRY_SCORE``) the whole search again on the query's other ``READINGS``
+        (and on the reading without the brightest class, whatever the answer, where
+        a bright stem hid the fossil); without, the screened start poses of the image
+        as given are returned (fast, but only as precise as the index's grid).
     time_budget_s : float, optional
         Stop registering, and trying other readings, once this many seconds have
         passed (0: as ``refine=False``).
@@ -1288,11 +1290,18 @@ def match(
     )
     reading = READINGS[0]
     first = best = found[0].score if found else -1.0
-    # a weak first answer: every other reading is searched, the best one kept
-    for other in READINGS[1:] if refine and first < RETRY_SCORE else ():
+    # a weak first answer: every other reading is searched, the best one kept; a bright
+    # stem that hid the fossil from the segmentation: the reading without it, however
+    # well the stem alone was matched
+    weak = first < RETRY_SCORE
+    gray, sensitivity = to_gray_float(image, "query"), index.config.preprocess.sensitivity
+    hidden = refine and not weak and bright_class_hides_fossil(gray, sensitivity)
+    others = [r for r in READINGS[1:] if refine and (weak or (hidden and r.bright_removed))]
+    for other in others:
         if spent():
             break
-        report(0.9, f"weak match ({first:.2f}): searching again, query read as {other.name!r}")
+        why = f"weak match ({first:.2f})" if weak else "a bright stem may hide the fossil"
+        report(0.9, f"{why}: searching again, query read as {other.name!r}")
         try:
             q2 = _prepare_query(index, image, other)
         except (MatchError, PreprocessError):

@@ -45,11 +45,12 @@ __all__ = [
     "noise_level",
     "remove_dense_inclusions",
     "remove_bright_class",
+    "bright_class_hides_fossil",
 ]
 
 # Bump when the output of preprocess_slice changes for the same input, config and
-# threshold: stored slices and search indexes (all cut with their volume's threshold)
-# record it and refuse to mix versions.
+# threshold: stored slices (cut with their volume's threshold) and search indexes (each
+# section on its own threshold, as a query) record it and refuse to mix versions.
 PREPROCESS_VERSION = 1
 
 
@@ -520,3 +521,49 @@ def remove_bright_class(img: np.ndarray, grow: int = 2) -> np.ndarray | None:
     if grow:
         dense = ndimage.binary_dilation(dense, iterations=grow)
     return np.where(dense, np.float32(bg), g)
+
+
+def bright_class_hides_fossil(img: np.ndarray, sensitivity: float = 0.5) -> bool:
+    """Whether the section's brightest class hides a dimmer object from the segmentation.
+
+    A mounting stem far brighter than the fossil sets the threshold, so the silhouette is
+    the stem alone and the fossil beside it is read as background. That section, with
+    :func:`remove_bright_class` applied, shows a silhouette mostly *outside* the first
+    one (the hidden fossil), while a fossil that is its own brightest class leaves
+    remnants inside its silhouette and specks of noise around it.
+
+    Parameters
+    ----------
+    img : 2-D float array in [0, 1]
+        As from :func:`to_gray_float`.
+    sensitivity : float
+        As for :func:`segment_silhouette`.
+
+    Returns
+    -------
+    bool
+        True when one connected part of the silhouette after removal, outside the first
+        silhouette (grown by 2 % of the image side), has at least half its area.
+
+    >>> img = np.zeros((64, 64), np.float32); img[4:12, 28:36] = 1.0  # a stem
+    >>> img[30:54, 20:44] = 0.25  # a dimmer fossil below it
+    >>> bright_class_hides_fossil(img)
+    True
+    >>> bright_class_hides_fossil(img[24:, :])  # the fossil alone
+    False
+    """
+    g = np.asarray(img, dtype=np.float32)
+    removed = remove_bright_class(g)
+    if removed is None:
+        return False
+    try:
+        first = segment_silhouette(g, sensitivity)
+        second = segment_silhouette(removed, sensitivity)
+    except PreprocessError:  # nothing stands out, before or after the removal
+        return False
+    grow = max(2, int(round(0.02 * max(g.shape))))
+    outside = second & ~ndimage.binary_dilation(first, iterations=grow)
+    # one object, not the specks of noise left where the whole fossil was removed
+    labels, n = ndimage.label(outside)
+    largest = np.bincount(labels.ravel())[1:].max() if n else 0
+    return bool(largest >= 0.5 * first.sum())

@@ -74,7 +74,9 @@ def test_index_is_compact(index, tmp_path):
     [
         (1, "desc_basis", "index format 1.*rebuild it"),
         # format 2: before start poses came from the silhouettes' geometry
-        (2, "geometry", "index format 2, this version reads format 3; rebuild"),
+        (2, "geometry", "index format 2, this version reads format 4; rebuild"),
+        # format 3: same arrays, but sections segmented on their volume's threshold
+        (3, None, "index format 3, this version reads format 4; rebuild"),
     ],
 )
 def test_old_index_format_refused(index, tmp_path, old_format, dropped, msg):
@@ -87,6 +89,43 @@ def test_old_index_format_refused(index, tmp_path, old_format, dropped, msg):
     np.savez(tmp_path / "old.npz", **arrays)
     with pytest.raises(MatchError, match=msg):
         MatchIndex.load(tmp_path / "old.npz")
+
+
+def test_index_reads_each_section_as_a_query_is():
+    """A section is described on its own threshold, not its volume's, so that a query
+    cut there is read alike: here a faint shell beside a dense core, whose walls fall
+    under the volume's threshold (set by the core) in some sections."""
+    z, y, x = np.mgrid[:48, :48, :48].astype(np.float32)
+    vol = np.full((48, 48, 48), 0.1, np.float32)
+    vol[(z - 24) ** 2 + (y - 24) ** 2 + (x - 14) ** 2 < 36] = 1.0  # the dense core
+    r = np.sqrt((z - 24) ** 2 + (y - 24) ** 2 + (x - 32) ** 2)
+    vol[(r > 7) & (r < 9)] = 0.3  # a faint shell
+    config = IndexConfig(n_orientations=3, n_offsets=9)
+    index = matching.build_index([("V-TEST", "Testina", vol)], config)
+    pv = matching.prepare_volume(vol, config)
+    pp = config.preprocess
+
+    def geometry(img, info):
+        f = matching.describe(img, config.descriptor_size)
+        return matching._geometry(f.centroid, f.radius, f.orientation, info.box, pp.size, pv.window)
+
+    differs = 0
+    for row in range(len(index)):
+        plane = Plane(tuple(index.normals[row]), float(index.offsets[row]), 0.0)
+        section = matching._sections(pv, [plane])[0]
+        want = geometry(*preprocess_slice(section, pp))  # as a query is read
+        np.testing.assert_allclose(index.geometry[row], want, rtol=1e-3, atol=1e-2)
+        try:
+            on_volume = geometry(
+                *preprocess_slice(
+                    section, pp, threshold=pv.threshold, background=pv.background, normalized=True
+                )
+            )
+        except PreprocessError:
+            differs += 1
+            continue
+        differs += not np.allclose(on_volume, want, rtol=1e-3, atol=1e-2)
+    assert differs > 0  # the volume's threshold would have read some sections otherwise
 
 
 def test_index_geometry_places_the_silhouette(index, prepared):
@@ -348,6 +387,30 @@ def test_a_mounting_stem_in_the_query_is_read_away(index, specimens, prepared, m
     first = matching.match(index, q, volumes=prepared)[0]
     assert first.reading == "as given" and not recovered(first)
     assert first.scores["combined"] < best.scores["combined"]
+
+
+def test_a_stem_hiding_the_fossil_is_read_away_whatever_the_first_score(
+    index, specimens, prepared, monkeypatch
+):
+    """A stem far brighter than the fossil takes the whole segmentation; even when the
+    stem alone matches well (no weak answer), the reading without it is searched."""
+    spec, normal, offset, angle, scale = QUERIES[2]
+    truth, q = _query(specimens, prepared, spec, normal, offset, angle, scale)
+    q[:8, -9:] = 3.0 * np.percentile(q, 99.9)
+    monkeypatch.setattr(matching, "RETRY_SCORE", -1.0)  # no answer counts as weak
+    seen = []
+    best = matching.match(index, q, volumes=prepared, progress=lambda f, m: seen.append(m))[0]
+    again = [m for m in seen if "searching again" in m]
+    assert again == [
+        "a bright stem may hide the fossil: searching again, query read as "
+        "'brightest class removed'"
+    ]
+    assert best.reading == "brightest class removed" and best.specimen_id == spec
+    # a query without a stem is not searched again
+    seen.clear()
+    _, plain = _query(specimens, prepared, spec, normal, offset, angle, scale)
+    matching.match(index, plain, volumes=prepared, progress=lambda f, m: seen.append(m))
+    assert not any("searching again" in m for m in seen)
 
 
 @pytest.mark.parametrize("retry_score,retried", [(0.0, False), (2.0, True)])

@@ -219,6 +219,34 @@ def test_bright_class_removal_validates_grow():
         pp.remove_bright_class(img, grow=-1)
 
 
+def _bright_walled_fossil(rng):
+    """A ring fossil that is itself the brightest class, in noise."""
+    yy, xx = np.mgrid[:96, :96]
+    r = np.hypot(yy - 48, xx - 48)
+    img = np.where((r > 16) & (r < 22), 0.8, 0.1) + rng.normal(0, 0.03, (96, 96))
+    return np.clip(img, 0, 1).astype(np.float32)
+
+
+def _bright_blob_on_a_fossil(rng):
+    """A dense inclusion inside a fossil: both in one silhouette."""
+    img = _bright_walled_fossil(rng) * 0.4
+    img[44:52, 44:52] = 1.0
+    return img
+
+
+@pytest.mark.parametrize(
+    "make,hidden",
+    [
+        (lambda rng: _faint_ring_and_stem(rng)[0], True),  # the stem alone is segmented
+        (_bright_walled_fossil, False),  # removal leaves specks of noise around it
+        (_bright_blob_on_a_fossil, False),  # the fossil was in the first silhouette
+        (lambda rng: np.zeros((32, 32), np.float32), False),  # nothing at all
+    ],
+)
+def test_a_stem_hiding_the_fossil_is_told_apart(make, hidden):
+    assert pp.bright_class_hides_fossil(make(np.random.default_rng(5))) is hidden
+
+
 def test_more_smoothing_gives_a_faint_fossil_a_cleaner_outline():
     rng = np.random.default_rng(7)
     yy, xx = np.mgrid[:128, :128]
