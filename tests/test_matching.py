@@ -384,6 +384,7 @@ def test_a_mounting_stem_in_the_query_is_read_away(index, specimens, prepared, m
     assert best.reading == "brightest class removed"
     assert best.specimen_id == spec and recovered(best)
     monkeypatch.setattr(matching, "RETRY_SCORE", -1.0)  # never retry
+    monkeypatch.setattr(matching, "bright_class_hides_fossil", lambda *a: False)
     first = matching.match(index, q, volumes=prepared)[0]
     assert first.reading == "as given" and not recovered(first)
     assert first.scores["combined"] < best.scores["combined"]
