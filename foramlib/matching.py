@@ -1293,9 +1293,10 @@ def match(
     # a weak first answer: every other reading is searched, the best one kept; a bright
     # stem that hid the fossil from the segmentation: the reading without it, however
     # well the stem alone was matched
-    weak = first < RETRY_SCORE
-    gray, sensitivity = to_gray_float(image, "query"), index.config.preprocess.sensitivity
-    hidden = refine and not weak and bright_class_hides_fossil(gray, sensitivity)
+    weak, hidden = first < RETRY_SCORE, False
+    if refine and not weak:
+        gray = to_gray_float(image, "query")
+        hidden = bright_class_hides_fossil(gray, index.config.preprocess.sensitivity)
     others = [r for r in READINGS[1:] if refine and (weak or (hidden and r.bright_removed))]
     for other in others:
         if spent():
