@@ -105,7 +105,7 @@ from foramlib.registration import (
     batch_scores,
     make_template,
     pose_scores,
-    register,
+    register_many,
     sample_grid,
     sample_section,
 )
@@ -145,6 +145,7 @@ TEXTURE_SIGMA = 3.0  # high-pass sigma of the fine_size grid (the matched image)
 SHORT_EVALS = 80  # poses scored by the short registration of each screened start
 FULL_EVALS = 400  # poses scored by the full registration of each refined start
 REGISTRATION_THREADS = 2  # registrations run side by side (the interpolation frees the GIL)
+REGISTRATION_CHUNK = 8  # poses each thread registers in lock step (a budget check between)
 # sections parallel to the best poses, this many voxels either side, are tried as new
 # starts: a shell's sections a few voxels apart look alike (lens- and spindle-shaped
 # shells, regular chamberlets), and registration does not cross from one to the next
@@ -1108,31 +1109,40 @@ def _screen(index, q: _Query, rows, volumes) -> list[_Pose]:
 
 
 def _register_all(index, q: _Query, poses, volumes, levels: slice, max_evals: int, spent, report):
-    """Register `poses` (in place) on the `levels` of the query's pyramid, two at a time.
+    """Register `poses` (in place) on the `levels` of the query's pyramid.
 
-    The interpolation releases the GIL, so two threads use both cores of a small
-    machine. Poses not started before `spent()` is true keep their screened pose.
+    Poses are registered in lock step (:func:`register_many`), ``REGISTRATION_CHUNK``
+    at a time in each of ``REGISTRATION_THREADS`` threads (the sampling releases the
+    GIL, so two threads use both cores of a small machine). Poses not started before
+    `spent()` is true keep their screened pose.
     """
     prepared = [index.prepared(p.specimen_id, volumes) for p in poses]  # main thread: cache
 
-    def one(i: int) -> tuple[int, _Pose]:
-        pv, p = prepared[i], poses[i]
-        pose, score, _ = register(
-            pv.data,
-            pv.background,
-            p.pose,
+    def chunk(rows: list[int]) -> list[tuple[int, _Pose]]:
+        done = register_many(
+            [prepared[i].data for i in rows],
+            [prepared[i].background for i in rows],
+            [poses[i].pose for i in rows],
             q.templates[levels],
             texture_weight=SEARCH_WEIGHTS["texture"],
             max_evals=max_evals,
         )
-        return i, replace(p, pose=pose, score=score)
+        return [
+            (i, replace(poses[i], pose=pose, score=score))
+            for i, (pose, score, _) in zip(rows, done, strict=True)
+        ]
 
+    size = REGISTRATION_CHUNK
     with ThreadPoolExecutor(max_workers=REGISTRATION_THREADS) as pool:
         pending = list(range(len(poses)))
         while pending and not spent():
-            batch, pending = pending[:REGISTRATION_THREADS], pending[REGISTRATION_THREADS:]
-            for i, p in pool.map(one, batch):
-                poses[i] = p
+            take = size * REGISTRATION_THREADS
+            batch, pending = pending[:take], pending[take:]
+            # the round's poses dealt evenly to the threads
+            parts = [batch[k::REGISTRATION_THREADS] for k in range(REGISTRATION_THREADS)]
+            for done in pool.map(chunk, [part for part in parts if part]):
+                for i, p in done:
+                    poses[i] = p
             report(1.0 - len(pending) / len(poses))
 
 

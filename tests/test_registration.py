@@ -130,6 +130,53 @@ def test_register_respects_max_evals(volume):
     assert evals <= 20 + 14 + len(registration.GRADIENT_MOVES)
 
 
+def test_register_many_runs_each_start_as_register_would(volume):
+    # two volume objects (the second a mirror image), starts of both interleaved: the
+    # lock step must neither mix them up nor let one start's search change another's
+    mirror = np.ascontiguousarray(volume[::-1])
+    plane = Plane((0.3, -0.2, 0.93), 2.0, 75.0)
+    templates = [
+        _template(extract_slice(volume, plane, size=40, cval=0.0), n, s)
+        for n, s in ((20, 2.0), (40, 1.5))
+    ]
+    truth = _pose_of(plane, volume.shape, 40)
+    rng = np.random.default_rng(5)
+    starts = [truth.moved(rng.normal(0, [0.1, 0.1, 0.1, 1, 1, 1, 0.05])) for _ in range(5)]
+    volumes = [volume, mirror, volume, mirror, volume]
+    together = registration.register_many(volumes, [0.0] * 5, starts, templates, min_step=0.25)
+    for vol, start, (pose, score, evals) in zip(volumes, starts, together, strict=True):
+        alone, alone_score, alone_evals = register(vol, 0.0, start, templates, min_step=0.25)
+        # the same search; cv2.remap rounds a point's value by where it falls in the
+        # batch's map (~1e-6)
+        assert evals == alone_evals
+        assert score == pytest.approx(alone_score, abs=1e-5)
+        assert np.allclose(pose.origin, alone.origin, atol=1e-4)
+        assert np.allclose(pose.axes, alone.axes, atol=1e-4)
+    # the searches differ: some stop on the evaluation limit, some converge first
+    assert len({evals for _, _, evals in together}) > 1
+    assert together[0][1] > 0.9 and together[1][1] < together[0][1]
+
+
+def test_register_many_needs_a_volume_per_start(volume):
+    t = _template(extract_slice(volume, Plane((0, 0, 1), 0.0, 0.0), size=32), 16)
+    start = _pose_of(Plane((0, 0, 1), 0.0, 0.0), volume.shape, 32)
+    assert registration.register_many([], [], [], [t]) == []
+    with pytest.raises(ValueError, match="2 starts, 1 volumes, 2 cvals"):
+        registration.register_many([volume], [0.0, 0.0], [start, start], [t])
+
+
+@pytest.mark.parametrize("shape,sigma", [((3, 32, 32), 2.0), ((5, 64, 64), 1.5), ((20, 24), 3.0)])
+def test_high_pass_is_gaussian_and_independent_of_the_batch(shape, sigma):
+    images = np.random.default_rng(2).random(shape).astype(np.float32)
+    lead = (0,) * (len(shape) - 2)
+    expected = images - ndimage.gaussian_filter(images, (*lead, sigma, sigma), truncate=3.0)
+    out = registration._highpass(images, sigma)
+    assert out.shape == images.shape
+    assert np.allclose(out, expected, atol=1e-6)
+    if len(shape) == 3:  # an image's result does not depend on the others beside it
+        assert np.array_equal(out[1], registration._highpass(images[1:2], sigma)[0])
+
+
 @pytest.mark.parametrize(
     "image,sil,size,msg",
     [
