@@ -320,12 +320,22 @@ def sample_section(volume: np.ndarray, cval: float, pose: SectionPose, t: Templa
     return _sample_arrays(volume, cval, *_as_arrays([pose]), t)[0]
 
 
+def _correlation(x: np.ndarray, mask: np.ndarray, template: np.ndarray) -> np.ndarray:
+    """NCC of the rows of `x` (n, m) over the points `mask` with a zero-mean, unit-norm
+    `template`; in float32 (the samples' precision: ~1e-7 from float64, ten times
+    faster on the batches registration scores)."""
+    y = np.take(x, np.flatnonzero(mask), axis=1)
+    y -= y.mean(axis=1, keepdims=True)
+    # einsum, not BLAS: a row's result must not depend on the rows beside it
+    dot = np.einsum("ij,j->i", y, template.astype(np.float32))
+    return dot / (np.sqrt(np.einsum("ij,ij->i", y, y)) + 1e-12)
+
+
 def _scores(vals: np.ndarray, t: Template):
-    hp = _highpass(vals, t.sigma)
-    flat, hpf = vals.reshape(len(vals), -1), hp.reshape(len(vals), -1)
-    texture = _unit_centred(hpf[:, t.inside]) @ t.texture
-    intensity = _unit_centred(flat[:, t.valid]) @ t.intensity
-    return texture, intensity
+    n = len(vals)
+    texture = _correlation(_highpass(vals, t.sigma).reshape(n, -1), t.inside, t.texture)
+    intensity = _correlation(vals.reshape(n, -1), t.valid, t.intensity)
+    return texture.astype(np.float64), intensity.astype(np.float64)
 
 
 def batch_scores(volume, cval: float, origin, axes, scale, t: Template):
