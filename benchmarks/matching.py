@@ -138,6 +138,12 @@ def baseline_match(base, query, config, centres):
 # query sets whose misses were studied while the matcher was designed and tuned; the
 # others (3, 4) are held out, so their rates are the honest estimate
 DESIGN_SEEDS = (0, 1, 2)
+# less search effort than the defaults (``matching.match`` keywords), for --effort
+EFFORT_SETTINGS = {
+    "coarse_k=600": dict(coarse_k=600),
+    "coarse_k=300, screen_k=24, refine_k=6": dict(coarse_k=300, screen_k=24, refine_k=6),
+    "refine=False": dict(refine=False),
+}
 
 
 def draw_query(rng, spec, vol, pv):
@@ -230,10 +236,13 @@ def load_specimens(args):
     return vols, {p.specimen_id: p.species for p in plans}, f"virtual {args.preset} {args.shape}^3"
 
 
-def run_queries(index, vols, prepared, species, seed, n_queries, baseline=None, baseline_queries=0):
-    """Draw `n_queries` queries with `seed` and match them, the first
-    `baseline_queries` also with `baseline` (query → specimen, normal, offset); rows of
-    results per matcher."""
+def run_queries(
+    index, vols, prepared, species, seed, n_queries, baseline=None, baseline_queries=0,
+    settings=None,
+):  # fmt: skip
+    """Draw `n_queries` queries with `seed` and match them (with `settings`, keyword
+    arguments of ``matching.match``), the first `baseline_queries` also with `baseline`
+    (query → specimen, normal, offset); rows of results per matcher."""
     rng = np.random.default_rng(seed)
     ours, theirs = [], []
     specs = list(vols)
@@ -241,7 +250,7 @@ def run_queries(index, vols, prepared, species, seed, n_queries, baseline=None, 
         spec = specs[int(rng.integers(len(specs)))]
         truth, q, placement = draw_query(rng, spec, vols[spec], prepared[spec])
         t = time.perf_counter()
-        found = matching.match(index, q, volumes=prepared)
+        found = matching.match(index, q, volumes=prepared, **(settings or {}))
         lat = time.perf_counter() - t
         m = found[0]
         ok, err = recovered(m.specimen_id, m.normal, m.offset, spec, truth)
@@ -311,6 +320,10 @@ def main() -> None:
         "--more-seeds", type=int, nargs="*", default=[1, 2, 3, 4],
         help="more query sets, ours only",
     )  # fmt: skip
+    parser.add_argument(
+        "--effort", action="store_true",
+        help="also run the first query set with less search effort (EFFORT_SETTINGS)",
+    )  # fmt: skip
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "matching.json"))
     args = parser.parse_args()
 
@@ -365,6 +378,15 @@ def main() -> None:
         ours_all_sets=summarise_ours([r for v in by_seed.values() for r in v]),
         baseline=summarise(theirs),
     )
+    if args.effort:
+        result["effort"] = {
+            name: summarise_ours(
+                run_queries(
+                    index, vols, prepared, species, args.seed, args.queries, settings=kwargs
+                )[0]
+            )
+            for name, kwargs in EFFORT_SETTINGS.items()
+        }
     held_out = [r for k, v in by_seed.items() if k not in DESIGN_SEEDS for r in v]
     if held_out:
         result["ours_held_out"] = summarise_ours(held_out)
