@@ -15,7 +15,10 @@ call.
 tilts, the in-plane turn, three shifts and the scale), on a coarse-to-fine pyramid of
 the image: band-passed at a coarse scale first, whose similarity changes slowly with
 the pose (a wide basin of attraction), then at the full resolution of the template,
-whose similarity peaks sharply at the true pose.
+whose similarity peaks sharply at the true pose. :func:`register_many` runs many
+such searches in lock step: each round scores the moves of all of them in one batch,
+which halves the time of the few dozen registrations a query needs (the per-call cost
+of small array operations, not the arithmetic, dominated).
 
 Examples
 --------
