@@ -43,11 +43,11 @@ Matching a query runs in six stages:
    turn in its plane. Sections of a shell a few voxels apart can look alike (lens and
    spindle shapes, regularly repeated chamberlets), a near-symmetric section fits
    both ways round, and registration alone stays where it started;
-6. **axis turns**: the best two refined poses are turned about each principal axis
-   of their specimen, through its centroid, in steps of 30°; the best of the turned
-   poses are registered too. A shell that is nearly a solid of revolution (a cone, a
-   spindle, a lens) shows nearly the same section all the way round its axis, and
-   only its chambers tell the true turn.
+6. **axis turns**: the best ``AXIS_TURN_POSES`` refined poses are turned about each
+   principal axis of their specimen, through its centroid, in steps of 30°; the best
+   ``AXIS_TURN_STARTS`` turned poses of each are registered too. A shell that is
+   nearly a solid of revolution (a cone, a spindle, a lens) shows nearly the same
+   section all the way round its axis, and only its chambers tell the true turn.
 
 When the best match is weak (``combined`` under ``RETRY_SCORE``), the query may have
 been misread rather than be absent: the search runs again on other *readings* of it
