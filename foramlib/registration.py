@@ -359,18 +359,14 @@ def pose_scores(volume: np.ndarray, cval: float, poses: list[SectionPose], t: Te
     return _scores(_sample_arrays(volume, cval, *_as_arrays(poses), t), t)
 
 
-def _objective(volume, cval, arrays, t, texture_weight):
-    tex, ncc = _scores(_sample_arrays(volume, cval, *arrays, t), t)
-    return texture_weight * tex + (1.0 - texture_weight) * ncc
-
-
 GRADIENT_MOVES = (1.0, 2.0, 4.0)  # multiples of the step tried along the local slope
 # initial steps: tilts and turn (degrees), shifts (voxels), log-scale
 STEP = np.array([4.0, 4.0, 3.0, 1.5, 1.5, 1.5, 0.04])
 
 
 def _step_vector(scale: np.ndarray) -> np.ndarray:
-    return np.concatenate([np.deg2rad(scale[:3]), scale[3:]])
+    """Step sizes (..., 7) in degrees and voxels as the radians and voxels of a move."""
+    return np.concatenate([np.deg2rad(scale[..., :3]), scale[..., 3:]], axis=-1)
 
 
 def _moved_many(origin, axes, scale, steps):
@@ -461,7 +457,7 @@ def register_many(
             rows = np.flatnonzero((evals < max_evals) & (size >= floor).all(axis=1))
             if not len(rows):
                 break
-            vec = np.concatenate([np.deg2rad(size[rows, :3]), size[rows, 3:]], axis=1)
+            vec = _step_vector(size[rows])
             moves = np.concatenate([_diagonals(vec), -_diagonals(vec)], axis=1)  # (m, 14, 7)
             here = (origin[rows], axes[rows], scale[rows])
             s = objective(rows, *_moved_many(*here, moves))
