@@ -1132,11 +1132,10 @@ def _register_all(index, q: _Query, poses, volumes, levels: slice, max_evals: in
             for i, (pose, score, _) in zip(rows, done, strict=True)
         ]
 
-    size = REGISTRATION_CHUNK
+    take = REGISTRATION_CHUNK * REGISTRATION_THREADS
     with ThreadPoolExecutor(max_workers=REGISTRATION_THREADS) as pool:
         pending = list(range(len(poses)))
         while pending and not spent():
-            take = size * REGISTRATION_THREADS
             batch, pending = pending[:take], pending[take:]
             # the round's poses dealt evenly to the threads
             parts = [batch[k::REGISTRATION_THREADS] for k in range(REGISTRATION_THREADS)]

@@ -497,10 +497,7 @@ def register_many(
 
 def _diagonals(vec: np.ndarray) -> np.ndarray:
     """Rows (m, 7) as diagonal matrices (m, 7, 7)."""
-    out = np.zeros((*vec.shape, vec.shape[1]))
-    idx = np.arange(vec.shape[1])
-    out[:, idx, idx] = vec
-    return out
+    return vec[:, None, :] * np.eye(vec.shape[1])
 
 
 def register(
