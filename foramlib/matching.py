@@ -53,10 +53,16 @@ When the best match is weak (``combined`` under ``RETRY_SCORE``), the query may 
 been misread rather than be absent: the search runs again on other *readings* of it
 (``READINGS``: its outline segmented after more smoothing, for a faint fossil in a
 noisy matrix; its brightest class removed, for a mounting stem or a dense inclusion
-cut across) and the reading whose best match scores highest is kept. A query whose
-bright stem hid the fossil from the segmentation
-(:func:`foramlib.preprocess.bright_class_hides_fossil`) is searched without its
-brightest class whatever its first score: the stem alone can match well.
+cut across) and the reading whose best match scores highest is kept. A query still
+weak on every reading is searched once more, on its best reading and on the smoothed
+outline, with ``WIDE_SEARCH`` times the candidates at the coarse, screen and refine
+stages and ``WIDE_AROUND`` times the poses whose neighbours and turns are tried: a
+faint or broken outline misleads the silhouette descriptors and the start poses,
+which then rank the true pose's neighbourhood too low for the usual numbers (such
+queries take two to three times as long). A query whose bright stem hid the fossil
+from the segmentation (:func:`foramlib.preprocess.bright_class_hides_fossil`) is
+searched without its brightest class whatever its first score: the stem alone can
+match well.
 
 A plane and its flipped normal give the same section, mirrored: a match reports the
 normal, offset and in-plane angle for which ``extract_slice(volume, Plane(normal,
@@ -157,6 +163,11 @@ AXIS_TURN_POSES = 4  # best refined poses turned about their specimen's principa
 AXIS_TURN_STEP = 30.0  # degrees between the turns
 AXIS_TURN_STARTS = 6  # best screened turned starts of each, registered (NEIGHBOUR_EVALS)
 RETRY_SCORE = 0.85  # a best combined score under this sends the query through other readings
+# a query still weak on every reading is searched once more on its best reading (and
+# WIDE_READINGS), with this many times the coarse candidates, screened and refined poses
+WIDE_SEARCH = 3
+_WIDENED = ("coarse_k", "screen_k", "refine_k")
+WIDE_AROUND = 2  # ... and this many times the poses whose neighbours and turns are tried
 DESCRIPTOR_DIMS = 64  # principal components kept in the index
 _BLOCK_WEIGHTS = (("hu", 1.0), ("radial", 1.0), ("fourier", 1.0), ("texture", 1.5))
 DESCRIBE_TEXTURE_SIGMA = 1.0  # high-pass of the texture block (pixels at the index size)
@@ -188,6 +199,8 @@ READINGS = (
     Reading("smoothed outline", sigma=2.7),
     Reading("brightest class removed", bright_removed=True),
 )
+# searched wide too when a query stays weak: smoothing rescues most faint outlines
+WIDE_READINGS = (READINGS[1],)
 
 
 class MatchError(ValueError):
@@ -1182,9 +1195,25 @@ def _to_match(index: MatchIndex, q: _Query, p: _Pose, volumes) -> Match:
 
 
 def _search(
-    index, q: _Query, rows, volumes, spent, report, *, top_k, coarse_k, screen_k, refine_k, refine
+    index,
+    q: _Query,
+    rows,
+    volumes,
+    spent,
+    report,
+    *,
+    top_k,
+    coarse_k,
+    screen_k,
+    refine_k,
+    refine,
+    around_factor: int = 1,
 ) -> list[_Pose]:
-    """The five stages for one reading of the query: poses, best first."""
+    """The six stages for one reading of the query: poses, best first.
+
+    `around_factor` multiplies the refined poses whose neighbours (``NEIGHBOUR_POSES``)
+    and axis turns (``AXIS_TURN_POSES``) are tried.
+    """
     report(0.0, f"coarse search over {len(rows)} candidate sections")
     cand = _coarse(index, q, rows, coarse_k)
     report(0.1, f"screening {len(_AMBIGUITIES) * len(cand)} start poses")
@@ -1204,9 +1233,9 @@ def _search(
     )  # fmt: skip
     refined = _distinct(best)
     report(0.85, "trying the sections next to the best poses")
-    nearby = _neighbours(index, q, refined[:NEIGHBOUR_POSES], volumes, spent)
+    nearby = _neighbours(index, q, refined[: NEIGHBOUR_POSES * around_factor], volumes, spent)
     report(0.93, "turning the best poses about the shell's axes")
-    turned = _axis_turns(index, q, refined[:AXIS_TURN_POSES], volumes, spent)
+    turned = _axis_turns(index, q, refined[: AXIS_TURN_POSES * around_factor], volumes, spent)
     return _distinct(refined + nearby + turned) + found[refine_k:]
 
 
@@ -1251,8 +1280,11 @@ def match(
         Run the registrations, and after a weak answer (best ``combined`` under
         ``RETRY_SCORE``) the whole search again on the query's other ``READINGS``
         (and on the reading without the brightest class, whatever the answer, where
-        a bright stem hid the fossil); without, the screened start poses of the image
-        as given are returned (fast, but only as precise as the index's grid).
+        a bright stem hid the fossil), and if still weak a wider search (``WIDE_SEARCH``
+        times `coarse_k`, `screen_k` and `refine_k`, ``WIDE_AROUND`` times the poses
+        whose neighbours and turns are tried) on the best reading and the smoothed
+        outline; without, the screened start poses of the image as given are
+        returned (fast, but only as precise as the index's grid).
     time_budget_s : float, optional
         Stop registering, and trying other readings, once this many seconds have
         passed (0: as ``refine=False``).
@@ -1320,6 +1352,23 @@ def match(
         # a search the budget cut short scores some poses unregistered: not comparable
         if again and again[0].score > best and not spent():
             q, found, reading, best = q2, again, other, again[0].score
+    if refine and best < RETRY_SCORE and WIDE_SEARCH > 1 and not spent():
+        # still weak on every reading: the best one (and WIDE_READINGS) once more, with a
+        # wider net (a faint or broken outline misleads the coarse stage and the screen,
+        # which then rank the true pose's neighbourhood too low); WIDE_SEARCH=1: never
+        wide = dict(settings, **{k: settings[k] * WIDE_SEARCH for k in _WIDENED})
+        wide.update(around_factor=WIDE_AROUND)
+        for other in dict.fromkeys([reading, *WIDE_READINGS]):
+            if spent():
+                break
+            report(0.93, f"weak match ({best:.2f}): a wider search, query read as {other.name!r}")
+            try:
+                q2 = q if other == reading else _prepare_query(index, image, other)
+            except (MatchError, PreprocessError):
+                continue
+            again = _search(index, q2, rows, volumes, spent, lambda f, m: None, **wide)
+            if again and again[0].score > best and not spent():
+                q, found, reading, best = q2, again, other, again[0].score
     report(0.95, "scoring the matches")
     out = sorted(
         (

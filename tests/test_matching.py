@@ -433,6 +433,50 @@ def test_other_readings_are_searched_only_after_a_weak_answer(
     assert not any("searching again" in m for m in seen)
 
 
+@pytest.mark.parametrize(
+    "retry_score,wide_search,widened", [(0.0, 3, False), (2.0, 1, False), (2.0, 3, True)]
+)
+def test_a_query_weak_on_every_reading_gets_a_wider_search(
+    index, specimens, prepared, monkeypatch, retry_score, wide_search, widened
+):
+    """Still weak after every reading: its best reading and the smoothed outline are
+    searched once more with WIDE_SEARCH times the candidates at each stage (and
+    WIDE_AROUND times the poses whose neighbours and turns are tried), and a wider
+    answer is kept only where it scores higher."""
+    truth, q = _query(specimens, prepared, *QUERIES[0])
+    monkeypatch.setattr(matching, "RETRY_SCORE", retry_score)
+    monkeypatch.setattr(matching, "WIDE_SEARCH", wide_search)
+    calls = []
+    search = matching._search
+
+    def spy(index_, q_, rows, volumes, spent, report, **settings):
+        calls.append(settings)
+        return search(index_, q_, rows, volumes, spent, report, **settings)
+
+    monkeypatch.setattr(matching, "_search", spy)
+    seen = []
+    best = matching.match(
+        index, q, volumes=prepared, coarse_k=50, screen_k=4, refine_k=2,
+        progress=lambda f, m: seen.append(m),
+    )[0]  # fmt: skip
+    wider = [m for m in seen if "a wider search" in m]
+    narrow = dict(coarse_k=50, screen_k=4, refine_k=2)
+    first_pass = calls[: len(calls) - len(wider)]
+    assert all({k: c[k] for k in narrow} == narrow for c in first_pass)
+    assert all(c.get("around_factor", 1) == 1 for c in first_pass)
+    if not widened:
+        assert wider == [] and (len(calls) == 1 if retry_score == 0.0 else len(calls) > 1)
+        return
+    assert len(wider) in (1, 2) and "'smoothed outline'" in wider[-1]
+    wide = {k: v * wide_search for k, v in narrow.items()}
+    assert all({k: c[k] for k in wide} == wide for c in calls[-len(wider) :])
+    assert all(c["around_factor"] == matching.WIDE_AROUND > 1 for c in calls[-len(wider) :])
+    # the wider search can only improve the answer
+    monkeypatch.setattr(matching, "WIDE_SEARCH", 1)
+    first = matching.match(index, q, volumes=prepared, coarse_k=50, screen_k=4, refine_k=2)[0]
+    assert best.scores["combined"] >= first.scores["combined"] - 1e-6
+
+
 def test_restrict_to_specimens_and_species(index, specimens, prepared):
     spec, normal, offset, angle, _ = QUERIES[0]
     q = extract_slice(specimens[spec][1], Plane(normal, offset, angle), size=60)
