@@ -1339,19 +1339,26 @@ def match(
         gray = to_gray_float(image, "query")
         hidden = bright_class_hides_fossil(gray, index.config.preprocess.sensitivity)
     others = [r for r in READINGS[1:] if refine and (weak or (hidden and r.bright_removed))]
+
+    def search_again(other: Reading, at: float, message: str, **how) -> None:
+        """Search the query read as `other`, with `how`; keep it where it scores higher."""
+        nonlocal q, found, reading, best
+        report(at, message)
+        try:
+            q2 = q if other == reading else _prepare_query(index, image, other)
+        except (MatchError, PreprocessError):
+            return  # nothing to read this way
+        again = _search(index, q2, rows, volumes, spent, lambda f, m: None, **how)
+        # a search the budget cut short scores some poses unregistered: not comparable
+        if again and again[0].score > best and not spent():
+            q, found, reading, best = q2, again, other, again[0].score
+
     for other in others:
         if spent():
             break
         why = f"weak match ({first:.2f})" if weak else "a bright stem may hide the fossil"
-        report(0.9, f"{why}: searching again, query read as {other.name!r}")
-        try:
-            q2 = _prepare_query(index, image, other)
-        except (MatchError, PreprocessError):
-            continue  # nothing to read this way
-        again = _search(index, q2, rows, volumes, spent, lambda f, m: None, **settings)
-        # a search the budget cut short scores some poses unregistered: not comparable
-        if again and again[0].score > best and not spent():
-            q, found, reading, best = q2, again, other, again[0].score
+        message = f"{why}: searching again, query read as {other.name!r}"
+        search_again(other, 0.9, message, **settings)
     if refine and best < RETRY_SCORE and WIDE_SEARCH > 1 and not spent():
         # still weak on every reading: the best one (and WIDE_READINGS) once more, with a
         # wider net (a faint or broken outline misleads the coarse stage and the screen,
@@ -1361,14 +1368,8 @@ def match(
         for other in dict.fromkeys([reading, *WIDE_READINGS]):
             if spent():
                 break
-            report(0.93, f"weak match ({best:.2f}): a wider search, query read as {other.name!r}")
-            try:
-                q2 = q if other == reading else _prepare_query(index, image, other)
-            except (MatchError, PreprocessError):
-                continue
-            again = _search(index, q2, rows, volumes, spent, lambda f, m: None, **wide)
-            if again and again[0].score > best and not spent():
-                q, found, reading, best = q2, again, other, again[0].score
+            message = f"weak match ({best:.2f}): a wider search, query read as {other.name!r}"
+            search_again(other, 0.93, message, **wide)
     report(0.95, "scoring the matches")
     out = sorted(
         (
