@@ -97,6 +97,7 @@ from skimage.metrics import structural_similarity
 
 from foramlib.atomic import atomic_path
 from foramlib.preprocess import (
+    DENSE_FACTOR,
     PREPROCESS_VERSION,
     PreprocessConfig,
     PreprocessError,
@@ -134,8 +135,9 @@ __all__ = [
 ]
 
 # 2: compact descriptors, no stored images; 3: + silhouette geometry; 4: each section
-# segmented on its own threshold, as a query is
-INDEX_FORMAT = 4
+# segmented on its own threshold, as a query is; 5: volumes prepared with dense
+# inclusions measured against the walls (preprocess.dense_inclusion_mask)
+INDEX_FORMAT = 5
 N_RADII = 24  # polar resampling: radii from 0.1 to RHO_MAX radii of gyration
 N_ANGLES = 64
 RHO_MAX = 2.6
@@ -234,7 +236,7 @@ class IndexConfig:
     descriptor_size: int = 32
     preprocess: PreprocessConfig = PreprocessConfig(size=64)
     smooth_sigma: float = 0.8
-    dense_factor: float | None = 1.8
+    dense_factor: float | None = DENSE_FACTOR
     fine_size: int = 128
 
     def __post_init__(self) -> None:

@@ -39,6 +39,7 @@ from scipy.spatial.transform import Rotation
 
 from foramlib.atomic import atomic_dir
 from foramlib.preprocess import (
+    DENSE_FACTOR,
     PreprocessConfig,
     PreprocessError,
     background_level,
@@ -302,7 +303,7 @@ class SlicingConfig:
     slices_per_taxon: int = 2000
     offsets_per_orientation: int = 4
     jitter_deg: float = 5.0
-    dense_factor: float | None = 1.8
+    dense_factor: float | None = DENSE_FACTOR
     smooth_sigma: float = 0.8
     preprocess: PreprocessConfig = PreprocessConfig()
 
@@ -320,7 +321,11 @@ def slices_per_volume(manifest: pd.DataFrame, slices_per_taxon: int) -> pd.Serie
 
 
 def prepare_volume(
-    volume, *, smooth_sigma: float = 0.8, dense_factor: float | None = 1.8, name: str = "volume"
+    volume,
+    *,
+    smooth_sigma: float = 0.8,
+    dense_factor: float | None = DENSE_FACTOR,
+    name: str = "volume",
 ):
     """Ready a volume for cutting: denoise, drop dense inclusions, normalise, threshold.
 

@@ -29,6 +29,7 @@ from mpl_toolkits.mplot3d.art3d import Poly3DCollection
 from skimage.measure import marching_cubes
 from skimage.transform import downscale_local_mean
 
+from foramlib.preprocess import DENSE_FACTOR
 from foramlib.slicing import Plane, plane_axes
 from foramlib.slicing import prepare_volume as prepare_slicing_volume
 
@@ -77,7 +78,7 @@ def surface_mesh(
     level: float | None = None,
     step: int = 2,
     smooth_sigma: float = 0.8,
-    dense_factor: float | None = 1.8,
+    dense_factor: float | None = DENSE_FACTOR,
 ):
     """Triangle mesh of the specimen's surface, in the volume's voxel coordinates.
 

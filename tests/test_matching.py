@@ -74,9 +74,11 @@ def test_index_is_compact(index, tmp_path):
     [
         (1, "desc_basis", "index format 1.*rebuild it"),
         # format 2: before start poses came from the silhouettes' geometry
-        (2, "geometry", "index format 2, this version reads format 4; rebuild"),
+        (2, "geometry", "index format 2, this version reads format 5; rebuild"),
         # format 3: same arrays, but sections segmented on their volume's threshold
-        (3, None, "index format 3, this version reads format 4; rebuild"),
+        (3, None, "index format 3, this version reads format 5; rebuild"),
+        # format 4: same arrays, but thin walls could be taken for dense inclusions
+        (4, None, "index format 4, this version reads format 5; rebuild"),
     ],
 )
 def test_old_index_format_refused(index, tmp_path, old_format, dropped, msg):
@@ -372,7 +374,10 @@ def test_a_mounting_stem_in_the_query_is_read_away(index, specimens, prepared, m
     """A metal stem cut across in a corner takes the query's segmentation; the weak
     first answer sends the query through its other readings, and the one without its
     brightest class finds the pose."""
-    spec, normal, offset, angle, scale = QUERIES[2]
+    # The Chrysalidina: at 48^3 voxels the Orbitoides' own thin mount is no denser than
+    # its walls once blurred, so it stays in its prepared volume (as in the query), and
+    # with the stem in the corner two of its poses 13 degrees apart score alike (0.63).
+    spec, normal, offset, angle, scale = QUERIES[0]
     truth, q = _query(specimens, prepared, spec, normal, offset, angle, scale)
     q[:8, -9:] = 3.0 * np.percentile(q, 99.9)
 
