@@ -304,6 +304,35 @@ def summarise_ours(rows):
     }
 
 
+def build_or_reuse_index(vols: dict, species: dict, config, cache=None):
+    """The index of `vols` and its build time in seconds, reused from `cache` if it can be.
+
+    A cached index is reused only when it loads with `config` (same settings, index format
+    and preprocessing version) and holds exactly these specimens; its build time comes
+    from the ``.json`` written beside it when it was built.
+    """
+    cache = Path(cache) if cache else None
+    if cache is not None and cache.is_file() and cache.with_suffix(".json").is_file():
+        try:
+            index = matching.MatchIndex.load(cache, config)
+        except matching.MatchError as exc:
+            print(f"not reusing {cache}: {exc}", flush=True)
+        else:
+            if set(np.unique(index.specimen).tolist()) == set(vols):
+                build_s = json.loads(cache.with_suffix(".json").read_text())["build_s"]
+                print(f"reusing the index in {cache} (built in {build_s:.0f} s)", flush=True)
+                return index, build_s
+            print(f"not reusing {cache}: it holds other specimens", flush=True)
+    print("building the index", flush=True)
+    t0 = time.perf_counter()
+    index = matching.build_index([(k, species[k], v) for k, v in vols.items()], config)
+    build_s = time.perf_counter() - t0
+    if cache is not None:
+        index.save(cache)
+        write_text(cache.with_suffix(".json"), json.dumps({"build_s": build_s}) + "\n")
+    return index, build_s
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--manifest", default="data/curated/manifest.csv")
@@ -324,15 +353,18 @@ def main() -> None:
         "--effort", action="store_true",
         help="also run the first query set with less search effort (EFFORT_SETTINGS)",
     )  # fmt: skip
+    parser.add_argument(
+        "--index-cache", default=None,
+        help="an .npz to reuse the index from when it holds these specimens and settings "
+        "(its build time is kept beside it); written after a build otherwise",
+    )  # fmt: skip
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "matching.json"))
     args = parser.parse_args()
 
     vols, species, source = load_specimens(args)
     config = matching.IndexConfig(n_orientations=args.orientations, n_offsets=args.offsets)
-    print(f"{len(vols)} specimens from {source}; building the index", flush=True)
-    t0 = time.perf_counter()
-    index = matching.build_index([(k, species[k], v) for k, v in vols.items()], config)
-    build_s = time.perf_counter() - t0
+    print(f"{len(vols)} specimens from {source}", flush=True)
+    index, build_s = build_or_reuse_index(vols, species, config, args.index_cache)
     with tempfile.TemporaryDirectory() as tmp:
         size = index.save(Path(tmp) / "i.npz").stat().st_size
     # a warm session keeps prepared volumes (foramlib.indexing.Collection does)
