@@ -305,7 +305,8 @@ def summarise_ours(rows):
 
 
 def build_or_reuse_index(vols: dict, species: dict, config, cache=None):
-    """The index of `vols` and its build time in seconds, reused from `cache` if it can be.
+    """The index of `vols`, its build time in seconds and whether it was reused from
+    `cache`.
 
     A cached index is reused only when it loads with `config` (same settings, index format
     and preprocessing version) and holds exactly these specimens; its build time comes
@@ -321,7 +322,7 @@ def build_or_reuse_index(vols: dict, species: dict, config, cache=None):
             if set(np.unique(index.specimen).tolist()) == set(vols):
                 build_s = json.loads(cache.with_suffix(".json").read_text())["build_s"]
                 print(f"reusing the index in {cache} (built in {build_s:.0f} s)", flush=True)
-                return index, build_s
+                return index, build_s, True
             print(f"not reusing {cache}: it holds other specimens", flush=True)
     print("building the index", flush=True)
     t0 = time.perf_counter()
@@ -330,7 +331,7 @@ def build_or_reuse_index(vols: dict, species: dict, config, cache=None):
     if cache is not None:
         index.save(cache)
         write_text(cache.with_suffix(".json"), json.dumps({"build_s": build_s}) + "\n")
-    return index, build_s
+    return index, build_s, False
 
 
 def main() -> None:
@@ -364,7 +365,7 @@ def main() -> None:
     vols, species, source = load_specimens(args)
     config = matching.IndexConfig(n_orientations=args.orientations, n_offsets=args.offsets)
     print(f"{len(vols)} specimens from {source}", flush=True)
-    index, build_s = build_or_reuse_index(vols, species, config, args.index_cache)
+    index, build_s, reused = build_or_reuse_index(vols, species, config, args.index_cache)
     with tempfile.TemporaryDirectory() as tmp:
         size = index.save(Path(tmp) / "i.npz").stat().st_size
     # a warm session keeps prepared volumes (foramlib.indexing.Collection does)
@@ -396,6 +397,7 @@ def main() -> None:
             specimens=len(vols),
             candidates=len(index),
             build_s=round(build_s, 1),
+            reused_from_cache=reused,
             size_mb=round(size / 1e6, 2),
             bytes_per_candidate=round(size / len(index), 1),
             prepare_volumes_s=round(prepare_s, 1),

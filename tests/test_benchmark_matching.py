@@ -41,15 +41,15 @@ CONFIG = IndexConfig(n_orientations=3, n_offsets=3)
 
 def test_the_index_is_built_once_then_reused(bench, tmp_path, monkeypatch):
     cache = tmp_path / "index.npz"
-    built, build_s = bench.build_or_reuse_index(VOLS, SPECIES, CONFIG, cache)
-    assert cache.is_file() and cache.with_suffix(".json").is_file()
+    built, build_s, reused = bench.build_or_reuse_index(VOLS, SPECIES, CONFIG, cache)
+    assert not reused and cache.is_file() and cache.with_suffix(".json").is_file()
 
     def no_build(*a, **k):
         raise AssertionError("the cached index should have been reused")
 
     monkeypatch.setattr(matching, "build_index", no_build)
-    again, again_s = bench.build_or_reuse_index(VOLS, SPECIES, CONFIG, cache)
-    assert again_s == pytest.approx(build_s)
+    again, again_s, reused = bench.build_or_reuse_index(VOLS, SPECIES, CONFIG, cache)
+    assert reused and again_s == pytest.approx(build_s)
     assert np.array_equal(again.normals, built.normals) and len(again) == len(built)
 
 
@@ -63,7 +63,8 @@ def test_the_index_is_built_once_then_reused(bench, tmp_path, monkeypatch):
 def test_a_cache_of_other_specimens_or_settings_is_rebuilt(bench, tmp_path, vols, config):
     cache = tmp_path / "index.npz"
     bench.build_or_reuse_index(VOLS, SPECIES, CONFIG, cache)
-    index, _ = bench.build_or_reuse_index(vols, SPECIES, config, cache)
+    index, _, reused = bench.build_or_reuse_index(vols, SPECIES, config, cache)
+    assert not reused
     assert set(np.unique(index.specimen).tolist()) == set(vols)
     assert index.config == config
     assert matching.MatchIndex.load(cache, config).config == config  # the cache is replaced
@@ -71,5 +72,5 @@ def test_a_cache_of_other_specimens_or_settings_is_rebuilt(bench, tmp_path, vols
 
 def test_without_a_cache_nothing_is_written(bench, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    index, build_s = bench.build_or_reuse_index(VOLS, SPECIES, CONFIG)
-    assert len(index) > 0 and build_s > 0 and not list(tmp_path.iterdir())
+    index, build_s, reused = bench.build_or_reuse_index(VOLS, SPECIES, CONFIG)
+    assert len(index) > 0 and build_s > 0 and not reused and not list(tmp_path.iterdir())
