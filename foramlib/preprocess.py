@@ -505,6 +505,11 @@ def dense_inclusion_mask(
     >>> bool(mask[15, 15, 3]), bool(mask[15, 15, 18])
     (True, False)
     """
+    return _dense_inclusions(volume, factor, grow)[0]
+
+
+def _dense_inclusions(volume, factor: float, grow: int) -> tuple[np.ndarray, float]:
+    """:func:`dense_inclusion_mask` and the background level it measured."""
     if not factor > 1.0:
         raise ValueError(f"factor must be > 1, got {factor!r}")
     if not isinstance(grow, int | np.integer) or grow < 0:
@@ -516,14 +521,14 @@ def dense_inclusion_mask(
     bg = float(np.median(border))
     noise = 1.4826 * float(np.median(np.abs(border - bg)))
     deviation = smooth - bg
-    standing_out = deviation > _NOISE_DEVIATIONS * noise
+    standing_out = deviation > _NOISE_DEVIATIONS * noise  # all > 0, so logs exist
     values = deviation[standing_out]
-    if values.size < 100 or not (values > 0).all():
-        return np.zeros(smooth.shape, bool)
+    if values.size < 100:
+        return np.zeros(smooth.shape, bool), bg
     dense = deviation > factor * _fossil_level(values, smooth.size)
     if grow and dense.any():
         dense = ndimage.binary_dilation(dense, iterations=int(grow)) & standing_out
-    return dense
+    return dense, bg
 
 
 def remove_dense_inclusions(
@@ -547,11 +552,11 @@ def remove_dense_inclusions(
     if not factor > 1.0:
         raise ValueError(f"factor must be > 1 (or None to disable), got {factor!r}")
     vol = np.asarray(volume, dtype=np.float32)
-    dense = dense_inclusion_mask(vol, factor, grow)
+    dense, bg = _dense_inclusions(vol, factor, grow)
     if not dense.any() or dense.mean() > 0.02:
         return vol
     out = vol.copy()
-    out[dense] = background_level(ndimage.gaussian_filter(vol, 1.0))
+    out[dense] = bg
     return out
 
 
