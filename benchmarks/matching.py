@@ -366,8 +366,11 @@ def main() -> None:
     config = matching.IndexConfig(n_orientations=args.orientations, n_offsets=args.offsets)
     print(f"{len(vols)} specimens from {source}", flush=True)
     index, build_s, reused = build_or_reuse_index(vols, species, config, args.index_cache)
-    with tempfile.TemporaryDirectory() as tmp:
-        size = index.save(Path(tmp) / "i.npz").stat().st_size
+    if args.index_cache:  # written or read above: no need to write it again
+        size = Path(args.index_cache).stat().st_size
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            size = index.save(Path(tmp) / "i.npz").stat().st_size
     # a warm session keeps prepared volumes (foramlib.indexing.Collection does)
     t0 = time.perf_counter()
     prepared = {k: matching.prepare_volume(v, config, k) for k, v in vols.items()}

@@ -342,9 +342,13 @@ def background_level(array: np.ndarray) -> float:
     >>> round(background_level(v), 3)
     0.2
     """
+    return float(np.median(_border_values(array)))
+
+
+def _border_values(array) -> np.ndarray:
+    """The values on the faces of a volume (the edges of an image), flattened."""
     a = np.asarray(array)
-    parts = [np.take(a, [0, -1], axis=ax).ravel() for ax in range(a.ndim)]
-    return float(np.median(np.concatenate(parts)))
+    return np.concatenate([np.take(a, [0, -1], axis=ax).ravel() for ax in range(a.ndim)])
 
 
 def foreground_threshold(
@@ -515,9 +519,7 @@ def _dense_inclusions(volume, factor: float, grow: int) -> tuple[np.ndarray, flo
     if not isinstance(grow, int | np.integer) or grow < 0:
         raise ValueError(f"grow must be an integer >= 0, got {grow!r}")
     smooth = ndimage.gaussian_filter(np.asarray(volume, dtype=np.float32), 1.0)
-    border = np.concatenate(
-        [np.take(smooth, [0, -1], axis=ax).ravel() for ax in range(smooth.ndim)]
-    )
+    border = _border_values(smooth)
     bg = float(np.median(border))
     noise = 1.4826 * float(np.median(np.abs(border - bg)))
     deviation = smooth - bg
