@@ -23,11 +23,11 @@ help:
 	@echo "make benchmarks              run the speed benchmarks (JSON in benchmarks/results/)"
 	@echo "make dashboard [PORT=8866]   serve the dashboard (Voila) on http://127.0.0.1:PORT"
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	@echo "==> creating the Python environment in $(VENV) (first time: a few minutes)"
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --progress-bar off --upgrade pip
-	$(BIN)/python -m pip install --progress-bar off -e ".[dev]"
+	$(BIN)/python -m pip install --progress-bar off -c constraints.txt -e ".[dev]"
 	@touch $(STAMP)
 	@echo "==> environment ready"
 

@@ -119,7 +119,7 @@ def _optional_str(v: Any) -> bool:
 
 
 def _weights(v: Any) -> bool:
-    """imagenet, null, or the path of a local weights file"""
+    """imagenet, null, or the path of a local weights file ({backbone} for its name)"""
     return v is None or (isinstance(v, str) and v.strip() != "")
 
 
@@ -164,8 +164,23 @@ SCHEMA: dict[str, tuple[Callable[[Any], bool], str]] = {
     "split.fractions": (_fractions, "target share of slices in train, val, test"),
     "split.max_exhaustive": (_positive_int, "largest joint search space searched exhaustively"),
     "split.restarts": (_positive_int, "starts of the coordinate-descent fallback"),
+    "pretrain.corpus.n_taxa": (_int_at_least(2), "pseudo-taxa of the pretraining corpus"),
+    "pretrain.corpus.specimens_per_taxon": (
+        _int_at_least(2),
+        "specimens per pseudo-taxon (the last one held out)",
+    ),
+    "pretrain.corpus.slices_per_specimen": (_positive_int, "candidate sections per specimen"),
+    "pretrain.corpus.shape": (_int_at_least(32), "edge of a corpus volume in voxels"),
+    "pretrain.corpus.supersample": (_positive_int, "build resolution factor of the corpus"),
+    "pretrain.corpus.n_jobs": (_positive_int, "worker processes for the corpus"),
+    "pretrain.epochs": (_positive_int, "pretraining epochs per backbone"),
+    "pretrain.lr": (_number_in(0, 1, lo_open=True), "pretraining peak learning rate"),
+    "pretrain.max_steps_per_epoch": (_optional_positive_int, "cap on pretraining steps"),
     "train.backbones": (_backbones, "one train@<name> stage per backbone, with its input size"),
-    "train.weights": (_weights, "imagenet (paper; needs network), null, or a local file"),
+    "train.weights": (
+        _weights,
+        "imagenet (paper; needs network), null, or a local file, e.g. the pretrain stage's",
+    ),
     "train.batch_size": (_positive_int, "images per batch (paper: 32)"),
     "train.dropout": (_number_in(0, 1, hi_open=True), "dropout before the classifier"),
     "train.phase1_epochs": (_int_at_least(0), "epochs with the backbone frozen (paper: 10)"),

@@ -49,6 +49,7 @@ __all__ = [
     "save_ensembles",
     "load_ensembles",
     "evaluate_spec",
+    "choose_final",
 ]
 
 KINDS = ("top_k", "patch")
@@ -674,3 +675,27 @@ def evaluate_spec(name: str, spec: EnsembleSpec, predictions: Mapping[str, Predi
         spec.names,
         source=f"{spec.kind} ensemble of {list(spec.members)}",
     )
+
+
+def choose_final(
+    specs: Mapping[str, EnsembleSpec], val: Mapping[str, Predictions], metric: str = "accuracy"
+) -> tuple[str, EnsembleSpec]:
+    """The final model: the ensemble with the best VALIDATION `metric`.
+
+    The paper reports its PatchEnsemble as final; here the choice among the built
+    ensembles is made on validation predictions, like every other choice, so the test
+    split only measures it. Ties go to the PatchEnsemble, then to the order of `specs`.
+
+    Examples
+    --------
+    >>> a = Predictions.from_arrays("a", [[0.9, 0.1], [0.6, 0.4]], [0, 1], ["A", "B"])
+    >>> b = Predictions.from_arrays("b", [[0.9, 0.1], [0.2, 0.8]], [0, 1], ["A", "B"])
+    >>> name, spec = choose_final(build_ensembles({"a": a, "b": b}, n_weak=1), {"a": a, "b": b})
+    >>> name
+    'PatchEnsemble'
+    """
+    if not specs:
+        raise EnsembleError("no ensembles to choose the final model from")
+    scores = {n: evaluate_spec(n, s, val).overall[metric] for n, s in specs.items()}
+    order = sorted(specs, key=lambda n: (-scores[n], n != "PatchEnsemble", list(specs).index(n)))
+    return order[0], specs[order[0]]

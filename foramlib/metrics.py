@@ -51,6 +51,7 @@ __all__ = [
     "roc_curves",
     "specimen_votes",
     "specimen_accuracy",
+    "specimen_confusion",
 ]
 
 ROW_SUM_TOLERANCE = 1e-3
@@ -155,6 +156,31 @@ class Predictions:
         probs_df = pd.DataFrame(probs, columns=[f"p_{n}" for n in names])
         frame = pd.concat([frame, probs_df], axis=1)
         return cls(str(name), frame, probs, y, names, source)
+
+    def with_probs(self, name, probs, source: str = "") -> Predictions:
+        """The same slices (ids, specimens, split, true labels) with other probabilities.
+
+        For an ensemble's probabilities over the slices of its members' files.
+
+        Examples
+        --------
+        >>> p = Predictions.from_arrays("m", [[0.9, 0.1], [0.4, 0.6]], [0, 0], ["A", "B"],
+        ...                             specimen_ids=["x", "x"], split="test")
+        >>> q = p.with_probs("ens", [[0.2, 0.8], [0.3, 0.7]])
+        >>> q.name, list(q.frame["specimen_id"]), list(q.frame["split"]), q.y_pred.tolist()
+        ('ens', ['x', 'x'], ['test', 'test'], [1, 1])
+        """
+        frame = self.frame
+        return Predictions.from_arrays(
+            name,
+            probs,
+            self.y_true,
+            self.names,
+            slice_ids=self.slice_ids,
+            specimen_ids=frame["specimen_id"] if "specimen_id" in frame.columns else None,
+            split=str(frame["split"].iloc[0]) if "split" in frame.columns else "",
+            source=source or f"{name} over the slices of {self.source or self.name}",
+        )
 
 
 def _check_probs(probs: np.ndarray, n_classes: int, where: str) -> None:
@@ -556,3 +582,27 @@ def specimen_accuracy(predictions: Predictions) -> float:
     """
     votes = specimen_votes(predictions)
     return float((votes["true"] == votes["predicted"]).mean())
+
+
+def specimen_confusion(votes: pd.DataFrame, names, normalize: bool = True) -> np.ndarray:
+    """Confusion matrix of specimen votes (:func:`specimen_votes`), rows = true class.
+
+    Raises
+    ------
+    PredictionError
+        A ``true`` or ``predicted`` name that is not in `names`.
+
+    Examples
+    --------
+    >>> votes = pd.DataFrame({"true": ["A", "A", "B"], "predicted": ["A", "B", "B"]})
+    >>> specimen_confusion(votes, ["A", "B"], normalize=False).tolist()
+    [[1, 1], [0, 1]]
+    """
+    names = list(names)
+    unknown = sorted({str(v) for v in [*votes["true"], *votes["predicted"]]} - set(names))
+    if unknown:
+        raise PredictionError(f"specimen votes name class(es) {_show(unknown)} not in {names}")
+    index = {n: i for i, n in enumerate(names)}
+    y_true = [index[t] for t in votes["true"]]
+    y_pred = [index[p] for p in votes["predicted"]]
+    return confusion(y_true, y_pred, len(names), normalize=normalize)

@@ -41,6 +41,7 @@ __all__ = [
     "build_model",
     "count_params",
     "set_backbone_trainable",
+    "save_backbone_weights",
 ]
 
 
@@ -170,11 +171,13 @@ def _resolve_weights(spec: BackboneSpec, weights: Any) -> str | None:
             )
         return "imagenet"
     if isinstance(weights, str | os.PathLike):
-        path = Path(weights)
+        # one setting for all backbones: "models/pretrain/{backbone}/backbone.weights.h5"
+        path = Path(os.fspath(weights).replace("{backbone}", spec.name))
         if not path.is_file():
             raise ModelError(
-                f"weights = {str(weights)!r} is invalid: no such weights file "
-                "(expected None, 'imagenet' or the path of a local weights file)"
+                f"weights = {str(weights)!r} is invalid: no such weights file {str(path)!r} "
+                "(expected None, 'imagenet' or the path of a local weights file, where "
+                "'{backbone}' stands for the backbone's name)"
             )
         return str(path)
     raise ModelError(f"weights = {weights!r} is invalid: expected None, 'imagenet' or a file path")
@@ -265,19 +268,19 @@ def build_model(
 
     if spec.application is None:
         net = _tiny_cnn(input_size, seed)
-        if weights is not None:
-            net.load_weights(weights)
     else:
         constructor = getattr(keras.applications, spec.application)
         net = constructor(
             include_top=False,
-            weights=weights,
+            weights="imagenet" if weights == "imagenet" else None,
             input_shape=(input_size, input_size, 3),
             pooling="avg",
             **spec.kwargs,
         )
         # Not name="backbone" in the call: EfficientNetV2 looks its block table up by name.
         net = keras.Model(net.input, net.output, name="backbone")
+    if weights not in (None, "imagenet"):
+        _load_backbone_weights(net, weights, spec.name)
     x = net(x)
     x = layers.Dropout(dropout, seed=seed, name="head_dropout")(x)
     head_init = keras.initializers.GlorotUniform(seed=seed)
@@ -289,6 +292,44 @@ def build_model(
         name="predictions",
     )(x)
     return keras.Model(inputs, outputs, name=f"foram_{backbone}")
+
+
+def _load_backbone_weights(net, path: str, name: str) -> None:
+    """Load a headless backbone's weights (as :func:`save_backbone_weights` writes them)."""
+    try:
+        net.load_weights(path)
+    except (ValueError, KeyError, OSError) as err:
+        raise ModelError(
+            f"weights = {path!r} do not fit backbone {name!r}: {err} (pretrained weights "
+            "belong to one backbone; the input size may differ)"
+        ) from None
+
+
+def save_backbone_weights(model, path) -> Path:
+    """Write the backbone of `model` (without its head) for ``build_model(weights=path)``.
+
+    The file name must end in ``.weights.h5`` (Keras' weights format); it is written
+    atomically.
+
+    Examples
+    --------
+    >>> import tempfile, numpy as np
+    >>> m = build_model("tiny_cnn", input_size=32, n_classes=5, seed=1)
+    >>> path = save_backbone_weights(m, tempfile.mkdtemp() + "/tiny.weights.h5")
+    >>> m2 = build_model("tiny_cnn", input_size=32, n_classes=3, weights=path, seed=2)
+    >>> a, b = backbone_of(m).get_weights(), backbone_of(m2).get_weights()
+    >>> all(np.array_equal(x, y) for x, y in zip(a, b))
+    True
+    """
+    from foramlib.atomic import atomic_path
+
+    path = Path(path)
+    if not path.name.endswith(".weights.h5"):
+        raise ModelError(f"path = {str(path)!r} is invalid: expected a name ending in .weights.h5")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path, suffix=".weights.h5") as tmp:  # keras checks the suffix
+        backbone_of(model).save_weights(tmp)
+    return path
 
 
 def backbone_of(model):

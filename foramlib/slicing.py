@@ -383,11 +383,16 @@ def slice_volume(
     stats : dict
         Candidates, kept, dropped as low-content, seconds.
     """
-    t0 = time.perf_counter()
     name = name or str(path)
     vol = read_volume(path, voxel_size_um=voxel_size_um)
+    return slice_array(vol.data, n_slices, config, seed, name=name)
+
+
+def slice_array(volume: np.ndarray, n_slices: int, config: SlicingConfig, seed: int, name="volume"):
+    """:func:`slice_volume` on a volume already in memory (same outputs)."""
+    t0 = time.perf_counter()
     data, background, threshold, fg = prepare_volume(
-        vol.data, smooth_sigma=config.smooth_sigma, dense_factor=config.dense_factor, name=name
+        volume, smooth_sigma=config.smooth_sigma, dense_factor=config.dense_factor, name=name
     )
     rng = np.random.default_rng(seed)
     fg = fg[rng.choice(len(fg), size=min(len(fg), 20_000), replace=False)]

@@ -310,11 +310,16 @@ def enable_jit(model, backend: str | None = None) -> bool | str:
 
 
 def _compile(model, config: TrainConfig, schedule) -> None:
+    _compile_with(model, schedule, config.weight_decay, config.label_smoothing)
+
+
+def _compile_with(model, schedule, weight_decay: float, label_smoothing: float) -> None:
+    """AdamW + label-smoothed cross-entropy, accuracy and top-3 (training and pretraining)."""
     import keras
 
     model.compile(
-        optimizer=keras.optimizers.AdamW(learning_rate=schedule, weight_decay=config.weight_decay),
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
+        optimizer=keras.optimizers.AdamW(learning_rate=schedule, weight_decay=weight_decay),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
         metrics=[
             keras.metrics.CategoricalAccuracy(name="accuracy"),
             keras.metrics.TopKCategoricalAccuracy(k=3, name="top3"),

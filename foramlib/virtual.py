@@ -13,6 +13,15 @@ seed (so repeat scans of one specimen share it) and scan conditions from a per-f
 seed. Units inside the generator are millimetres in the specimen's own frame, whose
 z axis is the coiling or growth axis.
 
+Same seed, same bytes on another machine: numpy picks its float32 ``exp``/``log``/
+``sin``/``cos`` (and, on AVX-512 CPUs, float64 transcendental) kernels by CPU at run
+time, and those kernels round differently in the last bit, which the 16-bit
+quantisation of the written volumes then turns into different files.
+:func:`synthesize_collection` therefore renders in worker processes started with
+``NPY_DISABLE_CPU_FEATURES`` naming every optional kernel, so every CPU of an
+architecture runs numpy's baseline code; the numeric stack itself is pinned by
+``constraints.txt``. Small vectors are normed in plain float64 arithmetic, not BLAS.
+
 Examples
 --------
 >>> import numpy as np
@@ -26,7 +35,11 @@ Examples
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
+import multiprocessing
+import os
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -80,7 +93,7 @@ class TaxonSpec:
     plan: str
 
     def __post_init__(self) -> None:
-        if self.plan not in _PLANS:
+        if self.plan not in _PLANS and not self.plan.startswith("shell-"):
             raise ValueError(
                 f"TaxonSpec {self.species!r}: unknown plan {self.plan!r}; "
                 f"valid plans: {sorted(_PLANS)}"
@@ -811,7 +824,7 @@ def plan_collection(taxa: Sequence[TaxonSpec], seed: int) -> list[ScanPlan]:
 # ----------------------------------------------------------------------------------------
 def _specimen(plan: ScanPlan):
     rng = np.random.default_rng(plan.specimen_seed)
-    sampler, _, _ = _PLANS[plan.plan]
+    sampler, _, _ = _plan_entry(plan.plan)
     morph = sampler(rng)
     damage_rate = _DAMAGE_RATE.get(plan.plan, _BASE_DAMAGE_RATE)
     damage = []
@@ -829,10 +842,29 @@ def _specimen(plan: ScanPlan):
     return morph, damage, int(rng.integers(2**31))
 
 
+def _plan_entry(name: str) -> tuple[Callable, Callable, bool]:
+    """(sampler, builder, builder needs an rng) of a genus plan or a generic shell."""
+    if name in _PLANS:
+        return _PLANS[name]
+    from foramlib import shells
+
+    recipe = shells.shell_recipe(shells._recipe_id(name))
+    return (lambda rng: shells.sample_shell(rng, recipe)), shells.build_shell, True
+
+
+def _norm(v) -> float:
+    """Euclidean length of a short vector in float64, the same on every CPU.
+
+    ``np.linalg.norm`` of a 1-D array goes through BLAS ``dot``, whose kernel (and so
+    its last bit) OpenBLAS chooses by CPU.
+    """
+    return math.sqrt(math.fsum(float(x) * float(x) for x in np.ravel(v)))
+
+
 def build_specimen(plan: ScanPlan, grid: Grid) -> Parts:
     """Build the specimen of `plan` on `grid` (specimen-frame coordinates), with damage."""
     morph, damage, build_seed = _specimen(plan)
-    _, builder, needs_rng = _PLANS[plan.plan]
+    _, builder, needs_rng = _plan_entry(plan.plan)
     parts = (
         builder(grid, morph, np.random.default_rng(build_seed))
         if needs_rng
@@ -841,7 +873,7 @@ def build_specimen(plan: ScanPlan, grid: Grid) -> Parts:
     ext = np.asarray(morph["extent"])
     scale = float(ext.max())
     for d in damage:
-        n = np.asarray(d["direction"]) / np.linalg.norm(d["direction"])
+        n = np.asarray(d["direction"]) / _norm(d["direction"])
         dist = grid.x * n[0] + grid.y * n[1] + grid.z * n[2] - d["offset"] * scale
         if d["kind"] == "crack":
             # a thin planar fracture that stops inside the test
@@ -850,7 +882,7 @@ def build_specimen(plan: ScanPlan, grid: Grid) -> Parts:
             parts.wall &= ~crack
         else:
             # a fragment broken off the edge: everything beyond a plane near the rim
-            cut = dist > (0.55 + 0.4 * d["size"]) * scale * np.linalg.norm(n / (ext / scale))
+            cut = dist > (0.55 + 0.4 * d["size"]) * scale * _norm(n / (ext / scale))
             parts.wall &= ~cut
             parts.solid &= ~cut
     return parts
@@ -915,7 +947,7 @@ def render_scan(plan: ScanPlan, shape: int = 128, supersample: int = 2):
     cond = _scan_conditions(plan)
     rng = np.random.default_rng(cond["seed"])
     extent = np.asarray(morph["extent"], float)
-    bound = float(np.linalg.norm(extent))  # bounding sphere of the specimen, any rotation
+    bound = _norm(extent)  # bounding sphere of the specimen, any rotation
     vox_mm = 2 * bound / (shape * cond["fill"])
     voxel_size_um = round(vox_mm * 1000, 2)
     vox_mm = voxel_size_um / 1000
@@ -1004,9 +1036,61 @@ def _add_scan_artefacts(vol, cond, rng, centre_vox, bound_vox):
 # ----------------------------------------------------------------------------------------
 # The whole collection
 # ----------------------------------------------------------------------------------------
+_NUMPY_KERNELS_ENV = "NPY_DISABLE_CPU_FEATURES"
+
+
+def _numpy_optional_kernels() -> tuple[list[str], dict]:
+    """numpy's run-time dispatched CPU targets and which of them are in use here."""
+    try:
+        from numpy._core import _multiarray_umath as umath  # numpy >= 2
+    except ImportError:  # pragma: no cover - numpy 1.x
+        from numpy.core import _multiarray_umath as umath
+    targets = list(getattr(umath, "__cpu_dispatch__", []))
+    features = getattr(umath, "__cpu_features__", {})
+    return targets, {t: bool(features.get(t, False)) for t in targets}
+
+
+def _check_portable_kernels() -> None:
+    """Refuse to render where numpy uses CPU-specific kernels (bytes would vary by CPU)."""
+    _, active = _numpy_optional_kernels()
+    used = [t for t, on in active.items() if on]
+    if used:
+        raise RuntimeError(
+            f"numpy uses the CPU-specific kernels {used} in this process, so rendered "
+            f"volumes would differ between machines; render in a process started with "
+            f"{_NUMPY_KERNELS_ENV} naming them (synthesize_collection does this)"
+        )
+
+
+@contextlib.contextmanager
+def _portable_workers(n_jobs: int):
+    """A process pool whose numpy runs only its baseline kernels (see the module notes).
+
+    numpy reads ``NPY_DISABLE_CPU_FEATURES`` once, when it is imported, so the workers
+    are fresh ("spawn") processes that inherit it from this one's environment; it is
+    set only while the pool starts and runs.
+    """
+    targets, _ = _numpy_optional_kernels()
+    old = os.environ.get(_NUMPY_KERNELS_ENV)
+    os.environ[_NUMPY_KERNELS_ENV] = " ".join(targets)
+    pool = ProcessPoolExecutor(
+        max_workers=int(n_jobs), mp_context=multiprocessing.get_context("spawn")
+    )
+    try:
+        yield pool
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        if old is None:
+            os.environ.pop(_NUMPY_KERNELS_ENV, None)
+        else:
+            os.environ[_NUMPY_KERNELS_ENV] = old
+
+
 def _render_and_write(args):
     plan, out_dir, shape, supersample = args
     from foramlib.volumes import write_nifti
+
+    _check_portable_kernels()
 
     t0 = time.perf_counter()
     vol, voxel_um = render_scan(plan, shape, supersample)
@@ -1041,11 +1125,14 @@ def synthesize_collection(
     taxa : sequence of TaxonSpec
         What to generate (see :func:`paper_taxa`, :func:`tiny_taxa`).
     seed : int
-        Master seed; the same seed gives byte-identical files.
+        Master seed; the same seed gives byte-identical files, on any CPU of the
+        architecture, given the numeric stack pinned in ``constraints.txt``.
     shape, supersample : int
         Passed to :func:`render_scan`.
     n_jobs : int
-        Worker processes (results do not depend on it).
+        Worker processes (results do not depend on it). Rendering always runs in
+        fresh worker processes, even for 1, because only there can numpy be kept to
+        its CPU-independent baseline kernels (see the module notes).
     progress : callable or None
         Called with one line per finished scan.
 
@@ -1058,36 +1145,28 @@ def synthesize_collection(
         raise ValueError(f"n_jobs must be >= 1, got {n_jobs!r}")
     plans = plan_collection(taxa, seed)
     rows = []
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir) as tmp, _portable_workers(n_jobs) as pool:
         jobs = [(p, tmp, shape, supersample) for p in plans]
-        if n_jobs == 1:
-            results = map(_render_and_write, jobs)
-        else:
-            pool = ProcessPoolExecutor(max_workers=int(n_jobs))
-            results = pool.map(_render_and_write, jobs)
-        try:
-            for i, (plan, (file, voxel_um, secs)) in enumerate(zip(plans, results, strict=True)):
-                if progress:
-                    progress(
-                        f"[{i + 1}/{len(plans)}] {file} ({plan.species}) "
-                        f"{voxel_um:.1f} um, {secs:.1f} s"
-                    )
-                notes = "virtual scan"
-                if plan.repeat:
-                    notes += f"; repeat scan {plan.repeat + 1} of specimen {plan.specimen_id}"
-                rows.append(
-                    dict(
-                        file=file,
-                        specimen_id=plan.specimen_id,
-                        species=plan.species,
-                        voxel_size_um=voxel_um,
-                        source="virtual",
-                        notes=notes,
-                    )
+        results = pool.map(_render_and_write, jobs)
+        for i, (plan, (file, voxel_um, secs)) in enumerate(zip(plans, results, strict=True)):
+            if progress:
+                progress(
+                    f"[{i + 1}/{len(plans)}] {file} ({plan.species}) "
+                    f"{voxel_um:.1f} um, {secs:.1f} s"
                 )
-        finally:
-            if n_jobs != 1:
-                pool.shutdown()
+            notes = "virtual scan"
+            if plan.repeat:
+                notes += f"; repeat scan {plan.repeat + 1} of specimen {plan.specimen_id}"
+            rows.append(
+                dict(
+                    file=file,
+                    specimen_id=plan.specimen_id,
+                    species=plan.species,
+                    voxel_size_um=voxel_um,
+                    source="virtual",
+                    notes=notes,
+                )
+            )
         manifest = pd.DataFrame(rows)
         manifest.to_csv(Path(tmp) / "manifest.csv", index=False)
         summary = dict(

@@ -11,12 +11,12 @@ Array axis order is nibabel's ``(x, y, z)``. TIFF stacks are stored ``(z, y, x)`
 
 from __future__ import annotations
 
-import gzip
-import io
 import math
 import os
 import re
+import struct
 import warnings
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -428,6 +428,10 @@ def write_nifti(path, arr, voxel_size_um, *, dtype=np.uint16, description: str |
     scaling stored in ``scl_slope``/``scl_inter``, so `read_volume` recovers the values
     within quantisation error. Integer input that fits `dtype` is stored unscaled.
 
+    The bytes depend only on the arguments: no time, host or file name is stored, and
+    ``.nii.gz`` is written as uncompressed deflate blocks (see `_gzip_stored`), so the
+    installed zlib build cannot change them either.
+
     Parameters
     ----------
     path : path-like
@@ -486,11 +490,36 @@ def write_nifti(path, arr, voxel_size_um, *, dtype=np.uint16, description: str |
         hdr["descrip"] = description.encode("ascii")
     raw = img.to_bytes()
     if suffix == ".nii.gz":
-        buf = io.BytesIO()
-        with gzip.GzipFile(filename="", mode="wb", fileobj=buf, mtime=0, compresslevel=6) as gz:
-            gz.write(raw)
-        raw = buf.getvalue()
+        raw = _gzip_stored(raw)
     return write_bytes(path, raw)
+
+
+_STORED_BLOCK = 0xFFFF  # the largest deflate "stored" block
+
+
+def _gzip_stored(raw: bytes) -> bytes:
+    """`raw` as a gzip member of uncompressed ("stored") deflate blocks.
+
+    The bytes are fixed by the format alone, not by the zlib that happens to be
+    installed: compressed deflate output differs between zlib, zlib-ng (Fedora's
+    system zlib, some Python builds) and Apple's zlib, so a compressed ``.nii.gz``
+    written from the same array would hash differently on another machine. Header:
+    no file name, mtime 0, OS "unknown". Any gzip reader (nibabel, ``gzip``, ``zcat``)
+    reads it. Micro-CT noise leaves little to compress (level 6 saved about 10 % on
+    the virtual collection), which is the price of this.
+    """
+    out = bytearray(b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff")
+    n = len(raw)
+    view = memoryview(raw)
+    starts = range(0, n, _STORED_BLOCK) if n else [0]
+    for start in starts:
+        block = view[start : start + _STORED_BLOCK]
+        final = start + _STORED_BLOCK >= n
+        size = len(block)
+        out += bytes([1 if final else 0]) + struct.pack("<HH", size, size ^ 0xFFFF)
+        out += block
+    out += struct.pack("<II", zlib.crc32(raw) & 0xFFFFFFFF, n & 0xFFFFFFFF)
+    return bytes(out)
 
 
 def _lines(rows) -> str:

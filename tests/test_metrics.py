@@ -21,6 +21,7 @@ from foramlib.metrics import (
     report_from_probs,
     roc_curves,
     specimen_accuracy,
+    specimen_confusion,
     specimen_votes,
 )
 from foramlib.training import predictions_frame
@@ -318,6 +319,33 @@ def test_specimen_vote_by_hand():
     assert votes["n_slices"].tolist() == [3, 2, 1]
     np.testing.assert_allclose(votes["confidence"], [1.89 / 3, 0.55, 0.8])
     assert specimen_accuracy(p) == pytest.approx(2 / 3)
+    np.testing.assert_array_equal(
+        specimen_confusion(votes, ["A", "B"], normalize=False), [[1, 1], [0, 1]]
+    )
+    np.testing.assert_allclose(specimen_confusion(votes, ["A", "B"]), [[0.5, 0.5], [0, 1]])
+    with pytest.raises(PredictionError, match=r"class\(es\) 'B' not in \['A', 'C'\]"):
+        specimen_confusion(votes, ["A", "C"])
+
+
+def test_with_probs_keeps_the_slices_and_specimens():
+    p = Predictions.from_arrays(
+        "m",
+        [[0.9, 0.1], [0.4, 0.6]],
+        [0, 1],
+        ["A", "B"],
+        slice_ids=["a:0", "b:0"],
+        specimen_ids=["a", "b"],
+        split="test",
+        source="m.csv",
+    )
+    q = p.with_probs("Top-2", [[0.2, 0.8], [0.3, 0.7]])
+    assert q.name == "Top-2" and q.slice_ids == ["a:0", "b:0"] and q.names == ["A", "B"]
+    assert q.frame["specimen_id"].tolist() == ["a", "b"]
+    assert q.frame["split"].tolist() == ["test", "test"]
+    assert q.y_true.tolist() == [0, 1] and q.y_pred.tolist() == [1, 1]
+    assert "m.csv" in q.source
+    with pytest.raises(PredictionError, match=r"shape \(n, 2\), got \(1, 2\)|labels of shape"):
+        p.with_probs("bad", [[0.5, 0.5]])
 
 
 def test_specimen_vote_refusals():

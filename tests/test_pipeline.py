@@ -24,6 +24,18 @@ OVERRIDES = {
     "curate": {"min_models": 3},
     "slice": {"slices_per_taxon": 24, "offsets_per_orientation": 3, "size": 32, "n_jobs": 1},
     "split": {"restarts": 5},
+    "pretrain": {
+        "corpus": {
+            "n_taxa": 3,
+            "specimens_per_taxon": 2,
+            "slices_per_specimen": 6,
+            "shape": 32,
+            "supersample": 1,
+            "n_jobs": 1,
+        },
+        "epochs": 1,
+        "max_steps_per_epoch": 2,
+    },
     "train": {
         "backbones": {"tiny_cnn": {"input_size": 32}, "mobilenetv3_small": {"input_size": 32}},
         "batch_size": 8,
@@ -99,6 +111,9 @@ def test_dvc_repro_runs_every_stage_then_nothing(scratch_repo):
         "curate",
         "slice",
         "split",
+        "corpus",
+        "pretrain@tiny_cnn",
+        "pretrain@mobilenetv3_small",
         "train@tiny_cnn",
         "train@mobilenetv3_small",
         "ensemble",
@@ -116,6 +131,11 @@ def test_dvc_repro_runs_every_stage_then_nothing(scratch_repo):
     meta = json.loads((repo / "data" / "index" / "index.json").read_text())
     assert meta["specimens"] == 12 and meta["repeat_scans_skipped"] == ["V-CHRY-01_scan2.nii.gz"]
     assert (repo / "results" / "figures" / "match_example.png").exists()
+    # the backbones start from the weights pretrained on the corpus of other shells
+    for b in ("tiny_cnn", "mobilenetv3_small"):
+        assert (repo / "models" / "pretrain" / b / "backbone.weights.h5").exists()
+        config = json.loads((repo / "models" / b / "config.json").read_text())
+        assert config["weights"] == "models/pretrain/{backbone}/backbone.weights.h5"
     for nb in ("synthesize", "curate", "index"):
         assert (
             repo / "book" / "_build" / "html" / "_generated" / "reports" / f"{nb}.html"

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import gzip
 import json
+import os
+import subprocess
+import sys
 import zlib
 
 import numpy as np
@@ -11,6 +15,8 @@ import pytest
 
 from foramlib import virtual
 from foramlib.volumes import read_manifest, read_volume
+
+_ENV_BEFORE = os.environ.get("NPY_DISABLE_CPU_FEATURES")
 
 PAPER_TABLE2 = {
     "Chrysalidina": 16,
@@ -169,8 +175,8 @@ def test_low_contrast_matrix_scan_has_bright_background():
 
 
 def test_written_volume_compresses_like_a_scan_not_like_zeros(tiny_collection):
-    raw = (tiny_collection / "V-ORBI-01.nii.gz").read_bytes()
-    assert len(zlib.compress(raw)) > 0.9 * len(raw)  # noisy data is incompressible
+    raw = gzip.decompress((tiny_collection / "V-ORBI-01.nii.gz").read_bytes())
+    assert len(zlib.compress(raw)) > 0.8 * len(raw)  # noisy data is incompressible
 
 
 @pytest.mark.parametrize(
@@ -203,18 +209,50 @@ def test_unknown_preset_lists_the_valid_ones():
         virtual.taxa_preset("big")
 
 
-def test_interrupted_generation_keeps_the_previous_collection(tmp_path, monkeypatch):
+def test_workers_run_numpy_baseline_kernels():
+    """numpy's optional (AVX2, AVX-512, ...) kernels round differently in the last bit,
+    so the volumes are rendered where none is in use, whatever this process uses."""
+    with virtual._portable_workers(1) as pool:
+        targets, active = pool.submit(virtual._numpy_optional_kernels).result()
+    assert targets == virtual._numpy_optional_kernels()[0]
+    assert not any(active.values()), active
+    assert os.environ.get("NPY_DISABLE_CPU_FEATURES") == _ENV_BEFORE  # nothing leaks
+
+
+def test_files_do_not_depend_on_the_cpu_kernels_numpy_picks(tmp_path):
+    """Another machine, simulated: a process whose numpy may use no optional CPU kernel
+    (a CPU without AVX2) writes the same bytes as this one. On a CPU with none to begin
+    with this passes trivially; with AVX2, V-CHRY-03 differs unless rendering avoids
+    the CPU-specific float32 exp/log/sin/cos."""
+    taxa = virtual.tiny_taxa()[:1]
+    virtual.synthesize_collection(
+        tmp_path / "here", taxa, seed=5, shape=24, supersample=1, progress=None
+    )
+    env = dict(os.environ, NPY_DISABLE_CPU_FEATURES=" ".join(virtual._numpy_optional_kernels()[0]))
+    code = (
+        "import sys; from foramlib import virtual; virtual.synthesize_collection(sys.argv[1], "
+        "virtual.tiny_taxa()[:1], seed=5, shape=24, supersample=1, progress=None)"
+    )
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "other")], env=env, check=True)
+    names = sorted(p.name for p in (tmp_path / "here").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "other").iterdir())
+    for name in names:
+        assert (tmp_path / "here" / name).read_bytes() == (
+            tmp_path / "other" / name
+        ).read_bytes(), name
+
+
+def test_interrupted_generation_keeps_the_previous_collection(tmp_path):
     out = tmp_path / "virtual"
     taxa = virtual.tiny_taxa()[:1]
     virtual.synthesize_collection(out, taxa, seed=1, shape=16, supersample=1, progress=None)
     before = sorted(p.name for p in out.iterdir())
 
-    def boom(*args, **kwargs):
+    def boom(line):  # Ctrl-C after the first volume (rendering runs in worker processes)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(virtual, "render_scan", boom)
     with pytest.raises(KeyboardInterrupt):
-        virtual.synthesize_collection(out, taxa, seed=2, shape=16, supersample=1, progress=None)
+        virtual.synthesize_collection(out, taxa, seed=2, shape=16, supersample=1, progress=boom)
     assert sorted(p.name for p in out.iterdir()) == before
     assert [p.name for p in tmp_path.iterdir()] == ["virtual"]  # no temp left behind
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import gzip
+import time
 import warnings
+import zlib
 
 import nibabel as nib
 import numpy as np
@@ -14,6 +16,7 @@ from foramlib.volumes import (
     ManifestWarning,
     Volume,
     VolumeError,
+    _gzip_stored,
     check_volume_array,
     normalize_intensity,
     read_volume,
@@ -90,6 +93,33 @@ def test_writes_are_byte_identical(tmp_path, suffix):
         assert head[4:8] == b"\0\0\0\0"  # gzip mtime
         assert not head[3] & 0x08  # no FNAME field
     assert sorted(p.name for p in (tmp_path / "one").iterdir()) == [f"a{suffix}"]  # no temp left
+
+
+def test_gz_bytes_do_not_depend_on_the_zlib_build(tmp_path, monkeypatch):
+    """zlib, zlib-ng and Apple's zlib deflate the same data to different bytes; the
+    written .nii.gz must not change with them, nor with the clock."""
+    arr = np.random.default_rng(0).random((40, 30, 20))
+    a = write_nifti(tmp_path / "a.nii.gz", arr, 5.0).read_bytes()
+    plain = write_nifti(tmp_path / "a.nii", arr, 5.0).read_bytes()
+    real_compressobj = zlib.compressobj
+
+    def other_zlib(level=-1, method=zlib.DEFLATED, wbits=zlib.MAX_WBITS, *args, **kwargs):
+        # another build's choices: same format, different matches and blocks
+        return real_compressobj(1, method, wbits, 9, zlib.Z_FILTERED)
+
+    monkeypatch.setattr(zlib, "compressobj", other_zlib)
+    monkeypatch.setattr(time, "time", lambda: 2_000_000_000.0)  # another day
+    b = write_nifti(tmp_path / "b.nii.gz", arr, 5.0).read_bytes()
+    assert a == b
+    assert gzip.decompress(a) == plain
+    assert a[10] & 0x06 == 0  # first deflate block is stored (BTYPE 00)
+    assert a[15 : 15 + len(plain)] == plain  # one block: the .nii bytes, verbatim
+
+
+@pytest.mark.parametrize("n", [0, 1, 65535, 65536, 3 * 65535 + 7])
+def test_stored_gzip_round_trips_at_block_edges(n):
+    raw = np.random.default_rng(n).bytes(n)
+    assert gzip.decompress(_gzip_stored(raw)) == raw
 
 
 @pytest.mark.parametrize(

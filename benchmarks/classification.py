@@ -1,0 +1,218 @@
+"""Classification accuracy of the quick profile, over training seeds, against the baseline.
+
+Retrains every backbone of ``train.backbones`` (params.yaml, with its pretrained
+weights when ``train.weights`` points at them) once per seed on the pipeline's own
+slices and split, rebuilds the ensembles on VALIDATION predictions exactly as the
+``ensemble`` stage does, and scores the final ensemble (the rule the evaluate stage
+uses) and each backbone on the test split: slice accuracy, macro-F1 and specimen-level
+accuracy, with mean and standard deviation over seeds. The classical baseline (HOG +
+logistic regression, C chosen on validation) is scored on the same slices.
+
+    python benchmarks/classification.py --seeds 2024 1 2     # after `dvc repro`
+    python benchmarks/classification.py --learning-curves    # + accuracy vs data size
+
+``--learning-curves`` retrains one small backbone (``--curve-backbone``) on subsets of
+the training split: a fraction of the slices of every training specimen, and at most
+*n* training specimens per genus, and records test accuracy for each.
+
+Writes ``benchmarks/results/classification.json`` naming the machine. Accuracy numbers
+are on the VIRTUAL collection: they test the pipeline, not real fossils.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).parent))
+from machine import machine, today  # noqa: E402
+
+from foramlib import config, data, ensemble, metrics, training  # noqa: E402
+from foramlib.atomic import write_text  # noqa: E402
+from foramlib.augment import AugmentConfig, mix_batch  # noqa: E402
+
+
+def train_config(params: dict, backbone: str, seed: int) -> training.TrainConfig:
+    """The train stage's configuration of `backbone` from params.yaml, with `seed`."""
+    t = params["train"]
+    keys = (
+        "weights batch_size dropout phase1_epochs phase1_lr phase2_epochs phase2_lr "
+        "restart_epochs weight_decay label_smoothing patience precision class_weights "
+        "distribution workers max_steps_per_epoch"
+    ).split()
+    return training.TrainConfig(
+        backbone=backbone,
+        input_size=t["backbones"][backbone]["input_size"],
+        seed=seed,
+        augment=AugmentConfig.from_dict(t["augment"]),
+        **{k: t[k] for k in keys},
+    )
+
+
+def train_once(cfg: training.TrainConfig, index: pd.DataFrame, store, names, out_dir):
+    """Train one backbone; return its val and test Predictions."""
+    mix = (lambda x, y, rng: mix_batch(x, y, cfg.augment, rng)) if cfg.augment.enabled else None
+    datasets = data.make_datasets(
+        index, store, names, batch_size=cfg.batch_size, seed=cfg.seed, mix=mix,
+        input_size=cfg.input_size,
+    )  # fmt: skip
+    result = training.train_backbone(cfg, datasets, names, out_dir, progress=None)
+    out = {}
+    for split in ("val", "test"):
+        out[split] = metrics.load_predictions(
+            Path(out_dir) / f"predictions_{split}.csv", name=cfg.backbone
+        )
+    return out, result.summary
+
+
+def score(pred: metrics.Predictions) -> dict:
+    report = metrics.report_from_probs(pred.name, pred.y_true, pred.probs, pred.names)
+    return dict(
+        accuracy=round(float(report.overall["accuracy"]), 4),
+        macro_f1=round(float(report.overall["macro_f1"]), 4),
+        specimen_accuracy=round(metrics.specimen_accuracy(pred), 4),
+    )
+
+
+def final_ensemble(params: dict, val: dict, test: dict) -> tuple[str, metrics.Predictions]:
+    """Build the ensembles on validation and apply the evaluate stage's final rule."""
+    e = params["ensemble"]
+    specs = ensemble.build_ensembles(
+        val, ks=range(2, min(e["max_k"], len(val)) + 1), mode=e["mode"], main=e["main"],
+        n_weak=e["n_weak"],
+    )  # fmt: skip
+    name, spec = ensemble.choose_final(specs, val)
+    probs = spec.apply({m: test[m].probs for m in spec.members})
+    first = test[spec.members[0]]
+    return name, metrics.Predictions.from_arrays(
+        name, probs, first.y_true, first.names, specimen_ids=first.frame["specimen_id"].tolist()
+    )
+
+
+def summarise(runs: list[dict], key: str) -> dict:
+    values = {m: [r[key][m] for r in runs] for m in runs[0][key]}
+    return {
+        m: dict(
+            mean=round(float(np.mean(v)), 4),
+            sd=round(float(np.std(v, ddof=1)), 4) if len(v) > 1 else None,
+            values=v,
+        )
+        for m, v in values.items()
+    }
+
+
+def subsets(index: pd.DataFrame, seed: int):
+    """(kind, value, subset index): slice fractions and specimens per genus."""
+    rng = np.random.default_rng(seed)
+    train = index["split"] == "train"
+    for frac in (0.25, 0.5, 1.0):
+        keep = ~train | (rng.random(len(index)) < frac)
+        yield "slices_fraction", frac, index[keep]
+    per_genus = index[train].groupby("species")["specimen_id"].unique()
+    for n in (1, 2, 3):
+        chosen = {s for ids in per_genus for s in sorted(ids)[:n]}
+        keep = ~train | index["specimen_id"].isin(chosen)
+        yield "specimens_per_genus", n, index[keep]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--store", default="data/slices")
+    parser.add_argument("--index", default="data/split/index.csv")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[2024, 1, 2])
+    parser.add_argument("--learning-curves", action="store_true")
+    parser.add_argument("--curve-backbone", default="tiny_cnn")
+    parser.add_argument(
+        "--out", default=str(Path(__file__).parent / "results" / "classification.json")
+    )
+    args = parser.parse_args()
+    params = config.load_params(args.params)
+    index = data.load_split_index(args.index)
+    names = data.class_names(index)
+    backbones = list(params["train"]["backbones"])
+    t_start = time.perf_counter()
+    tmp = tempfile.TemporaryDirectory()
+    from foramlib.baseline import baseline_predictions
+
+    base = baseline_predictions(index, args.store, names)
+    baseline = score(base["test"])
+    runs = []
+    for seed in args.seeds:
+        val, test, per_model, seconds = {}, {}, {}, {}
+        for b in backbones:
+            cfg = train_config(params, b, seed)
+            preds, summary = train_once(
+                cfg, index, args.store, names, Path(tmp.name) / f"{b}-{seed}"
+            )
+            val[b], test[b] = preds["val"], preds["test"]
+            per_model[b] = score(test[b])
+            seconds[b] = summary["train_seconds"]
+        name, final = final_ensemble(params, val, test)
+        runs.append(
+            dict(
+                seed=seed,
+                final_name=name,
+                final=score(final),
+                models=per_model,
+                train_seconds=seconds,
+            )
+        )
+        print(f"seed {seed}: final {name} {runs[-1]['final']}", flush=True)
+    result = dict(
+        benchmark="classification",
+        date=today(),
+        machine=machine(),
+        data="virtual collection (synthetic, not the paper's scans)",
+        params=dict(
+            profile=params.get("profile"),
+            backbones=params["train"]["backbones"],
+            weights=params["train"]["weights"],
+            phases=[params["train"]["phase1_epochs"], params["train"]["phase2_epochs"]],
+            slices_per_taxon=params["slice"]["slices_per_taxon"],
+        ),
+        test_slices=int((index["split"] == "test").sum()),
+        test_specimens=int(index.loc[index["split"] == "test", "specimen_id"].nunique()),
+        seeds=args.seeds,
+        final=summarise(runs, "final"),
+        models={b: summarise([dict(x=r["models"][b]) for r in runs], "x") for b in backbones},
+        baseline=dict(name="HOG + logistic regression", **baseline),
+        runs=runs,
+    )
+    result["final_minus_baseline_points"] = round(
+        100 * (result["final"]["accuracy"]["mean"] - baseline["accuracy"]), 1
+    )
+    if args.learning_curves:
+        curves = []
+        for kind, value, sub in subsets(index, seed=args.seeds[0]):
+            cfg = train_config(params, args.curve_backbone, args.seeds[0])
+            preds, _ = train_once(
+                cfg, sub, args.store, names, Path(tmp.name) / f"curve-{kind}-{value}"
+            )
+            curves.append(
+                dict(kind=kind, value=value, train_slices=int((sub["split"] == "train").sum()),
+                     **score(preds["test"]))
+            )  # fmt: skip
+            print(f"{kind} {value}: {curves[-1]}", flush=True)
+        result["learning_curves"] = dict(backbone=args.curve_backbone, points=curves)
+    result["seconds"] = round(time.perf_counter() - t_start, 1)
+    write_text(args.out, json.dumps(result, indent=2) + "\n")
+    print(
+        json.dumps(
+            {k: result[k] for k in ("final", "baseline", "final_minus_baseline_points")}, indent=2
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
