@@ -38,6 +38,8 @@ OVERRIDES = {
     },
     "train": {
         "backbones": {"tiny_cnn": {"input_size": 32}, "mobilenetv3_small": {"input_size": 32}},
+        # the offline pretraining path end to end: corpus -> pretrain@ -> train@
+        "weights": "models/pretrain/{backbone}/backbone.weights.h5",
         "batch_size": 8,
         "phase1_epochs": 1,
         "phase2_epochs": 1,
