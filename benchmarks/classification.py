@@ -131,6 +131,13 @@ def main() -> None:
     parser.add_argument("--store", default="data/slices")
     parser.add_argument("--index", default="data/split/index.csv")
     parser.add_argument("--seeds", type=int, nargs="+", default=[2024, 1, 2])
+    parser.add_argument(
+        "--from-run",
+        action="store_true",
+        help="score the pipeline's trained models (models/) instead of retraining",
+    )
+    parser.add_argument("--models", default="models")
+    parser.add_argument("--predictions", default="results/predictions")
     parser.add_argument("--learning-curves", action="store_true")
     parser.add_argument("--curve-backbone", default="tiny_cnn")
     parser.add_argument(
@@ -143,12 +150,24 @@ def main() -> None:
     backbones = list(params["train"]["backbones"])
     t_start = time.perf_counter()
     tmp = tempfile.TemporaryDirectory()
-    from foramlib.baseline import baseline_predictions
+    from foramlib import baseline as classical
 
-    base = baseline_predictions(index, args.store, names)
-    baseline = score(base["test"])
+    stored = Path(args.predictions) / f"{classical.BASELINE_FILE}_test.csv"
+    if not (args.from_run and stored.is_file()):  # else: the evaluate stage's, same slices
+        run = classical.run_baseline(index, args.store, names, seed=params["seed"])
+        stored = classical.write_predictions(run, tmp.name)["test"]
+    baseline = score(metrics.load_predictions(stored, name="baseline", names=names))
     runs = []
-    for seed in args.seeds:
+    if args.from_run:  # the pipeline's own models (seed of params.yaml), no retraining
+        val, test, per_model = {}, {}, {}
+        for b in backbones:
+            for split, store in (("val", val), ("test", test)):
+                store[b] = metrics.load_model_predictions(Path(args.models) / b, split)
+            per_model[b] = score(test[b])
+        name, final = final_ensemble(params, val, test)
+        runs.append(dict(seed=params["seed"], final_name=name, final=score(final),
+                         models=per_model, train_seconds=None))  # fmt: skip
+    for seed in [] if args.from_run else args.seeds:
         val, test, per_model, seconds = {}, {}, {}, {}
         for b in backbones:
             cfg = train_config(params, b, seed)
@@ -183,7 +202,8 @@ def main() -> None:
         ),
         test_slices=int((index["split"] == "test").sum()),
         test_specimens=int(index.loc[index["split"] == "test", "specimen_id"].nunique()),
-        seeds=args.seeds,
+        seeds=[params["seed"]] if args.from_run else args.seeds,
+        retrained=not args.from_run,
         final=summarise(runs, "final"),
         models={b: summarise([dict(x=r["models"][b]) for r in runs], "x") for b in backbones},
         baseline=dict(name="HOG + logistic regression", **baseline),

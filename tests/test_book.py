@@ -82,9 +82,10 @@ def make_project(root: Path, source: str = "virtual", stages=None) -> Path:
     (root / "reports").mkdir(parents=True)
     for stage in NEEDS["reports"] if stages is None else stages:
         nbformat.write(fake_notebook(stage), root / "reports" / f"{stage}.ipynb")
-    # the per-backbone training reports the toc picks up by glob, and a failed run's
-    # report that must not be published
-    nbformat.write(fake_notebook("train_tiny_cnn"), root / "reports" / "train_tiny_cnn.ipynb")
+    # the per-backbone pretraining and training reports the toc picks up by glob, and a
+    # failed run's report that must not be published
+    for stage in ("pretrain_tiny_cnn", "train_tiny_cnn"):
+        nbformat.write(fake_notebook(stage), root / "reports" / f"{stage}.ipynb")
     nbformat.write(fake_notebook("train_x"), root / "reports" / "train_x.failed.ipynb")
     nbformat.write(fake_notebook("tmp"), root / "reports" / ".train_y.ipynb.abc.tmp.ipynb")
     (root / "results" / "figures").mkdir(parents=True)
@@ -214,7 +215,8 @@ def test_prepare_book_copies_products_and_renders_tables(tmp_path):
 
     assert out == book_dir / "_generated"
     assert sorted(p.name for p in (out / "reports").iterdir()) == sorted(
-        [f"{stage}.ipynb" for stage in NEEDS["reports"]] + ["train_tiny_cnn.ipynb"]
+        [f"{stage}.ipynb" for stage in NEEDS["reports"]]
+        + ["pretrain_tiny_cnn.ipynb", "train_tiny_cnn.ipynb"]
     )
     nb = nbformat.read(out / "reports" / "curate.ipynb", as_version=4)
     assert nb.cells[1].outputs[0]["text"] == "curate done\n"
