@@ -84,7 +84,8 @@ class TaxonSpec:
     n_volumes : int
         Scan files; ``n_volumes - n_specimens`` of them are repeat scans.
     plan : str
-        Name of the body plan in the morphology registry used to build it.
+        Name of the body plan in the morphology registry used to build it, or
+        ``shell-<id>`` for a generic shell (:mod:`foramlib.shells`).
     """
 
     species: str
@@ -93,11 +94,13 @@ class TaxonSpec:
     plan: str
 
     def __post_init__(self) -> None:
-        if self.plan not in _PLANS and not self.plan.startswith("shell-"):
+        try:
+            _plan_entry(self.plan)
+        except ValueError:
             raise ValueError(
                 f"TaxonSpec {self.species!r}: unknown plan {self.plan!r}; "
-                f"valid plans: {sorted(_PLANS)}"
-            )
+                f"valid plans: {sorted(_PLANS)} or a generic shell 'shell-<id>'"
+            ) from None
         if not 1 <= self.n_specimens <= self.n_volumes:
             raise ValueError(
                 f"TaxonSpec {self.species!r}: need 1 <= n_specimens <= n_volumes, "
@@ -724,6 +727,19 @@ _PLANS: dict[str, tuple[Callable, Callable, bool]] = {
     "coskinolina": (_sample_coskinolina, _build_coskinolina, False),
 }
 
+
+def _plan_entry(name: str) -> tuple[Callable, Callable, bool]:
+    """(sampler, builder, builder needs an rng) of a genus plan or a generic shell."""
+    if name in _PLANS:
+        return _PLANS[name]
+    from foramlib import shells
+
+    # raises ValueError for a name that is neither a genus plan nor "shell-<id>"
+
+    recipe = shells.shell_recipe(shells._recipe_id(name))
+    return (lambda rng: shells.sample_shell(rng, recipe)), shells.build_shell, True
+
+
 PAPER_GENERA = (
     TaxonSpec("Chrysalidina", 14, 16, "chrysalidina"),
     TaxonSpec("Ataxophragmium", 6, 7, "ataxophragmium"),
@@ -840,16 +856,6 @@ def _specimen(plan: ScanPlan):
                 )
             )
     return morph, damage, int(rng.integers(2**31))
-
-
-def _plan_entry(name: str) -> tuple[Callable, Callable, bool]:
-    """(sampler, builder, builder needs an rng) of a genus plan or a generic shell."""
-    if name in _PLANS:
-        return _PLANS[name]
-    from foramlib import shells
-
-    recipe = shells.shell_recipe(shells._recipe_id(name))
-    return (lambda rng: shells.sample_shell(rng, recipe)), shells.build_shell, True
 
 
 def _norm(v) -> float:
