@@ -106,11 +106,15 @@ class VolumeUpload:
         float32 volume in ``(x, y, z)`` order (as :func:`foramlib.volumes.read_volume`).
     voxel_size_um : float or None
         Voxel size from the header, when known.
+    spacing_um : tuple of 3 float or None
+        Voxel size along each axis from the header, when known (anisotropic scans are
+        resampled before a whole-scan classification).
     """
 
     name: str
     data: np.ndarray = field(repr=False)
     voxel_size_um: float | None = None
+    spacing_um: tuple[float, float, float] | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -181,8 +185,11 @@ def _decode_nifti(name: str, data: bytes) -> VolumeUpload:
         arr = check_volume_array(arr, name)
     except ValueError as exc:
         raise UploadError(str(exc)) from None
-    size = zooms[0] if zooms and all(z > 0 for z in zooms) else None
-    return VolumeUpload(name, np.ascontiguousarray(arr, np.float32), size)
+    known = len(zooms) == 3 and all(math.isfinite(z) and z > 0 for z in zooms)
+    size = zooms[0] if known else None
+    return VolumeUpload(
+        name, np.ascontiguousarray(arr, np.float32), size, tuple(zooms) if known else None
+    )
 
 
 def _decode_tiff(name: str, data: bytes):
@@ -845,6 +852,38 @@ class Classifier:
             x = self._input(cleaned, self.input_sizes[m])
             out[m] = np.asarray(model.predict_on_batch(x), dtype=np.float64).reshape(1, -1)
         return out
+
+    def predict_many(self, cleaned, batch_size: int = 64) -> np.ndarray:
+        """The ensemble's probabilities for a stack of cleaned slices.
+
+        Parameters
+        ----------
+        cleaned : ndarray of uint8, shape (N, S, S)
+            Slices as :meth:`prepare` or the slice stage leave them.
+        batch_size : int
+
+        Returns
+        -------
+        ndarray of float64, shape (N, n_classes)
+        """
+        from foramlib.data import _resize  # the training loader's resize
+
+        stack = np.asarray(cleaned)
+        if stack.ndim != 3 or stack.dtype != np.uint8 or len(stack) == 0:
+            raise ClassifyError(
+                f"expected a non-empty stack of cleaned uint8 slices (N, S, S), got "
+                f"{stack.dtype} {stack.shape}"
+            )
+        members = {}
+        for m, model in self.models.items():
+            size = self.input_sizes[m]
+            out = []
+            for start in range(0, len(stack), batch_size):
+                x = np.stack([_resize(img, size) for img in stack[start : start + batch_size]])
+                x = x.astype(np.float32)[..., None]
+                out.append(np.asarray(model.predict_on_batch(x), dtype=np.float64))
+            members[m] = np.concatenate(out).reshape(len(stack), -1)
+        return np.asarray(self.spec.apply(members), dtype=np.float64)
 
     def predict(self, cleaned: np.ndarray, *, preprocessing: dict | None = None) -> Prediction:
         """Classify one cleaned slice (the output of :meth:`prepare`).

@@ -1,8 +1,10 @@
-"""Command line: ``foram run|profile|book|index|match``.
+"""Command line: ``foram run|profile|book|index|match|classify``.
 
 Run as ``foram ...`` once installed (``foramlib ...`` is the same program), or
 ``python -m foramlib.cli ...``. ``foram match IMAGE`` prints where a section image
 sits in the indexed specimen volumes (build the index with ``dvc repro index``).
+``foram classify SCAN`` names the genus of a whole scan (NIfTI, TIFF stack, folder of
+TIFF slices) from many sections, or of one section image.
 """
 
 from __future__ import annotations
@@ -188,6 +190,81 @@ def _match(args: argparse.Namespace) -> int:
     return 0
 
 
+def _is_scan(path: Path) -> bool:
+    """A volume (classified from many sections) rather than one section image."""
+    from foramlib.classify import VolumeUpload, decode_upload
+
+    if path.is_dir() or path.name.lower().endswith((".nii", ".nii.gz")):
+        return True
+    if path.name.lower().endswith((".tif", ".tiff")) and path.is_file():
+        return isinstance(decode_upload(path.name, path.read_bytes()), VolumeUpload)
+    return False
+
+
+def _classify(args: argparse.Namespace) -> int:
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter
+    from foramlib.atomic import write_csv
+    from foramlib.classify import ArtefactError, Classifier
+    from foramlib.scan import calibrate_specimens, classify_scan, format_answer, slicing_defaults
+
+    path = Path(args.scan)
+    if not path.exists():
+        raise FileNotFoundError(f"{args.scan}: no such file or folder")
+    scan = _is_scan(path)  # before loading models: a bad file fails fast
+    classifier = Classifier.from_workspace(args.workspace, args.ensemble)
+    if not scan:
+        from foramlib.indexing import read_image
+
+        cleaned, info = classifier.prepare(read_image(path), name=str(path))
+        pred = classifier.predict(cleaned, preprocessing=info)
+        if args.json:
+            out = dict(
+                image=str(path),
+                genus=pred.genus,
+                confidence=round(pred.confidence, 6),
+                uncertain=pred.uncertain,
+                top5=[[g, round(p, 6)] for g, p in pred.top5],
+            )
+            print(json.dumps(out, indent=2))
+        else:
+            flag = "  UNCERTAIN (under the threshold calibrated on validation)" * pred.uncertain
+            print(f"{path}: one section; {classifier.name}{flag}")
+            for rank, (genus, prob) in enumerate(pred.top5, start=1):
+                print(f"{rank:>4}  {genus:<20} {prob:.3f}")
+        return 0
+    config, source = slicing_defaults(args.workspace)
+    try:
+        calibration = calibrate_specimens(classifier.spec, Path(args.workspace) / "models")
+    except ArtefactError as exc:
+        print(f"note: no specimen-level calibration ({exc})", file=sys.stderr)
+        calibration = None
+    answer = classify_scan(
+        classifier,
+        path,
+        n_sections=args.sections,
+        seed=args.seed,
+        slicing=config,
+        calibration=calibration,
+        voxel_size_um=args.voxel_size,
+    )
+    answer.metadata["slicing_source"] = source
+    if args.sections_csv:
+        frame = answer.sections.copy()
+        for i, name in enumerate(classifier.names):
+            frame[f"p_{name}"] = answer.probabilities[:, i].round(6)
+        write_csv(frame, args.sections_csv)
+        print(f"per-section table written to {args.sections_csv}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(answer.as_dict(top=args.top_k), indent=2))
+    else:
+        print(format_answer(answer, top=args.top_k))
+        if answer.metadata.get("assumed_isotropic"):
+            print("note: no --voxel-size given for a TIFF stack; voxels taken as isotropic")
+    return 0
+
+
 def _prog() -> str:
     name = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
     return "foramlib" if name == "foramlib" else "foram"
@@ -244,6 +321,20 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--json", action="store_true", help="print the matches as JSON")
     m.add_argument("--save-figure", metavar="PATH", help="write a 3D view of the best match")
     m.set_defaults(func=_match)
+
+    c = sub.add_parser(
+        "classify", help="name the genus of a whole scan (many sections) or of one section"
+    )
+    c.add_argument("scan", help="NIfTI (.nii/.nii.gz), TIFF stack, folder of TIFF slices, or image")
+    c.add_argument("--workspace", default=".", help="the pipeline's folder (models/, results/)")
+    c.add_argument("--ensemble", help="ensemble or backbone (default: the evaluated final one)")
+    c.add_argument("--sections", type=int, default=96, help="sections to cut from a scan")
+    c.add_argument("--seed", type=int, default=0, help="seed of the section orientations")
+    c.add_argument("--voxel-size", type=float, metavar="UM", help="voxel size (µm) of the scan")
+    c.add_argument("--top-k", type=int, default=5, help="genera shown")
+    c.add_argument("--sections-csv", metavar="PATH", help="write every section's probabilities")
+    c.add_argument("--json", action="store_true", help="print the answer as JSON")
+    c.set_defaults(func=_classify)
 
     args = parser.parse_args(argv)
     try:

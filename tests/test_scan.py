@@ -1,0 +1,269 @@
+"""foramlib.scan and `foram classify`: a whole scan, many sections, one ranked answer."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+from test_classify import NAMES, SIZE, disc_image, write_workspace
+
+from foramlib import classify, scan
+from foramlib.cli import main
+from foramlib.ensemble import EnsembleSpec
+from foramlib.metrics import Predictions, specimen_votes
+from foramlib.slicing import SlicingConfig, slice_array
+from foramlib.volumes import write_nifti
+
+
+def shell(shape=(40, 40, 40), seed=0):
+    """A hollow ellipsoid with a dense inner septum: a fossil-like blob on a dim matrix."""
+    rng = np.random.default_rng(seed)
+    x, y, z = np.mgrid[: shape[0], : shape[1], : shape[2]].astype(np.float32)
+    c = [(s - 1) / 2 for s in shape]
+    r = ((x - c[0]) / 15) ** 2 + ((y - c[1]) / 12) ** 2 + ((z - c[2]) / 10) ** 2
+    vol = 0.1 + 0.02 * rng.standard_normal(shape)
+    vol[(r < 1.0) & (r > 0.6)] = 0.8
+    vol[(r < 0.6) & (np.abs(x - c[0]) < 1.5)] = 0.7
+    return vol.astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    return write_workspace(tmp_path_factory.mktemp("scan-ws"))
+
+
+@pytest.fixture(scope="module")
+def classifier(workspace):
+    return classify.Classifier.from_workspace(workspace)
+
+
+def with_specimens(workspace, per_class=3):
+    """Give the validation slices specimen ids (``per_class`` specimens per genus)."""
+    for m in ("m1", "m2"):
+        path = workspace / "models" / m / "predictions_val.csv"
+        frame = pd.read_csv(path)
+        frame["specimen_id"] = frame["true"] + "-" + (frame.index % per_class).astype(str)
+        frame.to_csv(path, index=False)
+    return frame["specimen_id"].tolist()
+
+
+# --------------------------------------------------------------------------- combining
+
+
+def test_rank_genera_is_the_evaluate_stages_specimen_vote():
+    rng = np.random.default_rng(1)
+    probs = rng.dirichlet(np.ones(3), 25)
+    ranking = scan.rank_genera(probs, NAMES)
+    votes = specimen_votes(
+        Predictions.from_arrays("m", probs, [0] * 25, NAMES, specimen_ids=["s"] * 25)
+    )
+    assert ranking[0].genus == votes.loc[0, "predicted"]
+    assert ranking[0].probability == pytest.approx(votes.loc[0, "confidence"])
+    assert [g.probability for g in ranking] == sorted(probs.mean(0), reverse=True)
+    share = {g.genus: g.vote_share for g in ranking}
+    top1 = np.bincount(probs.argmax(1), minlength=3) / 25
+    assert [share[n] for n in NAMES] == pytest.approx(top1)
+    sd = {g.genus: g.sd for g in ranking}
+    assert [sd[n] for n in NAMES] == pytest.approx(probs.std(0, ddof=1))
+
+
+def test_rank_genera_one_section_has_no_spread():
+    (first, *_) = scan.rank_genera([[0.2, 0.5, 0.3]], NAMES)
+    assert (first.genus, first.sd, first.vote_share) == ("Beta", 0.0, 1.0)
+
+
+@pytest.mark.parametrize(
+    ("probs", "match"),
+    [
+        (np.zeros((0, 3)), r"shape \(n_sections >= 1, 3\)"),
+        (np.ones((2, 4)) / 4, r"got \(2, 4\)"),
+        (np.full((2, 3), np.nan), "NaN"),
+    ],
+)
+def test_rank_genera_rejects_bad_input(probs, match):
+    with pytest.raises(scan.ScanError, match=match):
+        scan.rank_genera(probs, NAMES)
+
+
+def test_specimen_calibration_votes_validation_specimens(tmp_path):
+    ws = write_workspace(tmp_path)
+    spec = EnsembleSpec.load(ws / "results" / "ensemble" / "Top-2.json")
+    with pytest.raises(classify.ArtefactError, match="specimen_id"):
+        scan.calibrate_specimens(spec, ws / "models")
+    ids = with_specimens(ws)
+    cal = scan.calibrate_specimens(spec, ws / "models", target_precision=0.5, min_support=2)
+    assert cal.n_val == len(set(ids)) == 9  # specimens, not slices
+    from foramlib.metrics import load_model_predictions
+
+    val = {m: load_model_predictions(ws / "models" / m, "val") for m in spec.members}
+    votes = specimen_votes(
+        Predictions.from_arrays("v", spec.apply(val), val["m1"].y_true, NAMES, specimen_ids=ids)
+    )
+    expected = classify.calibrate_threshold(
+        votes["confidence"], votes["true"] == votes["predicted"], target_precision=0.5,
+        min_support=2,
+    )  # fmt: skip
+    assert cal == expected
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def test_load_scan_reads_every_volume_format(tmp_path):
+    vol = shell()
+    nifti = write_nifti(tmp_path / "s.nii.gz", vol * 1000, (5.0, 5.0, 5.0))
+    data, name, notes = scan.load_scan(nifti)
+    assert name == "s.nii.gz" and data.shape == vol.shape and notes == {}
+    stack = tmp_path / "stack.tif"
+    tifffile.imwrite(stack, (vol.transpose(2, 1, 0) * 1000).astype(np.uint16))
+    data, _, notes = scan.load_scan(stack)
+    assert data.shape == vol.shape and notes == {"assumed_isotropic": True}
+    folder = tmp_path / "slices"
+    folder.mkdir()
+    for k in range(vol.shape[2]):
+        tifffile.imwrite(folder / f"z{k}.tif", (vol[:, :, k].T * 1000).astype(np.uint16))
+    data, name, notes = scan.load_scan(folder, voxel_size_um=4.0)
+    assert name == "slices" and data.shape == vol.shape and notes == {}
+
+
+def test_load_scan_resamples_anisotropic_voxels(tmp_path):
+    path = write_nifti(tmp_path / "a.nii", shell((40, 40, 20)) * 1000, (5.0, 5.0, 10.0))
+    data, _, notes = scan.load_scan(path)
+    assert data.shape == (40, 40, 40) and notes == {}
+    upload = classify.VolumeUpload("u.nii", shell((40, 40, 20)), 5.0, (5.0, 5.0, 10.0))
+    data, name, notes = scan.load_scan(upload)
+    assert name == "u.nii" and data.shape == (40, 40, 40)
+    assert notes == {"resampled_from_um": [5.0, 5.0, 10.0]}
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda p: p / "missing.nii.gz", r"missing\.nii\.gz: file not found"),
+        (lambda p: np.zeros((8, 8)), r"3-D volume, got shape \(8, 8\)"),
+        (lambda p: (p / "bad.nii").write_bytes(b"nope") and p / "bad.nii", r"bad\.nii"),
+    ],
+)
+def test_load_scan_names_what_is_wrong(tmp_path, make, match):
+    with pytest.raises(scan.ScanError, match=match):
+        scan.load_scan(make(tmp_path))
+
+
+def test_slicing_defaults_follow_the_slice_store(tmp_path):
+    config, source = scan.slicing_defaults(tmp_path)
+    assert source == "built-in defaults" and config == SlicingConfig()
+    (tmp_path / "params.yaml").write_text("slice: {jitter_deg: 2, size: 48}\n")
+    config, source = scan.slicing_defaults(tmp_path)
+    assert source == "params.yaml slice.*"
+    assert config.jitter_deg == 2 and config.preprocess.size == 48
+    store = tmp_path / "data" / "slices"
+    store.mkdir(parents=True)
+    (store / "slicing.json").write_text(
+        json.dumps({"preprocess": {"size": 40}, "smooth_sigma": 0.0, "offsets_per_orientation": 2})
+    )
+    config, source = scan.slicing_defaults(tmp_path)
+    assert source == "data/slices/slicing.json"
+    assert (config.smooth_sigma, config.offsets_per_orientation) == (0.0, 2)
+    assert config.preprocess.size == 40
+
+
+# --------------------------------------------------------------------------- classifying
+
+
+def test_classify_scan_uses_the_slicer_and_combines_sections(classifier):
+    vol = shell()
+    config = SlicingConfig(preprocess=classifier.preprocess, offsets_per_orientation=2)
+    answer = scan.classify_scan(classifier, vol, n_sections=12, seed=3, slicing=config)
+    images, rows, _ = slice_array(vol, 12, config, 3, name="array")
+    np.testing.assert_array_equal(answer.images, images)  # the training slicer, same seed
+    assert 0 < len(answer.images) <= 12
+    expected = classifier.predict_many(images)
+    np.testing.assert_allclose(answer.probabilities, expected)
+    one = classifier.predict(images[0])
+    assert expected[0] == pytest.approx([one.probabilities[n] for n in NAMES])
+    assert answer.ranking == scan.rank_genera(expected, NAMES)
+    assert answer.sections["top1"].tolist() == [NAMES[i] for i in expected.argmax(1)]
+    assert answer.sections[["normal_x", "offset_vox"]].equals(rows[["normal_x", "offset_vox"]])
+    assert answer.uncertain  # no calibration given: flagged, as an uncalibrated slice is
+    assert answer.metadata["n_sections"] == len(images)
+    summary = answer.as_dict(top=2)
+    assert summary["genus"] == answer.genus and len(summary["ranking"]) == 2
+    json.dumps(summary)
+
+
+def test_classify_scan_applies_the_specimen_threshold(classifier):
+    vol = shell()
+    answer = scan.classify_scan(classifier, vol, n_sections=8)
+    sure = classify.Calibration(0.0, 0.8, 0.9, 1.0, 10, True, "rule")
+    never = classify.Calibration(1.0, 0.8, 0.5, 0.0, 10, False, "rule")
+    assert not scan.classify_scan(classifier, vol, n_sections=8, calibration=sure).uncertain
+    assert scan.classify_scan(classifier, vol, n_sections=8, calibration=never).uncertain
+    assert "UNCERTAIN: no specimen-level calibration" in scan.format_answer(answer)
+
+
+@pytest.mark.parametrize("n", [0, -3, 2.5, True])
+def test_classify_scan_rejects_bad_section_counts(classifier, n):
+    with pytest.raises(scan.ScanError, match="n_sections must be an integer >= 1"):
+        scan.classify_scan(classifier, shell(), n_sections=n)
+
+
+def test_classify_scan_of_a_blank_volume_says_so(classifier):
+    with pytest.raises(scan.ScanError, match="blank|constant|no fossil"):
+        scan.classify_scan(classifier, np.full((20, 20, 20), 0.3, np.float32))
+
+
+def test_predict_many_rejects_non_slices(classifier):
+    with pytest.raises(classify.ClassifyError, match="non-empty stack"):
+        classifier.predict_many(np.zeros((0, SIZE, SIZE), np.uint8))
+    with pytest.raises(classify.ClassifyError, match="float64"):
+        classifier.predict_many(np.zeros((2, SIZE, SIZE)))
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def test_cli_classifies_a_scan(workspace, tmp_path, capsys):
+    n_specimens = len(set(with_specimens(workspace)))
+    path = write_nifti(tmp_path / "fossil.nii.gz", shell() * 1000, 5.0)
+    table = tmp_path / "sections.csv"
+    argv = ["classify", str(path), "--workspace", str(workspace), "--sections", "8"]
+    assert main([*argv, "--sections-csv", str(table)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("fossil.nii.gz: ") and "top-1 share" in out
+    frame = pd.read_csv(table)
+    assert 0 < len(frame) <= 8 and [f"p_{n}" for n in NAMES] == list(frame.columns[-3:])
+    assert main([*argv, "--json"]) == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert answer["genus"] in NAMES and answer["metadata"]["ensemble"] == "PatchEnsemble"
+    assert answer["calibration"]["n_val"] == n_specimens  # validation specimens
+    assert answer["metadata"]["slicing_source"] == "data/slices/slicing.json"
+
+
+def test_cli_classifies_one_section_image(workspace, tmp_path, capsys):
+    image = tmp_path / "section.png"
+    cv2.imwrite(str(image), disc_image())
+    assert main(["classify", str(image), "--workspace", str(workspace), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["genus"] in NAMES and len(out["top5"]) == 3
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "match"),
+    [
+        ("nothing.nii.gz", None, "nothing.nii.gz: no such file"),
+        ("broken.nii.gz", b"\x1f\x8bnot gzip", r"broken\.nii\.gz"),
+    ],
+)
+def test_cli_reports_bad_scans_in_one_line(workspace, tmp_path, capsys, name, content, match):
+    path = tmp_path / name
+    if content is not None:
+        path.write_bytes(content)
+    assert main(["classify", str(path), "--workspace", str(workspace)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("foram classify: error:") and err.count("\n") == 1
+    assert re.search(match, err)
