@@ -86,6 +86,9 @@ def score(pred: metrics.Predictions) -> dict:
 
 def final_ensemble(params: dict, val: dict, test: dict) -> tuple[str, metrics.Predictions]:
     """Build the ensembles on validation and apply the evaluate stage's final rule."""
+    if len(val) == 1:  # one backbone (--backbones): it is the final model
+        (name,) = val
+        return name, test[name]
     e = params["ensemble"]
     specs = ensemble.build_ensembles(
         val, ks=range(2, min(e["max_k"], len(val)) + 1), mode=e["mode"], main=e["main"],
@@ -152,6 +155,20 @@ def seen_specimen_check(index: pd.DataFrame, store, names, seed: int) -> dict:
     return out
 
 
+def curves_figure(result: dict, out) -> Path:
+    """Draw the learning curves of a result next to its JSON (``<stem>_curves.png``)."""
+    from foramlib import plots
+
+    curves = result["learning_curves"]
+    fig = plots.learning_curves_figure(
+        curves["points"],
+        curves["backbone"],
+        f"Virtual collection (synthetic): test accuracy against training data "
+        f"({result['machine']['cpu_count']} CPU cores, seed {result['seeds'][0]})",
+    )
+    return plots.save_figure(fig, Path(out).with_name(f"{Path(out).stem}_curves.png"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml")
@@ -165,6 +182,9 @@ def main() -> None:
     )
     parser.add_argument("--models", default="models")
     parser.add_argument("--predictions", default="results/predictions")
+    parser.add_argument(
+        "--backbones", nargs="+", help="retrain only these backbones (default: train.backbones)"
+    )
     parser.add_argument("--learning-curves", action="store_true")
     parser.add_argument("--curve-backbone", default="tiny_cnn")
     parser.add_argument(
@@ -175,11 +195,22 @@ def main() -> None:
     parser.add_argument(
         "--out", default=str(Path(__file__).parent / "results" / "classification.json")
     )
+    parser.add_argument(
+        "--replot", action="store_true", help="only redraw the learning curves of --out"
+    )
     args = parser.parse_args()
+    if args.replot:
+        print(curves_figure(json.loads(Path(args.out).read_text(encoding="utf-8")), args.out))
+        return
     params = config.load_params(args.params)
     index = data.load_split_index(args.index)
     names = data.class_names(index)
     backbones = list(params["train"]["backbones"])
+    if args.backbones:
+        unknown = sorted(set(args.backbones) - set(backbones))
+        if unknown:
+            parser.error(f"--backbones {unknown} are not in train.backbones {backbones}")
+        backbones = list(args.backbones)
     t_start = time.perf_counter()
     tmp = tempfile.TemporaryDirectory()
     from foramlib import baseline as classical
@@ -227,7 +258,7 @@ def main() -> None:
         data="virtual collection (synthetic, not the paper's scans)",
         params=dict(
             profile=params.get("profile"),
-            backbones=params["train"]["backbones"],
+            backbones={b: params["train"]["backbones"][b] for b in backbones},
             weights=params["train"]["weights"],
             phases=[params["train"]["phase1_epochs"], params["train"]["phase2_epochs"]],
             slices_per_taxon=params["slice"]["slices_per_taxon"],
@@ -255,12 +286,12 @@ def main() -> None:
             seconds = round(time.perf_counter() - t0, 1)
             base = classical.run_baseline(sub, args.store, names, seed=params["seed"])
             base_test = classical.write_predictions(base, Path(tmp.name) / f"b-{kind}-{value}")
+            base_score = score(metrics.load_predictions(base_test["test"], name="b", names=names))
             curves.append(
                 dict(kind=kind, value=value, train_slices=int((sub["split"] == "train").sum()),
                      train_specimens=int(sub.loc[sub["split"] == "train", "specimen_id"].nunique()),
                      **score(preds["test"]), seconds=seconds,
-                     baseline=score(metrics.load_predictions(base_test["test"], name="b",
-                                                             names=names)))
+                     **{f"baseline_{k}": v for k, v in base_score.items()})
             )  # fmt: skip
             print(f"{kind} {value}: {curves[-1]}", flush=True)
         result["learning_curves"] = dict(backbone=args.curve_backbone, points=curves)
@@ -269,6 +300,8 @@ def main() -> None:
         print(f"seen specimens: {result['seen_specimens']}", flush=True)
     result["seconds"] = round(time.perf_counter() - t_start, 1)
     write_text(args.out, json.dumps(result, indent=2) + "\n")
+    if "learning_curves" in result:
+        curves_figure(result, args.out)
     print(
         json.dumps(
             {k: result[k] for k in ("final", "baseline", "final_minus_baseline_points")}, indent=2

@@ -88,7 +88,8 @@ def prepare_book(
         The pipeline's ``params.yaml``; ``data.source`` decides the data-source note.
     benchmarks_dir : path-like
         Folder of benchmark results ``<name>.json``; each one a page includes as
-        ``_generated/benchmarks/<name>.md`` is rendered as a table.
+        ``_generated/benchmarks/<name>.md`` is rendered as a table, and each PNG a page
+        shows as ``_generated/benchmarks/<file>.png`` is copied.
     models_dir : path-like
         Folder of trained backbones ``<backbone>/summary.json``; summarised with their
         learning curves (``results/figures/history_<backbone>.png``) in
@@ -137,6 +138,15 @@ def prepare_book(
                     "(the book shows it)"
                 )
             write_text(out / "benchmarks" / f"{name}.md", json_to_myst_table(src))
+        for name in needs["benchmark_figures"]:
+            src = Path(benchmarks_dir) / name
+            if not src.is_file():
+                script = name.split("_")[0].split(".")[0]
+                raise FileNotFoundError(
+                    f"{src.as_posix()} is missing: run `python benchmarks/{script}.py` "
+                    "(the book shows it)"
+                )
+            _copy(src, out / "benchmarks" / name)
         training, curves = training_section(models_dir, results_dir / "figures")
         for curve in curves:
             _copy(results_dir / "figures" / curve, out / "figures" / curve)
@@ -212,7 +222,9 @@ def required_products(book_dir: str | os.PathLike) -> dict[str, list[str]]:
     dict
         ``reports``: stage names (toc entries ``_generated/reports/<stage>``);
         ``figures``: file names under ``_generated/figures/``; ``tables``: CSV names
-        (``<name>.csv`` for each ``_generated/tables/<name>.md``).
+        (``<name>.csv`` for each ``_generated/tables/<name>.md``); ``benchmarks``:
+        result names (``benchmarks/results/<name>.json``); ``benchmark_figures``: PNG
+        files a benchmark wrote next to its JSON.
     """
     book_dir = Path(book_dir)
     toc = yaml.safe_load((book_dir / "_toc.yml").read_text(encoding="utf-8"))
@@ -221,11 +233,13 @@ def required_products(book_dir: str | os.PathLike) -> dict[str, list[str]]:
     figures = re.findall(rf"{GENERATED}/figures/([\w.\-]+\.\w+)", text)
     tables = re.findall(rf"{GENERATED}/tables/([\w.\-]+)\.md", text)
     benchmarks = re.findall(rf"{GENERATED}/benchmarks/([\w.\-]+)\.md", text)
+    benchmark_figures = re.findall(rf"{GENERATED}/benchmarks/([\w.\-]+\.png)", text)
     return {
         "reports": list(dict.fromkeys(reports)),
         "figures": sorted(set(figures)),
         "tables": sorted({f"{t}.csv" for t in tables}),
         "benchmarks": sorted(set(benchmarks)),
+        "benchmark_figures": sorted(set(benchmark_figures)),
     }
 
 

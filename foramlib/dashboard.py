@@ -1,4 +1,4 @@
-"""The Voila dashboard (paper §2.5, §3.3): classify a section, find it in 3D.
+"""The Voila dashboard (paper §2.5, §3.3): classify a section or a scan, find it in 3D.
 
 :class:`App` is an ipywidgets ``VBox`` with three pages — landing, classification and 3D
 slice matching — switched by navigation buttons. ``dashboard/app.ipynb`` only builds and
@@ -6,6 +6,7 @@ displays it; every handler is a method that tests call directly, without a brows
 
 The heavy parts live elsewhere: :mod:`foramlib.classify` (upload decoding, the training
 preprocessing, the saved ensemble, the calibrated uncertainty threshold, Grad-CAM),
+:mod:`foramlib.scan` (a whole uploaded volume: many sections, one ranked answer),
 :mod:`foramlib.indexing` (the 3D index of the collection), :mod:`foramlib.matching`
 (the search) and :mod:`foramlib.view3d` (the plane inside the specimen).
 
@@ -25,6 +26,7 @@ True
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html
 import io
 import json
@@ -38,7 +40,7 @@ import ipywidgets as widgets
 import numpy as np
 import pandas as pd
 
-from foramlib import classify
+from foramlib import classify, scan
 from foramlib.preprocess import PreprocessError
 
 __all__ = ["App", "png_bytes", "probability_chart", "resolve_workspace", "max_upload_bytes"]
@@ -48,6 +50,9 @@ DEFAULT_MAX_UPLOAD_MB = 100
 GALLERY_PER_GENUS = 5
 GALLERY_COLUMNS = ("slice_id", "specimen_id", "species", "array", "row", "split")
 MATCH_TIME_BUDGET_S = 30.0
+SCAN_SECTIONS_RANGE = (8, 512)  # sections a whole-scan classification may cut
+SCAN_SEED = 0  # orientations of the whole-scan sections (as `foram classify`)
+SCAN_THUMBNAILS = 8  # sections shown under a whole-scan answer
 STYLE = """
 <style>
 .foram-app { max-width: 1200px; font-family: sans-serif; }
@@ -61,6 +66,10 @@ STYLE = """
 .foram-uncertain-box { color: #6b4a00; background: #fff3cd; border: 1px solid #e0b400;
   padding: 8px; border-radius: 4px; }
 .foram-muted { color: #666; font-size: 90%; }
+.foram-app tr.foram-scan-winner td { background: #fdebd3; }
+.foram-scan-thumb { display: inline-block; margin: 2px 4px; text-align: center;
+  font-size: 85%; }
+.foram-scan-thumb img { display: block; image-rendering: pixelated; }
 </style>
 """
 
@@ -235,6 +244,8 @@ class App(widgets.VBox):
         self.source_cleaned = False
         self.source_truth: str | None = None
         self.volume: classify.VolumeUpload | None = None
+        self.scan_answer: scan.ScanAnswer | None = None
+        self._scan_calibration: tuple[classify.Calibration | None, str | None] | None = None
         self.cleaned: np.ndarray | None = None
         self.cleaned_info: dict | None = None
         self.prediction: classify.Prediction | None = None
@@ -291,8 +302,8 @@ class App(widgets.VBox):
             "collection.</p>"
             "<h3>Quick start</h3><ol>"
             "<li>Open <b>Classify a slice</b>. Upload a PNG, JPEG or TIFF image (16-bit "
-            "works) or a NIfTI volume (then pick the axis and slice), or pick a test slice "
-            "from the gallery.</li>"
+            "works) or a NIfTI volume (then pick the axis and slice, or classify the whole "
+            "scan), or pick a test slice from the gallery.</li>"
             "<li>Check the cleaned preview: the fossil is cut out of its background, cropped "
             "and resized exactly as for training. Adjust the segmentation sensitivity, "
             "contrast enhancement, sharpening or the manual crop if the fossil is cut badly."
@@ -422,6 +433,7 @@ class App(widgets.VBox):
         self.volume_index.observe(self._on_option, names="value")
         self.volume_box = widgets.HBox([self.volume_axis, self.volume_index])
         _hide(self.volume_box)
+        self.scan_box = self._build_scan()
 
         d = self.base_config
         self.sensitivity = _cls(
@@ -537,6 +549,7 @@ class App(widgets.VBox):
                 ),
                 widgets.HBox([self.upload, self.gallery]),
                 self.volume_box,
+                self.scan_box,
             ]
         )
         return widgets.VBox(
@@ -548,6 +561,69 @@ class App(widgets.VBox):
                 self.results_box,
             ]
         )
+
+    def _build_scan(self) -> widgets.VBox:
+        """The whole-scan controls and results (shown while a volume is uploaded)."""
+        lo, hi = SCAN_SECTIONS_RANGE
+        self.scan_sections = _cls(
+            widgets.BoundedIntText(
+                value=int(np.clip(scan.DEFAULT_SECTIONS, lo, hi)),
+                min=lo,
+                max=hi,
+                step=8,
+                description="Sections",
+                tooltip=f"Sections to cut from the scan ({lo}–{hi})",
+            ),
+            "foram-scan-sections",
+        )
+        self.scan_sections.layout.width = "180px"
+        self.scan_button = _cls(
+            widgets.Button(
+                description="Classify the whole scan", button_style="success", icon="cubes"
+            ),
+            "foram-scan-button",
+        )
+        self.scan_button.layout.width = "220px"
+        self.scan_button.on_click(lambda _b: self.classify_scan())
+        self.scan_progress = _cls(
+            widgets.FloatProgress(value=0.0, min=0.0, max=1.0, description="Scan"),
+            "foram-scan-progress",
+        )
+        self.scan_status = _cls(widgets.HTML(), "foram-scan-status")
+        self.scan_uncertain = _cls(widgets.HTML(), "foram-scan-uncertain")
+        self.scan_table = _cls(widgets.HTML(), "foram-scan-table")
+        self.scan_summary = _cls(widgets.HTML(), "foram-scan-summary")
+        self.scan_thumbs = _cls(widgets.HTML(), "foram-scan-sections-strip")
+        self.scan_results = _cls(
+            widgets.VBox(
+                [
+                    self.scan_uncertain,
+                    widgets.HTML("<b>Whole scan: top 5</b>"),
+                    self.scan_table,
+                    self.scan_summary,
+                    self.scan_thumbs,
+                ]
+            ),
+            "foram-scan-results",
+        )
+        _hide(self.scan_results)
+        box = widgets.VBox(
+            [
+                widgets.HTML(
+                    "<b>…or classify the whole scan</b> <span class='foram-muted'>(cuts it "
+                    "into many sections at varied orientations with the training slicer and "
+                    "preprocessing — the options below apply to the single section only — "
+                    "and combines them by their mean probability, as the evaluation votes "
+                    "per specimen)</span>"
+                ),
+                widgets.HBox(
+                    [self.scan_sections, self.scan_button, self.scan_progress, self.scan_status]
+                ),
+                self.scan_results,
+            ]
+        )
+        _hide(box)
+        return _cls(box, "foram-scan")
 
     # ------------------------------------------------------------------ gallery
     def _gallery_table(self) -> pd.DataFrame | None:
@@ -621,6 +697,7 @@ class App(widgets.VBox):
     def load_upload(self, name: str, data: bytes) -> None:
         """Decode an uploaded file and show its cleaned preview (or a clear message)."""
         self._reset_results()
+        self._reset_scan()
         try:
             decoded = classify.decode_upload(name, data, max_bytes=self.max_upload)
         except classify.UploadError as exc:
@@ -635,6 +712,7 @@ class App(widgets.VBox):
         if isinstance(decoded, classify.VolumeUpload):
             self.volume = decoded
             _hide(self.volume_box, False)
+            _hide(self.scan_box, False)
             self._quiet = True
             try:
                 self.volume_axis.value = 2
@@ -667,6 +745,8 @@ class App(widgets.VBox):
         if not keep_volume:
             self.volume = None
             _hide(self.volume_box)
+            self._reset_scan()
+            _hide(self.scan_box)
         self.source = np.asarray(image)
         self.source_name = name
         self.source_cleaned = cleaned
@@ -678,6 +758,8 @@ class App(widgets.VBox):
         self.source, self.source_name, self.cleaned, self.cleaned_info = None, "", None, None
         self.volume = None
         _hide(self.volume_box)
+        self._reset_scan()
+        _hide(self.scan_box)
         self.preview.value = b""
         self.raw_view.value = b""
         self.preview_info.value = ""
@@ -788,6 +870,7 @@ class App(widgets.VBox):
             )
             self.message.value = _message("error", self._classifier_error)
             self.classify_button.disabled = True
+            self.scan_button.disabled = True
 
     def classifier(self):
         """The workspace's classifier, loaded on first use (thread-safe)."""
@@ -885,6 +968,119 @@ class App(widgets.VBox):
             self.message.value = _message(
                 "error", f"Unexpected error ({type(exc).__name__}): {exc}"
             )
+
+    # ------------------------------------------------------------------ whole scan
+    def scan_calibration(self) -> tuple[classify.Calibration | None, str | None]:
+        """The specimen-level uncertainty rule, computed on first use and kept.
+
+        Returns
+        -------
+        calibration : Calibration or None
+            :func:`foramlib.scan.calibrate_specimens` on the classifier's validation
+            predictions; None when they cannot be voted per specimen.
+        note : str or None
+            Why there is no calibration (the :class:`~foramlib.classify.ArtefactError`).
+        """
+        clf = self.classifier()
+        with self._load_lock:
+            if self._scan_calibration is None:
+                try:
+                    found = scan.calibrate_specimens(clf.spec, self.workspace / "models")
+                    self._scan_calibration = (found, None)
+                except classify.ArtefactError as exc:
+                    self._scan_calibration = (None, str(exc))
+            return self._scan_calibration
+
+    def classify_scan(self) -> None:
+        """Classify the uploaded volume as a whole and fill the whole-scan results."""
+        self._guard(self._classify_scan)
+
+    def _classify_scan(self) -> None:
+        if self._classifier_error:
+            self.message.value = _message("error", self._classifier_error)
+            return
+        if self.volume is None:
+            self.message.value = _message(
+                "error", "No scan to classify: upload a NIfTI volume or a TIFF stack first."
+            )
+            return
+        self._reset_scan()
+        self.scan_button.disabled = True
+        result = None
+        try:
+            result = self._run_scan(self.volume)
+        finally:
+            self.scan_button.disabled = bool(self._classifier_error)
+            if result is None:  # an error (shown by _guard) or no models
+                self.scan_progress.value = 0.0
+                self.scan_status.value = ""
+        if result is not None:
+            self._show_scan(*result)
+
+    def _run_scan(self, volume: classify.VolumeUpload):
+        """Run :func:`foramlib.scan.classify_scan` as ``foram classify`` does.
+
+        Returns
+        -------
+        tuple of (ScanAnswer, float, str or None) or None
+            The answer, its wall time and the no-calibration note; None (with the error
+            shown) when the models cannot be loaded.
+        """
+        self._scan_progress(0.0, "loading the models and the specimen calibration")
+        try:
+            clf = self.classifier()
+            calibration, note = self.scan_calibration()
+        except classify.ArtefactError as exc:
+            self._classifier_error = str(exc)
+            self.message.value = _message("error", str(exc))
+            return None
+        config, source = scan.slicing_defaults(self.workspace)
+        config = dataclasses.replace(config, preprocess=clf.preprocess)
+        self.message.value = _message("info", f"Classifying the whole scan {volume.name}…")
+        t0 = time.perf_counter()
+        answer = scan.classify_scan(
+            clf,
+            volume,
+            n_sections=int(self.scan_sections.value),
+            seed=SCAN_SEED,
+            slicing=config,
+            calibration=calibration,
+            progress=self._scan_progress,
+        )
+        answer.metadata["slicing_source"] = source
+        return answer, time.perf_counter() - t0, note
+
+    def _scan_progress(self, fraction: float, message: str) -> None:
+        self.scan_progress.value = float(np.clip(fraction, 0.0, 1.0))
+        self.scan_status.value = f"<span class='foram-muted'>{html.escape(message)}</span>"
+
+    def _show_scan(self, answer: scan.ScanAnswer, seconds: float, note: str | None) -> None:
+        """Fill the whole-scan results with `answer` (made in `seconds`)."""
+        self.scan_answer = answer
+        self.scan_uncertain.value = _scan_uncertain_html(answer, note)
+        self.scan_table.value = _scan_table_html(answer.ranking)
+        self.scan_summary.value = _scan_summary_html(answer, seconds)
+        self.scan_thumbs.value = _scan_sections_html(answer)
+        self.scan_progress.value = 1.0
+        self.scan_status.value = ""
+        _hide(self.scan_results, False)
+        flag = " (uncertain)" if answer.uncertain else ""
+        self.message.value = _message(
+            "info",
+            f"Classified the whole scan {answer.name}: {answer.genus}{flag}, from "
+            f"{answer.metadata.get('n_sections', len(answer.images))} sections in "
+            f"{seconds:.1f} s.",
+        )
+
+    def _reset_scan(self) -> None:
+        self.scan_answer = None
+        self.scan_uncertain.value = ""
+        self.scan_table.value = ""
+        self.scan_summary.value = ""
+        self.scan_thumbs.value = ""
+        self.scan_progress.value = 0.0
+        self.scan_status.value = ""
+        _hide(self.scan_results)
 
     # ================================================================== match page
     def _build_match(self) -> widgets.VBox:
@@ -1209,6 +1405,156 @@ def _uncertain_html(pred: classify.Prediction) -> str:
         f"{html.escape(why)} The slice may be ambiguous, badly segmented, or from a genus "
         "outside the trained genera; treat the ranking as a suggestion and check the other "
         "candidates.</div>"
+    )
+
+
+def _scan_table_html(ranking, top: int = 5) -> str:
+    """The whole-scan ranking as a table, the winner highlighted.
+
+    Parameters
+    ----------
+    ranking : list of foramlib.scan.GenusScore
+        Most probable first (:func:`foramlib.scan.rank_genera`).
+    top : int
+        Rows shown.
+
+    Returns
+    -------
+    str
+        A ``<table>``; row ``i`` has the class ``foram-rank-i`` (the first one also
+        ``foram-scan-winner``).
+
+    Examples
+    --------
+    >>> from foramlib.scan import GenusScore
+    >>> html_ = _scan_table_html([GenusScore("A", 0.7, 0.1, 0.75), GenusScore("B", 0.3, 0.1, 0.25)])
+    >>> 'class="foram-rank-1 foram-scan-winner"><td>1</td><td>A</td><td>70.0%</td>' in html_
+    True
+    """
+    rows = "".join(
+        f'<tr class="foram-rank-{i}{" foram-scan-winner" if i == 1 else ""}">'
+        f"<td>{i}</td><td>{html.escape(g.genus)}</td><td>{_pct(g.probability)}</td>"
+        f"<td>±{_pct(g.sd)}</td><td>{g.vote_share:.0%}</td></tr>"
+        for i, g in enumerate(ranking[:top], start=1)
+    )
+    head = (
+        "<tr><th>Rank</th><th>Genus</th><th>Mean probability</th><th>SD over sections</th>"
+        "<th>Top-1 share</th></tr>"
+    )
+    return f"<table>{head}{rows}</table>"
+
+
+def _scan_uncertain_html(answer: scan.ScanAnswer, note: str | None = None) -> str:
+    """Which uncertainty rule applies to a whole-scan answer, in the page's words.
+
+    Parameters
+    ----------
+    answer : foramlib.scan.ScanAnswer
+    note : str, optional
+        Why there is no specimen-level calibration (shown when there is none).
+
+    Returns
+    -------
+    str
+        The warning box of :func:`_uncertain_html` when the answer is uncertain (no
+        calibration, target not reached, or under the threshold), else an info line
+        naming the threshold it passed.
+    """
+    cal = answer.calibration
+    winner = _pct(answer.confidence)
+    if cal is None:
+        why = (
+            "no threshold could be calibrated on the validation specimens"
+            + (f" ({note})" if note else "")
+            + ", so every whole-scan answer is flagged."
+        )
+    elif not cal.reached:
+        why = (
+            f"on the {cal.n_val} validation specimens no mean probability reached the "
+            f"required {_pct(cal.target_precision)} precision, so every whole-scan answer "
+            "is flagged."
+        )
+    elif answer.uncertain:
+        why = (
+            f"the winner's mean probability {winner} is below the threshold "
+            f"{_pct(cal.threshold)} calibrated on {cal.n_val} validation specimens "
+            f"(specimens at or above it were right {_pct(cal.precision)} of the time)."
+        )
+    else:
+        return _message(
+            "info",
+            f"The winner's mean probability {winner} is at or above the threshold "
+            f"{_pct(cal.threshold)} calibrated on {cal.n_val} validation specimens "
+            f"(specimens at or above it were right {_pct(cal.precision)} of the time).",
+        )
+    return (
+        '<div class="foram-uncertain-box"><b>⚠ Uncertain result</b> — '
+        f"{html.escape(why)} The scan may hold a genus outside the trained genera, or "
+        "its sections may be noisy or badly segmented; treat the ranking as a suggestion "
+        "and check the other candidates and the sections below.</div>"
+    )
+
+
+def _scan_summary_html(answer: scan.ScanAnswer, seconds: float) -> str:
+    """One line: the answer, the sections cut and kept, the time and the settings.
+
+    Parameters
+    ----------
+    answer : foramlib.scan.ScanAnswer
+    seconds : float
+        Wall time of the whole classification.
+    """
+    md = answer.metadata
+    kept = int(md.get("n_sections", len(answer.images)))
+    cut = int(md.get("candidates", kept))
+    dropped = int(md.get("low_content", cut - kept))
+    parts = [
+        f"{html.escape(answer.name)}: <b>{html.escape(answer.genus)}</b>, mean probability "
+        f"{_pct(answer.confidence)} over {kept} sections ({html.escape(md.get('ensemble', '?'))})."
+    ]
+    parts.append(
+        f"Cut {cut} sections, kept {kept}"
+        + (f" ({dropped} dropped: too little fossil)" if dropped else "")
+        + f", in {seconds:.1f} s"
+        + (f" ({md['seconds']['cut']:.1f} s cutting)" if "seconds" in md else "")
+        + "."
+    )
+    extra = []
+    if md.get("slicing_source"):
+        extra.append(f"slicer settings from {html.escape(str(md['slicing_source']))}")
+    if md.get("resampled_from_um"):
+        sp = "×".join(f"{s:g}" for s in md["resampled_from_um"])
+        extra.append(f"voxels resampled to isotropic from {sp} µm")
+    if md.get("assumed_isotropic"):
+        extra.append("voxel size unknown (TIFF stack): voxels taken as isotropic")
+    if extra:
+        parts.append("<span class='foram-muted'>" + "; ".join(extra) + ".</span>")
+    return "<p>" + " ".join(parts) + "</p>"
+
+
+def _scan_sections_html(answer: scan.ScanAnswer, n: int = SCAN_THUMBNAILS) -> str:
+    """Thumbnails of the `n` most confident sections, each with its own top-1.
+
+    Parameters
+    ----------
+    answer : foramlib.scan.ScanAnswer
+    n : int
+        Sections shown (the most confident first; ties in section order).
+    """
+    conf = np.asarray(answer.sections["confidence"], dtype=np.float64)
+    picks = np.argsort(-conf, kind="stable")[:n]
+    cells = []
+    for i in picks:
+        genus = str(answer.sections["top1"].iloc[i])
+        uri = _data_uri(_thumbnail(np.asarray(answer.images[i], dtype=np.uint8), 96))
+        cells.append(
+            f'<div class="foram-scan-thumb"><img src="{uri}" width="72" height="72" '
+            f'alt="section {i + 1}">{html.escape(genus)} {_pct(conf[i])}</div>'
+        )
+    return (
+        f"<div><b>The {len(picks)} most confident sections</b> <span class='foram-muted'>"
+        "(as the models saw them, with their own top-1)</span></div>"
+        f"<div>{''.join(cells)}</div>"
     )
 
 

@@ -21,6 +21,7 @@ __all__ = [
     "collection_figure",
     "slice_gallery",
     "spread_orientations",
+    "learning_curves_figure",
     "save_figure",
 ]
 
@@ -280,6 +281,66 @@ def roc_figure(curves, names, title: str):
     ax.set_ylabel("true positive rate")
     ax.legend(fontsize=6, loc="lower right")
     ax.set_title(title, fontsize=10)
+    return fig
+
+
+CURVE_AXES = {
+    "slices_fraction": "share of each training specimen's slices used",
+    "specimens_per_genus": "training specimens per genus (at most)",
+}
+
+
+def learning_curves_figure(points, backbone: str, title: str):
+    """Test accuracy against training data: one panel per kind of subset.
+
+    Parameters
+    ----------
+    points : sequence of dict
+        ``kind`` (a key of ``CURVE_AXES``), ``value``, ``accuracy``,
+        ``specimen_accuracy`` and optionally ``baseline_accuracy`` and
+        ``baseline_specimen_accuracy`` (the learning-curve points of
+        ``benchmarks/classification.py``).
+    backbone : str
+        The retrained backbone (legend).
+    title : str
+
+    Examples
+    --------
+    >>> pts = [dict(kind="slices_fraction", value=v, accuracy=a, specimen_accuracy=a)
+    ...        for v, a in [(0.5, 0.3), (1.0, 0.4)]]
+    >>> fig = learning_curves_figure(pts, "tiny_cnn", "t")
+    >>> len(fig.axes)
+    1
+    >>> plt.close(fig)
+    """
+    kinds = [k for k in CURVE_AXES if any(p["kind"] == k for p in points)]
+    unknown = {p["kind"] for p in points} - set(CURVE_AXES)
+    if unknown or not kinds:
+        raise ValueError(
+            f"learning-curve kinds must be among {sorted(CURVE_AXES)}, got {sorted(unknown)}"
+        )
+    fig, axes = plt.subplots(
+        1, len(kinds), figsize=(4.6 * len(kinds), 3.6), layout="constrained", squeeze=False
+    )
+    series = [
+        ("accuracy", backbone, "C0", "-"),
+        ("specimen_accuracy", f"{backbone}, per specimen", "C0", "--"),
+        ("baseline_accuracy", "HOG + logistic regression", "C1", "-"),
+        ("baseline_specimen_accuracy", "HOG + LR, per specimen", "C1", "--"),
+    ]
+    for ax, kind in zip(axes[0], kinds, strict=True):
+        pts = sorted((p for p in points if p["kind"] == kind), key=lambda p: p["value"])
+        x = [p["value"] for p in pts]
+        for key, label, colour, style in series:
+            if all(key in p for p in pts):
+                ax.plot(x, [p[key] for p in pts], style, color=colour, marker="o", label=label)
+        ax.set_xlabel(CURVE_AXES[kind])
+        ax.set_xticks(x)
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+    axes[0, 0].set_ylabel("test accuracy")
+    axes[0, -1].legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
     return fig
 
 

@@ -52,6 +52,7 @@ __all__ = [
     "load_scan",
     "rank_genera",
     "calibrate_specimens",
+    "flag_votes",
     "classify_scan",
     "format_answer",
 ]
@@ -219,9 +220,14 @@ def load_scan(scan, *, voxel_size_um: float | None = None) -> tuple[np.ndarray, 
     notes: dict = {}
     if isinstance(scan, VolumeUpload):
         data, name = scan.data, scan.name
-        spacing = getattr(scan, "spacing_um", None)
-        if spacing is not None and max(spacing) > 1.01 * min(spacing):
-            data, _ = resample_isotropic(data, spacing)
+        spacing = scan.spacing_um
+        if spacing is None:
+            notes["assumed_isotropic"] = True  # a TIFF stack carries no voxel size
+        elif max(spacing) > 1.01 * min(spacing):
+            try:
+                data, _ = resample_isotropic(data, spacing)
+            except ValueError as exc:
+                raise ScanError(f"{name}: {exc}") from None
             notes["resampled_from_um"] = [float(s) for s in spacing]
     elif isinstance(scan, np.ndarray):
         name = "array"
@@ -336,6 +342,54 @@ def calibrate_specimens(
     )
 
 
+def flag_votes(votes: pd.DataFrame, calibration: Calibration) -> tuple[pd.DataFrame, dict]:
+    """Apply the specimen-level rule to specimen votes, and say how it did.
+
+    Parameters
+    ----------
+    votes : DataFrame
+        :func:`foramlib.metrics.specimen_votes` output (``true``, ``predicted``,
+        ``confidence``), e.g. of the test specimens.
+    calibration : Calibration
+        From :func:`calibrate_specimens` (validation specimens).
+
+    Returns
+    -------
+    flagged : DataFrame
+        `votes` with a boolean ``uncertain`` column.
+    summary : dict
+        ``threshold``, ``reached``, ``specimens``, ``uncertain`` (count), ``accepted``
+        (count) and ``accepted_accuracy`` (share of accepted votes that are right; None
+        when none is accepted).
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> from foramlib.classify import Calibration
+    >>> v = pd.DataFrame({"true": ["A", "B", "A"], "predicted": ["A", "A", "A"],
+    ...                   "confidence": [0.9, 0.4, 0.7]})
+    >>> cal = Calibration(0.6, 0.8, 1.0, 0.5, 4, True, "rule")
+    >>> flagged, summary = flag_votes(v, cal)
+    >>> flagged["uncertain"].tolist(), summary["accepted"], summary["accepted_accuracy"]
+    ([False, True, False], 2, 1.0)
+    """
+    missing = {"true", "predicted", "confidence"} - set(votes.columns)
+    if missing:
+        raise ScanError(f"specimen votes lack column(s) {sorted(missing)}")
+    uncertain = [calibration.uncertain(float(c)) for c in votes["confidence"]]
+    flagged = votes.assign(uncertain=uncertain)
+    accepted = flagged[~flagged["uncertain"]]
+    right = (accepted["true"] == accepted["predicted"]).mean() if len(accepted) else None
+    return flagged, dict(
+        threshold=round(float(calibration.threshold), 6),
+        reached=bool(calibration.reached),
+        specimens=int(len(flagged)),
+        uncertain=int(flagged["uncertain"].sum()),
+        accepted=int(len(accepted)),
+        accepted_accuracy=None if right is None else round(float(right), 4),
+    )
+
+
 # --------------------------------------------------------------------------- classifying
 
 
@@ -364,8 +418,9 @@ def classify_scan(
     seed : int
         Seed of the orientations (same seed, same sections).
     slicing : SlicingConfig, optional
-        Default: the classifier's training preprocessing and :func:`slicing_defaults`
-        of the current folder, i.e. pass ``slicing_defaults(workspace)[0]``.
+        Pass ``slicing_defaults(workspace)[0]`` to cut as the slice store was cut (what
+        ``foram classify`` and the dashboard do); default: the classifier's training
+        preprocessing with :class:`~foramlib.slicing.SlicingConfig`'s other defaults.
     calibration : Calibration, optional
         Specimen-level rule (:func:`calibrate_specimens`); without one every answer is
         flagged uncertain, as an uncalibrated slice prediction is.

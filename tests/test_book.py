@@ -100,6 +100,8 @@ def make_project(root: Path, source: str = "virtual", stages=None) -> Path:
     (root / "benchmarks" / "results").mkdir(parents=True)
     for name in NEEDS["benchmarks"]:
         (root / "benchmarks" / "results" / f"{name}.json").write_text('{"seconds": 1.5}')
+    for name in NEEDS["benchmark_figures"]:
+        (root / "benchmarks" / "results" / name).write_bytes(tiny_png(10, 6))
     data = {"virtual": "  source: virtual\n", "manifest": "  source: manifest\n"}[source]
     if source == "manifest":
         data += "  raw_dir: /scans/volumes\n  manifest: /scans/manifest.csv\n"
@@ -302,6 +304,17 @@ def test_missing_benchmark_result_names_the_script(tmp_path):
 
 
 # --------------------------------------------------------------------------- mathjax / build
+
+
+def test_benchmark_figures_are_copied_and_a_missing_one_names_its_script(tmp_path):
+    assert "classification_curves.png" in NEEDS["benchmark_figures"]
+    project = make_project(tmp_path / "repo")
+    out = prepare(project, copy_book_sources(tmp_path / "book"))
+    copied = out / "benchmarks" / "classification_curves.png"
+    assert copied.read_bytes() == tiny_png(10, 6)
+    (project / "benchmarks" / "results" / "classification_curves.png").unlink()
+    with pytest.raises(FileNotFoundError, match=r"run `python benchmarks/classification.py`"):
+        prepare(project, copy_book_sources(tmp_path / "book2"))
 
 
 def test_ensure_mathjax_without_npm_is_a_clear_error(tmp_path, monkeypatch):

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import datetime
 import gzip
+import io
 import json
+import re
 from dataclasses import replace
 
 import cv2
@@ -18,9 +20,10 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+import tifffile
 from test_classify import NAMES, SIZE, disc_image, write_workspace
 
-from foramlib import classify, dashboard
+from foramlib import classify, dashboard, scan
 from foramlib.matching import Match
 from foramlib.preprocess import PreprocessConfig
 
@@ -412,3 +415,204 @@ def test_matcher_errors_become_messages(app, monkeypatch):
     app.to_match.click()
     app.run_match()
     assert "covers only" in app.match_message.value and app.match_results.value == ""
+
+
+# --------------------------------------------------------------------------- whole scan
+
+
+def shell_volume(shape=(40, 40, 40), seed=0):
+    """A hollow ellipsoid with a septum on a dim noisy matrix (as tests/test_scan.py's)."""
+    rng = np.random.default_rng(seed)
+    x, y, z = np.mgrid[: shape[0], : shape[1], : shape[2]].astype(np.float32)
+    c = [(s - 1) / 2 for s in shape]
+    r = ((x - c[0]) / 15) ** 2 + ((y - c[1]) / 12) ** 2 + ((z - c[2]) / (shape[2] / 4)) ** 2
+    vol = 0.1 + 0.02 * rng.standard_normal(shape)
+    vol[(r < 1.0) & (r > 0.6)] = 0.8
+    vol[(r < 0.6) & (np.abs(x - c[0]) < 1.5)] = 0.7
+    return (1000 * vol).astype(np.float32)
+
+
+def nifti_bytes(vol, spacing=(1.0, 1.0, 1.0)) -> bytes:
+    return gzip.compress(nib.Nifti1Image(vol, np.diag([*spacing, 1.0])).to_bytes())
+
+
+def scan_rows(table_html):
+    """(rank, genus) of the whole-scan table's rows, top first."""
+    return re.findall(r'<tr class="foram-rank-(\d)[^"]*"><td>\d</td><td>([^<]*)</td>', table_html)
+
+
+@pytest.fixture
+def scanned(app):
+    """The app after a whole-scan classification of a 40³ synthetic fossil."""
+    app.load_upload("fossil.nii.gz", nifti_bytes(shell_volume()))
+    app.scan_sections.value = 16
+    app.scan_button.click()
+    return app
+
+
+def test_whole_scan_controls_appear_for_volumes_only(app):
+    assert "foram-scan-button" in app.scan_button._dom_classes
+    assert "foram-scan-sections" in app.scan_sections._dom_classes
+    assert "foram-scan-results" in app.scan_results._dom_classes
+    assert not visible(app.scan_box)
+    app.load_upload("plain.png", png(disc_image()))
+    assert not visible(app.scan_box)
+    app.load_upload("fossil.nii.gz", nifti_bytes(shell_volume()))
+    assert visible(app.scan_box) and visible(app.volume_box) and not visible(app.scan_results)
+    assert app.scan_sections.value == scan.DEFAULT_SECTIONS
+    assert (app.scan_sections.min, app.scan_sections.max) == dashboard.SCAN_SECTIONS_RANGE
+    app.scan_sections.value = 10_000
+    assert app.scan_sections.value == dashboard.SCAN_SECTIONS_RANGE[1]  # bounded
+    app.gallery.value = "S0:00000"  # a stored slice replaces the volume
+    assert not visible(app.scan_box) and app.volume is None
+
+
+def test_whole_scan_table_is_the_librarys_answer(scanned, loaded):
+    app = scanned
+    answer = app.scan_answer
+    assert answer is not None and visible(app.scan_results)
+    assert app.scan_progress.value == 1.0 and app.scan_status.value == ""
+    # the page cut the scan as `foram classify` does: same slicer settings and seed
+    config = replace(scan.slicing_defaults(app.workspace)[0], preprocess=loaded.preprocess)
+    again = scan.classify_scan(loaded, app.volume, n_sections=16, seed=0, slicing=config)
+    np.testing.assert_allclose(answer.probabilities, again.probabilities)
+    ranking = scan.rank_genera(answer.probabilities, NAMES)
+    rows = scan_rows(app.scan_table.value)
+    assert rows == [(str(i), g.genus) for i, g in enumerate(ranking[:5], start=1)]
+    winner = app.scan_table.value.split("foram-scan-winner")[1].split("</tr>")[0]
+    assert f"<td>{ranking[0].genus}</td><td>{100 * ranking[0].probability:.1f}%</td>" in winner
+    assert f"{ranking[0].vote_share:.0%}" in winner
+    n = answer.metadata["n_sections"]
+    assert f"kept {n}" in app.scan_summary.value and " s" in app.scan_summary.value
+    assert "data/slices/slicing.json" in app.scan_summary.value
+    assert app.scan_thumbs.value.count("<img") == min(dashboard.SCAN_THUMBNAILS, n)
+    assert "https://" not in app.scan_thumbs.value and "data:image/png;base64," in (
+        app.scan_thumbs.value
+    )
+    best = int(np.argmax(answer.sections["confidence"].to_numpy()))
+    assert app.scan_thumbs.value.split("<img")[1].count(f'alt="section {best + 1}"') == 1
+    assert "Classified the whole scan fossil.nii.gz" in app.message.value
+    assert ranking[0].genus in app.message.value
+
+
+def test_whole_scan_without_specimen_ids_is_flagged_and_says_why(scanned):
+    # the tiny workspace's validation predictions carry no specimen ids
+    assert scanned.scan_answer.uncertain and scanned.scan_answer.calibration is None
+    box = scanned.scan_uncertain.value
+    assert "foram-uncertain-box" in box and "Uncertain result" in box
+    assert "no threshold could be calibrated on the validation specimens" in box
+    assert "specimen_id" in box
+
+
+@pytest.mark.parametrize(
+    ("cal", "uncertain", "text"),
+    [
+        (classify.Calibration(1.0, 0.8, 0.9, 0.1, 9, True, "r"), True, "is below the threshold"),
+        (classify.Calibration(0.0, 0.8, 0.9, 1.0, 9, True, "r"), False, "is at or above"),
+        (classify.Calibration(1.0, 0.8, 0.5, 0.0, 9, False, "r"), True, "no mean probability"),
+    ],
+)
+def test_whole_scan_uncertainty_names_the_rule(app, monkeypatch, cal, uncertain, text):
+    monkeypatch.setattr(app, "scan_calibration", lambda: (cal, None))
+    app.load_upload("fossil.nii.gz", nifti_bytes(shell_volume()))
+    app.scan_sections.value = 8
+    app.classify_scan()
+    assert app.scan_answer.uncertain is uncertain and app.scan_answer.calibration == cal
+    box = app.scan_uncertain.value
+    assert text in box and "9 validation specimens" in box
+    assert ("Uncertain result" in box) is uncertain
+
+
+def test_whole_scan_calibration_is_computed_once(app, monkeypatch):
+    calls = []
+
+    def fake(spec, models_dir):
+        calls.append(models_dir)
+        return classify.Calibration(0.5, 0.8, 0.9, 0.5, 9, True, "r")
+
+    monkeypatch.setattr(scan, "calibrate_specimens", fake)
+    app.load_upload("fossil.nii.gz", nifti_bytes(shell_volume()))
+    app.scan_sections.value = 8
+    app.classify_scan()
+    app.classify_scan()
+    assert calls == [app.workspace / "models"]
+    assert app.scan_answer.calibration.threshold == 0.5
+
+
+def test_whole_scan_uses_the_validation_specimens(tmp_path):
+    ws = write_workspace(tmp_path)
+    for m in ("m1", "m2"):  # give the validation slices specimen ids, 9 specimens
+        path = ws / "models" / m / "predictions_val.csv"
+        frame = pd.read_csv(path)
+        frame["specimen_id"] = frame["true"] + "-" + (frame.index % 3).astype(str)
+        frame.to_csv(path, index=False)
+    app = dashboard.App(ws)
+    app.load_upload("fossil.nii.gz", nifti_bytes(shell_volume()))
+    app.scan_sections.value = 8
+    app.classify_scan()
+    expected = scan.calibrate_specimens(app.classifier().spec, ws / "models")
+    assert app.scan_answer.calibration == expected and expected.n_val == 9
+    assert "9 validation specimens" in app.scan_uncertain.value
+
+
+def test_new_uploads_clear_the_whole_scan_results(scanned):
+    app = scanned
+    app.load_upload("other.nii.gz", nifti_bytes(shell_volume(seed=1)))
+    assert visible(app.scan_box) and not visible(app.scan_results)
+    assert app.scan_answer is None and app.scan_table.value == "" and app.scan_progress.value == 0
+    app.scan_button.click()
+    assert app.scan_answer.name == "other.nii.gz"
+    app.load_upload("plain.png", png(disc_image()))
+    assert not visible(app.scan_box) and not visible(app.scan_results)
+    assert app.scan_answer is None and app.scan_table.value == ""
+    app.classify()  # the single-section flow is untouched
+    assert '<tr class="foram-rank-1">' in app.top5.value
+
+
+def test_anisotropic_scan_is_resampled_and_says_so(app):
+    vol = shell_volume((40, 40, 20))
+    app.load_upload("thick.nii.gz", nifti_bytes(vol, (5.0, 5.0, 10.0)))
+    app.scan_sections.value = 8
+    app.classify_scan()
+    assert app.scan_answer.metadata["shape"] == [40, 40, 40]
+    assert "resampled to isotropic from 5×5×10 µm" in app.scan_summary.value
+    assert "taken as isotropic" not in app.scan_summary.value
+
+
+def test_tiff_stack_scan_is_taken_as_isotropic(app):
+    stack = io.BytesIO()
+    tifffile.imwrite(stack, shell_volume().transpose(2, 1, 0).astype(np.uint16))
+    app.load_upload("stack.tif", stack.getvalue())
+    assert visible(app.scan_box)
+    app.scan_sections.value = 8
+    app.classify_scan()
+    assert app.scan_answer is not None and app.scan_answer.metadata["assumed_isotropic"]
+    assert "voxels taken as isotropic" in app.scan_summary.value
+
+
+def test_blank_scan_gives_a_message_and_the_app_keeps_working(app):
+    rng = np.random.default_rng(0)
+    noise = (100 + 2 * rng.standard_normal((30, 30, 30))).astype(np.float32)  # no fossil
+    app.load_upload("empty.nii.gz", nifti_bytes(noise))
+    assert visible(app.scan_box)
+    app.scan_button.click()
+    assert "foram-msg-error" in app.message.value and "empty.nii.gz" in app.message.value
+    assert "nothing stands out" in app.message.value
+    assert app.scan_answer is None and not visible(app.scan_results)
+    assert app.scan_progress.value == 0 and not app.scan_button.disabled
+    app.load_upload("flat.nii.gz", nifti_bytes(np.full((20, 20, 20), 3.0, np.float32)))
+    assert "constant" in app.message.value and not visible(app.scan_box)
+    app.classify_scan()
+    assert "No scan to classify" in app.message.value
+    app.load_upload("fossil.nii.gz", nifti_bytes(shell_volume()))
+    app.scan_sections.value = 8
+    app.scan_button.click()
+    assert app.scan_answer is not None and scan_rows(app.scan_table.value)
+
+
+def test_whole_scan_without_models_says_what_to_run(tmp_path):
+    app = dashboard.App(tmp_path)
+    assert app.scan_button.disabled
+    app.load_upload("fossil.nii.gz", nifti_bytes(shell_volume()))
+    app.classify_scan()
+    assert "dvc repro" in app.message.value and app.scan_answer is None

@@ -139,6 +139,8 @@ def test_load_scan_resamples_anisotropic_voxels(tmp_path):
     data, name, notes = scan.load_scan(upload)
     assert name == "u.nii" and data.shape == (40, 40, 40)
     assert notes == {"resampled_from_um": [5.0, 5.0, 10.0]}
+    stack = classify.VolumeUpload("s.tif", shell((40, 40, 20)))  # no voxel size known
+    assert scan.load_scan(stack)[2] == {"assumed_isotropic": True}
 
 
 @pytest.mark.parametrize(
@@ -267,3 +269,24 @@ def test_cli_reports_bad_scans_in_one_line(workspace, tmp_path, capsys, name, co
     err = capsys.readouterr().err
     assert err.startswith("foram classify: error:") and err.count("\n") == 1
     assert re.search(match, err)
+
+
+def test_flag_votes_applies_the_rule_and_scores_accepted_votes():
+    votes = pd.DataFrame(
+        {
+            "true": ["A", "B", "C", "A"],
+            "predicted": ["A", "A", "C", "B"],
+            "confidence": [0.9, 0.8, 0.5, 0.3],
+        }
+    )
+    cal = classify.Calibration(0.8, 0.8, 1.0, 0.5, 6, True, "rule")
+    flagged, summary = scan.flag_votes(votes, cal)
+    assert flagged["uncertain"].tolist() == [False, False, True, True]
+    assert summary == dict(
+        threshold=0.8, reached=True, specimens=4, uncertain=2, accepted=2, accepted_accuracy=0.5
+    )
+    unreached = classify.Calibration(1.0, 0.8, 0.4, 0.0, 6, False, "rule")
+    flagged, summary = scan.flag_votes(votes, unreached)
+    assert flagged["uncertain"].all() and summary["accepted_accuracy"] is None
+    with pytest.raises(scan.ScanError, match=r"lack column\(s\) \['confidence'\]"):
+        scan.flag_votes(votes.drop(columns="confidence"), cal)
