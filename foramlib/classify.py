@@ -60,6 +60,7 @@ __all__ = [
     "Calibration",
     "calibrate_threshold",
     "calibrate_spec",
+    "load_validation",
     "Prediction",
     "Classifier",
     "missing_artefacts",
@@ -579,16 +580,13 @@ def calibrate_threshold(
     )
 
 
-def calibrate_spec(spec, models_dir, **kwargs) -> Calibration:
-    """Calibrate the uncertainty threshold of an ensemble on its members' validation output.
-
-    Reads ``<models_dir>/<member>/predictions_val.csv``, combines them with
-    ``spec.apply`` and calls :func:`calibrate_threshold` (keyword arguments passed on).
+def load_validation(spec, models_dir) -> dict:
+    """Each member's validation predictions (``<models_dir>/<member>/predictions_val.csv``).
 
     Raises
     ------
     ArtefactError
-        A member's validation predictions are missing.
+        A member's validation predictions are missing or unreadable.
     """
     from foramlib.metrics import PredictionError, load_model_predictions
 
@@ -600,6 +598,21 @@ def calibrate_spec(spec, models_dir, **kwargs) -> Calibration:
             raise ArtefactError(
                 f"validation predictions of {m!r} are missing or unreadable ({exc}); {RUN_FIRST}"
             ) from None
+    return val
+
+
+def calibrate_spec(spec, models_dir, **kwargs) -> Calibration:
+    """Calibrate the uncertainty threshold of an ensemble on its members' validation output.
+
+    Reads ``<models_dir>/<member>/predictions_val.csv``, combines them with
+    ``spec.apply`` and calls :func:`calibrate_threshold` (keyword arguments passed on).
+
+    Raises
+    ------
+    ArtefactError
+        A member's validation predictions are missing.
+    """
+    val = load_validation(spec, models_dir)
     try:
         probs = spec.apply(val)
     except ValueError as exc:  # EnsembleError, PredictionError: members that do not align

@@ -33,12 +33,12 @@ import pandas as pd
 
 from foramlib.classify import (
     DEFAULT_TARGET_PRECISION,
-    RUN_FIRST,
     ArtefactError,
     Calibration,
     ClassifyError,
     VolumeUpload,
     calibrate_threshold,
+    load_validation,
 )
 from foramlib.slicing import SliceError, SlicingConfig, slice_array
 
@@ -307,21 +307,9 @@ def calibrate_specimens(
     ArtefactError
         Missing validation predictions, or predictions without ``specimen_id``.
     """
-    from foramlib.metrics import (
-        PredictionError,
-        Predictions,
-        load_model_predictions,
-        specimen_votes,
-    )
+    from foramlib.metrics import PredictionError, Predictions, specimen_votes
 
-    val = {}
-    for m in spec.members:
-        try:
-            val[m] = load_model_predictions(Path(models_dir) / m, "val")
-        except (PredictionError, FileNotFoundError, OSError) as exc:
-            raise ArtefactError(
-                f"validation predictions of {m!r} are missing or unreadable ({exc}); {RUN_FIRST}"
-            ) from None
+    val = load_validation(spec, models_dir)
     first = val[spec.members[0]]
     try:
         probs = spec.apply(val)
