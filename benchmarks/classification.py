@@ -9,11 +9,17 @@ accuracy, with mean and standard deviation over seeds. The classical baseline (H
 logistic regression, C chosen on validation) is scored on the same slices.
 
     python benchmarks/classification.py --seeds 2024 1 2     # after `dvc repro`
-    python benchmarks/classification.py --learning-curves    # + accuracy vs data size
+    python benchmarks/classification.py --from-run           # the pipeline's own models
+    python benchmarks/classification.py --from-run --learning-curves --difficulty \
+        --out benchmarks/results/classification_curves.json  # + accuracy vs data size
 
 ``--learning-curves`` retrains one small backbone (``--curve-backbone``) on subsets of
 the training split: a fraction of the slices of every training specimen, and at most
-*n* training specimens per genus, and records test accuracy for each.
+*n* training specimens per genus, and records test accuracy for each, with the
+classical baseline refitted on the same subset; ``--difficulty`` also scores the
+baseline on test specimens half of whose slices it has seen (a diagnostic of how much
+of the difficulty is new specimens). The learning curves are drawn next to the JSON
+(same name, ``.png``).
 
 Writes ``benchmarks/results/classification.json`` naming the machine. Accuracy numbers
 are on the VIRTUAL collection: they test the pipeline, not real fossils.
@@ -156,7 +162,7 @@ def seen_specimen_check(index: pd.DataFrame, store, names, seed: int) -> dict:
 
 
 def curves_figure(result: dict, out) -> Path:
-    """Draw the learning curves of a result next to its JSON (``<stem>_curves.png``)."""
+    """Draw the learning curves of a result next to its JSON (same name, ``.png``)."""
     from foramlib import plots
 
     curves = result["learning_curves"]
@@ -166,7 +172,7 @@ def curves_figure(result: dict, out) -> Path:
         f"Virtual collection (synthetic): test accuracy against training data "
         f"({result['machine']['cpu_count']} CPU cores, seed {result['seeds'][0]})",
     )
-    return plots.save_figure(fig, Path(out).with_name(f"{Path(out).stem}_curves.png"))
+    return plots.save_figure(fig, Path(out).with_suffix(".png"))
 
 
 def main() -> None:
