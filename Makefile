@@ -34,6 +34,7 @@ $(STAMP): pyproject.toml constraints.txt
 env: $(STAMP)
 
 demo: env
+	$(BIN)/python -m foramlib.cli deps
 	@echo "==> running the pipeline (dvc repro): synthesize -> curate -> slice -> split -> train@<backbone> -> book"
 	$(BIN)/dvc repro
 	@echo "==> done: open book/_build/html/index.html"

@@ -180,11 +180,17 @@ def main() -> None:
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--store", default="data/slices")
     parser.add_argument("--index", default="data/split/index.csv")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[2024, 1, 2])
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        help="training seeds to retrain (default 2024 1 2; none with --from-run)",
+    )
     parser.add_argument(
         "--from-run",
         action="store_true",
-        help="score the pipeline's trained models (models/) instead of retraining",
+        help="score the pipeline's trained models (models/, seed of params.yaml) as one run; "
+        "--seeds adds retrained runs for other seeds",
     )
     parser.add_argument("--models", default="models")
     parser.add_argument("--predictions", default="results/predictions")
@@ -209,6 +215,13 @@ def main() -> None:
         print(curves_figure(json.loads(Path(args.out).read_text(encoding="utf-8")), args.out))
         return
     params = config.load_params(args.params)
+    if args.seeds is None:
+        args.seeds = [] if args.from_run else [2024, 1, 2]
+    if args.from_run and params["seed"] in args.seeds:
+        parser.error(
+            f"--seeds {args.seeds}: seed {params['seed']} is the pipeline's own run "
+            "(--from-run); list only other seeds"
+        )
     index = data.load_split_index(args.index)
     names = data.class_names(index)
     backbones = list(params["train"]["backbones"])
@@ -236,7 +249,7 @@ def main() -> None:
         name, final = final_ensemble(params, val, test)
         runs.append(dict(seed=params["seed"], final_name=name, final=score(final),
                          models=per_model, train_seconds=None))  # fmt: skip
-    for seed in [] if args.from_run else args.seeds:
+    for seed in args.seeds:
         val, test, per_model, seconds = {}, {}, {}, {}
         for b in backbones:
             cfg = train_config(params, b, seed)
@@ -271,8 +284,8 @@ def main() -> None:
         ),
         test_slices=int((index["split"] == "test").sum()),
         test_specimens=int(index.loc[index["split"] == "test", "specimen_id"].nunique()),
-        seeds=[params["seed"]] if args.from_run else args.seeds,
-        retrained=not args.from_run,
+        seeds=[r["seed"] for r in runs],
+        retrained=[r["seed"] for r in runs if r["train_seconds"] is not None],
         final=summarise(runs, "final"),
         models={b: summarise([dict(x=r["models"][b]) for r in runs], "x") for b in backbones},
         baseline=dict(name="HOG + logistic regression", **baseline),
@@ -283,8 +296,9 @@ def main() -> None:
     )
     if args.learning_curves:
         curves = []
-        for kind, value, sub in subsets(index, seed=args.seeds[0]):
-            cfg = train_config(params, args.curve_backbone, args.seeds[0])
+        curve_seed = runs[0]["seed"]
+        for kind, value, sub in subsets(index, seed=curve_seed):
+            cfg = train_config(params, args.curve_backbone, curve_seed)
             t0 = time.perf_counter()
             preds, _ = train_once(
                 cfg, sub, args.store, names, Path(tmp.name) / f"curve-{kind}-{value}"

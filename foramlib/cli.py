@@ -1,10 +1,11 @@
-"""Command line: ``foram run|profile|book|index|match|classify``.
+"""Command line: ``foram run|profile|book|index|match|classify|deps``.
 
 Run as ``foram ...`` once installed (``foramlib ...`` is the same program), or
 ``python -m foramlib.cli ...``. ``foram match IMAGE`` prints where a section image
 sits in the indexed specimen volumes (build the index with ``dvc repro index``).
 ``foram classify SCAN`` names the genus of a whole scan (NIfTI, TIFF stack, folder of
-TIFF slices) from many sections, or of one section image.
+TIFF slices) from many sections, or of one section image. ``foram deps`` checks that
+every stage of ``dvc.yaml`` lists the code it runs and the params it reads.
 """
 
 from __future__ import annotations
@@ -50,15 +51,35 @@ def _book(args: argparse.Namespace) -> int:
     return 0
 
 
-def _index(args: argparse.Namespace) -> int:
-    from foramlib.indexing import META_FILE, build_collection_index
+def _index_config(args: argparse.Namespace):
+    """The index stage's settings from params.yaml (when there is one), then the flags."""
+    import dataclasses
+
+    from foramlib.config import load_params
     from foramlib.matching import IndexConfig
     from foramlib.preprocess import PreprocessConfig
 
-    config = IndexConfig(
-        n_orientations=args.orientations,
-        n_offsets=args.offsets,
-        preprocess=PreprocessConfig(size=args.size),
+    if args.params is None and Path("params.yaml").is_file():
+        args.params = "params.yaml"
+    if args.params is None:  # outside a project: the library's (paper profile's) defaults
+        config, source = IndexConfig(), "IndexConfig defaults (no params.yaml here)"
+    else:
+        config, source = IndexConfig.from_params(load_params(args.params)), args.params
+    flags = dict(n_orientations=args.orientations, n_offsets=args.offsets)
+    config = dataclasses.replace(config, **{k: v for k, v in flags.items() if v is not None})
+    if args.size is not None:
+        config = dataclasses.replace(config, preprocess=PreprocessConfig(size=args.size))
+    return config, source
+
+
+def _index(args: argparse.Namespace) -> int:
+    from foramlib.indexing import META_FILE, build_collection_index
+
+    config, source = _index_config(args)
+    print(
+        f"{config.n_orientations} orientations x {config.n_offsets} offsets per specimen, "
+        f"{config.preprocess.size} px sections (settings: {source})",
+        flush=True,
     )
     t0 = time.perf_counter()
     out = build_collection_index(
@@ -265,6 +286,19 @@ def _classify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _deps(args: argparse.Namespace) -> int:
+    from foramlib.stagedeps import check_dvc_yaml
+
+    problems = check_dvc_yaml(args.root)
+    for problem in problems:
+        print(problem)
+    if problems:
+        print(f"{len(problems)} problem(s) in {Path(args.root) / 'dvc.yaml'}", file=sys.stderr)
+        return 1
+    print(f"{Path(args.root) / 'dvc.yaml'}: every stage lists the code and params it uses")
+    return 0
+
+
 def _prog() -> str:
     name = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
     return "foramlib" if name == "foramlib" else "foram"
@@ -304,9 +338,14 @@ def main(argv: list[str] | None = None) -> int:
     i.add_argument("--manifest", default="data/curated/manifest.csv", help="curated manifest")
     i.add_argument("--raw-dir", default="data/virtual", help="folder holding the volumes")
     i.add_argument("--out", default="data/index", help="index folder (replaced atomically)")
-    i.add_argument("--orientations", type=int, default=300, help="plane normals per volume")
-    i.add_argument("--offsets", type=int, default=9, help="parallel planes per normal")
-    i.add_argument("--size", type=int, default=64, help="side of the stored sections (px)")
+    i.add_argument(
+        "--params",
+        help="parameter file whose match and slice sections set the index "
+        "(default: ./params.yaml when present, as `dvc repro index` uses)",
+    )
+    i.add_argument("--orientations", type=int, help="plane normals (match.n_orientations)")
+    i.add_argument("--offsets", type=int, help="parallel planes per normal (match.n_offsets)")
+    i.add_argument("--size", type=int, help="side of the stored sections in px (match.size)")
     i.set_defaults(func=_index)
 
     m = sub.add_parser("match", help="where does a section image sit in the specimen volumes?")
@@ -335,6 +374,12 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--sections-csv", metavar="PATH", help="write every section's probabilities")
     c.add_argument("--json", action="store_true", help="print the answer as JSON")
     c.set_defaults(func=_classify)
+
+    d = sub.add_parser(
+        "deps", help="check that dvc.yaml's stages list the code they import and params they read"
+    )
+    d.add_argument("--root", default=".", help="project folder holding dvc.yaml")
+    d.set_defaults(func=_deps)
 
     args = parser.parse_args(argv)
     try:

@@ -261,6 +261,36 @@ class IndexConfig:
         return out
 
     @classmethod
+    def from_params(cls, params: Mapping) -> IndexConfig:
+        """The ``index`` stage's configuration from a validated ``params.yaml``.
+
+        ``match`` gives the lattice and the sizes, ``slice`` the volume preparation
+        (the same denoising and dense-inclusion removal as the slice dataset), so
+        ``foram index`` builds the index ``dvc repro index`` builds.
+
+        Examples
+        --------
+        >>> params = {"match": {"n_orientations": 20, "n_offsets": 3, "size": 32,
+        ...                     "descriptor_size": 16},
+        ...           "slice": {"smooth_sigma": 0.5, "dense_factor": None}}
+        >>> c = IndexConfig.from_params(params)
+        >>> (c.n_orientations, c.preprocess.size, c.dense_factor)
+        (20, 32, None)
+        """
+        try:
+            m, s = params["match"], params["slice"]
+            return cls(
+                n_orientations=m["n_orientations"],
+                n_offsets=m["n_offsets"],
+                descriptor_size=m["descriptor_size"],
+                preprocess=PreprocessConfig(size=m["size"]),
+                smooth_sigma=s["smooth_sigma"],
+                dense_factor=s["dense_factor"],
+            )
+        except KeyError as err:
+            raise ValueError(f"params lack {err.args[0]!r} (match and slice sections)") from None
+
+    @classmethod
     def from_dict(cls, d: Mapping) -> IndexConfig:
         """Inverse of :meth:`as_dict` (the preprocessing version key is dropped)."""
         pp = {k: v for k, v in dict(d["preprocess"]).items() if k != "version"}

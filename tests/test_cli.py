@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import subprocess
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from foramlib import cli, matching
 from foramlib.indexing import load_collection, read_image
+from foramlib.preprocess import PreprocessConfig
 from foramlib.slicing import Plane, extract_slice
 from foramlib.volumes import write_nifti
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _ellipsoid(axes, shape=32, seed=0) -> np.ndarray:
@@ -210,3 +216,60 @@ def test_module_entry_point_exits_2_with_one_line(workspace, tmp_path):
     assert proc.stderr.strip().splitlines() == [
         f"foram match: error: {bad}: not a readable image (expected PNG, JPEG, TIFF, BMP, ...)"
     ]
+
+
+def _params_file(path, **match):
+    settings = dict(n_orientations=20, n_offsets=3, size=32, descriptor_size=16) | match
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["match"] = settings
+    params["slice"]["smooth_sigma"] = 0.5
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+def test_index_reads_the_index_stage_settings_from_params(workspace, tmp_path, capsys):
+    params = _params_file(tmp_path / "params.yaml")
+    args = ["index", "--manifest", str(workspace / "manifest.csv"), "--params", str(params)]
+    args += ["--raw-dir", str(workspace / "raw"), "--out", str(tmp_path / "index")]
+    assert cli.main(args) == 0
+    assert f"20 orientations x 3 offsets per specimen, 32 px sections (settings: {params})" in (
+        capsys.readouterr().out
+    )
+    built = matching.MatchIndex.load(tmp_path / "index" / "index.npz").config
+    # what `dvc repro index` builds from the same file
+    assert built == matching.IndexConfig.from_params(yaml.safe_load(params.read_text()))
+    assert (built.descriptor_size, built.smooth_sigma) == (16, 0.5)
+
+
+def test_index_flags_override_params_and_no_params_means_library_defaults(tmp_path, monkeypatch):
+    params = _params_file(tmp_path / "p.yaml")
+    ns = argparse.Namespace(params=str(params), orientations=7, offsets=None, size=None)
+    config, source = cli._index_config(ns)
+    assert (config.n_orientations, config.n_offsets, config.preprocess.size) == (7, 3, 32)
+    assert source == str(params)
+    monkeypatch.chdir(tmp_path)  # no params.yaml here
+    ns = argparse.Namespace(params=None, orientations=None, offsets=None, size=48)
+    config, source = cli._index_config(ns)
+    assert config == replace(matching.IndexConfig(), preprocess=PreprocessConfig(size=48))
+    assert "IndexConfig defaults" in source
+
+
+def test_the_projects_index_stage_and_foram_index_agree(monkeypatch):
+    monkeypatch.chdir(REPO)
+    ns = argparse.Namespace(params=None, orientations=None, offsets=None, size=None)
+    config, source = cli._index_config(ns)
+    match = yaml.safe_load((REPO / "params.yaml").read_text())["match"]
+    assert source == "params.yaml"
+    assert (config.n_orientations, config.n_offsets) == (
+        match["n_orientations"], match["n_offsets"]
+    )  # fmt: skip
+
+
+def test_index_with_bad_params_is_one_line(workspace, tmp_path, capsys):
+    bad = tmp_path / "params.yaml"
+    bad.write_text("match: [unclosed\n")
+    args = ["index", "--manifest", str(workspace / "manifest.csv"), "--params", str(bad)]
+    assert cli.main(args + ["--out", str(tmp_path / "i")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("foram index: error:") and "params.yaml" in err
+    assert not (tmp_path / "i").exists()

@@ -1,0 +1,265 @@
+"""Check that each DVC stage's declared deps and params match what its code uses.
+
+A stage of ``dvc.yaml`` runs a notebook through the ``foramlib.cli run`` verb. The
+``foramlib`` modules it really executes are the notebook's imports and everything
+they import, transitively, plus the runner. DVC only reruns a stage when a file in
+its ``deps`` changes, so a module missing from the list is a reproducibility defect
+(editing it leaves stale results that ``dvc status`` calls up to date), and a module
+listed but not used makes the stage rerun for nothing. This module computes the
+import closure from the source with :mod:`ast` and compares; it also checks that
+every ``-p`` the command passes is a parameter of the notebook, that every notebook
+parameter is passed (else the notebook's own default silently wins over
+``params.yaml``), and that every ``${...}`` the command reads is listed under the
+stage's ``params``.
+
+Run it as ``foram deps`` (exit status 1 and one line per problem when something
+disagrees); the test suite runs it on the project's own ``dvc.yaml``.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+PACKAGE = "foramlib"
+
+# `python -m foramlib.cli run NOTEBOOK ...` runs cli.py and the notebook runner. cli's
+# verbs import their modules lazily, inside the verb, so only cli's module-level
+# imports and the runner's closure belong to every stage (checked by the tests).
+CLI, RUNNER = "cli", "stages"
+
+_CMD_NOTEBOOK = re.compile(r"foramlib\.cli\s+run\s+(\S+\.ipynb)")
+_CMD_PARAM = re.compile(r"-p\s+([A-Za-z_][A-Za-z0-9_]*)\s")
+_CMD_VAR = re.compile(r"\$\{([^}]+)\}")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One disagreement between a stage's declaration and its code.
+
+    Attributes
+    ----------
+    stage : str
+        Stage name in ``dvc.yaml``.
+    message : str
+        What is wrong and what to change.
+    """
+
+    stage: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.stage}: {self.message}"
+
+
+def _imported_modules(tree: ast.AST, module: str | None = None, nested: bool = True) -> set[str]:
+    """Names of ``foramlib`` modules imported in `tree`: anywhere, or at module level only."""
+    found: set[str] = set()
+    for node in ast.walk(tree) if nested else tree.body:
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                parts = alias.name.split(".")
+                if parts[0] == PACKAGE and len(parts) > 1:
+                    found.add(parts[1])
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative: `from . import x` / `from .x import y`
+                base = node.module
+            elif node.module == PACKAGE:
+                base = None
+            elif node.module and node.module.startswith(PACKAGE + "."):
+                base = node.module.split(".")[1]
+            else:
+                continue
+            if base:
+                found.add(base.split(".")[0])
+            else:  # `from foramlib import a, b`: a and b are modules
+                found.update(alias.name for alias in node.names)
+    found.discard(module)
+    return found
+
+
+def module_imports(package_dir: str | Path) -> dict[str, set[str]]:
+    """Direct ``foramlib`` imports of every module of the package.
+
+    Parameters
+    ----------
+    package_dir : str or Path
+        The ``foramlib`` folder.
+
+    Returns
+    -------
+    dict
+        Module name (``"data"``) -> names of the package's modules it imports,
+        at module level or inside functions (a lazy import still runs when the
+        stage calls that function).
+
+    Examples
+    --------
+    >>> graph = module_imports(Path(__file__).parent)
+    >>> "atomic" in graph["stages"]
+    True
+    """
+    package_dir = Path(package_dir)
+    modules = {p.stem for p in package_dir.glob("*.py") if p.stem != "__init__"}
+    graph = {}
+    for name in sorted(modules):
+        path = package_dir / f"{name}.py"
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        graph[name] = _imported_modules(tree, name) & modules
+    return graph
+
+
+def closure(roots: set[str], graph: dict[str, set[str]]) -> set[str]:
+    """Every module reachable from `roots` through `graph`, the roots included.
+
+    Examples
+    --------
+    >>> sorted(closure({"a"}, {"a": {"b"}, "b": {"c"}, "c": set()}))
+    ['a', 'b', 'c']
+    """
+    unknown = sorted(set(roots) - set(graph))
+    if unknown:
+        raise ValueError(f"modules {unknown} are not in {PACKAGE}")
+    seen: set[str] = set()
+    todo = list(roots)
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            todo.extend(graph[name] - seen)
+    return seen
+
+
+def runner_modules(root: str | Path, graph: dict[str, set[str]]) -> set[str]:
+    """The modules every notebook stage runs through ``foramlib.cli run``."""
+    path = Path(root) / PACKAGE / f"{CLI}.py"
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    top_level = _imported_modules(tree, CLI, nested=False) & set(graph)
+    return {CLI} | closure(top_level | {RUNNER}, graph)
+
+
+def _code_cells(notebook: Path) -> list[dict]:
+    try:
+        cells = json.loads(notebook.read_text(encoding="utf-8"))["cells"]
+    except (OSError, ValueError, KeyError) as err:
+        raise ValueError(f"{notebook}: not a readable notebook ({err})") from err
+    return [c for c in cells if c.get("cell_type") == "code"]
+
+
+def _parse_cell(source: str, notebook: Path) -> ast.AST:
+    # IPython magics and shell escapes are not Python; they import nothing of ours.
+    lines = [line for line in source.splitlines() if not line.lstrip().startswith(("%", "!"))]
+    try:
+        return ast.parse("\n".join(lines), filename=str(notebook))
+    except SyntaxError as err:
+        raise ValueError(
+            f"{notebook}: a code cell does not parse ({err.msg}, line {err.lineno})"
+        ) from None
+
+
+def notebook_imports(notebook: str | Path) -> set[str]:
+    """Names of the ``foramlib`` modules a notebook's code cells import."""
+    notebook = Path(notebook)
+    found: set[str] = set()
+    for cell in _code_cells(notebook):
+        found |= _imported_modules(_parse_cell("".join(cell["source"]), notebook))
+    return found
+
+
+def notebook_parameters(notebook: str | Path) -> set[str]:
+    """Names assigned in the notebook's cell tagged ``parameters`` (papermill's cell)."""
+    notebook = Path(notebook)
+    for cell in _code_cells(notebook):
+        if "parameters" in cell.get("metadata", {}).get("tags", []):
+            tree = _parse_cell("".join(cell["source"]), notebook)
+            names = set()
+            for node in ast.walk(tree):
+                targets = (
+                    node.targets if isinstance(node, ast.Assign)
+                    else [node.target] if isinstance(node, ast.AnnAssign) else []
+                )  # fmt: skip
+                names |= {t.id for t in targets if isinstance(t, ast.Name)}
+            return names
+    raise ValueError(f"{notebook}: no cell is tagged 'parameters' (papermill needs one)")
+
+
+def _stage_bodies(dvc_yaml: Path) -> dict[str, dict]:
+    try:
+        stages = yaml.safe_load(dvc_yaml.read_text(encoding="utf-8"))["stages"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError) as err:
+        raise ValueError(f"{dvc_yaml}: cannot read its stages ({err})") from err
+    return {name: body.get("do", body) for name, body in stages.items()}
+
+
+def _param_names(entries: list) -> list[str]:
+    names = []
+    for entry in entries or []:
+        if isinstance(entry, dict):  # `params.yaml: [a, b]` or `other.yaml: [...]`
+            for keys in entry.values():
+                names.extend(keys or [])
+        else:
+            names.append(entry)
+    return [str(n) for n in names]
+
+
+def check_stage(name: str, body: dict, root: Path, graph: dict[str, set[str]]) -> list[Problem]:
+    """Problems of one stage of ``dvc.yaml`` (the ``do`` body of a ``foreach`` stage)."""
+    cmd = " ".join(str(body.get("cmd", "")).split()) + " "
+    match = _CMD_NOTEBOOK.search(cmd)
+    if not match:  # not a notebook stage (e.g. the book): nothing to derive deps from
+        return []
+    notebook = root / match.group(1)
+    problems = []
+    deps = [str(d) for d in body.get("deps", [])]
+    if match.group(1) not in deps:
+        problems.append(Problem(name, f"deps do not list its notebook {match.group(1)}"))
+    used = closure(notebook_imports(notebook), graph) | runner_modules(root, graph)
+    needed = {f"{PACKAGE}/{m}.py" for m in used}
+    declared = {d for d in deps if d.startswith(PACKAGE + "/") and d.endswith(".py")}
+    covered = {n for n in needed if any(n.startswith(d.rstrip("/") + "/") for d in deps)}
+    for path in sorted(needed - declared - covered):
+        problems.append(Problem(name, f"runs {path} but its deps do not list it"))
+    for path in sorted(declared - needed):
+        problems.append(Problem(name, f"deps list {path}, which the stage does not import"))
+
+    passed = set(_CMD_PARAM.findall(cmd))
+    accepted = notebook_parameters(notebook)
+    for param in sorted(passed - accepted):
+        problems.append(Problem(name, f"-p {param} is not a parameter of {match.group(1)}"))
+    for param in sorted(accepted - passed):
+        problems.append(Problem(name, f"{match.group(1)} parameter {param!r} is never passed "
+                                      "with -p, so its notebook default wins"))  # fmt: skip
+    listed = _param_names(body.get("params"))
+    for var in sorted(set(_CMD_VAR.findall(cmd))):
+        if var == "key" or var.startswith("item."):  # foreach variables, not params
+            continue
+        key = re.sub(r"\[\d+\]", "", var)
+        if not any(key == p or key.startswith(p + ".") for p in listed):
+            problems.append(Problem(name, f"cmd reads ${{{var}}} but params do not list {key}"))
+    return problems
+
+
+def check_dvc_yaml(root: str | Path = ".") -> list[Problem]:
+    """Compare every notebook stage of ``root/dvc.yaml`` with the code it runs.
+
+    Parameters
+    ----------
+    root : str or Path
+        Project root holding ``dvc.yaml``, the notebooks and ``foramlib/``.
+
+    Returns
+    -------
+    list of Problem
+        Empty when every stage's deps, ``-p`` flags and params agree with its code.
+    """
+    root = Path(root)
+    graph = module_imports(root / PACKAGE)
+    problems = []
+    for name, body in _stage_bodies(root / "dvc.yaml").items():
+        problems.extend(check_stage(name, body, root, graph))
+    return problems

@@ -1,0 +1,204 @@
+"""The DVC stages' declared deps and params against the code they run."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from foramlib import cli
+from foramlib.stagedeps import (
+    check_dvc_yaml,
+    closure,
+    module_imports,
+    notebook_imports,
+    notebook_parameters,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_notebook(path, code, parameters="x = 1\n"):
+    cells = [
+        {"cell_type": "markdown", "metadata": {}, "source": "# a stage"},
+        {"cell_type": "code", "metadata": {"tags": ["parameters"]}, "source": parameters,
+         "outputs": [], "execution_count": None},
+        {"cell_type": "code", "metadata": {}, "source": code, "outputs": [],
+         "execution_count": None},
+    ]  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"cells": cells, "metadata": {}, "nbformat": 4,
+                                "nbformat_minor": 5}))  # fmt: skip
+    return path
+
+
+def make_project(root, modules, code, deps, cmd_params="-p x 1", params=None, parameters="x = 1\n"):
+    """A project with foramlib/<modules>, one notebook stage and its dvc.yaml."""
+    package = root / "foramlib"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    modules = {"cli": "", "stages": "", **modules}
+    for name, source in modules.items():
+        (package / f"{name}.py").write_text(source)
+    write_notebook(root / "notebooks" / "go.ipynb", code, parameters)
+    stage = {
+        "cmd": f"python -m foramlib.cli run notebooks/go.ipynb reports/go.ipynb {cmd_params}",
+        "deps": ["notebooks/go.ipynb", "foramlib/cli.py", "foramlib/stages.py", *deps],
+    }
+    if params is not None:
+        stage["params"] = params
+    (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"go": stage}}))
+    return root
+
+
+def messages(root):
+    return [str(p) for p in check_dvc_yaml(root)]
+
+
+def test_the_projects_own_stages_list_the_code_and_params_they_use():
+    assert messages(REPO) == []
+
+
+@pytest.mark.parametrize(
+    "import_b",
+    [
+        "from foramlib import b",
+        "from foramlib.b import thing",
+        "import foramlib.b",
+        "from .b import thing",
+        "from . import b",
+        "def later():\n    from foramlib.b import thing  # lazy: still runs when called\n",
+    ],
+)
+def test_a_module_imported_only_indirectly_must_be_listed(tmp_path, import_b):
+    root = make_project(
+        tmp_path, {"a": import_b + "\n", "b": ""}, "from foramlib import a", ["foramlib/a.py"]
+    )
+    assert messages(root) == ["go: runs foramlib/b.py but its deps do not list it"]
+
+
+def test_listing_the_whole_closure_is_clean(tmp_path):
+    root = make_project(
+        tmp_path,
+        {"a": "from foramlib import b\n", "b": "from foramlib.c import z\n", "c": ""},
+        "from foramlib.a import thing\nimport numpy",
+        ["foramlib/a.py", "foramlib/b.py", "foramlib/c.py"],
+    )
+    assert messages(root) == []
+
+
+def test_a_listed_module_the_stage_never_imports_is_reported(tmp_path):
+    root = make_project(
+        tmp_path, {"a": "", "b": ""}, "from foramlib import a", ["foramlib/a.py", "foramlib/b.py"]
+    )
+    assert messages(root) == ["go: deps list foramlib/b.py, which the stage does not import"]
+
+
+def test_a_package_folder_dep_covers_its_modules(tmp_path):
+    root = make_project(tmp_path, {"a": "from foramlib import b\n", "b": ""},
+                        "from foramlib import a", ["foramlib"])  # fmt: skip
+    assert messages(root) == []
+
+
+def test_the_runners_lazy_verb_imports_are_not_the_stages_code(tmp_path):
+    root = make_project(
+        tmp_path,
+        {
+            "cli": "from foramlib import atomic\n\ndef book():\n    from foramlib import big\n",
+            "atomic": "",
+            "big": "",
+            "stages": "from foramlib.atomic import atomic_path\n",
+        },
+        "x = 2",
+        ["foramlib/atomic.py"],
+    )
+    assert messages(root) == []
+    dvc = yaml.safe_load((root / "dvc.yaml").read_text())
+    dvc["stages"]["go"]["deps"].remove("foramlib/atomic.py")
+    (root / "dvc.yaml").write_text(yaml.safe_dump(dvc))
+    assert messages(root) == ["go: runs foramlib/atomic.py but its deps do not list it"]
+
+
+def test_magics_and_shell_escapes_do_not_break_the_import_scan(tmp_path):
+    path = write_notebook(
+        tmp_path / "n.ipynb", "%matplotlib inline\n!ls\nfrom foramlib import plots, slicing\n"
+    )
+    assert notebook_imports(path) == {"plots", "slicing"}
+
+
+def test_parameters_passed_and_accepted_must_agree(tmp_path):
+    root = make_project(
+        tmp_path,
+        {},
+        "print(x)",
+        [],
+        cmd_params="-p x ${a.x} -p typo 3",
+        params=["a"],
+        parameters="x: int = 1  # from params\nforgotten = 'default'\n",
+    )
+    assert messages(root) == [
+        "go: -p typo is not a parameter of notebooks/go.ipynb",
+        "go: notebooks/go.ipynb parameter 'forgotten' is never passed with -p, "
+        "so its notebook default wins",
+    ]
+
+
+@pytest.mark.parametrize(
+    "listed, problem",
+    [
+        (["a"], None),
+        (["a.x"], None),
+        (["a.y"], "go: cmd reads ${a.x} but params do not list a.x"),
+        ([], "go: cmd reads ${a.x} but params do not list a.x"),
+        ([{"params.yaml": ["a.x"]}], None),
+    ],
+)
+def test_every_value_the_cmd_reads_is_a_listed_param(tmp_path, listed, problem):
+    root = make_project(tmp_path, {}, "print(x)", [], cmd_params="-p x ${a.x}", params=listed)
+    assert messages(root) == ([problem] if problem else [])
+
+
+def test_foreach_stages_are_checked_through_their_do_body(tmp_path):
+    root = make_project(tmp_path, {"a": ""}, "from foramlib import a", [])
+    stage = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]["go"]
+    stage["cmd"] += " -p y ${item.size} -p z ${key}"
+    body = {"foreach": {"one": {"size": 1}}, "do": stage}
+    (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"go": body}}))
+    write_notebook(root / "notebooks" / "go.ipynb", "from foramlib import a", "x = y = z = 0\n")
+    assert messages(root) == ["go: runs foramlib/a.py but its deps do not list it"]
+
+
+def test_closure_rejects_an_unknown_module():
+    with pytest.raises(ValueError, match=r"\['nope'\] are not in foramlib"):
+        closure({"nope"}, {"a": set()})
+
+
+def test_the_package_graph_follows_lazy_imports():
+    graph = module_imports(REPO / "foramlib")
+    assert "classify" in graph["scan"]
+    assert closure({"stages"}, graph) == {"stages", "atomic"}
+
+
+def test_a_notebook_without_a_parameters_cell_is_named(tmp_path):
+    path = write_notebook(tmp_path / "n.ipynb", "x = 1")
+    cells = json.loads(path.read_text())
+    cells["cells"][1]["metadata"] = {}
+    path.write_text(json.dumps(cells))
+    with pytest.raises(ValueError, match=r"n\.ipynb: no cell is tagged 'parameters'"):
+        notebook_parameters(path)
+
+
+def test_an_unreadable_notebook_is_named(tmp_path):
+    (tmp_path / "broken.ipynb").write_text("{not json")
+    with pytest.raises(ValueError, match=r"broken\.ipynb: not a readable notebook"):
+        notebook_imports(tmp_path / "broken.ipynb")
+
+
+def test_cli_deps_exits_1_and_prints_each_problem(tmp_path, capsys):
+    root = make_project(tmp_path, {"a": "from foramlib import b\n", "b": ""},
+                        "from foramlib import a", ["foramlib/a.py"])  # fmt: skip
+    assert cli.main(["deps", "--root", str(root)]) == 1
+    out = capsys.readouterr()
+    assert "go: runs foramlib/b.py but its deps do not list it" in out.out
+    assert "1 problem(s)" in out.err
+    assert cli.main(["deps", "--root", str(REPO)]) == 0
