@@ -34,6 +34,7 @@ $(STAMP): pyproject.toml constraints.txt
 env: $(STAMP)
 
 demo: env
+	$(BIN)/python -m foramlib.cli params check
 	$(BIN)/python -m foramlib.cli deps
 	@echo "==> running the pipeline (dvc repro): synthesize -> curate -> slice -> split -> train@<backbone> -> book"
 	$(BIN)/dvc repro
@@ -42,6 +43,7 @@ demo: env
 test: env
 	@echo "==> lint (ruff), then the test suite (pytest)"
 	$(BIN)/ruff check .
+	$(BIN)/python -m foramlib.cli params check
 	$(BIN)/python -m pytest
 
 lint: env

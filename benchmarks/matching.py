@@ -192,10 +192,8 @@ def truth_score(index, query, pv, truth: Plane, placement, reading: str) -> floa
 
 
 def pose_ok(normal, offset, truth: Plane, max_deg=10.0, max_vox=3.0):
-    cos = float(np.dot(normal, truth.normal))
-    sign = 1.0 if cos >= 0 else -1.0
-    ang = np.degrees(np.arccos(min(1.0, abs(cos))))
-    return bool(ang <= max_deg and abs(sign * offset - truth.offset) <= max_vox), float(ang)
+    ang, off = matching.plane_error(normal, truth.normal, offset, truth.offset)
+    return bool(ang <= max_deg and off <= max_vox), ang
 
 
 def recovered(found_spec, normal, offset, spec, truth: Plane) -> tuple[bool, float]:

@@ -79,6 +79,18 @@ class AugmentConfig:
         1.0, the CutMix paper's value, draws the pasted area uniformly).
     mix_probability : float
         Share of batches that :func:`mix_batch` mixes, in [0, 1].
+    stretch : float
+        Random change of the aspect ratio: the width alone is scaled by a factor in
+        ``[1 - stretch, 1 + stretch]`` after the rotation, so the stretch falls along a
+        random direction of the section; in [0, 1) (0: off, not in the paper). It
+        imitates the spread of proportions between specimens of one genus.
+    blur : float
+        Maximum standard deviation in pixels of a random Gaussian blur, >= 0 (0: off,
+        not in the paper); imitates scans of different sharpness.
+    noise : float
+        Standard deviation of additive Gaussian noise as a fraction of the grey range
+        [0, 255], in [0, 1] (0: off, not in the paper; 0.02 is about 5 grey levels);
+        imitates scans of different noise levels.
 
     Examples
     --------
@@ -99,6 +111,9 @@ class AugmentConfig:
     mix_alpha: float = 0.2
     cutmix_alpha: float = 1.0
     mix_probability: float = 0.5
+    stretch: float = 0.0
+    blur: float = 0.0
+    noise: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("enabled", "flip", "cutmix", "mixup"):
@@ -114,6 +129,9 @@ class AugmentConfig:
             "mix_alpha": dict(lo=0, hi=math.inf, lo_open=True, hi_open=True),
             "cutmix_alpha": dict(lo=0, hi=1, lo_open=True),
             "mix_probability": dict(lo=0, hi=1),
+            "stretch": dict(lo=0, hi=1, hi_open=True),
+            "blur": dict(lo=0, hi=8),
+            "noise": dict(lo=0, hi=1),
         }
         for name, bounds in checks.items():
             object.__setattr__(self, name, _check_number(name, getattr(self, name), **bounds))
@@ -226,6 +244,35 @@ def augmentation_layers(config: AugmentConfig, seed: int | None = None):
                     name="random_contrast",
                 )
             )
+        if config.stretch > 0:
+            layers.append(
+                keras.layers.RandomZoom(
+                    (0.0, 0.0),
+                    (-config.stretch, config.stretch),
+                    fill_mode="constant",
+                    fill_value=0.0,
+                    seed=layer_seed(5),
+                    name="random_stretch",
+                )
+            )
+        if config.blur > 0:
+            layers.append(
+                keras.layers.RandomGaussianBlur(
+                    factor=1.0,
+                    kernel_size=2 * math.ceil(2 * config.blur) + 1,
+                    sigma=(0.01, config.blur),
+                    value_range=(0, 255),
+                    seed=layer_seed(6),
+                    name="random_blur",
+                )
+            )
+        if config.noise > 0:
+            # Keras bounds GaussianNoise's sd to [0, 1]: add it on the [0, 1] scale
+            layers += [
+                keras.layers.Rescaling(1 / 255, name="noise_to_unit"),
+                keras.layers.GaussianNoise(config.noise, seed=layer_seed(7), name="noise"),
+                keras.layers.Rescaling(255, name="noise_from_unit"),
+            ]
     return keras.Sequential(layers, name="augment")
 
 

@@ -299,6 +299,26 @@ def _deps(args: argparse.Namespace) -> int:
     return 0
 
 
+def _params(args: argparse.Namespace) -> int:
+    from foramlib import config, pipeline
+
+    try:
+        params = config.load_params(args.params)  # each value against the schema
+    except config.ParamsError as err:
+        for problem in err.problems:
+            print(problem, file=sys.stderr)
+        print(f"{len(err.problems)} problem(s) in {args.params}", file=sys.stderr)
+        return 1
+    problems = pipeline.check_params(params)  # each stage module configured from them
+    for problem in problems:
+        print(f"{args.params}: {problem}", file=sys.stderr)
+    if problems:
+        print(f"{len(problems)} problem(s) in {args.params}", file=sys.stderr)
+        return 1
+    print(f"{args.params}: valid; stages configured: {', '.join(pipeline.STAGES)}")
+    return 0
+
+
 def _prog() -> str:
     name = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
     return "foramlib" if name == "foramlib" else "foram"
@@ -380,6 +400,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     d.add_argument("--root", default=".", help="project folder holding dvc.yaml")
     d.set_defaults(func=_deps)
+
+    pc = sub.add_parser("params", help="check a parameter file before anything runs")
+    pc.add_argument("action", choices=["check"], help="check: validate every value and stage")
+    pc.add_argument("--params", default="params.yaml", help="parameter file")
+    pc.set_defaults(func=_params)
 
     args = parser.parse_args(argv)
     try:

@@ -40,7 +40,14 @@ __all__ = [
 
 
 class ParamsError(ValueError):
-    """A parameter file or value that the pipeline cannot use."""
+    """A parameter file or value that the pipeline cannot use.
+
+    ``problems`` lists each problem on its own (the message joins them).
+    """
+
+    def __init__(self, message: str, problems: list[str] | None = None):
+        super().__init__(message)
+        self.problems = list(problems) if problems else [message]
 
 
 def _positive_int(v: Any) -> bool:
@@ -208,6 +215,9 @@ SCHEMA: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.augment.cutmix": (_bool, "CutMix at the batch level"),
     "train.augment.mixup": (_bool, "MixUp at the batch level"),
     "train.augment.mix_probability": (_number_in(0, 1), "share of batches mixed"),
+    "train.augment.stretch": (_number_in(0, 1, hi_open=True), "random aspect-ratio change"),
+    "train.augment.blur": (_number_in(0, 8), "maximum random blur sigma (px)"),
+    "train.augment.noise": (_number_in(0, 1), "Gaussian noise sd (share of the grey range)"),
     "ensemble.max_k": (_int_at_least(2), "Top-2 ... Top-max_k voting of the best backbones"),
     "ensemble.mode": (_one_of("soft", "majority"), "soft (mean probability) or majority vote"),
     "ensemble.main": (_optional_str, "PatchEnsemble main model (null: best on validation)"),
@@ -265,7 +275,7 @@ def validate_params(params: Any, source: str = "params") -> dict:
         if key not in SCHEMA and key.rsplit(".", 1)[0] in known_prefixes | {key}:
             problems.append(f"unknown key {key!r} (a typo?)")
     if problems:
-        raise ParamsError(f"{source}: " + "; ".join(problems))
+        raise ParamsError(f"{source}: " + "; ".join(problems), [f"{source}: {p}" for p in problems])
     return params
 
 

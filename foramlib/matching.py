@@ -132,6 +132,7 @@ __all__ = [
     "describe",
     "build_index",
     "match",
+    "plane_error",
 ]
 
 # 2: compact descriptors, no stored images; 3: + silhouette geometry; 4: each section
@@ -1019,14 +1020,34 @@ def _start_poses(q: _Query, normals, offsets, geometry, centre):
     return np.repeat(origin, k, axis=0), axes.reshape(-1, 2, 3), np.repeat(scale, k)
 
 
+def plane_error(
+    normal, other_normal, offset: float = 0.0, other_offset: float = 0.0
+) -> tuple[float, float]:
+    """How far one section plane is from another: (angle in degrees, offset in voxels).
+
+    A plane and its flipped twin (``-normal``, ``-offset``) are the same section, so the
+    angle is between the unsigned normals (0–90°) and the offsets are compared on the
+    same side. Normals are unit vectors.
+
+    Examples
+    --------
+    >>> plane_error((0, 0, 1), (0, 0, -1), 3.0, -2.0)
+    (0.0, 1.0)
+    >>> round(plane_error((1, 0, 0), (0, 1, 0))[0], 1)
+    90.0
+    """
+    cos = float(np.dot(np.asarray(normal, float), np.asarray(other_normal, float)))
+    sign = 1.0 if cos >= 0 else -1.0
+    angle = float(np.degrees(np.arccos(min(1.0, abs(cos)))))
+    return angle, float(abs(sign * float(offset) - float(other_offset)))
+
+
 def _same_pose(a: _Pose, b: _Pose, max_deg: float = 6.0, max_vox: float = 2.0) -> bool:
     if a.specimen_id != b.specimen_id:
         return False
     pa, pb = a.plane, b.plane
-    cos = float(np.dot(pa.normal, pb.normal))
-    sign = 1.0 if cos >= 0 else -1.0
-    close = np.degrees(np.arccos(min(1.0, abs(cos)))) <= max_deg
-    return bool(close and abs(sign * pa.offset - pb.offset) <= max_vox)
+    angle, offset = plane_error(pa.normal, pb.normal, pa.offset, pb.offset)
+    return bool(angle <= max_deg and offset <= max_vox)
 
 
 def _distinct(poses: list[_Pose], limit: int | None = None) -> list[_Pose]:

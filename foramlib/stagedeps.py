@@ -10,7 +10,9 @@ import closure from the source with :mod:`ast` and compares; it also checks that
 every ``-p`` the command passes is a parameter of the notebook, that every notebook
 parameter is passed (else the notebook's own default silently wins over
 ``params.yaml``), and that every ``${...}`` the command reads is listed under the
-stage's ``params``.
+stage's ``params``. For the stages that have a ``foramlib.pipeline`` module, it checks
+that each configuration field from ``params.yaml`` is passed with the same key and
+listed under the stage's params.
 
 Run it as ``foram deps`` (exit status 1 and one line per problem when something
 disagrees); the test suite runs it on the project's own ``dvc.yaml``.
@@ -57,34 +59,73 @@ class Problem:
         return f"{self.stage}: {self.message}"
 
 
+def _import_targets(node: ast.AST, module: str | None) -> set[str]:
+    """Dotted names (inside the package) that one import statement may load."""
+    if isinstance(node, ast.Import):
+        return {
+            ".".join(alias.name.split(".")[1:])
+            for alias in node.names
+            if alias.name.split(".")[0] == PACKAGE and "." in alias.name
+        }
+    if not isinstance(node, ast.ImportFrom):
+        return set()
+    if node.level:  # relative to the importing module's package
+        here = (module or "").split(".")[: -node.level] if module else []
+        base = ".".join(here + ([node.module] if node.module else []))
+    elif node.module == PACKAGE:
+        base = ""
+    elif node.module and node.module.startswith(PACKAGE + "."):
+        base = node.module[len(PACKAGE) + 1 :]
+    else:
+        return set()
+    # `from foramlib.x import a`: a may be a module (foramlib.x.a) or a name in x
+    found = {base} if base else set()
+    found |= {f"{base}.{alias.name}" if base else alias.name for alias in node.names}
+    return found
+
+
 def _imported_modules(tree: ast.AST, module: str | None = None, nested: bool = True) -> set[str]:
-    """Names of ``foramlib`` modules imported in `tree`: anywhere, or at module level only."""
+    """Dotted names of ``foramlib`` modules (and candidates) imported in `tree`, with
+    every parent package (importing ``foramlib.a.b`` runs ``a/__init__.py``); anywhere
+    in the tree, or at module level only."""
     found: set[str] = set()
     for node in ast.walk(tree) if nested else tree.body:
-        if isinstance(node, ast.Import):
-            for alias in node.names:
-                parts = alias.name.split(".")
-                if parts[0] == PACKAGE and len(parts) > 1:
-                    found.add(parts[1])
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:  # relative: `from . import x` / `from .x import y`
-                base = node.module
-            elif node.module == PACKAGE:
-                base = None
-            elif node.module and node.module.startswith(PACKAGE + "."):
-                base = node.module.split(".")[1]
-            else:
-                continue
-            if base:
-                found.add(base.split(".")[0])
-            else:  # `from foramlib import a, b`: a and b are modules
-                found.update(alias.name for alias in node.names)
+        for target in _import_targets(node, module):
+            parts = target.split(".")
+            found.update(".".join(parts[: i + 1]) for i in range(len(parts)))
     found.discard(module)
     return found
 
 
+def _module_names(package_dir: Path) -> dict[str, Path]:
+    """Module name (``"data"``, ``"pipeline"``, ``"pipeline.evaluate"``) -> its file."""
+    names = {}
+    for path in sorted(package_dir.rglob("*.py")):
+        rel = path.relative_to(package_dir).with_suffix("").parts
+        if rel[-1] == "__init__":
+            rel = rel[:-1]
+        if rel and all(part.isidentifier() for part in rel):
+            names[".".join(rel)] = path
+    return names
+
+
+def module_path(name: str, package_dir: str | Path | None = None) -> str:
+    """The file of module `name`, relative to the project root, as ``dvc.yaml`` lists it.
+
+    Examples
+    --------
+    >>> module_path("data"), module_path("pipeline.evaluate")
+    ('foramlib/data.py', 'foramlib/pipeline/evaluate.py')
+    """
+    package = Path(package_dir) if package_dir is not None else Path(__file__).parent
+    path = _module_names(package).get(name)
+    if path is None:
+        return f"{PACKAGE}/{name.replace('.', '/')}.py"
+    return f"{PACKAGE}/{path.relative_to(package).as_posix()}"
+
+
 def module_imports(package_dir: str | Path) -> dict[str, set[str]]:
-    """Direct ``foramlib`` imports of every module of the package.
+    """Direct ``foramlib`` imports of every module of the package, subpackages included.
 
     Parameters
     ----------
@@ -94,24 +135,35 @@ def module_imports(package_dir: str | Path) -> dict[str, set[str]]:
     Returns
     -------
     dict
-        Module name (``"data"``) -> names of the package's modules it imports,
-        at module level or inside functions (a lazy import still runs when the
-        stage calls that function).
+        Module name (``"data"``, ``"pipeline.evaluate"``; a subpackage's
+        ``__init__.py`` is the subpackage's name) -> names of the package's modules it
+        imports, at module level or inside functions (a lazy import still runs when
+        the stage calls that function).
 
     Examples
     --------
     >>> graph = module_imports(Path(__file__).parent)
     >>> "atomic" in graph["stages"]
     True
+    >>> {"pipeline", "pipeline._config"} <= graph["pipeline.evaluate"]
+    True
     """
     package_dir = Path(package_dir)
-    modules = {p.stem for p in package_dir.glob("*.py") if p.stem != "__init__"}
+    paths = _module_names(package_dir)
     graph = {}
-    for name in sorted(modules):
-        path = package_dir / f"{name}.py"
+    for name, path in paths.items():
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-        graph[name] = _imported_modules(tree, name) & modules
+        graph[name] = _imported_modules(tree, _package_of(name, path)) & set(paths)
+        graph[name].discard(name)
+        if "." in name:  # a submodule runs its package's __init__ first
+            graph[name].add(name.rsplit(".", 1)[0])
     return graph
+
+
+def _package_of(name: str, path: Path) -> str:
+    # relative imports resolve against the package: for a/__init__.py that is `a`
+    # itself, for a/b.py it is `a`; _import_targets strips one level per dot
+    return f"{name}.__init__" if path.name == "__init__.py" else name
 
 
 def closure(roots: set[str], graph: dict[str, set[str]]) -> set[str]:
@@ -218,8 +270,13 @@ def check_stage(name: str, body: dict, root: Path, graph: dict[str, set[str]]) -
     deps = [str(d) for d in body.get("deps", [])]
     if match.group(1) not in deps:
         problems.append(Problem(name, f"deps do not list its notebook {match.group(1)}"))
-    used = closure(notebook_imports(notebook), graph) | runner_modules(root, graph)
-    needed = {f"{PACKAGE}/{m}.py" for m in used}
+    imported = notebook_imports(notebook)
+    # `from foramlib.atomic import write_csv` yields the candidate `atomic.write_csv`: a
+    # name inside a known module, not a module; an unknown first part is still an error
+    roots = {m for m in imported if m in graph or m.split(".")[0] not in graph}
+    used = closure(roots, graph) | runner_modules(root, graph)
+    names = _module_names(root / PACKAGE)
+    needed = {f"{PACKAGE}/{names[m].relative_to(root / PACKAGE).as_posix()}" for m in used}
     declared = {d for d in deps if d.startswith(PACKAGE + "/") and d.endswith(".py")}
     covered = {n for n in needed if any(n.startswith(d.rstrip("/") + "/") for d in deps)}
     for path in sorted(needed - declared - covered):
@@ -244,6 +301,38 @@ def check_stage(name: str, body: dict, root: Path, graph: dict[str, set[str]]) -
     return problems
 
 
+_CMD_PARAM_VALUE = re.compile(r"-p\s+([A-Za-z_][A-Za-z0-9_]*)\s+\"?\$\{([^}]+)\}")
+
+
+def check_stage_config(name: str, body: dict) -> list[Problem]:
+    """Problems between a stage's ``foramlib.pipeline`` configuration and ``dvc.yaml``.
+
+    Every configuration field that comes from ``params.yaml`` must be passed by a ``-p``
+    of the same name reading the same key (``-p max_k ${ensemble.max_k}``), or be read
+    from the parameter file the stage passes as ``-p params_file``; either way the key
+    must be under the stage's ``params`` so that changing it reruns the stage.
+    """
+    from foramlib.pipeline import STAGES, stage_config
+
+    if name not in STAGES:
+        return []
+    cls = stage_config(name)
+    cmd = " ".join(str(body.get("cmd", "")).split()) + " "
+    passed = dict(_CMD_PARAM_VALUE.findall(cmd))
+    listed = _param_names(body.get("params"))
+    reads_file = "params_file" in set(_CMD_PARAM.findall(cmd))
+    problems = []
+    for field, key in cls.params_keys().items():
+        where = f"{cls.__name__}.{field} (params key {key})"
+        if field in passed and passed[field] != key:
+            problems.append(Problem(name, f"-p {field} reads ${{{passed[field]}}} but {where}"))
+        elif field not in passed and not reads_file:
+            problems.append(Problem(name, f"{where} is never passed: add -p {field} ${{{key}}}"))
+        if not any(key == n or key.startswith(n + ".") for n in listed):
+            problems.append(Problem(name, f"{where} is not under the stage's params"))
+    return problems
+
+
 def check_dvc_yaml(root: str | Path = ".") -> list[Problem]:
     """Compare every notebook stage of ``root/dvc.yaml`` with the code it runs.
 
@@ -262,4 +351,5 @@ def check_dvc_yaml(root: str | Path = ".") -> list[Problem]:
     problems = []
     for name, body in _stage_bodies(root / "dvc.yaml").items():
         problems.extend(check_stage(name, body, root, graph))
+        problems.extend(check_stage_config(name, body))
     return problems

@@ -55,6 +55,9 @@ def test_config_round_trip_and_coercion():
         ({"mix_probability": float("nan")}, r"mix_probability = nan"),
         ({"mix_probability": True}, r"mix_probability = True"),
         ({"flip": 1}, r"flip = 1 is invalid: expected true or false"),
+        ({"stretch": 1.0}, r"stretch = 1\.0 is invalid.*\[0, 1\)"),
+        ({"blur": -0.5}, r"blur = -0\.5 is invalid"),
+        ({"noise": 5}, r"noise = 5 is invalid.*\[0, 1\]"),
     ],
 )
 def test_config_rejects_bad_values(kwargs, match):
@@ -87,6 +90,29 @@ def test_layers_follow_the_config():
     assert augmentation_layers(AugmentConfig(enabled=False)).layers == []
     few = augmentation_layers(AugmentConfig(rotation_deg=0, flip=False, brightness=0))
     assert [layer.name for layer in few.layers] == ["random_zoom", "random_contrast"]
+
+
+def test_scan_style_layers_are_off_by_default_and_follow_the_config():
+    assert AugmentConfig().stretch == AugmentConfig().blur == AugmentConfig().noise == 0.0
+    aug = augmentation_layers(AugmentConfig(stretch=0.3, blur=1.0, noise=0.02), seed=0)
+    names = [layer.name for layer in aug.layers]
+    scan_style = ["random_stretch", "random_blur", "noise_to_unit", "noise", "noise_from_unit"]
+    assert names[-5:] == scan_style
+    stretch = aug.get_layer("random_stretch")
+    # the width alone changes: the aspect ratio, not the scale
+    assert tuple(stretch.height_factor) == (0.0, 0.0)
+    assert tuple(stretch.width_factor) == (-0.3, 0.3)
+    assert tuple(aug.get_layer("random_blur").kernel_size) == (5, 5)
+
+
+def test_noise_is_added_on_the_grey_scale():
+    images = np.full((64, 16, 16, 1), 128.0, np.float32)
+    cfg = AugmentConfig(rotation_deg=0, zoom=0, flip=False, brightness=0, contrast=0, noise=0.02)
+    noisy = np.asarray(augmentation_layers(cfg, seed=0)(images, training=True))
+    assert noisy.std() == pytest.approx(0.02 * 255, rel=0.1)
+    np.testing.assert_allclose(
+        np.asarray(augmentation_layers(cfg, seed=0)(images, training=False)), images, atol=1e-3
+    )
 
 
 def test_layers_active_in_training_only():

@@ -273,3 +273,48 @@ def test_index_with_bad_params_is_one_line(workspace, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("foram index: error:") and "params.yaml" in err
     assert not (tmp_path / "i").exists()
+
+
+# --- foram params check -------------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_params_check_passes_the_projects_params_and_profiles(capsys):
+    for path in [REPO / "params.yaml", *sorted((REPO / "profiles").glob("*.yaml"))]:
+        assert cli.main(["params", "check", "--params", str(path)]) == 0
+        assert "valid; stages configured: ensemble, evaluate, index" in capsys.readouterr().out
+
+
+def test_params_check_prints_every_problem_on_its_own_line(tmp_path, capsys):
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["seed"] = -1
+    params["ensemble"]["max_k"] = 0
+    del params["match"]["size"]
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    assert cli.main(["params", "check", "--params", str(path)]) == 1
+    lines = capsys.readouterr().err.splitlines()
+    assert f"{path}: seed = -1 is invalid: expected an integer >= 0" in lines
+    assert any(line.startswith(f"{path}: ensemble.max_k = 0 is invalid") for line in lines)
+    assert any(line.startswith(f"{path}: missing key 'match.size'") for line in lines)
+    assert lines[-1] == f"3 problem(s) in {path}"
+
+
+def test_params_check_configures_every_stage_module(tmp_path, capsys, monkeypatch):
+    # a value the schema accepts but a stage refuses is caught before anything runs
+    from foramlib import pipeline
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    monkeypatch.setattr(
+        pipeline, "check_params", lambda p: ["index: n_offsets = 0 is invalid"] if p else []
+    )
+    assert cli.main(["params", "check", "--params", str(path)]) == 1
+    assert f"{path}: index: n_offsets = 0 is invalid" in capsys.readouterr().err
+
+
+def test_params_check_names_a_missing_file(tmp_path, capsys):
+    assert cli.main(["params", "check", "--params", str(tmp_path / "nope.yaml")]) == 1
+    assert "nope.yaml: parameter file not found" in capsys.readouterr().err

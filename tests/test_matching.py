@@ -11,7 +11,7 @@ from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
 from foramlib import matching, virtual
-from foramlib.matching import IndexConfig, MatchError, MatchIndex
+from foramlib.matching import IndexConfig, MatchError, MatchIndex, plane_error
 from foramlib.preprocess import PreprocessError, preprocess_slice
 from foramlib.registration import SectionPose
 from foramlib.slicing import Plane, extract_slice, plane_axes
@@ -41,7 +41,7 @@ def prepared(specimens):
 
 
 def _angle(a, b) -> float:
-    return float(np.degrees(np.arccos(min(1.0, abs(float(np.dot(a, b)))))))
+    return plane_error(a, b)[0]
 
 
 def _perturb(section, rng, scale):
@@ -575,3 +575,18 @@ def test_search_effort_is_validated(index, prepared, name):
     with pytest.raises(MatchError, match=f"{name} must be an integer >= 1, got 0"):
         matching.match(index, q, volumes=prepared, **{name: 0})
     assert matching.match(index, q, volumes=prepared, top_k=1, **{name: 1})
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "offsets", "expected"),
+    [
+        ((0, 0, 1), (0, 0, 1), (2.0, 5.0), (0.0, 3.0)),
+        ((0, 0, 1), (0, 0, -1), (2.0, -2.0), (0.0, 0.0)),  # the same plane, flipped
+        ((1, 0, 0), (0, 1, 0), (0.0, 0.0), (90.0, 0.0)),
+        ((1, 0, 0), (np.cos(0.1), np.sin(0.1), 0), (1.0, 1.0), (np.degrees(0.1), 0.0)),
+    ],
+)
+def test_plane_error_treats_flipped_planes_as_one(a, b, offsets, expected):
+    angle, offset = plane_error(a, b, *offsets)
+    assert angle == pytest.approx(expected[0], abs=1e-6)
+    assert offset == pytest.approx(expected[1], abs=1e-9)

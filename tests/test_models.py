@@ -155,8 +155,11 @@ def test_model_errors_are_value_errors():
 # --- serialisation ----------------------------------------------------------------------
 
 
-def test_config_round_trip_with_augmentation():
-    model = build_model("tiny_cnn", input_size=SIZE, n_classes=3, augment=AugmentConfig(), seed=0)
+@pytest.mark.parametrize(
+    "augment", [AugmentConfig(), AugmentConfig(stretch=0.2, blur=1.0, noise=0.02)]
+)
+def test_config_round_trip_with_augmentation(augment):
+    model = build_model("tiny_cnn", input_size=SIZE, n_classes=3, augment=augment, seed=0)
     assert "augment" in _layer_names(model)
     clone = keras.Model.from_config(model.get_config())
     assert [layer.name for layer in clone.layers] == [layer.name for layer in model.layers]
@@ -170,7 +173,8 @@ def test_config_round_trip_with_augmentation():
 
 @pytest.mark.parametrize("name", ["tiny_cnn", "mobilenetv3_small"])
 def test_save_load_round_trip(tmp_path, name):
-    model = build_model(name, input_size=SIZE, n_classes=5, augment=AugmentConfig(), seed=1)
+    augment = AugmentConfig(stretch=0.2, blur=1.0, noise=0.02)  # every layer kind saved
+    model = build_model(name, input_size=SIZE, n_classes=5, augment=augment, seed=1)
     path = tmp_path / f"{name}.keras"
     model.save(path)
     loaded = keras.models.load_model(path)

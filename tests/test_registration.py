@@ -7,6 +7,7 @@ import pytest
 from scipy import ndimage
 
 from foramlib import registration
+from foramlib.matching import plane_error
 from foramlib.registration import SectionPose, make_template, pose_scores, register
 from foramlib.slicing import Plane, extract_slice, plane_axes
 
@@ -36,7 +37,7 @@ def _template(image, size, sigma=1.5):
 
 
 def _angle(a, b) -> float:
-    return float(np.degrees(np.arccos(min(1.0, abs(float(np.dot(a, b)))))))
+    return plane_error(a, b)[0]
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ import yaml
 from foramlib import cli
 from foramlib.stagedeps import (
     check_dvc_yaml,
+    check_stage_config,
     closure,
     module_imports,
     notebook_imports,
@@ -202,3 +203,72 @@ def test_cli_deps_exits_1_and_prints_each_problem(tmp_path, capsys):
     assert "go: runs foramlib/b.py but its deps do not list it" in out.out
     assert "1 problem(s)" in out.err
     assert cli.main(["deps", "--root", str(REPO)]) == 0
+
+
+# --- subpackages ---------------------------------------------------------------------
+
+
+def _subpackage_project(tmp_path, deps):
+    root = make_project(tmp_path, {"b": ""}, "from foramlib.sub import mod as stage", deps)
+    sub = root / "foramlib" / "sub"
+    sub.mkdir()
+    (sub / "__init__.py").write_text("from foramlib.sub._base import X\n")
+    (sub / "_base.py").write_text("X = 1\n")
+    (sub / "mod.py").write_text("from . import _base\n\ndef run():\n    from foramlib import b\n")
+    (sub / "other.py").write_text("import foramlib.b\n")
+    return root
+
+
+def test_a_subpackage_module_runs_its_package_init_and_relative_imports(tmp_path):
+    root = _subpackage_project(tmp_path, ["foramlib/sub/mod.py"])
+    assert messages(root) == [
+        "go: runs foramlib/b.py but its deps do not list it",
+        "go: runs foramlib/sub/__init__.py but its deps do not list it",
+        "go: runs foramlib/sub/_base.py but its deps do not list it",
+    ]
+    graph = module_imports(root / "foramlib")
+    assert graph["sub.mod"] == {"sub", "sub._base", "b"}
+    assert graph["sub"] == {"sub._base"}
+
+
+def test_a_subpackage_folder_dep_covers_its_modules(tmp_path):
+    root = _subpackage_project(tmp_path, ["foramlib/sub", "foramlib/b.py"])
+    assert messages(root) == []
+
+
+# --- pipeline stage configurations against dvc.yaml -----------------------------------
+
+
+def _stage_body(cmd_params, params):
+    return {"cmd": f"python -m foramlib.cli run notebooks/ensemble.ipynb out {cmd_params}",
+            "params": params}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("cmd_params", "params", "problem"),
+    [
+        ("-p params_file params.yaml -p max_k ${ensemble.max_k} -p mode ${ensemble.mode} "
+         "-p main ${ensemble.main} -p n_weak ${ensemble.n_weak}",
+         ["train.backbones", "ensemble"], None),
+        ("-p params_file params.yaml -p max_k ${ensemble.n_weak}",
+         ["train.backbones", "ensemble"],
+         "ensemble: -p max_k reads ${ensemble.n_weak} but EnsembleStageConfig.max_k "
+         "(params key ensemble.max_k)"),
+        ("-p max_k ${ensemble.max_k}", ["ensemble"],
+         "ensemble: EnsembleStageConfig.backbones (params key train.backbones) is never "
+         "passed: add -p backbones ${train.backbones}"),
+        ("-p params_file params.yaml", ["ensemble"],
+         "ensemble: EnsembleStageConfig.backbones (params key train.backbones) is not under "
+         "the stage's params"),
+    ],
+)  # fmt: skip
+def test_stage_config_fields_match_the_p_flags_and_params(cmd_params, params, problem):
+    found = [str(p) for p in check_stage_config("ensemble", _stage_body(cmd_params, params))]
+    if problem is None:
+        assert found == []
+    else:
+        assert problem in found
+
+
+def test_stages_without_a_pipeline_module_have_no_config_check():
+    assert check_stage_config("curate", _stage_body("-p x 1", [])) == []

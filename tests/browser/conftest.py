@@ -121,16 +121,13 @@ def workspace_params() -> dict:
 
 def build_workspace(root: Path, *, log=print) -> dict:
     """Run synthesize -> curate -> slice -> split -> train x2 -> ensemble -> evaluate ->
-    index into `root`, with the calls the stage notebooks make; return a summary."""
+    index into `root`, with the calls the stage notebooks make (ensemble, evaluate and
+    index through their ``foramlib.pipeline`` modules); return a summary."""
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     from foramlib import (
         config,
         curation,
         data,
-        ensemble,
-        indexing,
-        matching,
-        metrics,
         slicing,
         split,
         training,
@@ -243,80 +240,31 @@ def build_workspace(root: Path, *, log=print) -> dict:
             )
             done(f"train@{member}", t0)
 
-        # ensemble (notebooks/ensemble.ipynb)
+        # ensemble, evaluate, index: the stages' own modules, as their notebooks run them
+        from foramlib.pipeline import ensemble as ensemble_stage
+        from foramlib.pipeline import evaluate as evaluate_stage
+        from foramlib.pipeline import index as index_stage
+
         t0 = time.perf_counter()
-        members = list(tp["backbones"])
-        val = {
-            b: metrics.load_predictions(Path("models") / b / "predictions_val.csv", name=b)
-            for b in members
-        }
-        metrics.align(list(val.values()))
-        ep = params["ensemble"]
-        specs = ensemble.build_ensembles(
-            val,
-            ks=range(2, ep["max_k"] + 1),
-            mode=ep["mode"],
-            main=ep["main"],
-            n_weak=ep["n_weak"],
-        )
-        with atomic_dir("results/ensemble") as tmp:
-            for name, spec in specs.items():
-                spec.save(Path(tmp) / f"{name}.json")
+        ensemble_stage.run(ensemble_stage.EnsembleStageConfig.from_params(params))
         done("ensemble", t0)
-
-        # evaluate: metrics.json and the ensembles' test probabilities (evaluate.ipynb)
         t0 = time.perf_counter()
-        test = {
-            b: metrics.load_predictions(Path("models") / b / "predictions_test.csv", name=b)
-            for b in members
-        }
-        metrics.align(list(test.values()))
-        y_true = test[members[0]].y_true
-        reports = {
-            b: metrics.report_from_probs(b, p.y_true, p.probs, names) for b, p in test.items()
-        }
-        for name, spec in specs.items():
-            probs = spec.apply({m: test[m].probs for m in spec.members})
-            reports[name] = metrics.report_from_probs(name, y_true, probs, names)
-            frame = test[members[0]].frame[["slice_id", "specimen_id", "true"]].copy()
-            frame[[f"p_{n}" for n in names]] = probs
-            write_csv(frame, Path("results/predictions") / f"{name}_test.csv")
-        final = "PatchEnsemble"
-        summary = {
-            "data_source": params["data"]["source"],
-            "final": final,
-            "test_slices": int(len(y_true)),
-            "models": {
-                m: {k: v for k, v in r.overall.items() if v is not None} for m, r in reports.items()
-            },
-            "specimen_accuracy": {b: metrics.specimen_accuracy(p) for b, p in test.items()},
-            "weak_classes": list(specs[final].weak),
-        }
-        write_text("results/metrics.json", json.dumps(summary, indent=2) + "\n")
-        done("evaluate", t0)
-
-        # index: the 3D matching index (notebooks/index.ipynb)
-        t0 = time.perf_counter()
-        mp = params["match"]
-        indexing.build_collection_index(
-            "data/curated/manifest.csv",
-            raw,
-            "data/index",
-            matching.IndexConfig(
-                n_orientations=mp["n_orientations"],
-                n_offsets=mp["n_offsets"],
-                descriptor_size=mp["descriptor_size"],
-                preprocess=PreprocessConfig(size=mp["size"]),
-                smooth_sigma=sp["smooth_sigma"],
-                dense_factor=sp["dense_factor"],
-            ),
+        evaluated = evaluate_stage.run(
+            evaluate_stage.EvaluateStageConfig.from_params(
+                params, reference_dir=str(REPO / "reference" / "authors-results")
+            )
         )
+        done("evaluate", t0)
+        t0 = time.perf_counter()
+        index_stage.run(index_stage.IndexStageConfig.from_params(params))
         done("index", t0)
 
     return {
         "names": names,
-        "final": final,
-        "test_accuracy": {m: round(r.overall["accuracy"], 3) for m, r in reports.items()},
+        "final": evaluated.final,
+        "test_accuracy": {
+            m: round(r["accuracy"], 3) for m, r in evaluated.summary["models"].items()
+        },
         "timings": timings,
     }
 

@@ -1,0 +1,265 @@
+"""The ``evaluate`` stage: the paper's Tables 4–8 and Figures 3–5 for this run, the
+authors' released numbers and the printed ones beside them, the classical baseline,
+specimen-level answers, and ``results/metrics.json``.
+
+Every choice is made on validation predictions (the final model, the specimen
+uncertainty threshold); the test split only measures.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from foramlib.pipeline._config import StageConfig, backbone_names, params_field
+
+__all__ = ["EvaluateStageConfig", "EvaluateStageResult", "run", "FIGURES"]
+
+#: the figures the stage writes under ``figures_dir``
+FIGURES = (
+    "figure3_models.png",
+    "figure4_species.png",
+    "figure5_weak.png",
+    "confusion_final.png",
+    "roc_final.png",
+    "figure3_authors.png",
+    "figure5_authors.png",
+    "confusion_specimens.png",
+)
+
+
+@dataclass(frozen=True)
+class EvaluateStageConfig(StageConfig):
+    """What the ``evaluate`` stage reads and writes.
+
+    Parameters
+    ----------
+    backbones : tuple of str
+        The trained backbones (keys of ``train.backbones``).
+    source : str
+        ``data.source``: labels the figures (virtual data is always labelled virtual).
+    seed : int
+        The classical baseline's ``random_state``.
+    models_dir, ensembles_dir, split_index, slices, reference_dir : str
+        Inputs: the backbones' predictions, the ensemble stage's choices, the split, the
+        slice store (the baseline's features) and the authors' released reports.
+    tables_dir, figures_dir, predictions_dir, metrics_json : str
+        Outputs.
+
+    Examples
+    --------
+    >>> cfg = EvaluateStageConfig.from_params(
+    ...     {"seed": 1, "data": {"source": "virtual"}, "train": {"backbones": {"a": {}}}})
+    >>> cfg.backbones, cfg.metrics_json
+    (('a',), 'results/metrics.json')
+    """
+
+    stage = "evaluate"
+    backbones: tuple[str, ...] = params_field("train.backbones", normalize=backbone_names)
+    source: str = params_field("data.source", default="virtual")
+    seed: int = params_field("seed", default=0)
+    models_dir: str = "models"
+    ensembles_dir: str = "results/ensemble"
+    split_index: str = "data/split/index.csv"
+    slices: str = "data/slices"
+    reference_dir: str = "reference/authors-results"
+    tables_dir: str = "results/tables"
+    figures_dir: str = "results/figures"
+    predictions_dir: str = "results/predictions"
+    metrics_json: str = "results/metrics.json"
+
+
+@dataclass(frozen=True)
+class EvaluateStageResult:
+    """The stage's outputs, for display (everything is also on disk)."""
+
+    final: str  # the final model, chosen on validation
+    summary: dict  # the content of metrics.json
+    tables: dict[str, pd.DataFrame]  # table4 ... table8 of this run
+    baseline_scores: pd.DataFrame  # the baseline's C search on validation
+    baseline_line: str  # one line on the baseline's fit
+    differences: pd.DataFrame  # authors' released reports vs the printed tables
+    notes: list[str]
+    specimen_line: str  # one line on the specimen-level uncertainty rule
+    votes: pd.DataFrame  # one row per test specimen
+    comparison: pd.DataFrame  # final model vs baseline, slices and specimens
+    figures: dict[str, Path] = field(default_factory=dict)
+
+
+def _write_table(table: pd.DataFrame, path: Path) -> None:
+    from foramlib.atomic import write_csv
+
+    write_csv(table.reset_index() if table.index.name else table, path)
+
+
+def run(config: EvaluateStageConfig) -> EvaluateStageResult:
+    """Score every backbone, ensemble and the baseline on the test split and write the
+    tables, figures, predictions and ``metrics.json`` (each file atomically)."""
+    from foramlib import baseline, data, ensemble, metrics, paper, plots, reference, reports, scan
+    from foramlib.atomic import write_csv, write_text
+
+    backbones = list(config.backbones)
+    tables_dir, figures_dir = Path(config.tables_dir), Path(config.figures_dir)
+    models_dir = Path(config.models_dir)
+
+    # --- every backbone and ensemble on the test split
+    test = {
+        b: metrics.load_predictions(models_dir / b / "predictions_test.csv", name=b)
+        for b in backbones
+    }
+    metrics.align(list(test.values()))
+    template = test[backbones[0]]
+    names, y_true = template.names, template.y_true
+    spec_files = sorted(Path(config.ensembles_dir).glob("*.json"))
+    specs = {p.stem: ensemble.EnsembleSpec.load(p) for p in spec_files}
+    ours = {b: metrics.report_from_probs(b, p.y_true, p.probs, names) for b, p in test.items()}
+    ensemble_probs = {}
+    for name, spec in specs.items():
+        ensemble_probs[name] = spec.apply({m: test[m].probs for m in spec.members})
+        ours[name] = metrics.report_from_probs(name, y_true, ensemble_probs[name], names)
+        frame = template.frame[["slice_id", "specimen_id", "true"]].copy()
+        frame[[f"p_{n}" for n in names]] = ensemble_probs[name]
+        write_csv(frame, Path(config.predictions_dir) / f"{name}_test.csv")
+
+    # --- the classical baseline on the very same slices (foramlib.baseline's recipe)
+    run_ = baseline.run_baseline(
+        data.load_split_index(config.split_index), config.slices, names, seed=config.seed
+    )
+    paths = baseline.write_predictions(run_, config.predictions_dir)
+    base_name = baseline.BASELINE_NAME
+    base_test = metrics.load_predictions(paths["test"], name=base_name, names=names)
+    metrics.align([template, base_test])
+    base_report = metrics.report_from_probs(base_name, base_test.y_true, base_test.probs, names)
+    baseline_line = (
+        f"C = {run_.fit.C} (validation accuracy {run_.fit.val_accuracy:.3f}); test accuracy "
+        f"{base_report.overall['accuracy']:.3f}; {sum(run_.seconds.values()):.0f} s"
+    )
+
+    # --- the paper's tables; the final model is chosen on VALIDATION predictions
+    patch = specs.get("PatchEnsemble")
+    weak = list(patch.weak) if patch else []
+    methods = {m: ours[m] for m in ["PatchEnsemble", "Top-2", "Top-3", "Top-4"] if m in ours}
+    val = {
+        b: metrics.load_predictions(models_dir / b / "predictions_val.csv", name=b)
+        for b in backbones
+    }
+    final, _ = ensemble.choose_final(specs, val)
+    table8_reports = {
+        f"Ensemble (Final: {final})": ours[final],
+        **{b: ours[b] for b in backbones},
+        base_name: base_report,
+    }
+    with_baseline = {**methods, base_name: base_report}
+    tables = {
+        "table4": reports.table4(with_baseline, weak),
+        "table5": reports.table5(with_baseline),
+        "table6": reports.table6(with_baseline),
+        "table7": reports.table7(with_baseline),
+        "table8": reports.table8(table8_reports),
+    }
+    for name, table in tables.items():
+        _write_table(table, tables_dir / f"{name}.csv")
+
+    # --- the authors' released reports and the printed tables
+    authors = reference.load_authors_results(config.reference_dir)
+    authors_tables = reference.authors_tables(authors)
+    printed = {f"table{i}": getattr(paper, f"table{i}")() for i in range(4, 9)}
+    for name in authors_tables:
+        _write_table(authors_tables[name], tables_dir / f"authors_{name}.csv")
+        _write_table(printed[name], tables_dir / f"paper_{name}.csv")
+    differences = reference.compare_tables(authors_tables, printed)
+    notes = reference.comparison_notes(authors, differences)
+    write_csv(differences, tables_dir / "authors_vs_paper.csv")
+    write_csv(pd.DataFrame({"note": notes}), tables_dir / "authors_notes.csv")
+
+    # --- specimen-level answers: one vote per test specimen, the rule from validation
+    scored = {
+        **test,
+        **{m: template.with_probs(m, p) for m, p in ensemble_probs.items()},
+        base_name: base_test,
+    }
+    specimen = {m: metrics.specimen_accuracy(p) for m, p in scored.items()}
+    votes = metrics.specimen_votes(scored[final])
+    final_spec = specs.get(final) or ensemble.EnsembleSpec("top_k", (final,), tuple(names), k=1)
+    specimen_rule = scan.calibrate_specimens(final_spec, config.models_dir)
+    votes, flagged = scan.flag_votes(votes, specimen_rule)
+    specimen_line = (
+        f"specimen-level threshold {specimen_rule.threshold:.3f} (validation: "
+        f"{specimen_rule.n_val} specimens, target reached: {specimen_rule.reached}); test: "
+        f"{flagged['accepted']} of {flagged['specimens']} specimens accepted, "
+        f"accuracy among them {flagged['accepted_accuracy']}"
+    )
+    write_csv(votes.round({"confidence": 3}), tables_dir / "specimens_test.csv")
+    comparison = baseline.comparison_table(
+        ours[final], specimen[final], base_report, specimen[base_name]
+    )
+    write_csv(comparison, tables_dir / "baseline_comparison.csv")
+
+    # --- figures
+    label = plots.data_label(config.source)
+    final_probs = ensemble_probs[final] if final in ensemble_probs else test[final].probs
+    figures = {
+        "figure3_models.png": plots.model_comparison_figure(
+            tables["table8"], f"{label}: models (test)"
+        ),
+        "figure4_species.png": plots.species_metrics_figure(
+            {b: ours[b] for b in backbones}, f"{label}: per-species metrics (test)"
+        ),
+        "figure5_weak.png": plots.weak_classes_figure(
+            tables["table4"], f"{label}: weak classes {weak}, ensembles and baseline (test)"
+        ),
+        "confusion_final.png": plots.confusion_figure(
+            metrics.confusion(y_true, final_probs.argmax(axis=1), len(names)),
+            names,
+            f"{label}: {final}, normalised confusion (test)",
+        ),
+        "roc_final.png": plots.roc_figure(
+            metrics.roc_curves(y_true, final_probs), names, f"{final}: one-vs-rest ROC (test)"
+        ),
+        "figure3_authors.png": plots.model_comparison_figure(
+            authors_tables["table8"], "Authors' released reports: models (test)"
+        ),
+        "figure5_authors.png": plots.weak_classes_figure(
+            authors_tables["table4"], "Authors' released reports: weak classes"
+        ),
+        "confusion_specimens.png": plots.confusion_figure(
+            metrics.specimen_confusion(votes, names),
+            names,
+            f"{label}\n{final}: one vote per test specimen ({len(votes)}), row-normalised",
+        ),
+    }
+    written = {}
+    for name, fig in figures.items():
+        written[name] = figures_dir / name
+        plots.save_figure(fig, written[name])
+
+    summary = {
+        "data_source": config.source,
+        "final": final,
+        "test_slices": int(len(y_true)),
+        "models": {
+            m: {k: v for k, v in r.overall.items() if v is not None} for m, r in ours.items()
+        },
+        "specimen_accuracy": specimen,
+        "final_specimen_accuracy": specimen[final],
+        "specimen_uncertainty": {**flagged, "rule": specimen_rule.rule},
+        "baseline": baseline.summary(run_, base_report, specimen[base_name], ours[final]),
+        "weak_classes": weak,
+    }
+    write_text(config.metrics_json, json.dumps(summary, indent=2) + "\n")
+    return EvaluateStageResult(
+        final=final,
+        summary=summary,
+        tables=tables,
+        baseline_scores=run_.fit.scores,
+        baseline_line=baseline_line,
+        differences=differences,
+        notes=notes,
+        specimen_line=specimen_line,
+        votes=votes,
+        comparison=comparison,
+        figures=written,
+    )
