@@ -301,7 +301,8 @@ def check_stage(name: str, body: dict, root: Path, graph: dict[str, set[str]]) -
     return problems
 
 
-_CMD_PARAM_VALUE = re.compile(r"-p\s+([A-Za-z_][A-Za-z0-9_]*)\s+\"?\$\{([^}]+)\}")
+_CMD_PARAM_VALUE = re.compile(r"-p\s+([A-Za-z_][A-Za-z0-9_]*)\s+(\"[^\"]*\"|\S+)")
+_INDEX_SUFFIX = re.compile(r"(\[\d+\])+$")
 
 
 def check_stage_config(name: str, body: dict) -> list[Problem]:
@@ -318,14 +319,19 @@ def check_stage_config(name: str, body: dict) -> list[Problem]:
         return []
     cls = stage_config(name)
     cmd = " ".join(str(body.get("cmd", "")).split()) + " "
-    passed = dict(_CMD_PARAM_VALUE.findall(cmd))
+    # -p NAME VALUE, VALUE a ${key}, or a quoted text built from ${key[0]}, ${key[1]}...
+    passed = {
+        field: {_INDEX_SUFFIX.sub("", v) for v in _CMD_VAR.findall(value)}
+        for field, value in _CMD_PARAM_VALUE.findall(cmd)
+    }
     listed = _param_names(body.get("params"))
     reads_file = "params_file" in set(_CMD_PARAM.findall(cmd))
     problems = []
     for field, key in cls.params_keys().items():
         where = f"{cls.__name__}.{field} (params key {key})"
-        if field in passed and passed[field] != key:
-            problems.append(Problem(name, f"-p {field} reads ${{{passed[field]}}} but {where}"))
+        if field in passed and passed[field] != {key}:
+            reads = ", ".join(f"${{{v}}}" for v in sorted(passed[field])) or "a literal value"
+            problems.append(Problem(name, f"-p {field} reads {reads} but {where}"))
         elif field not in passed and not reads_file:
             problems.append(Problem(name, f"{where} is never passed: add -p {field} ${{{key}}}"))
         if not any(key == n or key.startswith(n + ".") for n in listed):

@@ -27,9 +27,10 @@ def test_each_stage_config_reads_its_keys_from_params(params, name):
     cls = stage_config(name)
     assert cls.stage == name
     cfg = cls.from_params(params)
+    normalizers = {f.name: f.metadata.get("normalize") for f in dataclasses.fields(cls)}
     for field, key in cls.params_keys().items():
         value = lookup(params, key)
-        expected = backbone_names(value) if key == "train.backbones" else value
+        expected = normalizers[field](value) if normalizers[field] else value
         assert getattr(cfg, field) == expected, (field, key)
 
 
@@ -83,3 +84,82 @@ def test_params_field_records_its_key():
 def test_unknown_stage_is_a_clear_error():
     with pytest.raises(ValueError, match=r"no pipeline module for stage 'train'"):
         pipeline.stage_config("train")
+
+
+@pytest.mark.parametrize("bad", [{}, [], "tiny_cnn", None, {"": {}}, [1]])
+def test_backbone_names_refuses_what_is_not_a_list_of_names(bad):
+    with pytest.raises(ValueError, match=r"train.backbones = .* is invalid"):
+        backbone_names(bad)
+
+
+def test_split_fractions_are_three_numbers(params):
+    cls = stage_config("split")
+    assert cls.from_params(params, fractions=[1, 0, 0]).fractions == (1.0, 0.0, 0.0)
+    with pytest.raises(ValueError, match=r"split.fractions = \[0.5, 0.5\] is invalid"):
+        cls.from_params(params, fractions=[0.5, 0.5])
+
+
+# --- running stages on a tiny collection ------------------------------------------------
+
+
+@pytest.fixture
+def curated_run(tiny_collection, tmp_path):
+    """The curate stage on the tiny collection, its manifest's voxel sizes left empty."""
+    import pandas as pd
+
+    from foramlib.pipeline import curate
+
+    manifest = pd.read_csv(tiny_collection / "manifest.csv")
+    manifest["voxel_size_um"] = None  # optional column: the headers' sizes are used
+    manifest.to_csv(tmp_path / "manifest.csv", index=False)
+    cfg = curate.CurateStageConfig(
+        raw_dir=str(tiny_collection),
+        manifest=str(tmp_path / "manifest.csv"),
+        min_models=3,
+        out_dir=str(tmp_path / "curated"),
+        taxa_table=str(tmp_path / "taxa.csv"),
+        figure=str(tmp_path / "figure2.png"),
+    )
+    return cfg, curate.run(cfg)
+
+
+def test_curate_runs_with_an_empty_optional_voxel_size(curated_run):
+    import pandas as pd
+
+    cfg, result = curated_run
+    kept = pd.read_csv(Path(cfg.out_dir) / "manifest.csv")
+    taxa = result.taxa
+    assert set(kept["species"]) == set(taxa.loc[taxa["kept"], "species"])
+    assert (Path(cfg.out_dir) / "volumes.csv").is_file() and Path(cfg.taxa_table).is_file()
+    assert result.figure.is_file() and result.figure.stat().st_size > 0
+    assert "kept" in result.summary
+
+
+def test_split_puts_each_specimen_in_one_split(curated_run, tiny_collection, tmp_path):
+    from foramlib import slicing
+    from foramlib.curation import read_curated
+    from foramlib.pipeline import split
+    from foramlib.preprocess import PreprocessConfig
+
+    cfg, _ = curated_run
+    manifest = read_curated(Path(cfg.out_dir) / "manifest.csv", tiny_collection)
+    slice_config = slicing.SlicingConfig(
+        slices_per_taxon=12, offsets_per_orientation=2, preprocess=PreprocessConfig(size=32)
+    )
+    slicing.build_slice_store(manifest, tmp_path / "slices", slice_config, seed=0, progress=None)
+    out = split.run(
+        split.SplitStageConfig(
+            raw_dir=str(tiny_collection),
+            curated=str(Path(cfg.out_dir) / "manifest.csv"),
+            slices=str(tmp_path / "slices"),
+            out_dir=str(tmp_path / "split"),
+            tables_dir=str(tmp_path / "tables"),
+            restarts=2,
+        )
+    )
+    assert (out.index.groupby("specimen_id")["split"].nunique() == 1).all()
+    assert set(out.assignment["split"]) == {"train", "val", "test"}
+    for name in ("specimens.csv", "index.csv", "split.json"):
+        assert (tmp_path / "split" / name).is_file()
+    for name in ("table2", "table3", "table2_paper", "table3_paper"):
+        assert (tmp_path / "tables" / f"{name}.csv").is_file()

@@ -5,13 +5,13 @@ notebook (``notebooks/<stage>.ipynb``, run by DVC through papermill so the book 
 the executed report) only turns its parameters into the configuration, calls ``run``
 and displays the result. Tests and tools call the same ``run``.
 
-Stages moved here so far: ``ensemble``, ``evaluate``, ``index``. The others still
-orchestrate in their notebooks (see ``DESIGN.md``).
+Stages moved here so far: ``curate``, ``split``, ``ensemble``, ``evaluate``, ``index``.
+The others still orchestrate in their notebooks.
 
 Examples
 --------
 >>> sorted(STAGES)
-['ensemble', 'evaluate', 'index']
+['curate', 'ensemble', 'evaluate', 'index', 'split']
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ __all__ = ["STAGES", "StageConfig", "check_params", "lookup", "params_field", "s
 #: here. Imported on demand: a stage that imports its own module must not run (and so
 #: depend on) every other stage's code.
 STAGES = {
+    "curate": ("foramlib.pipeline.curate", "CurateStageConfig"),
+    "split": ("foramlib.pipeline.split", "SplitStageConfig"),
     "ensemble": ("foramlib.pipeline.ensemble", "EnsembleStageConfig"),
     "evaluate": ("foramlib.pipeline.evaluate", "EvaluateStageConfig"),
     "index": ("foramlib.pipeline.index", "IndexStageConfig"),
@@ -40,10 +42,10 @@ def stage_config(name: str) -> type[StageConfig]:
     --------
     >>> stage_config("ensemble").params_keys()["max_k"]
     'ensemble.max_k'
-    >>> stage_config("nope")
+    >>> stage_config("nope")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    ValueError: no pipeline module for stage 'nope'; known: ['ensemble', 'evaluate', 'index']
+    ValueError: no pipeline module for stage 'nope'; known: ['curate', 'ensemble', ...]
     """
     if name not in STAGES:
         raise ValueError(f"no pipeline module for stage {name!r}; known: {sorted(STAGES)}")
@@ -61,7 +63,7 @@ def check_params(params: Mapping) -> list[str]:
     Examples
     --------
     >>> check_params({"seed": 0})[0]
-    "ensemble: params.yaml has no key 'train.backbones'"
+    "curate: params.yaml has no key 'data.source'"
     """
     problems = []
     for name in STAGES:

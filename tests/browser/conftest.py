@@ -121,20 +121,19 @@ def workspace_params() -> dict:
 
 def build_workspace(root: Path, *, log=print) -> dict:
     """Run synthesize -> curate -> slice -> split -> train x2 -> ensemble -> evaluate ->
-    index into `root`, with the calls the stage notebooks make (ensemble, evaluate and
-    index through their ``foramlib.pipeline`` modules); return a summary."""
+    index into `root`, with the calls the stage notebooks make (curate, split,
+    ensemble, evaluate and index through their ``foramlib.pipeline`` modules); return a
+    summary."""
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     from foramlib import (
         config,
         curation,
         data,
         slicing,
-        split,
         training,
         virtual,
-        volumes,
     )
-    from foramlib.atomic import atomic_dir, write_csv, write_text
+    from foramlib.atomic import write_text
     from foramlib.augment import AugmentConfig
     from foramlib.preprocess import PreprocessConfig
 
@@ -163,11 +162,16 @@ def build_workspace(root: Path, *, log=print) -> dict:
         )
         done("synthesize", t0)
 
-        # curate (notebooks/curate.ipynb)
+        # curate, split, ensemble, evaluate, index: the stages' own foramlib.pipeline
+        # modules, as their notebooks run them
+        from foramlib.pipeline import curate as curate_stage
+        from foramlib.pipeline import ensemble as ensemble_stage
+        from foramlib.pipeline import evaluate as evaluate_stage
+        from foramlib.pipeline import index as index_stage
+        from foramlib.pipeline import split as split_stage
+
         t0 = time.perf_counter()
-        listed = volumes.read_manifest(params["data"]["manifest"], raw)
-        curated, _ = curation.curate(listed, min_models=params["curate"]["min_models"])
-        write_csv(curated.drop(columns=["path"]), "data/curated/manifest.csv")
+        curate_stage.run(curate_stage.CurateStageConfig.from_params(params))
         done("curate", t0)
 
         # slice (notebooks/slice.ipynb)
@@ -190,18 +194,14 @@ def build_workspace(root: Path, *, log=print) -> dict:
             ),
         )
         manifest = curation.read_curated("data/curated/manifest.csv", raw)
-        index = slicing.build_slice_store(
+        slicing.build_slice_store(
             manifest, "data/slices", slice_config, seed=params["seed"], progress=None
         )
         done("slice", t0)
 
         # split (notebooks/split.ipynb)
         t0 = time.perf_counter()
-        specimens = split.specimen_table(index, manifest)
-        found = split.search_split(specimens, params["split"]["fractions"], seed=params["seed"])
-        with atomic_dir("data/split") as tmp:
-            found.assignment.to_csv(Path(tmp) / "specimens.csv", index=False)
-            split.split_slices(index, found.assignment).to_csv(Path(tmp) / "index.csv", index=False)
+        split_stage.run(split_stage.SplitStageConfig.from_params(params))
         done("split", t0)
 
         # train@<member> (notebooks/train.ipynb)
@@ -240,11 +240,7 @@ def build_workspace(root: Path, *, log=print) -> dict:
             )
             done(f"train@{member}", t0)
 
-        # ensemble, evaluate, index: the stages' own modules, as their notebooks run them
-        from foramlib.pipeline import ensemble as ensemble_stage
-        from foramlib.pipeline import evaluate as evaluate_stage
-        from foramlib.pipeline import index as index_stage
-
+        # ensemble, evaluate, index
         t0 = time.perf_counter()
         ensemble_stage.run(ensemble_stage.EnsembleStageConfig.from_params(params))
         done("ensemble", t0)
