@@ -22,7 +22,13 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from foramlib.volumes import ManifestWarning, VolumeError, read_manifest, read_volume
+from foramlib.volumes import (
+    ManifestWarning,
+    VolumeError,
+    manifest_voxel_size,
+    read_manifest,
+    read_volume,
+)
 
 __all__ = [
     "CurationError",
@@ -106,8 +112,7 @@ def inspect_volumes(manifest: pd.DataFrame) -> pd.DataFrame:
     """
     rows, problems = [], []
     for row in manifest.itertuples(index=False):
-        voxel = getattr(row, "voxel_size_um", None)
-        voxel = None if voxel is None or pd.isna(voxel) else float(voxel)
+        voxel = manifest_voxel_size(row)
         try:
             vol = read_volume(row.path, voxel_size_um=voxel)
         except VolumeError as exc:

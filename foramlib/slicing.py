@@ -47,7 +47,7 @@ from foramlib.preprocess import (
     preprocess_slice,
     remove_dense_inclusions,
 )
-from foramlib.volumes import normalize_intensity, read_volume
+from foramlib.volumes import manifest_voxel_size, normalize_intensity, read_volume
 
 __all__ = [
     "Plane",
@@ -494,8 +494,7 @@ def build_slice_store(
         raise SliceError("two volumes map to the same array name; file stems must be unique")
     jobs = []
     for i, row in enumerate(manifest.itertuples(index=False)):
-        voxel = getattr(row, "voxel_size_um", None)
-        voxel = None if voxel is None or pd.isna(voxel) else float(voxel)
+        voxel = manifest_voxel_size(row)
         vol_seed = int(np.random.SeedSequence([seed, i]).generate_state(1)[0])
         jobs.append((row.path, int(counts.iloc[i]), config, vol_seed, voxel, row.file))
     results, problems = [], []

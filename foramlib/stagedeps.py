@@ -109,21 +109,6 @@ def _module_names(package_dir: Path) -> dict[str, Path]:
     return names
 
 
-def module_path(name: str, package_dir: str | Path | None = None) -> str:
-    """The file of module `name`, relative to the project root, as ``dvc.yaml`` lists it.
-
-    Examples
-    --------
-    >>> module_path("data"), module_path("pipeline.evaluate")
-    ('foramlib/data.py', 'foramlib/pipeline/evaluate.py')
-    """
-    package = Path(package_dir) if package_dir is not None else Path(__file__).parent
-    path = _module_names(package).get(name)
-    if path is None:
-        return f"{PACKAGE}/{name.replace('.', '/')}.py"
-    return f"{PACKAGE}/{path.relative_to(package).as_posix()}"
-
-
 def module_imports(package_dir: str | Path) -> dict[str, set[str]]:
     """Direct ``foramlib`` imports of every module of the package, subpackages included.
 

@@ -37,6 +37,7 @@ __all__ = [
     "Volume",
     "VolumeError",
     "check_volume_array",
+    "manifest_voxel_size",
     "normalize_intensity",
     "read_manifest",
     "read_volume",
@@ -524,6 +525,25 @@ def _gzip_stored(raw: bytes) -> bytes:
 
 def _lines(rows) -> str:
     return ", ".join(str(int(r) + 2) for r in rows)
+
+
+def manifest_voxel_size(row) -> float | None:
+    """The voxel size (µm) a manifest row gives, or None where its optional cell is empty.
+
+    None makes :func:`read_volume` take the size from the file's header.
+
+    Examples
+    --------
+    >>> manifest_voxel_size({"voxel_size_um": "12.5"})
+    12.5
+    >>> manifest_voxel_size({"voxel_size_um": float("nan")}) is None
+    True
+    >>> manifest_voxel_size({}) is None
+    True
+    """
+    get = row.get if hasattr(row, "get") else lambda key, default: getattr(row, key, default)
+    value = get("voxel_size_um", None)
+    return None if value is None or pd.isna(value) else float(value)
 
 
 def read_manifest(path, data_dir=None, *, check_files: bool = True) -> pd.DataFrame:

@@ -77,11 +77,8 @@ def run(config: CurateStageConfig) -> CurateStageResult:
     write_csv(taxa, config.taxa_table)
 
     examples = curation.one_scan_per_taxon(curated, taxa)
-    # the manifest's voxel_size_um is optional: an empty cell means "from the header"
     sections = [
-        volumes.read_volume(
-            row.path, None if pd.isna(row.voxel_size_um) else float(row.voxel_size_um)
-        ).data
+        volumes.read_volume(row.path, volumes.manifest_voxel_size(row)).data
         for row in examples.itertuples()
     ]
     fig = plots.collection_figure(

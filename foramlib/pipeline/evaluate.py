@@ -16,19 +16,7 @@ import pandas as pd
 
 from foramlib.pipeline._config import StageConfig, backbone_names, params_field
 
-__all__ = ["EvaluateStageConfig", "EvaluateStageResult", "run", "FIGURES"]
-
-#: the figures the stage writes under ``figures_dir``
-FIGURES = (
-    "figure3_models.png",
-    "figure4_species.png",
-    "figure5_weak.png",
-    "confusion_final.png",
-    "roc_final.png",
-    "figure3_authors.png",
-    "figure5_authors.png",
-    "confusion_specimens.png",
-)
+__all__ = ["EvaluateStageConfig", "EvaluateStageResult", "run"]
 
 
 @dataclass(frozen=True)

@@ -121,7 +121,7 @@ def run(
     from foramlib import indexing, matching, plots, view3d
     from foramlib.curation import read_curated
     from foramlib.slicing import Plane, extract_slice
-    from foramlib.volumes import read_volume
+    from foramlib.volumes import manifest_voxel_size, read_volume
 
     t0 = time.perf_counter()
     indexing.build_collection_index(
@@ -172,8 +172,7 @@ def run(
     repeat_lines = []
     if not repeats.empty:
         row = repeats.iloc[0]
-        voxel = None if pd.isna(row["voxel_size_um"]) else float(row["voxel_size_um"])
-        rep = read_volume(row["path"], voxel_size_um=voxel).data
+        rep = read_volume(row["path"], voxel_size_um=manifest_voxel_size(row)).data
         n = rng.normal(size=3)
         # a square inside the volume's inscribed sphere: a section with no padding
         # outside the field of view, as a user's image would be
