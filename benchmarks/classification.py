@@ -45,24 +45,12 @@ from machine import machine, today  # noqa: E402
 
 from foramlib import config, data, ensemble, metrics, training  # noqa: E402
 from foramlib.atomic import write_text  # noqa: E402
-from foramlib.augment import AugmentConfig, mix_batch  # noqa: E402
+from foramlib.augment import mix_batch  # noqa: E402
 
 
 def train_config(params: dict, backbone: str, seed: int) -> training.TrainConfig:
     """The train stage's configuration of `backbone` from params.yaml, with `seed`."""
-    t = params["train"]
-    keys = (
-        "weights batch_size dropout phase1_epochs phase1_lr phase2_epochs phase2_lr "
-        "restart_epochs weight_decay label_smoothing patience precision class_weights "
-        "distribution workers max_steps_per_epoch"
-    ).split()
-    return training.TrainConfig(
-        backbone=backbone,
-        input_size=t["backbones"][backbone]["input_size"],
-        seed=seed,
-        augment=AugmentConfig.from_dict(t["augment"]),
-        **{k: t[k] for k in keys},
-    )
+    return training.TrainConfig.from_params(params, backbone, seed=seed)
 
 
 def train_once(cfg: training.TrainConfig, index: pd.DataFrame, store, names, out_dir):

@@ -29,17 +29,8 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, str(Path(__file__).parent))
 from machine import machine, today  # noqa: E402
 
-from foramlib import config, data  # noqa: E402
+from foramlib import config, data, tta  # noqa: E402
 from foramlib.atomic import write_text  # noqa: E402
-
-
-def dihedral_views(images: np.ndarray) -> list[np.ndarray]:
-    """The 8 symmetries of the square of a batch ``(N, H, W, C)``."""
-    views = []
-    for k in range(4):
-        turned = np.rot90(images, k, axes=(1, 2))
-        views += [np.ascontiguousarray(turned), np.ascontiguousarray(turned[:, :, ::-1])]
-    return views
 
 
 def specimen_accuracy(probs: np.ndarray, y: np.ndarray, specimens: np.ndarray) -> float:
@@ -61,18 +52,18 @@ def score_backbone(name: str, size: int, index, store: str, models: str, names) 
         xs, ys = zip(*(batches[i] for i in range(len(batches))), strict=True)
         x, y = np.concatenate(xs), np.concatenate(ys).argmax(axis=1)
         specimens = index.loc[index["split"] == split, "specimen_id"].to_numpy()
-        t0 = time.perf_counter()
-        probs = [model.predict(v, batch_size=128, verbose=0) for v in dihedral_views(x)]
-        seconds = time.perf_counter() - t0
-        mean = np.mean(probs, axis=0)
-        out[split] = dict(
-            slices=int(len(y)),
-            accuracy=round(float((probs[0].argmax(1) == y).mean()), 4),
-            accuracy_tta=round(float((mean.argmax(1) == y).mean()), 4),
-            specimen_accuracy=specimen_accuracy(probs[0], y, specimens),
-            specimen_accuracy_tta=specimen_accuracy(mean, y, specimens),
-            seconds_8_views=round(seconds, 1),
-        )
+        row = dict(slices=int(len(y)))
+        for n in tta.VIEW_COUNTS:
+            t0 = time.perf_counter()
+            probs = np.mean(
+                [model.predict(v, batch_size=128, verbose=0) for v in tta.views(x, n)], 0
+            )
+            row[f"views_{n}"] = dict(
+                accuracy=round(float((probs.argmax(1) == y).mean()), 4),
+                specimen_accuracy=specimen_accuracy(probs, y, specimens),
+                seconds=round(time.perf_counter() - t0, 1),
+            )
+        out[split] = row
         print(name, split, out[split], flush=True)
     return out
 
@@ -95,7 +86,7 @@ def main() -> None:
         machine=machine(),
         data=f"{params['data']['source']} collection"
         + (" (synthetic, not the paper's scans)" if params["data"]["source"] == "virtual" else ""),
-        views="8 symmetries of the square (4 rotations x mirror), mean probability",
+        views="views_n: mean probability over n symmetries of the square (foramlib.tta.views)",
         models={
             name: score_backbone(name, b["input_size"], index, args.store, args.models, names)
             for name, b in backbones.items()

@@ -45,6 +45,7 @@ import cv2
 import numpy as np
 
 from foramlib.preprocess import PreprocessConfig, PreprocessError, preprocess_slice
+from foramlib.tta import check_views, predict_views
 
 __all__ = [
     "ClassifyError",
@@ -64,6 +65,7 @@ __all__ = [
     "Prediction",
     "Classifier",
     "missing_artefacts",
+    "member_tta_views",
     "feature_layer",
     "grad_cam",
     "overlay",
@@ -653,6 +655,33 @@ def _load_spec(ws: Path, name: str):
     )
 
 
+def member_tta_views(model_dir) -> int:
+    """The views a trained model's predictions average over (its ``config.json``).
+
+    Models trained before test-time augmentation existed, or without a
+    ``config.json``, were predicted from the slice alone: 1.
+
+    Raises
+    ------
+    ArtefactError
+        ``config.json`` is unreadable or names an invalid ``tta_views``.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> member_tta_views(tempfile.mkdtemp())
+    1
+    """
+    path = Path(model_dir) / "config.json"
+    if not path.is_file():
+        return 1
+    try:
+        settings = json.loads(path.read_text(encoding="utf-8"))
+        return check_views(settings.get("tta_views", 1), f"tta_views in {path}")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, ValueError) as exc:
+        raise ArtefactError(f"{path} is unreadable ({exc}); {RUN_FIRST}") from None
+
+
 def missing_artefacts(workspace, ensemble: str | None = None) -> list[str]:
     """What the classifier needs from the pipeline but cannot find (empty: all there).
 
@@ -733,6 +762,9 @@ class Classifier:
         The ensemble's name (e.g. "PatchEnsemble").
     sources : dict
         Where the spec, preprocessing and calibration came from (for the metadata).
+    tta_views : mapping of member name to int, optional
+        Views (:mod:`foramlib.tta`) each member's probability is averaged over, as in
+        its training run's predictions (default: 1, the slice alone).
     """
 
     def __init__(
@@ -744,6 +776,7 @@ class Classifier:
         *,
         name: str = "ensemble",
         sources: dict | None = None,
+        tta_views: Mapping[str, int] | None = None,
     ):
         from foramlib.ensemble import check_members
 
@@ -762,6 +795,11 @@ class Classifier:
                     f"member {m!r} outputs {n_out} classes, the ensemble has {len(self.names)}"
                 )
         self.input_sizes = {m: int(model.input_shape[1]) for m, model in self.models.items()}
+        views = dict(tta_views or {})
+        unknown = sorted(set(views) - set(self.models))
+        if unknown:
+            raise ArtefactError(f"tta_views names models outside the ensemble: {unknown}")
+        self.tta_views = {m: check_views(views.get(m, 1), f"tta_views[{m!r}]") for m in self.models}
 
     @property
     def main(self) -> str:
@@ -794,8 +832,9 @@ class Classifier:
         ws = Path(workspace)
         name = ensemble or _final_name(ws)
         spec, spec_source = _load_spec(ws, name)
-        models = {}
+        models, views = {}, {}
         for m in spec.members:
+            views[m] = member_tta_views(ws / "models" / m)
             path = ws / "models" / m / "model.keras"
             if not path.is_file():
                 raise ArtefactError(f"model of member {m!r} is missing ({path}); {RUN_FIRST}")
@@ -826,6 +865,7 @@ class Classifier:
             calibration,
             name=name,
             sources={"ensemble": spec_source, "preprocessing": pp_source},
+            tta_views=views,
         )
 
     # ------------------------------------------------------------------ inference
@@ -863,7 +903,7 @@ class Classifier:
         out = {}
         for m, model in self.models.items():
             x = self._input(cleaned, self.input_sizes[m])
-            out[m] = np.asarray(model.predict_on_batch(x), dtype=np.float64).reshape(1, -1)
+            out[m] = predict_views(model, x, self.tta_views[m]).reshape(1, -1)
         return out
 
     def predict_many(self, cleaned, batch_size: int = 64) -> np.ndarray:
@@ -894,7 +934,7 @@ class Classifier:
             for start in range(0, len(stack), batch_size):
                 x = np.stack([_resize(img, size) for img in stack[start : start + batch_size]])
                 x = x.astype(np.float32)[..., None]
-                out.append(np.asarray(model.predict_on_batch(x), dtype=np.float64))
+                out.append(predict_views(model, x, self.tta_views[m]))
             members[m] = np.concatenate(out).reshape(len(stack), -1)
         return np.asarray(self.spec.apply(members), dtype=np.float64)
 
@@ -920,6 +960,7 @@ class Classifier:
             "main": self.main,
             "weak": list(self.spec.weak),
             "input_size": dict(self.input_sizes),
+            "tta_views": dict(self.tta_views),
             "classes": len(self.names),
             "preprocessing": preprocessing or {},
             "preprocessing_defaults": {**self.preprocess.as_dict()},

@@ -31,16 +31,9 @@ def _profile(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    import logging
+    from foramlib.stages import run_from_arguments
 
-    from foramlib.stages import parse_parameter, run_notebook
-
-    # papermill reports the notebook's own output (progress lines) through logging
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    params = {name: parse_parameter(value) for name, value in args.parameter}
-    out = run_notebook(args.notebook, args.output, params)
-    print(f"stage notebook executed: {out}")
-    return 0
+    return run_from_arguments(args)
 
 
 def _book(args: argparse.Namespace) -> int:
@@ -329,18 +322,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=_prog(), description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    r = sub.add_parser("run", help="execute a stage notebook with papermill, atomically")
-    r.add_argument("notebook", help="the stage notebook, e.g. notebooks/curate.ipynb")
-    r.add_argument("output", help="the executed copy, e.g. reports/curate.ipynb")
-    r.add_argument(
-        "-p",
-        "--parameter",
-        nargs=2,
-        action="append",
-        default=[],
-        metavar=("NAME", "VALUE"),
-        help="a parameter (value parsed as YAML)",
+    r = sub.add_parser(
+        "run", help="execute a stage notebook with papermill, atomically (as the stages do)"
     )
+    from foramlib.stages import add_run_arguments
+
+    add_run_arguments(r)
     r.set_defaults(func=_run)
 
     p = sub.add_parser("profile", help="make a kept profile the active params.yaml")

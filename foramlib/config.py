@@ -62,6 +62,15 @@ def _int_at_least(lo: int) -> Callable[[Any], bool]:
     return check
 
 
+def _tta_views(v: Any) -> bool:
+    from foramlib.tta import VIEW_COUNTS
+
+    return not isinstance(v, bool) and v in VIEW_COUNTS
+
+
+_tta_views.__doc__ = "one of [1, 2, 4, 8]"
+
+
 def _one_of(*choices: str) -> Callable[[Any], bool]:
     def check(v: Any) -> bool:
         return v in choices
@@ -206,6 +215,7 @@ SCHEMA: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.distribution": (_one_of("none", "data_parallel"), "data-parallel over devices"),
     "train.workers": (_positive_int, "input-pipeline workers"),
     "train.max_steps_per_epoch": (_optional_positive_int, "cap on steps per epoch (null: all)"),
+    "train.tta_views": (_tta_views, "views averaged at prediction (1: none; 8: all symmetries)"),
     "train.augment.enabled": (_bool, "on-device augmentation"),
     "train.augment.rotation_deg": (_number_in(0, 180), "random rotation (paper: ±45°)"),
     "train.augment.zoom": (_number_in(0, 1, hi_open=True), "random scaling (paper: 0.8–1.2)"),

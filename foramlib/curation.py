@@ -25,6 +25,8 @@ import pandas as pd
 from foramlib.volumes import (
     ManifestWarning,
     VolumeError,
+    check_manifest,
+    is_volume_path,
     manifest_voxel_size,
     read_manifest,
     read_volume,
@@ -32,16 +34,57 @@ from foramlib.volumes import (
 
 __all__ = [
     "CurationError",
+    "CollectionError",
+    "MIN_EDGE_VOXELS",
     "summarize_taxa",
     "curate",
+    "check_collection",
+    "volume_checks",
     "inspect_volumes",
     "one_scan_per_taxon",
     "read_curated",
 ]
 
 
+#: voxels a volume needs along every axis (after isotropic resampling): the 3D index
+#: and the slicer's segmentation need at least this much of a specimen
+MIN_EDGE_VOXELS = 8
+
+
 class CurationError(ValueError):
     """Curation cannot produce a usable collection."""
+
+
+class CollectionError(CurationError):
+    """A collection with problems in its manifest, its volumes or both, all listed.
+
+    Attributes
+    ----------
+    manifest : str
+        The manifest's path.
+    manifest_problems, volume_problems : list of str
+    """
+
+    def __init__(self, manifest, manifest_problems, volume_problems, n_volumes: int):
+        self.manifest = str(manifest)
+        self.manifest_problems = list(manifest_problems)
+        self.volume_problems = list(volume_problems)
+        total = len(self.manifest_problems) + len(self.volume_problems)
+        parts = [f"collection of manifest {self.manifest} has {total} problem(s)"]
+        if self.manifest_problems:
+            parts.append(f"in the manifest ({len(self.manifest_problems)}):")
+            parts += [f"  - {p}" for p in self.manifest_problems]
+        if self.volume_problems:
+            parts.append(f"in the volumes ({len(self.volume_problems)} of {n_volumes} read):")
+            parts += [f"  - {p}" for p in self.volume_problems]
+        super().__init__("\n".join(parts))
+        self.n_volumes = n_volumes
+
+    def __reduce__(self):
+        return (
+            type(self),
+            (self.manifest, self.manifest_problems, self.volume_problems, self.n_volumes),
+        )
 
 
 def summarize_taxa(manifest: pd.DataFrame, min_models: int) -> pd.DataFrame:
@@ -98,17 +141,20 @@ def curate(manifest: pd.DataFrame, min_models: int = 4) -> tuple[pd.DataFrame, p
     return curated, taxa
 
 
-def inspect_volumes(manifest: pd.DataFrame) -> pd.DataFrame:
-    """Read every volume the manifest lists and collect its vital statistics.
+def volume_checks(manifest: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """Read every volume the manifest lists: its vital statistics, and every problem.
 
-    Every file is read, so one corrupt scan does not hide another: all failures are
-    reported together in one :class:`~foramlib.volumes.VolumeError`.
+    A volume is a problem when it cannot be read (see
+    :func:`~foramlib.volumes.read_volume`) or has fewer than :data:`MIN_EDGE_VOXELS`
+    voxels along an axis. Every file is read, so one bad scan does not hide another.
 
     Returns
     -------
-    DataFrame
-        ``file``, ``shape`` (after isotropic resampling), ``voxel_size_um``,
-        ``min``, ``max`` and ``median`` intensity.
+    checks : DataFrame
+        ``file``, ``shape`` (after isotropic resampling), ``voxel_size_um``, ``min``,
+        ``max`` and ``median`` intensity of each usable volume.
+    problems : list of str
+        One line per unusable volume, starting with its file name.
     """
     rows, problems = [], []
     for row in manifest.itertuples(index=False):
@@ -119,6 +165,13 @@ def inspect_volumes(manifest: pd.DataFrame) -> pd.DataFrame:
             problems.append(str(exc))
             continue
         data = vol.data
+        if min(data.shape) < MIN_EDGE_VOXELS:
+            problems.append(
+                f"{row.file}: shape {data.shape} (isotropic {vol.voxel_size_um:g} µm voxels) "
+                f"has an axis under {MIN_EDGE_VOXELS} voxels; slicing and the 3D index "
+                "need more of the specimen (check the file, or its voxel size)"
+            )
+            continue
         rows.append(
             dict(
                 file=row.file,
@@ -129,12 +182,67 @@ def inspect_volumes(manifest: pd.DataFrame) -> pd.DataFrame:
                 median=float(np.median(data)),
             )
         )
+    columns = ["file", "shape", "voxel_size_um", "min", "max", "median"]
+    return pd.DataFrame(rows, columns=columns), problems
+
+
+def inspect_volumes(manifest: pd.DataFrame) -> pd.DataFrame:
+    """Read every volume the manifest lists and collect its vital statistics.
+
+    All failures are reported together in one :class:`~foramlib.volumes.VolumeError`
+    (see :func:`volume_checks`).
+
+    Returns
+    -------
+    DataFrame
+        ``file``, ``shape`` (after isotropic resampling), ``voxel_size_um``,
+        ``min``, ``max`` and ``median`` intensity.
+    """
+    checks, problems = volume_checks(manifest)
     if problems:
         raise VolumeError(
             f"{len(problems)} of {len(manifest)} volume(s) cannot be used:\n"
             + "\n".join(f"  - {p}" for p in problems)
         )
-    return pd.DataFrame(rows)
+    return checks
+
+
+def check_collection(manifest, data_dir=None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Check a collection's manifest and every volume it lists, in one pass.
+
+    The volumes of the manifest's readable rows are read even when the manifest has
+    problems, so one run reports both kinds (a missing file and a corrupt scan, say).
+
+    Parameters
+    ----------
+    manifest : path-like
+        The manifest CSV (see :func:`foramlib.volumes.read_manifest`).
+    data_dir : path-like, optional
+        Folder that relative ``file`` entries are resolved against.
+
+    Returns
+    -------
+    listed : DataFrame
+        The manifest's rows.
+    checks : DataFrame
+        :func:`volume_checks` of every volume.
+
+    Raises
+    ------
+    CollectionError
+        Every problem of the manifest and of the volumes, in one message.
+    """
+    from pathlib import Path
+
+    listed, manifest_problems = check_manifest(manifest, data_dir)
+    readable = pd.DataFrame()
+    if listed is not None and {"file", "path"} <= set(listed.columns):
+        usable = [bool(p) and Path(p).exists() and is_volume_path(p) for p in listed["path"]]
+        readable = listed[usable]
+    checks, volume_problems = volume_checks(readable) if len(readable) else (pd.DataFrame(), [])
+    if manifest_problems or volume_problems:
+        raise CollectionError(manifest, manifest_problems, volume_problems, len(readable))
+    return listed, checks
 
 
 def one_scan_per_taxon(manifest: pd.DataFrame, taxa: pd.DataFrame) -> pd.DataFrame:

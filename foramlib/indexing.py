@@ -57,7 +57,7 @@ from foramlib.matching import (
     build_index,
     prepare_volume,
 )
-from foramlib.volumes import read_volume
+from foramlib.volumes import manifest_voxel_size, read_volume
 
 __all__ = [
     "INDEX_FILE",
@@ -84,10 +84,6 @@ class CollectionError(ValueError):
 
 class ImageError(ValueError):
     """A query file that cannot be read as an image."""
-
-
-def _voxel_size(value) -> float | None:
-    return None if value is None or pd.isna(value) else float(value)
 
 
 def _relative_file(raw_dir, file: str) -> str:
@@ -139,7 +135,7 @@ def build_collection_index(
     def volumes() -> Iterator[tuple[str, str, np.ndarray]]:
         for i, row in enumerate(first.itertuples(index=False)):
             report(i / n, f"indexing {row.specimen_id} ({i + 1}/{n})")
-            vol = read_volume(row.path, voxel_size_um=_voxel_size(row.voxel_size_um))
+            vol = read_volume(row.path, voxel_size_um=manifest_voxel_size(row))
             yield row.specimen_id, row.species, vol.data
 
     index = build_index(volumes(), config)
@@ -272,7 +268,7 @@ class Collection:
         row = self._row(specimen_id)
 
         def read():
-            return read_volume(self.path(specimen_id), _voxel_size(row.voxel_size_um)).data
+            return read_volume(self.path(specimen_id), manifest_voxel_size(row)).data
 
         return self._raw.get(specimen_id, read)
 

@@ -1,6 +1,6 @@
 """Check that each DVC stage's declared deps and params match what its code uses.
 
-A stage of ``dvc.yaml`` runs a notebook through the ``foramlib.cli run`` verb. The
+A stage of ``dvc.yaml`` runs a notebook through ``python -m foramlib.stages``. The
 ``foramlib`` modules it really executes are the notebook's imports and everything
 they import, transitively, plus the runner. DVC only reruns a stage when a file in
 its ``deps`` changes, so a module missing from the list is a reproducibility defect
@@ -30,12 +30,11 @@ import yaml
 
 PACKAGE = "foramlib"
 
-# `python -m foramlib.cli run NOTEBOOK ...` runs cli.py and the notebook runner. cli's
-# verbs import their modules lazily, inside the verb, so only cli's module-level
-# imports and the runner's closure belong to every stage (checked by the tests).
-CLI, RUNNER = "cli", "stages"
+# `python -m foramlib.stages NOTEBOOK ...` runs the notebook runner: its import closure
+# belongs to every notebook stage (checked by the tests); the CLI does not.
+RUNNER = "stages"
 
-_CMD_NOTEBOOK = re.compile(r"foramlib\.cli\s+run\s+(\S+\.ipynb)")
+_CMD_NOTEBOOK = re.compile(r"-m\s+foramlib\.stages\s+(\S+\.ipynb)")
 _CMD_PARAM = re.compile(r"-p\s+([A-Za-z_][A-Za-z0-9_]*)\s")
 _CMD_VAR = re.compile(r"\$\{([^}]+)\}")
 
@@ -173,11 +172,8 @@ def closure(roots: set[str], graph: dict[str, set[str]]) -> set[str]:
 
 
 def runner_modules(root: str | Path, graph: dict[str, set[str]]) -> set[str]:
-    """The modules every notebook stage runs through ``foramlib.cli run``."""
-    path = Path(root) / PACKAGE / f"{CLI}.py"
-    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-    top_level = _imported_modules(tree, CLI, nested=False) & set(graph)
-    return {CLI} | closure(top_level | {RUNNER}, graph)
+    """The modules every notebook stage runs through ``python -m foramlib.stages``."""
+    return closure({RUNNER}, graph)
 
 
 def _code_cells(notebook: Path) -> list[dict]:

@@ -1,5 +1,10 @@
 """Run one pipeline stage: execute its notebook with papermill, atomically.
 
+Every notebook stage of ``dvc.yaml`` is ``python -m foramlib.stages NOTEBOOK OUTPUT -p
+NAME VALUE ...``. The runner is this small module on purpose: it is part of every
+stage's code, so DVC reruns every stage when it changes; the command-line tool
+(``foram``, :mod:`foramlib.cli`) can change without invalidating a finished run.
+
 papermill saves the output notebook after every cell, so a stage interrupted half-way
 would leave a half-executed report that the book (and DVC) might trust. Here the
 notebook runs into a temporary file that replaces the report only on success; a
@@ -8,14 +13,16 @@ failed run is kept beside it as ``<name>.failed.ipynb`` for debugging.
 
 from __future__ import annotations
 
+import argparse
 import os
+import sys
 from pathlib import Path
 
 import yaml
 
 from foramlib.atomic import atomic_path
 
-__all__ = ["parse_parameter", "run_notebook"]
+__all__ = ["add_run_arguments", "main", "parse_parameter", "run_from_arguments", "run_notebook"]
 
 
 def parse_parameter(text: str):
@@ -91,3 +98,64 @@ def run_notebook(
     if failed.exists():
         failed.unlink()
     return output
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The runner's arguments (``NOTEBOOK OUTPUT -p NAME VALUE ...``) on `parser`."""
+    parser.add_argument("notebook", help="the stage notebook, e.g. notebooks/curate.ipynb")
+    parser.add_argument("output", help="the executed copy, e.g. reports/curate.ipynb")
+    parser.add_argument(
+        "-p",
+        "--parameter",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "VALUE"),
+        help="a parameter (value parsed as YAML)",
+    )
+    return parser
+
+
+def run_from_arguments(args: argparse.Namespace) -> int:
+    """Run the stage notebook that :func:`add_run_arguments` describes; exit status.
+
+    A failing cell ends the run with one message, the error the stage raised (stage
+    errors name the file and the fix); its traceback stays in the failed report.
+    """
+    import logging
+
+    from papermill.exceptions import PapermillExecutionError
+
+    # papermill reports the notebook's own output (progress lines) through logging
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    params = {name: parse_parameter(value) for name, value in args.parameter}
+    try:
+        out = run_notebook(args.notebook, args.output, params)
+    except PapermillExecutionError as exc:
+        failed = Path(args.output).with_suffix(".failed.ipynb")
+        print(
+            f"\nstage notebook {args.notebook} failed: {exc.ename}: {exc.evalue}\n"
+            f"(the traceback is in {failed})",
+            file=sys.stderr,
+        )
+        return 1
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"stage notebook executed: {out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m foramlib.stages NOTEBOOK OUTPUT -p NAME VALUE ...``."""
+    parser = add_run_arguments(
+        argparse.ArgumentParser(
+            prog="python -m foramlib.stages",
+            description="execute a stage notebook with papermill, atomically",
+        )
+    )
+    return run_from_arguments(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

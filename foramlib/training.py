@@ -20,7 +20,7 @@ import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +53,9 @@ class TrainConfig:
 
     ``max_steps_per_epoch`` caps the steps of an epoch (None: the whole training set),
     for quick CPU runs; ``restart_epochs`` is the period of the warm restarts in phase 2.
+    ``tta_views`` is the number of views (:mod:`foramlib.tta`) over which the trained
+    model's validation and test predictions are averaged, and with which it is served
+    (1: none, as in the paper).
     """
 
     backbone: str
@@ -75,9 +78,11 @@ class TrainConfig:
     workers: int = 1
     seed: int = 0
     max_steps_per_epoch: int | None = None
+    tta_views: int = 1
 
     def __post_init__(self) -> None:
         from foramlib.models import BACKBONES
+        from foramlib.tta import check_views
 
         if self.backbone not in BACKBONES:
             raise ValueError(f"unknown backbone {self.backbone!r}; valid: {sorted(BACKBONES)}")
@@ -101,6 +106,7 @@ class TrainConfig:
                 raise ValueError(
                     f"train.{name} = {getattr(self, name)!r} is invalid: expected {expected}"
                 )
+        check_views(self.tta_views, "train.tta_views")
         if self.phase1_epochs + self.phase2_epochs == 0:
             raise ValueError("train.phase1_epochs + train.phase2_epochs must be >= 1")
         if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
@@ -112,6 +118,37 @@ class TrainConfig:
         d = asdict(self)
         d["augment"] = self.augment.as_dict()
         return d
+
+    @classmethod
+    def from_params(cls, params: dict, backbone: str, **overrides) -> TrainConfig:
+        """The train stage's configuration of `backbone` from a ``params.yaml`` mapping.
+
+        Reads ``params["train"]`` (the backbone's ``input_size`` from
+        ``train.backbones.<backbone>``) and ``params["seed"]``; `overrides` replace
+        fields.
+
+        Examples
+        --------
+        >>> params = {"seed": 1, "train": {"backbones": {"tiny_cnn": {"input_size": 64}},
+        ...                                "tta_views": 8, "patience": 3}}
+        >>> cfg = TrainConfig.from_params(params, "tiny_cnn", patience=4)
+        >>> cfg.input_size, cfg.tta_views, cfg.patience, cfg.seed
+        (64, 8, 4, 1)
+        """
+        t = params["train"]
+        keys = [f.name for f in fields(cls)]
+        values = {k: t[k] for k in keys if k in t and k not in ("backbones", "augment")}
+        values["seed"] = params["seed"]
+        if "input_size" not in overrides:
+            settings = t["backbones"].get(backbone) if isinstance(t["backbones"], dict) else None
+            if not isinstance(settings, dict) or "input_size" not in settings:
+                raise ValueError(
+                    f"train.backbones has no input_size for {backbone!r}: {t['backbones']!r}"
+                )
+            values["input_size"] = settings["input_size"]
+        values["augment"] = AugmentConfig.from_dict(t.get("augment", {}))
+        values.update(overrides)
+        return cls(backbone=backbone, **values)
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
@@ -389,7 +426,8 @@ def train_backbone(
     out_dir : path-like
         Receives ``model.keras`` (an inference copy, without optimizer state),
         ``history.csv``, ``class_names.json``, ``config.json``, ``summary.json`` and the
-        probabilities ``predictions_val.csv`` / ``predictions_test.csv``.
+        probabilities ``predictions_val.csv`` / ``predictions_test.csv`` (each the mean
+        over ``config.tta_views`` views of the slice).
 
     Returns
     -------
@@ -399,6 +437,7 @@ def train_backbone(
 
     from foramlib.data import check_class_lists, class_weights, save_class_names
     from foramlib.models import build_model, count_params, set_backbone_trainable
+    from foramlib.tta import predict_batches
 
     for split in ("train", "val", "test"):
         if split not in datasets:
@@ -493,11 +532,9 @@ def train_backbone(
             predictions, predict_seconds = {}, {}
             for split in ("val", "test"):
                 t0 = time.perf_counter()
-                probs = model.predict(datasets[split], verbose=0)
+                probs = predict_batches(model, datasets[split], config.tta_views)
                 predict_seconds[split] = time.perf_counter() - t0
-                predictions[split] = predictions_frame(
-                    np.asarray(probs, dtype=np.float64), datasets[split], names, split
-                )
+                predictions[split] = predictions_frame(probs, datasets[split], names, split)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
 
@@ -514,6 +551,7 @@ def train_backbone(
         best_val_loss=float(hist["val_loss"].min()) if "val_loss" in hist else None,
         train_seconds=round(train_seconds, 2),
         train_images_per_s=round(len(hist) * steps * config.batch_size / train_seconds, 1),
+        tta_views=config.tta_views,
         predict_images_per_s={
             s: round(datasets[s].n_images / t, 1) for s, t in predict_seconds.items()
         },

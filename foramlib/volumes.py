@@ -38,6 +38,8 @@ __all__ = [
     "VolumeError",
     "check_volume_array",
     "manifest_voxel_size",
+    "check_manifest",
+    "is_volume_path",
     "normalize_intensity",
     "read_manifest",
     "read_volume",
@@ -48,7 +50,7 @@ __all__ = [
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".tif", ".tiff")
 MANIFEST_REQUIRED = ("file", "specimen_id", "species")
 _MANIFEST_STRINGS = ("file", "specimen_id", "species", "source", "notes")
-_UNIT_TO_UM = {"micron": 1.0, "mm": 1e3, "meter": 1e6, "unknown": 1e3}
+_UNIT_TO_UM = {"micron": 1.0, "mm": 1e3, "meter": 1e6}  # "unknown" is not a unit
 _TIFF_SUFFIXES = (".tif", ".tiff")
 
 
@@ -102,6 +104,18 @@ def _volume_suffix(name: str) -> str | None:
     return next(
         (s for s in sorted(VOLUME_SUFFIXES, key=len, reverse=True) if lower.endswith(s)), None
     )
+
+
+def is_volume_path(path) -> bool:
+    """True for a folder (of TIFF slices) or a file with a volume suffix.
+
+    Examples
+    --------
+    >>> is_volume_path("scan.nii.gz"), is_volume_path("notes.txt")
+    (True, False)
+    """
+    path = Path(path)
+    return path.is_dir() or _volume_suffix(path.name) is not None
 
 
 def _check_dtype(dtype: np.dtype, name: str) -> None:
@@ -285,22 +299,35 @@ def _unreadable(name: str, exc: Exception) -> VolumeError:
     )
 
 
-def _read_nifti(path: Path, name: str) -> tuple[np.ndarray, tuple[float, ...], bool]:
-    """Return checked float32 data, spacing in µm, and whether the header carried a size."""
+def _read_nifti(path: Path, name: str) -> tuple[np.ndarray, tuple[float, ...] | None, str]:
+    """Checked float32 data, and the header's spacing in µm or why it has none.
+
+    The spacing is taken only from a header that states it: positive finite voxel
+    dimensions in a known spatial unit. nibabel silently turns a zero voxel dimension
+    into 1 and a header without a unit means millimetres to it; a micro-CT export like
+    that would become 1000 µm voxels, so the raw header is read and such a header
+    gives no spacing (the caller asks for ``voxel_size_um``).
+    """
     try:
         img = nib.load(path)
         _check_dtype(img.get_data_dtype(), name)
         _check_shape(img.shape, name)
         data = img.get_fdata(dtype=np.float32)  # forces the (lazy) read
-        zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
-        unit = img.header.get_xyzt_units()[0]
+        with nib.openers.ImageOpener(path) as fobj:
+            header = type(img.header).from_fileobj(fobj, check=False)  # as written
+        zooms = tuple(float(z) for z in header.get_zooms()[:3])
+        unit = header.get_xyzt_units()[0]
     except (VolumeError, MemoryError):
         raise
     except Exception as exc:
         raise _unreadable(name, exc) from exc
-    spacing = tuple(z * _UNIT_TO_UM.get(unit, 1e3) for z in zooms)
-    informative = not (unit == "unknown" and zooms == (1.0, 1.0, 1.0))
-    return check_volume_array(data, name), spacing, informative
+    data = check_volume_array(data, name)
+    if not all(math.isfinite(z) and z > 0 for z in zooms):
+        shown = tuple(round(z, 6) for z in zooms)
+        return data, None, f"the header's voxel size {shown} is not positive and finite"
+    if unit not in _UNIT_TO_UM:
+        return data, None, f"the header states no spatial unit (xyzt_units {unit!r})"
+    return data, tuple(z * _UNIT_TO_UM[unit] for z in zooms), ""
 
 
 def _read_tiff(path: Path, name: str) -> np.ndarray:
@@ -349,7 +376,8 @@ def read_volume(
         2-D TIFF slices (stacked in natural order of the numbers in their names).
     voxel_size_um : float, optional
         Isotropic voxel size in µm. Overrides the NIfTI header (a `ManifestWarning` is
-        emitted when they disagree by more than 1%); required for TIFF.
+        emitted when they disagree by more than 1%); required for TIFF, and for a NIfTI
+        whose header lacks a spatial unit or a positive voxel size (never guessed).
     isotropic : bool
         Resample anisotropic volumes to the finest spacing (see `resample_isotropic`).
     order : int
@@ -388,10 +416,11 @@ def read_volume(
             "or a folder of TIFF slices"
         )
     if suffix in (".nii", ".nii.gz"):
-        data, spacing, informative = _read_nifti(path, name)
+        data, spacing, why = _read_nifti(path, name)
         if voxel_size_um is not None:
-            off = any(abs(s - voxel_size_um) > 0.01 * voxel_size_um for s in spacing)
-            if informative and off:
+            if spacing is not None and any(
+                abs(s - voxel_size_um) > 0.01 * voxel_size_um for s in spacing
+            ):
                 warnings.warn(
                     f"{name}: voxel_size_um={voxel_size_um:g} overrides the header's voxel "
                     f"size {tuple(round(s, 6) for s in spacing)} µm",
@@ -399,10 +428,10 @@ def read_volume(
                     stacklevel=2,
                 )
             spacing = (voxel_size_um,) * 3
-        elif not all(math.isfinite(s) and s > 0 for s in spacing):
+        elif spacing is None:
             raise VolumeError(
-                f"{name}: header voxel size {spacing} µm is not positive and finite; "
-                "the manifest must give voxel_size_um"
+                f"{name}: voxel size unknown: {why}; give it in µm (the manifest's "
+                "voxel_size_um column, or --voxel-size on the command line)"
             )
     else:
         data = _read_tiff(path, name)
@@ -546,8 +575,14 @@ def manifest_voxel_size(row) -> float | None:
     return None if value is None or pd.isna(value) else float(value)
 
 
-def read_manifest(path, data_dir=None, *, check_files: bool = True) -> pd.DataFrame:
-    """Read and validate a collection manifest CSV, reporting every problem at once.
+def check_manifest(
+    path, data_dir=None, *, check_files: bool = True
+) -> tuple[pd.DataFrame | None, list[str]]:
+    """Read a collection manifest CSV and list every problem in it, without raising.
+
+    Like :func:`read_manifest`, but returns the rows it could read with the problems, so
+    a caller can go on checking the volumes those rows point at and report both kinds of
+    problem together. The rows are None when the file cannot be read as a manifest.
 
     Columns: ``file`` (relative to `data_dir`, or absolute), ``specimen_id``,
     ``species``, and optionally ``voxel_size_um`` (empty = take it from the header),
@@ -567,38 +602,34 @@ def read_manifest(path, data_dir=None, *, check_files: bool = True) -> pd.DataFr
 
     Returns
     -------
-    pandas.DataFrame
+    rows : pandas.DataFrame or None
         The manifest, with missing optional columns added (``voxel_size_um`` as float,
         NaN where empty; ``source``/``notes`` as ``""``) and a ``path`` column holding
-        each file's absolute path as a string.
-
-    Raises
-    ------
-    ManifestError
-        Listing every problem found; problem lines are CSV line numbers (header = 1).
+        each file's absolute path as a string ("" where ``file`` is empty).
+    problems : list of str
+        Every problem found; lines are CSV line numbers (header = 1). Empty if none.
 
     Examples
     --------
     >>> import tempfile, pathlib
     >>> d = pathlib.Path(tempfile.mkdtemp())
-    >>> _ = (d / "m.csv").write_text("file,specimen_id,species\\na.nii,007,Chrysalidina\\n")
-    >>> read_manifest(d / "m.csv", check_files=False).loc[0, "specimen_id"]
-    '007'
+    >>> _ = (d / "m.csv").write_text("file,specimen_id,species\\na.nii,007,\\n")
+    >>> rows, problems = check_manifest(d / "m.csv", check_files=False)
+    >>> rows.loc[0, "specimen_id"], problems
+    ('007', ["empty 'species' cell on line(s) 2"])
     """
     path = Path(path)
     data_dir = Path(data_dir) if data_dir is not None else path.parent
     if not path.is_file():
-        raise ManifestError([f"manifest file not found: {path.absolute()}"], path)
+        return None, [f"manifest file not found: {path.absolute()}"]
     try:
         df = pd.read_csv(
             path, dtype=str, keep_default_na=False, skip_blank_lines=False, encoding="utf-8"
         )
     except pd.errors.EmptyDataError:
-        raise ManifestError(["the file is empty (no header row)"], path) from None
+        return None, ["the file is empty (no header row)"]
     except (pd.errors.ParserError, UnicodeDecodeError, OSError) as exc:
-        raise ManifestError(
-            [f"cannot be read as a CSV ({type(exc).__name__}: {exc})"], path
-        ) from exc
+        return None, [f"cannot be read as a CSV ({type(exc).__name__}: {exc})"]
 
     problems: list[str] = []
     df.columns = [str(c).strip() for c in df.columns]
@@ -663,11 +694,40 @@ def read_manifest(path, data_dir=None, *, check_files: bool = True) -> pd.DataFr
             per = ", ".join(f"{s!r} (line {i + 2})" for i, s in group["species"].items())
             problems.append(f"specimen {sid!r} is listed under different species: {per}")
 
+    if check_files and not problems:
+        _warn_unlisted(path, data_dir, {Path(p) for p in df["path"]})
+    return df.reset_index(drop=True), problems
+
+
+def read_manifest(path, data_dir=None, *, check_files: bool = True) -> pd.DataFrame:
+    """Read and validate a collection manifest CSV, reporting every problem at once.
+
+    Columns: ``file`` (relative to `data_dir`, or absolute), ``specimen_id``,
+    ``species``, and optionally ``voxel_size_um`` (empty = take it from the header),
+    ``source`` and ``notes``. See :func:`check_manifest` for the parameters.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The manifest (see :func:`check_manifest`).
+
+    Raises
+    ------
+    ManifestError
+        Listing every problem found; problem lines are CSV line numbers (header = 1).
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = (d / "m.csv").write_text("file,specimen_id,species\\na.nii,007,Chrysalidina\\n")
+    >>> read_manifest(d / "m.csv", check_files=False).loc[0, "specimen_id"]
+    '007'
+    """
+    df, problems = check_manifest(path, data_dir, check_files=check_files)
     if problems:
         raise ManifestError(problems, path)
-    if check_files:
-        _warn_unlisted(path, data_dir, {Path(p) for p in df["path"]})
-    return df.reset_index(drop=True)
+    return df
 
 
 def _warn_unlisted(manifest: Path, data_dir: Path, listed: set[Path]) -> None:
@@ -690,5 +750,5 @@ def _warn_unlisted(manifest: Path, data_dir: Path, listed: set[Path]) -> None:
             f"{len(unlisted)} volume file(s) in {data_dir} are not listed in manifest "
             f"{manifest.name} and will be ignored: {shown}",
             ManifestWarning,
-            stacklevel=3,
+            stacklevel=4,
         )

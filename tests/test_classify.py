@@ -368,6 +368,37 @@ def test_predict_resizes_like_training(workspace):
     assert pred.member_probabilities["m1"] == pytest.approx(expected.tolist())
 
 
+def _dihedral_mean(model, x):
+    views = [np.rot90(m, k, axes=(1, 2)) for m in (x, x[:, :, ::-1]) for k in range(4)]
+    return np.mean([np.asarray(model.predict_on_batch(np.ascontiguousarray(v))) for v in views], 0)
+
+
+def test_members_are_served_with_the_views_of_their_training_run(tmp_path):
+    ws = write_workspace(tmp_path)
+    (ws / "models" / "m2" / "config.json").write_text(json.dumps({"tta_views": 8}))
+    clf = classify.Classifier.from_workspace(ws)
+    assert clf.tta_views == {"m1": 1, "m2": 8}  # m1 has no config.json: slice alone
+    clean, _ = clf.prepare(disc_image())
+    pred = clf.predict(clean)
+    assert pred.metadata["tta_views"] == {"m1": 1, "m2": 8}
+    x = clean.astype(np.float32)[None, :, :, None]
+    expected_m2 = _dihedral_mean(clf.models["m2"], x)[0]
+    single_m2 = np.asarray(clf.models["m2"].predict_on_batch(x))[0]
+    assert pred.member_probabilities["m2"] == pytest.approx(expected_m2.tolist(), abs=1e-6)
+    assert not np.allclose(expected_m2, single_m2, atol=1e-6)  # the views mattered
+    stack = np.stack([clean, np.ascontiguousarray(clean[::-1])])
+    many = clf.predict_many(stack)
+    assert many[0] == pytest.approx(list(pred.probabilities.values()), abs=1e-6)
+
+
+@pytest.mark.parametrize("text", ['{"tta_views": 3}', "not json", "[8]"])
+def test_bad_member_config_is_an_artefact_error(tmp_path, text):
+    ws = write_workspace(tmp_path)
+    (ws / "models" / "m1" / "config.json").write_text(text)
+    with pytest.raises(classify.ArtefactError, match=r"models/m1/config.json is unreadable"):
+        classify.Classifier.from_workspace(ws)
+
+
 def test_predict_rejects_raw_images(classifier):
     with pytest.raises(classify.ClassifyError, match="cleaned 2-D uint8"):
         classifier.predict(np.zeros((SIZE, SIZE), np.float32))

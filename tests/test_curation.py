@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -92,3 +94,62 @@ def test_inspect_volumes_reports_every_bad_file(tmp_path):
     msg = str(err.value)
     assert "2 of 3 volume(s) cannot be used" in msg
     assert "corrupt.nii.gz" in msg and "flat.nii" in msg and "good.nii.gz" not in msg
+
+
+def _collection(tmp_path, rows, volumes):
+    """A manifest of `rows` (file, specimen, species) and the `volumes` it names."""
+    for name, arr in volumes.items():
+        if arr is None:
+            (tmp_path / name).write_bytes(b"not a volume at all")
+        else:
+            write_nifti(tmp_path / name, arr, 5.0)
+    lines = ["file,specimen_id,species"] + [",".join(r) for r in rows]
+    (tmp_path / "manifest.csv").write_text("\n".join(lines) + "\n")
+    return tmp_path / "manifest.csv"
+
+
+def test_manifest_and_volume_problems_are_reported_together(tmp_path):
+    rng = np.random.default_rng(0)
+    manifest = _collection(
+        tmp_path,
+        [("good.nii.gz", "G", "S"), ("gone.nii.gz", "M", "S"), ("corrupt.nii.gz", "C", "S")],
+        {"good.nii.gz": rng.random((9, 9, 9)), "corrupt.nii.gz": None},
+    )
+    with pytest.raises(curation.CollectionError) as err:
+        curation.check_collection(manifest)
+    exc = err.value
+    assert len(exc.manifest_problems) == 1 and "file not found: 'gone.nii.gz'" in str(exc)
+    assert len(exc.volume_problems) == 1 and "corrupt.nii.gz: cannot be read" in str(exc)
+    assert "has 2 problem(s)" in str(exc) and "(1 of 2 read)" in str(exc)
+    assert pickle.loads(pickle.dumps(exc)).volume_problems == exc.volume_problems
+
+
+def test_a_manifest_that_cannot_be_read_is_reported_without_volume_checks(tmp_path):
+    (tmp_path / "manifest.csv").write_text("")
+    with pytest.raises(curation.CollectionError, match="the file is empty") as err:
+        curation.check_collection(tmp_path / "manifest.csv")
+    assert err.value.volume_problems == []
+
+
+@pytest.mark.parametrize("shape", [(7, 20, 20), (20, 20, 3)])
+def test_a_volume_thinner_than_the_index_needs_is_refused_at_curation(tmp_path, shape):
+    rng = np.random.default_rng(1)
+    manifest = _collection(
+        tmp_path,
+        [("thin.nii.gz", "T", "S"), ("ok.nii.gz", "O", "S")],
+        {"thin.nii.gz": rng.random(shape), "ok.nii.gz": rng.random((9, 9, 9))},
+    )
+    with pytest.raises(curation.CollectionError, match=r"thin\.nii\.gz: shape .* under 8 voxels"):
+        curation.check_collection(manifest)
+
+
+def test_a_clean_collection_passes_with_its_checks(tmp_path):
+    rng = np.random.default_rng(2)
+    manifest = _collection(
+        tmp_path,
+        [("a.nii.gz", "A", "S"), ("b.nii.gz", "B", "S")],
+        {"a.nii.gz": rng.random((9, 9, 9)), "b.nii.gz": rng.random((10, 9, 8))},
+    )
+    listed, checks = curation.check_collection(manifest)
+    assert listed["file"].tolist() == ["a.nii.gz", "b.nii.gz"]
+    assert checks["shape"].tolist() == ["9x9x9", "10x9x8"]

@@ -1,4 +1,4 @@
-"""foramlib.dashboard: the App's pages and handlers, driven without a browser.
+"""foramlib.app.dashboard: the App's pages and handlers, driven without a browser.
 
 The workspace is built in a temporary folder (tiny untrained models, a hand-made
 ensemble, a small slice store); the 3D collection is a fake with the real
@@ -23,7 +23,8 @@ import pytest
 import tifffile
 from test_classify import NAMES, SIZE, disc_image, write_workspace
 
-from foramlib import classify, dashboard, scan
+from foramlib import classify, scan
+from foramlib.app import dashboard
 from foramlib.matching import Match
 from foramlib.preprocess import PreprocessConfig
 

@@ -135,6 +135,32 @@ def test_curate_runs_with_an_empty_optional_voxel_size(curated_run):
     assert "kept" in result.summary
 
 
+def test_curate_reports_manifest_and_volume_problems_in_one_run(tiny_collection, tmp_path):
+    import pandas as pd
+
+    from foramlib.curation import CollectionError
+    from foramlib.pipeline import curate
+
+    manifest = pd.read_csv(tiny_collection / "manifest.csv")
+    (tmp_path / "broken.nii.gz").write_bytes(b"truncated")
+    extra = pd.DataFrame(
+        {"file": [str(tmp_path / "broken.nii.gz"), "missing.nii.gz"],
+         "specimen_id": ["X1", "X2"], "species": ["Xenus", "Xenus"]}
+    )  # fmt: skip
+    pd.concat([manifest, extra]).to_csv(tmp_path / "manifest.csv", index=False)
+    cfg = curate.CurateStageConfig(
+        raw_dir=str(tiny_collection),
+        manifest=str(tmp_path / "manifest.csv"),
+        out_dir=str(tmp_path / "curated"),
+        taxa_table=str(tmp_path / "taxa.csv"),
+        figure=str(tmp_path / "figure2.png"),
+    )
+    with pytest.raises(CollectionError) as err:
+        curate.run(cfg)
+    assert "missing.nii.gz" in str(err.value) and "broken.nii.gz" in str(err.value)
+    assert not (tmp_path / "curated").exists()  # nothing written from a broken collection
+
+
 def test_split_puts_each_specimen_in_one_split(curated_run, tiny_collection, tmp_path):
     from foramlib import slicing
     from foramlib.curation import read_curated

@@ -38,13 +38,13 @@ def make_project(root, modules, code, deps, cmd_params="-p x 1", params=None, pa
     package = root / "foramlib"
     package.mkdir(parents=True)
     (package / "__init__.py").write_text("")
-    modules = {"cli": "", "stages": "", **modules}
+    modules = {"stages": "", **modules}
     for name, source in modules.items():
         (package / f"{name}.py").write_text(source)
     write_notebook(root / "notebooks" / "go.ipynb", code, parameters)
     stage = {
-        "cmd": f"python -m foramlib.cli run notebooks/go.ipynb reports/go.ipynb {cmd_params}",
-        "deps": ["notebooks/go.ipynb", "foramlib/cli.py", "foramlib/stages.py", *deps],
+        "cmd": f"python -m foramlib.stages notebooks/go.ipynb reports/go.ipynb {cmd_params}",
+        "deps": ["notebooks/go.ipynb", "foramlib/stages.py", *deps],
     }
     if params is not None:
         stage["params"] = params
@@ -101,11 +101,11 @@ def test_a_package_folder_dep_covers_its_modules(tmp_path):
     assert messages(root) == []
 
 
-def test_the_runners_lazy_verb_imports_are_not_the_stages_code(tmp_path):
+def test_the_runners_imports_are_every_stages_code_and_the_cli_is_not(tmp_path):
     root = make_project(
         tmp_path,
         {
-            "cli": "from foramlib import atomic\n\ndef book():\n    from foramlib import big\n",
+            "cli": "from foramlib import big\n",  # the command-line tool: not run by stages
             "atomic": "",
             "big": "",
             "stages": "from foramlib.atomic import atomic_path\n",
@@ -116,8 +116,12 @@ def test_the_runners_lazy_verb_imports_are_not_the_stages_code(tmp_path):
     assert messages(root) == []
     dvc = yaml.safe_load((root / "dvc.yaml").read_text())
     dvc["stages"]["go"]["deps"].remove("foramlib/atomic.py")
+    dvc["stages"]["go"]["deps"].append("foramlib/cli.py")
     (root / "dvc.yaml").write_text(yaml.safe_dump(dvc))
-    assert messages(root) == ["go: runs foramlib/atomic.py but its deps do not list it"]
+    assert messages(root) == [
+        "go: runs foramlib/atomic.py but its deps do not list it",
+        "go: deps list foramlib/cli.py, which the stage does not import",
+    ]
 
 
 def test_magics_and_shell_escapes_do_not_break_the_import_scan(tmp_path):
@@ -240,7 +244,7 @@ def test_a_subpackage_folder_dep_covers_its_modules(tmp_path):
 
 
 def _stage_body(cmd_params, params):
-    return {"cmd": f"python -m foramlib.cli run notebooks/ensemble.ipynb out {cmd_params}",
+    return {"cmd": f"python -m foramlib.stages notebooks/ensemble.ipynb out {cmd_params}",
             "params": params}  # fmt: skip
 
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
-from foramlib.cli import main
-from foramlib.stages import parse_parameter, run_notebook
+from foramlib import cli
+from foramlib.stages import main, parse_parameter, run_notebook
 
 
 def _notebook(path, body):
@@ -45,9 +48,22 @@ def test_parameters_are_typed_like_yaml(text, expected):
 def test_run_notebook_injects_parameters_and_writes_the_report(tmp_path):
     nb = _notebook(tmp_path / "stage.ipynb", "print('value is', value * 2)")
     out = tmp_path / "reports" / "stage.ipynb"
-    assert main(["run", str(nb), str(out), "-p", "value", "21"]) == 0
-    text = out.read_text()
-    assert "value is 42" in text
+    assert main([str(nb), str(out), "-p", "value", "21"]) == 0
+    assert "value is 42" in out.read_text()
+    # `foram run` is the same runner
+    assert cli.main(["run", str(nb), str(out), "-p", "value", "4"]) == 0
+    assert "value is 8" in out.read_text()
+
+
+def test_stages_run_as_a_module_the_way_dvc_yaml_calls_them(tmp_path):
+    nb = _notebook(tmp_path / "stage.ipynb", "print('value is', value + 1)")
+    out = tmp_path / "stage.out.ipynb"
+    cmd = [sys.executable, "-m", "foramlib.stages", str(nb), str(out), "-p", "value", "2"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "value is 3" in out.read_text()
+    usage = subprocess.run(cmd[:3], capture_output=True, text=True, timeout=60)
+    assert usage.returncode == 2 and "NOTEBOOK" in usage.stderr.upper()
 
 
 def test_failed_run_keeps_the_old_report_and_saves_the_failure(tmp_path):
@@ -66,3 +82,20 @@ def test_failed_run_keeps_the_old_report_and_saves_the_failure(tmp_path):
 def test_missing_notebook_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"stage notebook .*nope.ipynb does not exist"):
         run_notebook(tmp_path / "nope.ipynb", tmp_path / "out.ipynb")
+
+
+def test_a_failing_stage_ends_with_its_error_and_keeps_the_traceback_in_the_report(
+    tmp_path, capsys
+):
+    body = "raise ValueError('manifest m.csv has 1 problem(s):\\n  - line 2: file not found')"
+    nb = _notebook(tmp_path / "stage.ipynb", body)
+    out = tmp_path / "stage.out.ipynb"
+    assert main([str(nb), str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "failed: ValueError: manifest m.csv has 1 problem(s):\n  - line 2: file not found" in err
+    assert "Traceback" not in err and "stage.out.failed.ipynb" in err
+    report = (tmp_path / "stage.out.failed.ipynb").read_text()
+    assert '"ename": "ValueError"' in report and '"traceback"' in report
+    assert not out.exists()
+    assert main([str(tmp_path / "nope.ipynb"), str(out)]) == 1
+    assert "nope.ipynb does not exist" in capsys.readouterr().err

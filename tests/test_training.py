@@ -60,7 +60,7 @@ def _datasets(root, names=None, mix=None, **kwargs):
 
 @pytest.fixture(scope="module")
 def trained(split_store, tmp_path_factory):
-    config = training.TrainConfig(**QUICK, augment=AugmentConfig(mix_probability=1.0))
+    config = training.TrainConfig(**QUICK, augment=AugmentConfig(mix_probability=1.0), tta_views=8)
     datasets, names = _datasets(
         split_store, mix=lambda x, y, rng: mix_batch(x, y, config.augment, rng)
     )
@@ -84,7 +84,9 @@ def test_training_writes_every_output(trained):
     assert json.loads((out / "class_names.json").read_text()) == names
     cfg = training.TrainConfig.from_dict(json.loads((out / "config.json").read_text()))
     assert cfg.backbone == "tiny_cnn" and cfg.augment.mix_probability == 1.0
+    assert cfg.tta_views == 8
     summary = json.loads((out / "summary.json").read_text())
+    assert summary["tta_views"] == 8
     assert summary["precision"] == "float32"  # CPU: float32 unless set
     assert summary["epochs_run"] == 2 and summary["train_images_per_s"] > 0
 
@@ -114,9 +116,14 @@ def test_saved_model_reloads_and_reproduces_its_predictions(trained):
 
     result, out, datasets, names = trained
     model = keras.models.load_model(out / "model.keras")
-    probs = model.predict(datasets["val"], verbose=0)
+    x = np.concatenate([datasets["val"][i][0] for i in range(len(datasets["val"]))])
+    # tta_views=8: the mean over the 4 rotations of the slice and of its mirror image
+    views = [np.rot90(m, k, axes=(1, 2)) for m in (x, x[:, :, ::-1]) for k in range(4)]
+    probs = np.mean([model.predict(v, verbose=0) for v in views], axis=0)
     saved = pd.read_csv(out / "predictions_val.csv")[[f"p_{n}" for n in names]].to_numpy()
     np.testing.assert_allclose(probs, saved, atol=1e-5)
+    single = model.predict(x, verbose=0)
+    assert np.abs(single - saved).max() > 1e-4  # the views did change the answer
 
 
 def test_batchnorm_learns_when_training_from_scratch(trained):
@@ -155,6 +162,23 @@ def test_batchnorm_stays_frozen_when_fine_tuning_pretrained_weights(split_store,
     assert any(layer.trainable for layer in layers if isinstance(layer, keras.layers.Conv2D))
 
 
+def test_config_from_params_reads_the_train_section_and_the_backbone_size():
+    params = {
+        "seed": 7,
+        "train": {
+            "backbones": {"tiny_cnn": {"input_size": 48}},
+            "phase2_epochs": 3,
+            "tta_views": 4,
+            "augment": {"enabled": False},
+        },
+    }
+    cfg = training.TrainConfig.from_params(params, "tiny_cnn", patience=2)
+    assert (cfg.input_size, cfg.seed, cfg.phase2_epochs, cfg.tta_views) == (48, 7, 3, 4)
+    assert cfg.patience == 2 and cfg.augment.enabled is False
+    with pytest.raises(ValueError, match="no input_size for 'mobilenetv3_small'"):
+        training.TrainConfig.from_params(params, "mobilenetv3_small")
+
+
 @pytest.mark.parametrize(
     "changes, match",
     [
@@ -163,6 +187,8 @@ def test_batchnorm_stays_frozen_when_fine_tuning_pretrained_weights(split_store,
         (dict(precision="fp8"), r"train.precision = 'fp8' is invalid"),
         (dict(phase1_epochs=0, phase2_epochs=0), r"phase1_epochs \+ train.phase2_epochs"),
         (dict(max_steps_per_epoch=0), r"max_steps_per_epoch = 0 must be >= 1 or null"),
+        (dict(tta_views=3), r"train.tta_views = 3 is invalid: expected one of \(1, 2, 4, 8\)"),
+        (dict(tta_views=True), r"train.tta_views = True is invalid"),
     ],
 )
 def test_bad_configs_fail_before_training(changes, match):

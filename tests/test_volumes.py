@@ -147,13 +147,50 @@ def test_write_nifti_refuses_bad_arguments(tmp_path, kwargs, match):
 
 @pytest.mark.parametrize(
     ("unit", "zoom", "expected_um"),
-    [("micron", 5.0, 5.0), ("mm", 0.005, 5.0), ("meter", 5e-6, 5.0), ("unknown", 0.004, 4.0)],
+    [("micron", 5.0, 5.0), ("mm", 0.005, 5.0), ("meter", 5e-6, 5.0)],
 )
 def test_header_units_are_converted_to_micrometres(tmp_path, unit, zoom, expected_um):
     img = nib.Nifti1Image(ramp().astype(np.float32), np.diag([zoom, zoom, zoom, 1.0]))
     img.header.set_xyzt_units(xyz=unit)
     nib.save(img, tmp_path / "v.nii")
     assert read_volume(tmp_path / "v.nii").voxel_size_um == pytest.approx(expected_um, rel=1e-5)
+
+
+def _header_with(tmp_path, unit, pixdim, name="h.nii"):
+    """A NIfTI whose header says `unit` and voxel dimensions `pixdim`, byte for byte."""
+    img = nib.Nifti1Image(ramp().astype(np.float32), np.eye(4))
+    img.header.set_xyzt_units(xyz=unit)
+    raw = bytearray(img.to_bytes())
+    raw[80:92] = np.array(pixdim, "<f4").tobytes()  # pixdim[1:4]
+    (tmp_path / name).write_bytes(bytes(raw))
+    return tmp_path / name
+
+
+@pytest.mark.parametrize(
+    ("unit", "pixdim", "why"),
+    [
+        ("unknown", [0.004, 0.004, 0.004], r"states no spatial unit \(xyzt_units 'unknown'\)"),
+        ("micron", [0.0, 0.0, 0.0], r"voxel size \(0\.0, 0\.0, 0\.0\) is not positive"),
+        ("micron", [5.0, 0.0, 5.0], r"voxel size \(5\.0, 0\.0, 5\.0\) is not positive"),
+    ],
+)
+def test_voxel_size_is_never_guessed_from_an_incomplete_header(tmp_path, unit, pixdim, why):
+    path = _header_with(tmp_path, unit, pixdim)
+    with pytest.raises(
+        VolumeError, match=r"h\.nii: voxel size unknown: .*" + why + ".*voxel_size_um"
+    ):
+        read_volume(path)
+    # the manifest's value is what the user means: no warning about the header
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert read_volume(path, voxel_size_um=6.0).voxel_size_um == 6.0
+
+
+def test_nifti2_headers_are_read_raw_too(tmp_path):
+    img = nib.Nifti2Image(ramp().astype(np.float32), np.diag([8.0, 8.0, 8.0, 1.0]))
+    img.header.set_xyzt_units(xyz="micron")
+    nib.save(img, tmp_path / "v2.nii")
+    assert read_volume(tmp_path / "v2.nii").voxel_size_um == 8.0
 
 
 def test_voxel_size_argument_overrides_header_with_warning(tmp_path):
@@ -181,17 +218,12 @@ def test_default_header_without_units_does_not_warn(tmp_path):
 
 
 def test_non_finite_header_voxel_size_needs_manifest_value(tmp_path):
-    img = nib.Nifti1Image(ramp().astype(np.float32), np.eye(4))
-    img.header.set_xyzt_units(xyz="micron")
-    raw = bytearray(img.to_bytes())
-    raw[80:92] = np.array([np.nan, np.inf, 1.0], "<f4").tobytes()  # pixdim[1:4]
-    (tmp_path / "z.nii").write_bytes(bytes(raw))
+    path = _header_with(tmp_path, "micron", [np.nan, np.inf, 1.0], name="z.nii")
     with pytest.raises(
-        VolumeError, match=r"z\.nii: header voxel size \(nan, inf, 1\.0\) µm is not"
+        VolumeError, match=r"z\.nii: voxel size unknown: the header's voxel size \(nan, inf, 1\.0\)"
     ):
-        read_volume(tmp_path / "z.nii")
-    with pytest.warns(ManifestWarning, match="overrides the header"):
-        assert read_volume(tmp_path / "z.nii", voxel_size_um=2.0).voxel_size_um == 2.0
+        read_volume(path)
+    assert read_volume(path, voxel_size_um=2.0).voxel_size_um == 2.0
 
 
 @pytest.mark.parametrize("bad", [0, -1.0, float("nan"), "abc"])

@@ -64,8 +64,7 @@ def run(config: CurateStageConfig) -> CurateStageResult:
     from foramlib import curation, plots, volumes
     from foramlib.atomic import write_csv
 
-    listed = volumes.read_manifest(config.manifest, config.raw_dir)
-    checks = curation.inspect_volumes(listed)
+    listed, checks = curation.check_collection(config.manifest, config.raw_dir)
     curated, taxa = curation.curate(listed, min_models=config.min_models)
     summary = (
         f"{len(listed)} volumes of {listed['specimen_id'].nunique()} specimens over "

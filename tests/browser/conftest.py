@@ -134,7 +134,6 @@ def build_workspace(root: Path, *, log=print) -> dict:
         virtual,
     )
     from foramlib.atomic import write_text
-    from foramlib.augment import AugmentConfig
     from foramlib.preprocess import PreprocessConfig
 
     root = Path(root)
@@ -210,22 +209,12 @@ def build_workspace(root: Path, *, log=print) -> dict:
         tp = params["train"]
         for member, extra_seed in MEMBERS.items():
             t0 = time.perf_counter()
-            train_config = training.TrainConfig(
-                backbone="tiny_cnn",
+            # the stage's configuration, with a small CNN per member (fast, different seeds)
+            train_config = training.TrainConfig.from_params(
+                params,
+                "tiny_cnn",
                 input_size=tp["backbones"][member]["input_size"],
-                batch_size=tp["batch_size"],
-                weights=tp["weights"],
-                dropout=tp["dropout"],
-                phase1_epochs=tp["phase1_epochs"],
-                phase1_lr=tp["phase1_lr"],
-                phase2_epochs=tp["phase2_epochs"],
-                phase2_lr=tp["phase2_lr"],
-                restart_epochs=tp["restart_epochs"],
-                weight_decay=tp["weight_decay"],
-                label_smoothing=tp["label_smoothing"],
-                patience=tp["patience"],
                 seed=params["seed"] + extra_seed,
-                augment=AugmentConfig.from_dict(tp["augment"]),
             )
             datasets = data.make_datasets(
                 split_index,

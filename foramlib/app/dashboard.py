@@ -4,8 +4,10 @@
 slice matching — switched by navigation buttons. ``dashboard/app.ipynb`` only builds and
 displays it; every handler is a method that tests call directly, without a browser.
 
-The heavy parts live elsewhere: :mod:`foramlib.classify` (upload decoding, the training
-preprocessing, the saved ensemble, the calibrated uncertainty threshold, Grad-CAM),
+What a page shows is rendered by :mod:`foramlib.app.render` and what it reads from
+the workspace by :mod:`foramlib.app.workspace`. The heavy parts live elsewhere:
+:mod:`foramlib.classify` (upload decoding, the training preprocessing, the saved
+ensemble, the calibrated uncertainty threshold, Grad-CAM),
 :mod:`foramlib.scan` (a whole uploaded volume: many sections, one ranked answer),
 :mod:`foramlib.indexing` (the 3D index of the collection), :mod:`foramlib.matching`
 (the search) and :mod:`foramlib.view3d` (the plane inside the specimen).
@@ -25,181 +27,52 @@ True
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import html
-import io
-import json
-import os
 import threading
 import time
-from pathlib import Path
 
 import cv2
 import ipywidgets as widgets
 import numpy as np
-import pandas as pd
 
 from foramlib import classify, scan
+from foramlib.app import render
+from foramlib.app.render import SCAN_THUMBNAILS
+from foramlib.app.workspace import (
+    collection_counts,
+    data_source,
+    default_collection_loader,
+    gallery_table,
+    max_upload_bytes,
+    read_json,
+    resolve_workspace,
+)
 from foramlib.preprocess import PreprocessError
 
-__all__ = ["App", "png_bytes", "probability_chart", "resolve_workspace", "max_upload_bytes"]
+__all__ = ["App", "resolve_workspace", "max_upload_bytes", "SCAN_THUMBNAILS"]
+
 
 PAGES = ("home", "classify", "match")
-DEFAULT_MAX_UPLOAD_MB = 100
-GALLERY_PER_GENUS = 5
-GALLERY_COLUMNS = ("slice_id", "specimen_id", "species", "array", "row", "split")
+
+
 MATCH_TIME_BUDGET_S = 30.0
+
+
 SCAN_SECTIONS_RANGE = (8, 512)  # sections a whole-scan classification may cut
+
+
 SCAN_SEED = 0  # orientations of the whole-scan sections (as `foram classify`)
-SCAN_THUMBNAILS = 8  # sections shown under a whole-scan answer
-STYLE = """
-<style>
-.foram-app { max-width: 1200px; font-family: sans-serif; }
-.foram-app table { border-collapse: collapse; margin: 4px 0; }
-.foram-app th, .foram-app td { border-bottom: 1px solid #ddd; padding: 3px 10px;
-  text-align: left; vertical-align: middle; }
-.foram-app tr.foram-rank-1 td, .foram-app tr.foram-match-1 td { font-weight: bold; }
-.foram-msg-error { color: #a40000; background: #fff0f0; padding: 6px; border-radius: 4px; }
-.foram-msg-info { color: #1f3d66; background: #eef4fb; padding: 6px; border-radius: 4px; }
-.foram-msg-warn { color: #6b4a00; background: #fff7dd; padding: 6px; border-radius: 4px; }
-.foram-uncertain-box { color: #6b4a00; background: #fff3cd; border: 1px solid #e0b400;
-  padding: 8px; border-radius: 4px; }
-.foram-muted { color: #666; font-size: 90%; }
-.foram-app tr.foram-scan-winner td { background: #fdebd3; }
-.foram-scan-thumb { display: inline-block; margin: 2px 4px; text-align: center;
-  font-size: 85%; }
-.foram-scan-thumb img { display: block; image-rendering: pixelated; }
-</style>
-"""
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def resolve_workspace(path) -> Path:
-    """The workspace folder (holding models/, results/, data/).
-
-    Voila runs a notebook in its own folder, so ``"."`` inside ``dashboard/`` means the
-    repository root: a folder named ``dashboard`` without pipeline outputs falls back to
-    its parent when that has them.
-
-    >>> resolve_workspace("/tmp").name
-    'tmp'
-    """
-    ws = Path(path).resolve()
-    markers = ("params.yaml", "models", "results", "dvc.yaml")
-    if ws.name == "dashboard" and not any((ws / m).exists() for m in markers):
-        if any((ws.parent / m).exists() for m in markers):
-            return ws.parent
-    return ws
-
-
-def max_upload_bytes(env=None) -> tuple[int, str | None]:
-    """Upload limit from ``FORAM_MAX_UPLOAD_MB`` (default 100 MB), and a note if invalid.
-
-    >>> max_upload_bytes({"FORAM_MAX_UPLOAD_MB": "2"})
-    (2097152, None)
-    >>> max_upload_bytes({"FORAM_MAX_UPLOAD_MB": "lots"})[1]
-    "FORAM_MAX_UPLOAD_MB='lots' is not a positive number; using 100 MB"
-    """
-    env = os.environ if env is None else env
-    raw = env.get("FORAM_MAX_UPLOAD_MB")
-    if raw is None or raw == "":
-        return DEFAULT_MAX_UPLOAD_MB * 2**20, None
-    try:
-        mb = float(raw)
-        if not np.isfinite(mb) or mb <= 0:
-            raise ValueError
-    except ValueError:
-        return DEFAULT_MAX_UPLOAD_MB * 2**20, (
-            f"FORAM_MAX_UPLOAD_MB={raw!r} is not a positive number; using "
-            f"{DEFAULT_MAX_UPLOAD_MB} MB"
-        )
-    return int(mb * 2**20), None
-
-
-def png_bytes(image: np.ndarray) -> bytes:
-    """PNG of a 2-D (gray) or RGB uint8 image.
-
-    >>> png_bytes(np.zeros((4, 4), np.uint8))[:4]
-    b'\\x89PNG'
-    """
-    img = np.asarray(image)
-    if img.ndim == 3:
-        img = cv2.cvtColor(img, cv2.COLOR_RGB2BGR)
-    ok, buf = cv2.imencode(".png", img)
-    if not ok:
-        raise ValueError(f"cannot encode an image of shape {img.shape} as PNG")
-    return buf.tobytes()
-
-
-def _display_uint8(image: np.ndarray) -> np.ndarray:
-    """Any section → uint8 gray (or RGB) for display, stretched between 0.5/99.5 %."""
-    arr = np.asarray(image)
-    if arr.ndim == 3 and arr.shape[2] == 4:
-        arr = arr[..., :3]
-    arr = arr.astype(np.float32)
-    lo, hi = np.percentile(arr, [0.5, 99.5]) if arr.size else (0.0, 1.0)
-    if hi <= lo:
-        hi = lo + 1.0
-    return np.round(np.clip((arr - lo) / (hi - lo), 0, 1) * 255).astype(np.uint8)
-
-
-def _thumbnail(image: np.ndarray, side: int = 256) -> np.ndarray:
-    h, w = image.shape[:2]
-    scale = min(1.0, side / max(h, w))
-    if scale < 1.0:
-        image = cv2.resize(
-            image, (max(1, round(w * scale)), max(1, round(h * scale))), cv2.INTER_AREA
-        )
-    return image
-
-
-def _data_uri(image: np.ndarray) -> str:
-    return "data:image/png;base64," + base64.b64encode(png_bytes(image)).decode("ascii")
-
-
-def probability_chart(probabilities: dict[str, float], highlight: str | None = None) -> bytes:
-    """Horizontal bar chart (PNG) of every genus' probability, largest on top."""
-    from matplotlib.figure import Figure
-
-    items = sorted(probabilities.items(), key=lambda kv: kv[1])
-    fig = Figure(figsize=(5.2, 0.26 * len(items) + 0.9), layout="constrained")
-    ax = fig.add_subplot()
-    colours = ["#d9822b" if k == highlight else "#4a78a8" for k, _ in items]
-    ax.barh([k for k, _ in items], [100 * v for _, v in items], color=colours)
-    ax.set_xlim(0, 100)
-    ax.set_xlabel("probability (%)")
-    ax.tick_params(axis="y", labelsize=8)
-    ax.set_title("All genera", fontsize=9)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    return buf.getvalue()
-
-
-def _message(kind: str, text: str) -> str:
-    return f'<div class="foram-msg-{kind}">{html.escape(text)}</div>'
 
 
 def _hide(widget, hidden: bool = True) -> None:
     widget.layout.display = "none" if hidden else None
 
 
-def _read_json(path: Path):
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
 def _cls(widget, *names):
     for n in names:
         widget.add_class(n)
     return widget
-
-
-# --------------------------------------------------------------------------- app
 
 
 class App(widgets.VBox):
@@ -234,9 +107,9 @@ class App(widgets.VBox):
         self._classifier = classifier
         self._classifier_error: str | None = None
         self._load_lock = threading.Lock()
-        self._collection_loader = collection_loader or _default_collection_loader
+        self._collection_loader = collection_loader or default_collection_loader
         self._collection = None
-        self.metrics = _read_json(self.workspace / "results" / "metrics.json")
+        self.metrics = read_json(self.workspace / "results" / "metrics.json")
         self.base_config, self.base_source = classify.preprocess_defaults(self.workspace)
 
         self.source: np.ndarray | None = None  # the raw section (or stored slice)
@@ -272,7 +145,7 @@ class App(widgets.VBox):
         header = widgets.HBox(
             [widgets.HTML("<b>ForamDeepSlice</b>&nbsp;&nbsp;"), *self.nav.values()]
         )
-        super().__init__([widgets.HTML(STYLE), header, *self.pages.values()])
+        super().__init__([widgets.HTML(render.STYLE), header, *self.pages.values()])
         _cls(self, "foram-app")
         self.active_page = ""
         self.show_page("home")
@@ -326,82 +199,16 @@ class App(widgets.VBox):
             [intro, self.dataset, self.performance, widgets.HBox([go_classify, go_match])]
         )
 
-    def _data_source(self) -> str | None:
-        if self.metrics and self.metrics.get("data_source"):
-            return str(self.metrics["data_source"])
-        params = self.workspace / "params.yaml"
-        if params.is_file():
-            import yaml
-
-            try:
-                return str(yaml.safe_load(params.read_text(encoding="utf-8"))["data"]["source"])
-            except (yaml.YAMLError, KeyError, TypeError):
-                return None
-        return None
-
+    # ================================================================== classify page
     def _dataset_html(self) -> str:
-        source = self._data_source()
-        manifest = self.workspace / "data" / "curated" / "manifest.csv"
-        counts = ""
-        if manifest.is_file():
-            try:
-                m = pd.read_csv(manifest, dtype=str)
-                counts = (
-                    f" {m['specimen_id'].nunique()} specimens ({len(m)} scans) of "
-                    f"{m['species'].nunique()} genera after curation."
-                )
-            except (OSError, ValueError, KeyError):
-                counts = ""
-        if source == "virtual":
-            text = (
-                "<h3>Dataset</h3><p><b>The virtual micro-CT collection</b> — synthetic "
-                "(virtual) specimens generated by this project to stand in for the authors' "
-                f"scans; they are <i>not</i> real fossils.{html.escape(counts)} The numbers "
-                "below describe how the pipeline behaves on these virtual genera, not on real "
-                "material.</p>"
-            )
-        elif source:
-            text = (
-                f"<h3>Dataset</h3><p>Your own collection (data source "
-                f"<code>{html.escape(source)}</code>).{html.escape(counts)}</p>"
-            )
-        else:
-            text = (
-                "<h3>Dataset</h3><p>No pipeline outputs found in "
-                f"<code>{html.escape(str(self.workspace))}</code>: run <code>dvc repro</code> "
-                "(or <code>make demo</code>) first.</p>"
-            )
-        return text
+        return render.dataset_html(
+            data_source(self.workspace, self.metrics),
+            collection_counts(self.workspace),
+            self.workspace,
+        )
 
     def _performance_html(self) -> str:
-        m = self.metrics
-        if not m or "final" not in m or m["final"] not in m.get("models", {}):
-            return (
-                "<h3>Performance</h3><p>No evaluation yet (results/metrics.json is missing): "
-                "run <code>dvc repro</code> (or <code>make demo</code>) first.</p>"
-            )
-        final = m["final"]
-        rows = []
-        for name, r in m["models"].items():
-            cells = [
-                html.escape(name) + (" (final)" if name == final else ""),
-                *(
-                    f"{100 * r[k]:.1f}%" if r.get(k) is not None else "–"
-                    for k in ("accuracy", "macro_f1", "top3")
-                ),
-                f"{r['auc']:.3f}" if r.get("auc") is not None else "–",
-            ]
-            style = ' style="font-weight:bold"' if name == final else ""
-            rows.append(f"<tr{style}>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-        r = m["models"][final]
-        return (
-            f"<h3>Performance</h3><p>Final model: <b>{html.escape(final)}</b> — accuracy "
-            f"{100 * r['accuracy']:.1f}%, macro-F1 {100 * r['macro_f1']:.1f}% on "
-            f"{m.get('test_slices', r.get('n', '?'))} held-out test slices "
-            f"(specimens never seen in training).</p>"
-            "<table><tr><th>Model</th><th>Accuracy</th><th>Macro-F1</th><th>Top-3</th>"
-            "<th>AUC</th></tr>" + "".join(rows) + "</table>"
-        )
+        return render.performance_html(self.metrics)
 
     # ================================================================== classify page
     def _build_classify(self) -> widgets.VBox:
@@ -626,35 +433,8 @@ class App(widgets.VBox):
         return _cls(box, "foram-scan")
 
     # ------------------------------------------------------------------ gallery
-    def _gallery_table(self) -> pd.DataFrame | None:
-        index = self.workspace / "data" / "split" / "index.csv"
-        store = self.workspace / "data" / "slices"
-        if not index.is_file() or not store.is_dir():
-            return None
-        try:
-            df = pd.read_csv(
-                index,
-                dtype={"slice_id": str, "specimen_id": str, "species": str, "array": str},
-                usecols=lambda c: (
-                    c in ("slice_id", "specimen_id", "species", "array", "row", "split")
-                ),
-            )
-        except (OSError, ValueError):
-            return None
-        if not {"slice_id", "species", "array", "row", "split"} <= set(df.columns):
-            return None
-        test = df[df["split"] == "test"]
-        picks = []
-        for _, rows in test.groupby("species", sort=True):
-            k = min(GALLERY_PER_GENUS, len(rows))
-            picks.append(rows.iloc[np.linspace(0, len(rows) - 1, k).round().astype(int)])
-        if not picks:
-            return None
-        table = pd.concat(picks).drop_duplicates("slice_id").set_index("slice_id")
-        return table[[(store / a).is_file() for a in table["array"]]]
-
     def _gallery_options(self) -> list:
-        self._gallery = self._gallery_table()
+        self._gallery = gallery_table(self.workspace)
         if self._gallery is None or self._gallery.empty:
             return [("(no test slices: run dvc repro)", None)]
         options = [("— pick a test slice —", None)]
@@ -702,7 +482,7 @@ class App(widgets.VBox):
             decoded = classify.decode_upload(name, data, max_bytes=self.max_upload)
         except classify.UploadError as exc:
             self._clear_source()
-            self.message.value = _message("error", str(exc))
+            self.message.value = render.message("error", str(exc))
             return
         self._quiet = True
         try:
@@ -813,7 +593,7 @@ class App(widgets.VBox):
         options = self.options()
         if options.cropped and not self.source_cleaned:
             raw = classify._manual_crop(raw, options.crop)
-        shown = _thumbnail(_display_uint8(raw))
+        shown = render.thumbnail(render.display_uint8(raw))
         try:
             cleaned, info = classify.prepare(
                 self.source,
@@ -825,9 +605,9 @@ class App(widgets.VBox):
         except (PreprocessError, classify.ClassifyError) as exc:
             self.cleaned, self.cleaned_info = None, None
             self.preview.value = b""
-            self.raw_view.value = png_bytes(shown)
+            self.raw_view.value = render.png_bytes(shown)
             self.preview_info.value = ""
-            self.message.value = _message(
+            self.message.value = render.message(
                 "error", f"{exc}. Try another sensitivity or crop, or another image."
             )
             return
@@ -836,9 +616,9 @@ class App(widgets.VBox):
             r0, r1, c0, c1 = (int(round(b * scale)) for b in info["box"])
             shown = cv2.cvtColor(shown, cv2.COLOR_GRAY2RGB) if shown.ndim == 2 else shown.copy()
             cv2.rectangle(shown, (c0, r0), (c1 - 1, r1 - 1), (230, 120, 0), 1)
-        self.raw_view.value = png_bytes(shown)
+        self.raw_view.value = render.png_bytes(shown)
         self.cleaned, self.cleaned_info = cleaned, info
-        self.preview.value = png_bytes(cleaned)
+        self.preview.value = render.png_bytes(cleaned)
         truth = (
             f"; true genus: <b>{html.escape(self.source_truth)}</b>" if self.source_truth else ""
         )
@@ -848,14 +628,14 @@ class App(widgets.VBox):
         )
         low = info["fraction"] < self.base_config.min_fraction and not self.source_cleaned
         if low:
-            self.message.value = _message(
+            self.message.value = render.message(
                 "warn",
                 f"The fossil covers only {100 * info['fraction']:.1f}% of the image — training "
                 f"dropped sections under {100 * self.base_config.min_fraction:.0f}%. "
                 "Crop closer or raise the sensitivity.",
             )
         elif not self._classifier_error:
-            self.message.value = _message("info", "Ready: press Classify.")
+            self.message.value = render.message("info", "Ready: press Classify.")
 
     # ------------------------------------------------------------------ classify
     def _check_artefacts(self) -> None:
@@ -868,7 +648,7 @@ class App(widgets.VBox):
                 + str(self.workspace)
                 + " first, then reload this page."
             )
-            self.message.value = _message("error", self._classifier_error)
+            self.message.value = render.message("error", self._classifier_error)
             self.classify_button.disabled = True
             self.scan_button.disabled = True
 
@@ -900,49 +680,51 @@ class App(widgets.VBox):
 
     def _classify(self) -> None:
         if self._classifier_error:
-            self.message.value = _message("error", self._classifier_error)
+            self.message.value = render.message("error", self._classifier_error)
             return
         if self.cleaned is None:
-            self.message.value = _message(
+            self.message.value = render.message(
                 "error",
                 "Nothing to classify yet: upload an image or volume, or pick a test slice "
                 "(and make sure the cleaned preview shows the fossil).",
             )
             return
         if self._classifier is None:
-            self.message.value = _message("info", "Loading the models (first time only)…")
+            self.message.value = render.message("info", "Loading the models (first time only)…")
         try:
             clf = self.classifier()
         except classify.ArtefactError as exc:
             self._classifier_error = str(exc)
-            self.message.value = _message("error", str(exc))
+            self.message.value = render.message("error", str(exc))
             return
         t0 = time.perf_counter()
         pred = clf.predict(self.cleaned, preprocessing=self.cleaned_info)
         seconds = time.perf_counter() - t0
         self.prediction = pred
-        self.top5.value = _top5_html(pred)
-        self.probabilities.value = probability_chart(pred.probabilities, highlight=pred.genus)
+        self.top5.value = render.top5_html(pred)
+        self.probabilities.value = render.probability_chart(
+            pred.probabilities, highlight=pred.genus
+        )
         if pred.uncertain:
-            self.uncertain.value = _uncertain_html(pred)
+            self.uncertain.value = render.uncertain_html(pred)
             _hide(self.uncertain, False)
         else:
             self.uncertain.value = ""
             _hide(self.uncertain)
         try:
             heat = clf.grad_cam(self.cleaned, pred.genus)
-            self.gradcam.value = png_bytes(classify.overlay(self.cleaned, heat))
+            self.gradcam.value = render.png_bytes(classify.overlay(self.cleaned, heat))
             cam_note = f"Grad-CAM of {clf.main} for {pred.genus}."
         except classify.ClassifyError as exc:
             self.gradcam.value = b""
             cam_note = f"No heat map: {exc}"
-        self.metadata.value = _metadata_html(pred, seconds, cam_note)
+        self.metadata.value = render.metadata_html(pred, seconds, cam_note)
         _hide(self.results_box, False)
         truth = ""
         if self.source_truth:
             verdict = "correct" if self.source_truth == pred.genus else "not correct"
             truth = f" The true genus is {self.source_truth}: {verdict}."
-        self.message.value = _message(
+        self.message.value = render.message(
             "info", f"Classified {self.source_name} in {seconds:.2f} s.{truth}"
         )
 
@@ -963,9 +745,9 @@ class App(widgets.VBox):
         try:
             action()
         except (PreprocessError, classify.ClassifyError, ValueError) as exc:
-            self.message.value = _message("error", str(exc))
+            self.message.value = render.message("error", str(exc))
         except Exception as exc:  # noqa: BLE001 - the page must survive anything
-            self.message.value = _message(
+            self.message.value = render.message(
                 "error", f"Unexpected error ({type(exc).__name__}): {exc}"
             )
 
@@ -997,10 +779,10 @@ class App(widgets.VBox):
 
     def _classify_scan(self) -> None:
         if self._classifier_error:
-            self.message.value = _message("error", self._classifier_error)
+            self.message.value = render.message("error", self._classifier_error)
             return
         if self.volume is None:
-            self.message.value = _message(
+            self.message.value = render.message(
                 "error", "No scan to classify: upload a NIfTI volume or a TIFF stack first."
             )
             return
@@ -1032,11 +814,11 @@ class App(widgets.VBox):
             calibration, note = self.scan_calibration()
         except classify.ArtefactError as exc:
             self._classifier_error = str(exc)
-            self.message.value = _message("error", str(exc))
+            self.message.value = render.message("error", str(exc))
             return None
         config, source = scan.slicing_defaults(self.workspace)
         config = dataclasses.replace(config, preprocess=clf.preprocess)
-        self.message.value = _message("info", f"Classifying the whole scan {volume.name}…")
+        self.message.value = render.message("info", f"Classifying the whole scan {volume.name}…")
         t0 = time.perf_counter()
         answer = scan.classify_scan(
             clf,
@@ -1057,15 +839,15 @@ class App(widgets.VBox):
     def _show_scan(self, answer: scan.ScanAnswer, seconds: float, note: str | None) -> None:
         """Fill the whole-scan results with `answer` (made in `seconds`)."""
         self.scan_answer = answer
-        self.scan_uncertain.value = _scan_uncertain_html(answer, note)
-        self.scan_table.value = _scan_table_html(answer.ranking)
-        self.scan_summary.value = _scan_summary_html(answer, seconds)
-        self.scan_thumbs.value = _scan_sections_html(answer)
+        self.scan_uncertain.value = render.scan_uncertain_html(answer, note)
+        self.scan_table.value = render.scan_table_html(answer.ranking)
+        self.scan_summary.value = render.scan_summary_html(answer, seconds)
+        self.scan_thumbs.value = render.scan_sections_html(answer)
         self.scan_progress.value = 1.0
         self.scan_status.value = ""
         _hide(self.scan_results, False)
         flag = " (uncertain)" if answer.uncertain else ""
-        self.message.value = _message(
+        self.message.value = render.message(
             "info",
             f"Classified the whole scan {answer.name}: {answer.genus}{flag}, from "
             f"{answer.metadata.get('n_sections', len(answer.images))} sections in "
@@ -1155,7 +937,7 @@ class App(widgets.VBox):
         try:
             col = self.collection()
         except Exception as exc:  # noqa: BLE001 - missing index, old index, import error
-            self.match_message.value = _message("error", _index_hint(exc))
+            self.match_message.value = render.message("error", render.index_hint(exc))
             self.match_button.disabled = True
             return
         self.match_button.disabled = False
@@ -1183,7 +965,7 @@ class App(widgets.VBox):
     def go_to_match(self) -> None:
         """Carry the current slice to the matching page ("find this slice in 3D")."""
         if self.source is None:
-            self.message.value = _message("error", "Upload or pick a slice first.")
+            self.message.value = render.message("error", "Upload or pick a slice first.")
             return
         options = self.options()
         try:
@@ -1198,7 +980,7 @@ class App(widgets.VBox):
                     else np.asarray(self.source)
                 )
         except classify.ClassifyError as exc:
-            self.message.value = _message("error", str(exc))
+            self.message.value = render.message("error", str(exc))
             return
         self.match_query = query
         self.match_query_name = self.source_name
@@ -1212,7 +994,9 @@ class App(widgets.VBox):
                 "press <b>Find this slice in 3D</b>.</p>"
             )
             return
-        self.match_query_view.value = png_bytes(_thumbnail(_display_uint8(self.match_query)))
+        self.match_query_view.value = render.png_bytes(
+            render.thumbnail(render.display_uint8(self.match_query))
+        )
         predicted = (
             f"<br>Predicted genus: <b>{html.escape(self.prediction.genus)}</b>"
             if self.prediction is not None
@@ -1226,14 +1010,14 @@ class App(widgets.VBox):
         try:
             self._run_match()
         except Exception as exc:  # noqa: BLE001 - the page must survive anything
-            self.match_message.value = _message("error", f"{exc}")
+            self.match_message.value = render.message("error", f"{exc}")
             self.match_status.value = ""
 
     def _run_match(self) -> None:
         from foramlib import matching, view3d  # noqa: F401 - view3d checked early
 
         if self.match_query is None:
-            self.match_message.value = _message(
+            self.match_message.value = render.message(
                 "error",
                 "No slice to match: upload or pick one on the classification page, then "
                 "press 'Find this slice in 3D'.",
@@ -1242,13 +1026,13 @@ class App(widgets.VBox):
         try:
             col = self.collection()
         except Exception as exc:  # noqa: BLE001
-            self.match_message.value = _message("error", _index_hint(exc))
+            self.match_message.value = render.message("error", render.index_hint(exc))
             return
         species = list(self.match_genera.value) or None
         specimens = list(self.match_specimens.value) or None
         if self.match_predicted.value:
             if self.prediction is None:
-                self.match_message.value = _message(
+                self.match_message.value = render.message(
                     "error",
                     "No predicted genus yet: classify the slice first, or untick 'within the "
                     "predicted genus only'.",
@@ -1256,7 +1040,7 @@ class App(widgets.VBox):
                 return
             genus = self.prediction.genus
             if genus not in col.genera:
-                self.match_message.value = _message(
+                self.match_message.value = render.message(
                     "error", f"The predicted genus {genus} has no indexed specimens."
                 )
                 return
@@ -1268,7 +1052,7 @@ class App(widgets.VBox):
         self.match_results.value = ""
         self.match_view.value = b""
         self.match_choice.options = []
-        self.match_message.value = _message("info", "Searching…")
+        self.match_message.value = render.message("info", "Searching…")
 
         def progress(fraction, message):
             self.match_progress.value = float(np.clip(fraction, 0.0, 1.0))
@@ -1290,20 +1074,20 @@ class App(widgets.VBox):
         except (matching.MatchError, PreprocessError, ValueError) as exc:
             self.match_progress.value = 0.0
             self.match_status.value = ""
-            self.match_message.value = _message("error", str(exc))
+            self.match_message.value = render.message("error", str(exc))
             return
         seconds = time.perf_counter() - t0
         self.match_progress.value = 1.0
         self.matches = matches
         if not matches:
-            self.match_message.value = _message("warn", "No candidate sections matched.")
+            self.match_message.value = render.message("warn", "No candidate sections matched.")
             return
         where = []
         if species:
             where.append("genera " + ", ".join(species))
         if specimens:
             where.append("specimens " + ", ".join(specimens))
-        self.match_message.value = _message(
+        self.match_message.value = render.message(
             "info",
             f"{len(matches)} best matches in {seconds:.1f} s"
             + (f" (within {'; '.join(where)})" if where else " (whole collection)")
@@ -1315,7 +1099,7 @@ class App(widgets.VBox):
                 else ""
             ),
         )
-        self.match_results.value = _matches_html(self.match_query, matches)
+        self.match_results.value = render.matches_html(self.match_query, matches)
         self._quiet = True
         try:
             self.match_choice.options = [
@@ -1333,7 +1117,7 @@ class App(widgets.VBox):
         try:
             self.show_match(int(change["new"]))
         except Exception as exc:  # noqa: BLE001
-            self.match_message.value = _message("error", f"Cannot draw the 3D view: {exc}")
+            self.match_message.value = render.message("error", f"Cannot draw the 3D view: {exc}")
 
     def show_match(self, i: int) -> None:
         """Draw match `i`'s plane inside its specimen (the 3D view)."""
@@ -1342,278 +1126,16 @@ class App(widgets.VBox):
 
         m = self.matches[i]
         volume = self._collection.volume(m.specimen_id)
-        source = self._data_source()
+        source = data_source(self.workspace, self.metrics)
         label = " (virtual specimen)" if source == "virtual" else ""
         fig = view3d.plane_figure(
             volume,
             Plane(tuple(m.normal), float(m.offset), float(m.angle_deg)),
             title=f"{m.specimen_id} — {m.species}{label}: combined score "
             f"{m.scores['combined']:.2f}",
-            section=[("your slice", _display_uint8(self.match_query)), ("matched", m.image)],
+            section=[("your slice", render.display_uint8(self.match_query)), ("matched", m.image)],
         )
         self.match_view.value = view3d.figure_png(fig, dpi=80)
-
-
-# --------------------------------------------------------------------------- html parts
-
-
-def _default_collection_loader(workspace: Path):
-    from foramlib.indexing import load_collection
-
-    index_dir = Path(workspace) / "data" / "index"
-    if not index_dir.is_dir():
-        raise FileNotFoundError(f"{index_dir} does not exist")
-    return load_collection(index_dir=index_dir, workspace=workspace)
-
-
-def _index_hint(exc: Exception) -> str:
-    return (
-        f"The 3D search index is not available ({exc}). Run `dvc repro index` in the "
-        "workspace first (it indexes the specimen volumes into data/index), then reload."
-    )
-
-
-def _pct(p: float) -> str:
-    return f"{100 * p:.1f}%"
-
-
-def _top5_html(pred: classify.Prediction) -> str:
-    rows = "".join(
-        f'<tr class="foram-rank-{i}"><td>{i}</td><td>{html.escape(g)}</td><td>{_pct(p)}</td></tr>'
-        for i, (g, p) in enumerate(pred.top5, start=1)
-    )
-    return f"<table><tr><th>Rank</th><th>Genus</th><th>Confidence</th></tr>{rows}</table>"
-
-
-def _uncertain_html(pred: classify.Prediction) -> str:
-    cal = pred.threshold
-    if cal is None:
-        why = "no validation predictions were found to calibrate a confidence threshold."
-    elif not cal.reached:
-        why = (
-            f"on the validation slices no confidence level reached the required "
-            f"{_pct(cal.target_precision)} precision, so every answer is flagged."
-        )
-    else:
-        why = (
-            f"the top probability {_pct(pred.confidence)} is below the calibrated threshold "
-            f"{_pct(cal.threshold)} (validation predictions at or above it were right "
-            f"{_pct(cal.precision)} of the time)."
-        )
-    return (
-        '<div class="foram-uncertain-box"><b>⚠ Uncertain result</b> — '
-        f"{html.escape(why)} The slice may be ambiguous, badly segmented, or from a genus "
-        "outside the trained genera; treat the ranking as a suggestion and check the other "
-        "candidates.</div>"
-    )
-
-
-def _scan_table_html(ranking, top: int = 5) -> str:
-    """The whole-scan ranking as a table, the winner highlighted.
-
-    Parameters
-    ----------
-    ranking : list of foramlib.scan.GenusScore
-        Most probable first (:func:`foramlib.scan.rank_genera`).
-    top : int
-        Rows shown.
-
-    Returns
-    -------
-    str
-        A ``<table>``; row ``i`` has the class ``foram-rank-i`` (the first one also
-        ``foram-scan-winner``).
-
-    Examples
-    --------
-    >>> from foramlib.scan import GenusScore
-    >>> html_ = _scan_table_html([GenusScore("A", 0.7, 0.1, 0.75), GenusScore("B", 0.3, 0.1, 0.25)])
-    >>> 'class="foram-rank-1 foram-scan-winner"><td>1</td><td>A</td><td>70.0%</td>' in html_
-    True
-    """
-    rows = "".join(
-        f'<tr class="foram-rank-{i}{" foram-scan-winner" if i == 1 else ""}">'
-        f"<td>{i}</td><td>{html.escape(g.genus)}</td><td>{_pct(g.probability)}</td>"
-        f"<td>±{_pct(g.sd)}</td><td>{g.vote_share:.0%}</td></tr>"
-        for i, g in enumerate(ranking[:top], start=1)
-    )
-    head = (
-        "<tr><th>Rank</th><th>Genus</th><th>Mean probability</th><th>SD over sections</th>"
-        "<th>Top-1 share</th></tr>"
-    )
-    return f"<table>{head}{rows}</table>"
-
-
-def _scan_uncertain_html(answer: scan.ScanAnswer, note: str | None = None) -> str:
-    """Which uncertainty rule applies to a whole-scan answer, in the page's words.
-
-    Parameters
-    ----------
-    answer : foramlib.scan.ScanAnswer
-    note : str, optional
-        Why there is no specimen-level calibration (shown when there is none).
-
-    Returns
-    -------
-    str
-        The warning box of :func:`_uncertain_html` when the answer is uncertain (no
-        calibration, target not reached, or under the threshold), else an info line
-        naming the threshold it passed.
-    """
-    cal = answer.calibration
-    winner = _pct(answer.confidence)
-    if cal is None:
-        why = (
-            "no threshold could be calibrated on the validation specimens"
-            + (f" ({note})" if note else "")
-            + ", so every whole-scan answer is flagged."
-        )
-    elif not cal.reached:
-        why = (
-            f"on the {cal.n_val} validation specimens no mean probability reached the "
-            f"required {_pct(cal.target_precision)} precision, so every whole-scan answer "
-            "is flagged."
-        )
-    elif answer.uncertain:
-        why = (
-            f"the winner's mean probability {winner} is below the threshold "
-            f"{_pct(cal.threshold)} calibrated on {cal.n_val} validation specimens "
-            f"(specimens at or above it were right {_pct(cal.precision)} of the time)."
-        )
-    else:
-        return _message(
-            "info",
-            f"The winner's mean probability {winner} is at or above the threshold "
-            f"{_pct(cal.threshold)} calibrated on {cal.n_val} validation specimens "
-            f"(specimens at or above it were right {_pct(cal.precision)} of the time).",
-        )
-    return (
-        '<div class="foram-uncertain-box"><b>⚠ Uncertain result</b> — '
-        f"{html.escape(why)} The scan may hold a genus outside the trained genera, or "
-        "its sections may be noisy or badly segmented; treat the ranking as a suggestion "
-        "and check the other candidates and the sections below.</div>"
-    )
-
-
-def _scan_summary_html(answer: scan.ScanAnswer, seconds: float) -> str:
-    """One line: the answer, the sections cut and kept, the time and the settings.
-
-    Parameters
-    ----------
-    answer : foramlib.scan.ScanAnswer
-    seconds : float
-        Wall time of the whole classification.
-    """
-    md = answer.metadata
-    kept = int(md.get("n_sections", len(answer.images)))
-    cut = int(md.get("candidates", kept))
-    dropped = int(md.get("low_content", cut - kept))
-    parts = [
-        f"{html.escape(answer.name)}: <b>{html.escape(answer.genus)}</b>, mean probability "
-        f"{_pct(answer.confidence)} over {kept} sections ({html.escape(md.get('ensemble', '?'))})."
-    ]
-    parts.append(
-        f"Cut {cut} sections, kept {kept}"
-        + (f" ({dropped} dropped: too little fossil)" if dropped else "")
-        + f", in {seconds:.1f} s"
-        + (f" ({md['seconds']['cut']:.1f} s cutting)" if "seconds" in md else "")
-        + "."
-    )
-    extra = []
-    if md.get("slicing_source"):
-        extra.append(f"slicer settings from {html.escape(str(md['slicing_source']))}")
-    if md.get("resampled_from_um"):
-        sp = "×".join(f"{s:g}" for s in md["resampled_from_um"])
-        extra.append(f"voxels resampled to isotropic from {sp} µm")
-    if md.get("assumed_isotropic"):
-        extra.append("voxel size unknown (TIFF stack): voxels taken as isotropic")
-    if extra:
-        parts.append("<span class='foram-muted'>" + "; ".join(extra) + ".</span>")
-    return "<p>" + " ".join(parts) + "</p>"
-
-
-def _scan_sections_html(answer: scan.ScanAnswer, n: int = SCAN_THUMBNAILS) -> str:
-    """Thumbnails of the `n` most confident sections, each with its own top-1.
-
-    Parameters
-    ----------
-    answer : foramlib.scan.ScanAnswer
-    n : int
-        Sections shown (the most confident first; ties in section order).
-    """
-    conf = np.asarray(answer.sections["confidence"], dtype=np.float64)
-    picks = np.argsort(-conf, kind="stable")[:n]
-    cells = []
-    for i in picks:
-        genus = str(answer.sections["top1"].iloc[i])
-        uri = _data_uri(_thumbnail(np.asarray(answer.images[i], dtype=np.uint8), 96))
-        cells.append(
-            f'<div class="foram-scan-thumb"><img src="{uri}" width="72" height="72" '
-            f'alt="section {i + 1}">{html.escape(genus)} {_pct(conf[i])}</div>'
-        )
-    return (
-        f"<div><b>The {len(picks)} most confident sections</b> <span class='foram-muted'>"
-        "(as the models saw them, with their own top-1)</span></div>"
-        f"<div>{''.join(cells)}</div>"
-    )
-
-
-def _metadata_html(pred: classify.Prediction, seconds: float, cam_note: str) -> str:
-    md = pred.metadata
-    pp = md.get("preprocessing") or {}
-    cfg = pp.get("config", md.get("preprocessing_defaults", {}))
-    members = ", ".join(
-        f"{html.escape(m)} ({md['input_size'][m]} px)" + (" — main" if m == md["main"] else "")
-        for m in md["members"]
-    )
-    crop = pp.get("crop", [0, 1, 0, 1])
-    crop_txt = (
-        "none"
-        if list(crop) == [0.0, 1.0, 0.0, 1.0]
-        else "rows {:.0%}–{:.0%}, columns {:.0%}–{:.0%}".format(*crop)
-    )
-    cal = md.get("calibration")
-    cal_txt = (
-        "not calibrated (no validation predictions)"
-        if not cal
-        else (
-            f"{_pct(cal['threshold'])}: {html.escape(cal['rule'])}; on "
-            f"{cal['n_val']} validation slices precision {_pct(cal['precision'])}, "
-            f"coverage {_pct(cal['coverage'])}"
-            if cal["reached"]
-            else f"target {_pct(cal['target_precision'])} not reached on validation"
-        )
-    )
-    kind = (
-        f"main model {md['main']}, patch model for the weak genera " + ", ".join(md.get("weak", []))
-        if md["kind"] == "patch"
-        else f"soft vote of {len(md['members'])} model(s)"
-    )
-    switched = ""
-    if "patch_switched" in md:
-        switched = " (patch model used for this slice)" if md["patch_switched"] else ""
-    rows = [
-        ("Model", f"{html.escape(md['ensemble'])} — {kind}{switched}"),
-        ("Members", members),
-        ("Classes", str(md["classes"])),
-        (
-            "Preprocessing",
-            f"{html.escape(pp.get('source', '?'))}; size {cfg.get('size')} px, sensitivity "
-            f"{cfg.get('sensitivity')}, CLAHE {cfg.get('clahe')}, denoise "
-            f"{cfg.get('denoise')}, sharpen {cfg.get('sharpen')}, manual crop {crop_txt}"
-            + (
-                f"; shrunk from {pp['downscaled_from'][0]}×{pp['downscaled_from'][1]} px"
-                if pp.get("downscaled_from")
-                else ""
-            ),
-        ),
-        ("Training settings from", html.escape(md["sources"].get("preprocessing", "?"))),
-        ("Uncertainty threshold", cal_txt),
-        ("Heat map", html.escape(cam_note)),
-        ("Time", f"{seconds:.2f} s (all members + combination)"),
-    ]
-    body = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows)
-    return f"<details open><summary><b>Details</b></summary><table>{body}</table></details>"
 
 
 def _crop_slider(description: str, css_class: str):
@@ -1627,28 +1149,3 @@ def _crop_slider(description: str, css_class: str):
         continuous_update=False,
     )
     return _cls(slider, css_class)
-
-
-def _matches_html(query: np.ndarray, matches) -> str:
-    q = _data_uri(_thumbnail(_display_uint8(query), 96))
-    rows = []
-    for i, m in enumerate(matches, start=1):
-        s = m.scores
-        img = _data_uri(_thumbnail(np.asarray(m.image, dtype=np.uint8), 96))
-        rows.append(
-            f'<tr class="foram-match-{i}"><td>{i}</td><td>{html.escape(m.specimen_id)}</td>'
-            f"<td>{html.escape(m.species)}</td>"
-            f'<td><img src="{q}" width="72"> <img src="{img}" width="72"></td>'
-            f"<td>{s['combined']:.3f}</td><td>{s['dice']:.3f}</td><td>{s['ncc']:.3f}</td>"
-            f"<td>{s.get('texture', float('nan')):.3f}</td>"
-            f"<td>{s['ssim']:.3f}</td><td>{s['descriptor']:.3f}</td>"
-            f"<td>n=({m.normal[0]:.2f}, {m.normal[1]:.2f}, {m.normal[2]:.2f}), "
-            f"offset {m.offset:.1f} vox, angle {m.angle_deg:.0f}°</td></tr>"
-        )
-    head = (
-        "<tr><th>#</th><th>Specimen</th><th>Genus</th><th>Yours | matched</th>"
-        "<th>Combined</th><th>Dice</th><th>NCC</th><th>Texture</th><th>SSIM</th>"
-        "<th>Descriptor</th>"
-        "<th>Plane</th></tr>"
-    )
-    return f"<table>{head}{''.join(rows)}</table>"

@@ -1,0 +1,473 @@
+"""The dashboard's HTML and images: pure functions of results (no widgets here).
+
+Each function turns a result (a :class:`~foramlib.classify.Prediction`, a
+:class:`~foramlib.scan.ScanAnswer`, matches, ``metrics.json``) into the HTML or PNG
+a page shows, so the wording and the numbers are tested without a browser. The CSS
+classes (``foram-*``) are the browser tests' handles; see ``book/dashboard.md``.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+
+import cv2
+import numpy as np
+
+from foramlib import classify, scan
+
+__all__ = [
+    "STYLE",
+    "SCAN_THUMBNAILS",
+    "png_bytes",
+    "display_uint8",
+    "thumbnail",
+    "data_uri",
+    "probability_chart",
+    "message",
+    "index_hint",
+    "pct",
+    "dataset_html",
+    "performance_html",
+    "top5_html",
+    "uncertain_html",
+    "scan_table_html",
+    "scan_uncertain_html",
+    "scan_summary_html",
+    "scan_sections_html",
+    "metadata_html",
+    "matches_html",
+]
+
+SCAN_THUMBNAILS = 8  # sections shown under a whole-scan answer
+
+STYLE = """
+<style>
+.foram-app { max-width: 1200px; font-family: sans-serif; }
+.foram-app table { border-collapse: collapse; margin: 4px 0; }
+.foram-app th, .foram-app td { border-bottom: 1px solid #ddd; padding: 3px 10px;
+  text-align: left; vertical-align: middle; }
+.foram-app tr.foram-rank-1 td, .foram-app tr.foram-match-1 td { font-weight: bold; }
+.foram-msg-error { color: #a40000; background: #fff0f0; padding: 6px; border-radius: 4px; }
+.foram-msg-info { color: #1f3d66; background: #eef4fb; padding: 6px; border-radius: 4px; }
+.foram-msg-warn { color: #6b4a00; background: #fff7dd; padding: 6px; border-radius: 4px; }
+.foram-uncertain-box { color: #6b4a00; background: #fff3cd; border: 1px solid #e0b400;
+  padding: 8px; border-radius: 4px; }
+.foram-muted { color: #666; font-size: 90%; }
+.foram-app tr.foram-scan-winner td { background: #fdebd3; }
+.foram-scan-thumb { display: inline-block; margin: 2px 4px; text-align: center;
+  font-size: 85%; }
+.foram-scan-thumb img { display: block; image-rendering: pixelated; }
+</style>
+"""
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """PNG of a 2-D (gray) or RGB uint8 image.
+
+    >>> png_bytes(np.zeros((4, 4), np.uint8))[:4]
+    b'\\x89PNG'
+    """
+    img = np.asarray(image)
+    if img.ndim == 3:
+        img = cv2.cvtColor(img, cv2.COLOR_RGB2BGR)
+    ok, buf = cv2.imencode(".png", img)
+    if not ok:
+        raise ValueError(f"cannot encode an image of shape {img.shape} as PNG")
+    return buf.tobytes()
+
+
+def display_uint8(image: np.ndarray) -> np.ndarray:
+    """Any section → uint8 gray (or RGB) for display, stretched between 0.5/99.5 %."""
+    arr = np.asarray(image)
+    if arr.ndim == 3 and arr.shape[2] == 4:
+        arr = arr[..., :3]
+    arr = arr.astype(np.float32)
+    lo, hi = np.percentile(arr, [0.5, 99.5]) if arr.size else (0.0, 1.0)
+    if hi <= lo:
+        hi = lo + 1.0
+    return np.round(np.clip((arr - lo) / (hi - lo), 0, 1) * 255).astype(np.uint8)
+
+
+def thumbnail(image: np.ndarray, side: int = 256) -> np.ndarray:
+    h, w = image.shape[:2]
+    scale = min(1.0, side / max(h, w))
+    if scale < 1.0:
+        image = cv2.resize(
+            image, (max(1, round(w * scale)), max(1, round(h * scale))), cv2.INTER_AREA
+        )
+    return image
+
+
+def data_uri(image: np.ndarray) -> str:
+    return "data:image/png;base64," + base64.b64encode(png_bytes(image)).decode("ascii")
+
+
+def probability_chart(probabilities: dict[str, float], highlight: str | None = None) -> bytes:
+    """Horizontal bar chart (PNG) of every genus' probability, largest on top."""
+    from matplotlib.figure import Figure
+
+    items = sorted(probabilities.items(), key=lambda kv: kv[1])
+    fig = Figure(figsize=(5.2, 0.26 * len(items) + 0.9), layout="constrained")
+    ax = fig.add_subplot()
+    colours = ["#d9822b" if k == highlight else "#4a78a8" for k, _ in items]
+    ax.barh([k for k, _ in items], [100 * v for _, v in items], color=colours)
+    ax.set_xlim(0, 100)
+    ax.set_xlabel("probability (%)")
+    ax.tick_params(axis="y", labelsize=8)
+    ax.set_title("All genera", fontsize=9)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    return buf.getvalue()
+
+
+def message(kind: str, text: str) -> str:
+    return f'<div class="foram-msg-{kind}">{html.escape(text)}</div>'
+
+
+def index_hint(exc: Exception) -> str:
+    return (
+        f"The 3D search index is not available ({exc}). Run `dvc repro index` in the "
+        "workspace first (it indexes the specimen volumes into data/index), then reload."
+    )
+
+
+def pct(p: float) -> str:
+    return f"{100 * p:.1f}%"
+
+
+def top5_html(pred: classify.Prediction) -> str:
+    rows = "".join(
+        f'<tr class="foram-rank-{i}"><td>{i}</td><td>{html.escape(g)}</td><td>{pct(p)}</td></tr>'
+        for i, (g, p) in enumerate(pred.top5, start=1)
+    )
+    return f"<table><tr><th>Rank</th><th>Genus</th><th>Confidence</th></tr>{rows}</table>"
+
+
+def uncertain_html(pred: classify.Prediction) -> str:
+    cal = pred.threshold
+    if cal is None:
+        why = "no validation predictions were found to calibrate a confidence threshold."
+    elif not cal.reached:
+        why = (
+            f"on the validation slices no confidence level reached the required "
+            f"{pct(cal.target_precision)} precision, so every answer is flagged."
+        )
+    else:
+        why = (
+            f"the top probability {pct(pred.confidence)} is below the calibrated threshold "
+            f"{pct(cal.threshold)} (validation predictions at or above it were right "
+            f"{pct(cal.precision)} of the time)."
+        )
+    return (
+        '<div class="foram-uncertain-box"><b>⚠ Uncertain result</b> — '
+        f"{html.escape(why)} The slice may be ambiguous, badly segmented, or from a genus "
+        "outside the trained genera; treat the ranking as a suggestion and check the other "
+        "candidates.</div>"
+    )
+
+
+def scan_table_html(ranking, top: int = 5) -> str:
+    """The whole-scan ranking as a table, the winner highlighted.
+
+    Parameters
+    ----------
+    ranking : list of foramlib.scan.GenusScore
+        Most probable first (:func:`foramlib.scan.rank_genera`).
+    top : int
+        Rows shown.
+
+    Returns
+    -------
+    str
+        A ``<table>``; row ``i`` has the class ``foram-rank-i`` (the first one also
+        ``foram-scan-winner``).
+
+    Examples
+    --------
+    >>> from foramlib.scan import GenusScore
+    >>> html_ = scan_table_html([GenusScore("A", 0.7, 0.1, 0.75), GenusScore("B", 0.3, 0.1, 0.25)])
+    >>> 'class="foram-rank-1 foram-scan-winner"><td>1</td><td>A</td><td>70.0%</td>' in html_
+    True
+    """
+    rows = "".join(
+        f'<tr class="foram-rank-{i}{" foram-scan-winner" if i == 1 else ""}">'
+        f"<td>{i}</td><td>{html.escape(g.genus)}</td><td>{pct(g.probability)}</td>"
+        f"<td>±{pct(g.sd)}</td><td>{g.vote_share:.0%}</td></tr>"
+        for i, g in enumerate(ranking[:top], start=1)
+    )
+    head = (
+        "<tr><th>Rank</th><th>Genus</th><th>Mean probability</th><th>SD over sections</th>"
+        "<th>Top-1 share</th></tr>"
+    )
+    return f"<table>{head}{rows}</table>"
+
+
+def scan_uncertain_html(answer: scan.ScanAnswer, note: str | None = None) -> str:
+    """Which uncertainty rule applies to a whole-scan answer, in the page's words.
+
+    Parameters
+    ----------
+    answer : foramlib.scan.ScanAnswer
+    note : str, optional
+        Why there is no specimen-level calibration (shown when there is none).
+
+    Returns
+    -------
+    str
+        The warning box of :func:`uncertain_html` when the answer is uncertain (no
+        calibration, target not reached, or under the threshold), else an info line
+        naming the threshold it passed.
+    """
+    cal = answer.calibration
+    winner = pct(answer.confidence)
+    if cal is None:
+        why = (
+            "no threshold could be calibrated on the validation specimens"
+            + (f" ({note})" if note else "")
+            + ", so every whole-scan answer is flagged."
+        )
+    elif not cal.reached:
+        why = (
+            f"on the {cal.n_val} validation specimens no mean probability reached the "
+            f"required {pct(cal.target_precision)} precision, so every whole-scan answer "
+            "is flagged."
+        )
+    elif answer.uncertain:
+        why = (
+            f"the winner's mean probability {winner} is below the threshold "
+            f"{pct(cal.threshold)} calibrated on {cal.n_val} validation specimens "
+            f"(specimens at or above it were right {pct(cal.precision)} of the time)."
+        )
+    else:
+        return message(
+            "info",
+            f"The winner's mean probability {winner} is at or above the threshold "
+            f"{pct(cal.threshold)} calibrated on {cal.n_val} validation specimens "
+            f"(specimens at or above it were right {pct(cal.precision)} of the time).",
+        )
+    return (
+        '<div class="foram-uncertain-box"><b>⚠ Uncertain result</b> — '
+        f"{html.escape(why)} The scan may hold a genus outside the trained genera, or "
+        "its sections may be noisy or badly segmented; treat the ranking as a suggestion "
+        "and check the other candidates and the sections below.</div>"
+    )
+
+
+def scan_summary_html(answer: scan.ScanAnswer, seconds: float) -> str:
+    """One line: the answer, the sections cut and kept, the time and the settings.
+
+    Parameters
+    ----------
+    answer : foramlib.scan.ScanAnswer
+    seconds : float
+        Wall time of the whole classification.
+    """
+    md = answer.metadata
+    kept = int(md.get("n_sections", len(answer.images)))
+    cut = int(md.get("candidates", kept))
+    dropped = int(md.get("low_content", cut - kept))
+    parts = [
+        f"{html.escape(answer.name)}: <b>{html.escape(answer.genus)}</b>, mean probability "
+        f"{pct(answer.confidence)} over {kept} sections ({html.escape(md.get('ensemble', '?'))})."
+    ]
+    parts.append(
+        f"Cut {cut} sections, kept {kept}"
+        + (f" ({dropped} dropped: too little fossil)" if dropped else "")
+        + f", in {seconds:.1f} s"
+        + (f" ({md['seconds']['cut']:.1f} s cutting)" if "seconds" in md else "")
+        + "."
+    )
+    extra = []
+    if md.get("slicing_source"):
+        extra.append(f"slicer settings from {html.escape(str(md['slicing_source']))}")
+    if md.get("resampled_from_um"):
+        sp = "×".join(f"{s:g}" for s in md["resampled_from_um"])
+        extra.append(f"voxels resampled to isotropic from {sp} µm")
+    if md.get("assumed_isotropic"):
+        extra.append("voxel size unknown (TIFF stack): voxels taken as isotropic")
+    if extra:
+        parts.append("<span class='foram-muted'>" + "; ".join(extra) + ".</span>")
+    return "<p>" + " ".join(parts) + "</p>"
+
+
+def scan_sections_html(answer: scan.ScanAnswer, n: int = SCAN_THUMBNAILS) -> str:
+    """Thumbnails of the `n` most confident sections, each with its own top-1.
+
+    Parameters
+    ----------
+    answer : foramlib.scan.ScanAnswer
+    n : int
+        Sections shown (the most confident first; ties in section order).
+    """
+    conf = np.asarray(answer.sections["confidence"], dtype=np.float64)
+    picks = np.argsort(-conf, kind="stable")[:n]
+    cells = []
+    for i in picks:
+        genus = str(answer.sections["top1"].iloc[i])
+        uri = data_uri(thumbnail(np.asarray(answer.images[i], dtype=np.uint8), 96))
+        cells.append(
+            f'<div class="foram-scan-thumb"><img src="{uri}" width="72" height="72" '
+            f'alt="section {i + 1}">{html.escape(genus)} {pct(conf[i])}</div>'
+        )
+    return (
+        f"<div><b>The {len(picks)} most confident sections</b> <span class='foram-muted'>"
+        "(as the models saw them, with their own top-1)</span></div>"
+        f"<div>{''.join(cells)}</div>"
+    )
+
+
+def metadata_html(pred: classify.Prediction, seconds: float, cam_note: str) -> str:
+    md = pred.metadata
+    pp = md.get("preprocessing") or {}
+    cfg = pp.get("config", md.get("preprocessing_defaults", {}))
+    members = ", ".join(
+        f"{html.escape(m)} ({md['input_size'][m]} px)" + (" — main" if m == md["main"] else "")
+        for m in md["members"]
+    )
+    crop = pp.get("crop", [0, 1, 0, 1])
+    crop_txt = (
+        "none"
+        if list(crop) == [0.0, 1.0, 0.0, 1.0]
+        else "rows {:.0%}–{:.0%}, columns {:.0%}–{:.0%}".format(*crop)
+    )
+    cal = md.get("calibration")
+    cal_txt = (
+        "not calibrated (no validation predictions)"
+        if not cal
+        else (
+            f"{pct(cal['threshold'])}: {html.escape(cal['rule'])}; on "
+            f"{cal['n_val']} validation slices precision {pct(cal['precision'])}, "
+            f"coverage {pct(cal['coverage'])}"
+            if cal["reached"]
+            else f"target {pct(cal['target_precision'])} not reached on validation"
+        )
+    )
+    kind = (
+        f"main model {md['main']}, patch model for the weak genera " + ", ".join(md.get("weak", []))
+        if md["kind"] == "patch"
+        else f"soft vote of {len(md['members'])} model(s)"
+    )
+    switched = ""
+    if "patch_switched" in md:
+        switched = " (patch model used for this slice)" if md["patch_switched"] else ""
+    rows = [
+        ("Model", f"{html.escape(md['ensemble'])} — {kind}{switched}"),
+        ("Members", members),
+        ("Classes", str(md["classes"])),
+        (
+            "Preprocessing",
+            f"{html.escape(pp.get('source', '?'))}; size {cfg.get('size')} px, sensitivity "
+            f"{cfg.get('sensitivity')}, CLAHE {cfg.get('clahe')}, denoise "
+            f"{cfg.get('denoise')}, sharpen {cfg.get('sharpen')}, manual crop {crop_txt}"
+            + (
+                f"; shrunk from {pp['downscaled_from'][0]}×{pp['downscaled_from'][1]} px"
+                if pp.get("downscaled_from")
+                else ""
+            ),
+        ),
+        ("Training settings from", html.escape(md["sources"].get("preprocessing", "?"))),
+        ("Uncertainty threshold", cal_txt),
+        ("Heat map", html.escape(cam_note)),
+        ("Time", f"{seconds:.2f} s (all members + combination)"),
+    ]
+    body = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows)
+    return f"<details open><summary><b>Details</b></summary><table>{body}</table></details>"
+
+
+def matches_html(query: np.ndarray, matches) -> str:
+    q = data_uri(thumbnail(display_uint8(query), 96))
+    rows = []
+    for i, m in enumerate(matches, start=1):
+        s = m.scores
+        img = data_uri(thumbnail(np.asarray(m.image, dtype=np.uint8), 96))
+        rows.append(
+            f'<tr class="foram-match-{i}"><td>{i}</td><td>{html.escape(m.specimen_id)}</td>'
+            f"<td>{html.escape(m.species)}</td>"
+            f'<td><img src="{q}" width="72"> <img src="{img}" width="72"></td>'
+            f"<td>{s['combined']:.3f}</td><td>{s['dice']:.3f}</td><td>{s['ncc']:.3f}</td>"
+            f"<td>{s.get('texture', float('nan')):.3f}</td>"
+            f"<td>{s['ssim']:.3f}</td><td>{s['descriptor']:.3f}</td>"
+            f"<td>n=({m.normal[0]:.2f}, {m.normal[1]:.2f}, {m.normal[2]:.2f}), "
+            f"offset {m.offset:.1f} vox, angle {m.angle_deg:.0f}°</td></tr>"
+        )
+    head = (
+        "<tr><th>#</th><th>Specimen</th><th>Genus</th><th>Yours | matched</th>"
+        "<th>Combined</th><th>Dice</th><th>NCC</th><th>Texture</th><th>SSIM</th>"
+        "<th>Descriptor</th>"
+        "<th>Plane</th></tr>"
+    )
+    return f"<table>{head}{''.join(rows)}</table>"
+
+
+def dataset_html(source: str | None, counts: dict | None, workspace) -> str:
+    """The landing page's dataset paragraph: virtual collections always say so.
+
+    Examples
+    --------
+    >>> "not</i> real fossils" in dataset_html("virtual", None, ".")
+    True
+    """
+    counts_text = ""
+    if counts:
+        counts_text = (
+            f" {counts['specimens']} specimens ({counts['scans']} scans) of "
+            f"{counts['genera']} genera after curation."
+        )
+    if source == "virtual":
+        return (
+            "<h3>Dataset</h3><p><b>The virtual micro-CT collection</b> — synthetic "
+            "(virtual) specimens generated by this project to stand in for the authors' "
+            f"scans; they are <i>not</i> real fossils.{html.escape(counts_text)} The numbers "
+            "below describe how the pipeline behaves on these virtual genera, not on real "
+            "material.</p>"
+        )
+    if source:
+        return (
+            f"<h3>Dataset</h3><p>Your own collection (data source "
+            f"<code>{html.escape(source)}</code>).{html.escape(counts_text)}</p>"
+        )
+    return (
+        "<h3>Dataset</h3><p>No pipeline outputs found in "
+        f"<code>{html.escape(str(workspace))}</code>: run <code>dvc repro</code> "
+        "(or <code>make demo</code>) first.</p>"
+    )
+
+
+def performance_html(metrics: dict | None) -> str:
+    """The landing page's table of the evaluated models (``results/metrics.json``).
+
+    Examples
+    --------
+    >>> "No evaluation yet" in performance_html(None)
+    True
+    """
+    m = metrics
+    if not m or "final" not in m or m["final"] not in m.get("models", {}):
+        return (
+            "<h3>Performance</h3><p>No evaluation yet (results/metrics.json is missing): "
+            "run <code>dvc repro</code> (or <code>make demo</code>) first.</p>"
+        )
+    final = m["final"]
+    rows = []
+    for name, r in m["models"].items():
+        cells = [
+            html.escape(name) + (" (final)" if name == final else ""),
+            *(
+                f"{100 * r[k]:.1f}%" if r.get(k) is not None else "–"
+                for k in ("accuracy", "macro_f1", "top3")
+            ),
+            f"{r['auc']:.3f}" if r.get("auc") is not None else "–",
+        ]
+        style = ' style="font-weight:bold"' if name == final else ""
+        rows.append(f"<tr{style}>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    r = m["models"][final]
+    return (
+        f"<h3>Performance</h3><p>Final model: <b>{html.escape(final)}</b> — accuracy "
+        f"{100 * r['accuracy']:.1f}%, macro-F1 {100 * r['macro_f1']:.1f}% on "
+        f"{m.get('test_slices', r.get('n', '?'))} held-out test slices "
+        f"(specimens never seen in training).</p>"
+        "<table><tr><th>Model</th><th>Accuracy</th><th>Macro-F1</th><th>Top-3</th>"
+        "<th>AUC</th></tr>" + "".join(rows) + "</table>"
+    )

@@ -1,0 +1,105 @@
+"""foramlib.app.workspace and foramlib.app.render: what the dashboard reads and shows."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from foramlib.app import render, workspace
+
+
+def _write_split(root, species=("Alpha", "Beta"), per_species=7, missing_array=False):
+    rows = []
+    for s in species:
+        for k in range(per_species):
+            rows.append(
+                {
+                    "slice_id": f"{s}-1:{k:03d}",
+                    "specimen_id": f"{s}-1",
+                    "species": s,
+                    "array": f"{s}.npy",
+                    "row": k,
+                    "split": "test" if k % 2 == 0 else "train",
+                }
+            )
+    (root / "data" / "split").mkdir(parents=True)
+    (root / "data" / "slices").mkdir(parents=True)
+    pd.DataFrame(rows).to_csv(root / "data" / "split" / "index.csv", index=False)
+    for s in species[: len(species) - int(missing_array)]:
+        np.save(root / "data" / "slices" / f"{s}.npy", np.zeros((per_species, 4, 4), np.uint8))
+
+
+def test_gallery_takes_test_slices_of_each_genus_spread_over_them(tmp_path):
+    _write_split(tmp_path)
+    table = workspace.gallery_table(tmp_path, per_genus=3)
+    assert set(table["split"]) == {"test"}
+    assert table.groupby("species").size().to_dict() == {"Alpha": 3, "Beta": 3}
+    # the 4 test slices of a genus are rows 0, 2, 4, 6: first, middle and last chosen
+    assert table.loc[table["species"] == "Alpha", "row"].tolist() == [0, 4, 6]
+
+
+def test_gallery_skips_slices_whose_array_is_missing(tmp_path):
+    _write_split(tmp_path, missing_array=True)
+    assert set(workspace.gallery_table(tmp_path)["species"]) == {"Alpha"}
+
+
+@pytest.mark.parametrize(
+    "content",
+    ["slice_id,species\nx,A\n", "not,a,valid\n\x00\x01", ""],
+)
+def test_gallery_of_an_unusable_index_is_none(tmp_path, content):
+    _write_split(tmp_path)
+    (tmp_path / "data" / "split" / "index.csv").write_text(content)
+    assert workspace.gallery_table(tmp_path) is None
+
+
+def test_data_source_prefers_the_evaluated_run_then_params(tmp_path):
+    (tmp_path / "params.yaml").write_text("data:\n  source: manifest\n")
+    assert workspace.data_source(tmp_path, {"data_source": "virtual"}) == "virtual"
+    assert workspace.data_source(tmp_path, None) == "manifest"
+    (tmp_path / "params.yaml").write_text("data: [unclosed")
+    assert workspace.data_source(tmp_path, None) is None
+
+
+def test_collection_counts_of_the_curated_manifest(tmp_path):
+    (tmp_path / "data" / "curated").mkdir(parents=True)
+    pd.DataFrame(
+        {"specimen_id": ["a", "a", "b"], "species": ["X", "X", "Y"], "file": ["1", "2", "3"]}
+    ).to_csv(tmp_path / "data" / "curated" / "manifest.csv", index=False)
+    assert workspace.collection_counts(tmp_path) == {"specimens": 2, "scans": 3, "genera": 2}
+    (tmp_path / "data" / "curated" / "manifest.csv").write_text("file\n1\n")
+    assert workspace.collection_counts(tmp_path) is None
+
+
+def test_read_json_of_a_broken_file_is_none(tmp_path):
+    (tmp_path / "m.json").write_text("{")
+    assert workspace.read_json(tmp_path / "m.json") is None
+    (tmp_path / "m.json").write_text(json.dumps({"a": 1}))
+    assert workspace.read_json(tmp_path / "m.json") == {"a": 1}
+
+
+def test_dataset_paragraph_labels_virtual_data_and_escapes_names():
+    virtual = render.dataset_html("virtual", {"specimens": 2, "scans": 3, "genera": 2}, ".")
+    assert "not</i> real fossils" in virtual and "2 specimens (3 scans) of 2 genera" in virtual
+    own = render.dataset_html("<script>", None, ".")
+    assert "<script>" not in own and "&lt;script&gt;" in own
+    assert "dvc repro" in render.dataset_html(None, None, "/ws")
+
+
+def test_performance_table_marks_the_final_model():
+    metrics = {
+        "final": "Top-2",
+        "test_slices": 10,
+        "models": {
+            "a": {"accuracy": 0.5, "macro_f1": 0.4, "top3": 0.9, "auc": 0.8},
+            "Top-2": {"accuracy": 0.6, "macro_f1": 0.55, "top3": None, "auc": None},
+        },
+    }
+    out = render.performance_html(metrics)
+    assert "Final model: <b>Top-2</b> — accuracy 60.0%, macro-F1 55.0% on 10" in out
+    assert '<tr style="font-weight:bold"><td>Top-2 (final)</td>' in out
+    assert "<td>–</td>" in out  # a metric the run lacks
+    assert "No evaluation yet" in render.performance_html({"final": "x", "models": {}})
