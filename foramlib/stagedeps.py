@@ -305,7 +305,8 @@ def check_stage_config(name: str, body: dict) -> list[Problem]:
         field: {_INDEX_SUFFIX.sub("", v) for v in _CMD_VAR.findall(value)}
         for field, value in _CMD_PARAM_VALUE.findall(cmd)
     }
-    listed = _param_names(body.get("params"))
+    # a foreach stage lists `train.backbones.${key}`; its configuration says `{key}`
+    listed = [n.replace("${key}", "{key}") for n in _param_names(body.get("params"))]
     reads_file = "params_file" in set(_CMD_PARAM.findall(cmd))
     problems = []
     for field, key in cls.params_keys().items():

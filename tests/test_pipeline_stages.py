@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import operator
 import re
 from pathlib import Path
 
@@ -26,12 +27,33 @@ def params():
 def test_each_stage_config_reads_its_keys_from_params(params, name):
     cls = stage_config(name)
     assert cls.stage == name
-    cfg = cls.from_params(params)
+    configs = cls.each_from_params(params)
+    assert configs
     normalizers = {f.name: f.metadata.get("normalize") for f in dataclasses.fields(cls)}
-    for field, key in cls.params_keys().items():
-        value = lookup(params, key)
-        expected = normalizers[field](value) if normalizers[field] else value
-        assert getattr(cfg, field) == expected, (field, key)
+    for cfg in configs:
+        for field, key in cls.params_keys().items():
+            value = lookup(params, key.format(key=cfg.foreach_key))
+            expected = normalizers[field](value) if normalizers.get(field) else value
+            got = operator.attrgetter(field)(cfg)  # a dotted field: nested settings
+            if hasattr(got, "as_dict"):  # e.g. AugmentConfig: the keys params.yaml sets
+                got = {k: v for k, v in got.as_dict().items() if k in expected}
+            assert got == expected, (field, key)
+
+
+def test_train_stages_are_one_per_backbone_with_their_own_input_size(params):
+    from foramlib.pipeline.train import TrainStageConfig
+
+    configs = TrainStageConfig.each_from_params(params)
+    assert [c.backbone for c in configs] == list(params["train"]["backbones"])
+    for c in configs:
+        assert c.train.input_size == params["train"]["backbones"][c.backbone]["input_size"]
+        assert c.out_dir == f"models/{c.backbone}"
+    with pytest.raises(TypeError, match="needs backbone=<name>"):
+        TrainStageConfig.from_params(params)
+    bad = copy.deepcopy(params)
+    del bad["train"]["tta_views"]
+    with pytest.raises(KeyError, match="params.yaml has no key 'train.tta_views'"):
+        TrainStageConfig.from_params(bad, backbone="tiny_cnn")
 
 
 def test_overrides_replace_fields_and_unknown_ones_are_refused(params):
@@ -54,6 +76,11 @@ def test_configs_are_frozen(params):
         (lambda p: p["train"].update(backbones={}), r"ensemble: train.backbones = \{\}"),
         (lambda p: p["match"].update(n_offsets=0), r"index: .*n_offsets"),
         (lambda p: p.pop("match"), r"index: params.yaml has no key 'match.n_orientations'"),
+        (lambda p: p["train"].update(tta_views=3), r"train: train.tta_views = 3 is invalid"),
+        (
+            lambda p: p["train"]["backbones"].update(tiny_cnn={}),
+            r"train: params.yaml has no key 'train.backbones.tiny_cnn.input_size'",
+        ),
     ],
 )
 def test_check_params_names_the_stage_and_the_problem(params, change, problem):
@@ -82,8 +109,8 @@ def test_params_field_records_its_key():
 
 
 def test_unknown_stage_is_a_clear_error():
-    with pytest.raises(ValueError, match=r"no pipeline module for stage 'train'"):
-        pipeline.stage_config("train")
+    with pytest.raises(ValueError, match=r"no pipeline module for stage 'slice'"):
+        pipeline.stage_config("slice")
 
 
 @pytest.mark.parametrize("bad", [{}, [], "tiny_cnn", None, {"": {}}, [1]])
@@ -161,7 +188,9 @@ def test_curate_reports_manifest_and_volume_problems_in_one_run(tiny_collection,
     assert not (tmp_path / "curated").exists()  # nothing written from a broken collection
 
 
-def test_split_puts_each_specimen_in_one_split(curated_run, tiny_collection, tmp_path):
+@pytest.fixture
+def split_run(curated_run, tiny_collection, tmp_path):
+    """Slices of the curated tiny collection and the split stage run on them."""
     from foramlib import slicing
     from foramlib.curation import read_curated
     from foramlib.pipeline import split
@@ -173,7 +202,7 @@ def test_split_puts_each_specimen_in_one_split(curated_run, tiny_collection, tmp
         slices_per_taxon=12, offsets_per_orientation=2, preprocess=PreprocessConfig(size=32)
     )
     slicing.build_slice_store(manifest, tmp_path / "slices", slice_config, seed=0, progress=None)
-    out = split.run(
+    return split.run(
         split.SplitStageConfig(
             raw_dir=str(tiny_collection),
             curated=str(Path(cfg.out_dir) / "manifest.csv"),
@@ -183,9 +212,40 @@ def test_split_puts_each_specimen_in_one_split(curated_run, tiny_collection, tmp
             restarts=2,
         )
     )
+
+
+def test_split_puts_each_specimen_in_one_split(split_run, tmp_path):
+    out = split_run
     assert (out.index.groupby("specimen_id")["split"].nunique() == 1).all()
     assert set(out.assignment["split"]) == {"train", "val", "test"}
     for name in ("specimens.csv", "index.csv", "split.json"):
         assert (tmp_path / "split" / name).is_file()
     for name in ("table2", "table3", "table2_paper", "table3_paper"):
         assert (tmp_path / "tables" / f"{name}.csv").is_file()
+
+
+def test_train_stage_trains_and_predicts_from_its_config(split_run, tmp_path):
+    import json
+
+    from foramlib.pipeline import train as train_stage
+    from foramlib.training import TrainConfig
+
+    train = TrainConfig(
+        backbone="tiny_cnn", input_size=32, batch_size=8, phase1_epochs=1, phase2_epochs=1,
+        max_steps_per_epoch=2, seed=5, tta_views=4,
+    )  # fmt: skip
+    stage_cfg = train_stage.TrainStageConfig(
+        backbone="tiny_cnn",
+        train=train,
+        split_index=str(tmp_path / "split" / "index.csv"),
+        slices=str(tmp_path / "slices"),
+        out_dir=str(tmp_path / "models" / "tiny_cnn"),
+        history_figure=str(tmp_path / "history.png"),
+    )
+    out = train_stage.run(stage_cfg, progress=None)
+    saved = json.loads((tmp_path / "models" / "tiny_cnn" / "config.json").read_text())
+    assert TrainConfig.from_dict(saved) == train
+    assert out.history_figure.is_file() and out.result.summary["tta_views"] == 4
+    assert out.slices["test"] == len(out.result.predictions["test"])
+    with pytest.raises(ValueError, match=r"train@mobilenetv3_small: its TrainConfig is for"):
+        train_stage.TrainStageConfig(backbone="mobilenetv3_small", train=train)

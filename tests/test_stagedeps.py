@@ -275,4 +275,4 @@ def test_stage_config_fields_match_the_p_flags_and_params(cmd_params, params, pr
 
 
 def test_stages_without_a_pipeline_module_have_no_config_check():
-    assert check_stage_config("train", _stage_body("-p x 1", [])) == []
+    assert check_stage_config("slice", _stage_body("-p x 1", [])) == []

@@ -5,13 +5,13 @@ notebook (``notebooks/<stage>.ipynb``, run by DVC through papermill so the book 
 the executed report) only turns its parameters into the configuration, calls ``run``
 and displays the result. Tests and tools call the same ``run``.
 
-Stages moved here so far: ``curate``, ``split``, ``ensemble``, ``evaluate``, ``index``.
-The others still orchestrate in their notebooks.
+Stages moved here so far: ``curate``, ``split``, ``train`` (one per backbone),
+``ensemble``, ``evaluate``, ``index``. The others still orchestrate in their notebooks.
 
 Examples
 --------
 >>> sorted(STAGES)
-['curate', 'ensemble', 'evaluate', 'index', 'split']
+['curate', 'ensemble', 'evaluate', 'index', 'split', 'train']
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ __all__ = ["STAGES", "StageConfig", "check_params", "lookup", "params_field", "s
 STAGES = {
     "curate": ("foramlib.pipeline.curate", "CurateStageConfig"),
     "split": ("foramlib.pipeline.split", "SplitStageConfig"),
+    "train": ("foramlib.pipeline.train", "TrainStageConfig"),
     "ensemble": ("foramlib.pipeline.ensemble", "EnsembleStageConfig"),
     "evaluate": ("foramlib.pipeline.evaluate", "EvaluateStageConfig"),
     "index": ("foramlib.pipeline.index", "IndexStageConfig"),
@@ -68,7 +69,7 @@ def check_params(params: Mapping) -> list[str]:
     problems = []
     for name in STAGES:
         try:
-            stage_config(name).from_params(params)
+            stage_config(name).each_from_params(params)
         except (KeyError, TypeError, ValueError) as err:
             message = err.args[0] if err.args else repr(err)
             problems.append(f"{name}: {message}")

@@ -91,6 +91,19 @@ class StageConfig:
             if _NORMALIZE in f.metadata:
                 object.__setattr__(self, f.name, f.metadata[_NORMALIZE](getattr(self, f.name)))
 
+    @property
+    def foreach_key(self) -> str | None:
+        """The ``foreach`` key of a stage run once per item (``train@<key>``), else None.
+
+        ``params_keys`` of such a stage may hold ``{key}``, standing for it.
+        """
+        return None
+
+    @classmethod
+    def each_from_params(cls, params: Mapping) -> list:
+        """The stage's configurations: one, or one per item of a ``foreach`` stage."""
+        return [cls.from_params(params)]
+
     @classmethod
     def from_params(cls, params: Mapping, **overrides: Any):
         """Build the stage's configuration from a (validated) ``params.yaml`` mapping.

@@ -128,7 +128,6 @@ def build_workspace(root: Path, *, log=print) -> dict:
     from foramlib import (
         config,
         curation,
-        data,
         slicing,
         training,
         virtual,
@@ -168,6 +167,7 @@ def build_workspace(root: Path, *, log=print) -> dict:
         from foramlib.pipeline import evaluate as evaluate_stage
         from foramlib.pipeline import index as index_stage
         from foramlib.pipeline import split as split_stage
+        from foramlib.pipeline import train as train_stage
 
         t0 = time.perf_counter()
         curate_stage.run(curate_stage.CurateStageConfig.from_params(params))
@@ -203,30 +203,26 @@ def build_workspace(root: Path, *, log=print) -> dict:
         split_stage.run(split_stage.SplitStageConfig.from_params(params))
         done("split", t0)
 
-        # train@<member> (notebooks/train.ipynb)
-        split_index = data.load_split_index("data/split/index.csv")
-        names = data.class_names(split_index)
+        # train@<member> (notebooks/train.ipynb): the stage module, with a small CNN per
+        # member (fast; different seeds)
         tp = params["train"]
         for member, extra_seed in MEMBERS.items():
             t0 = time.perf_counter()
-            # the stage's configuration, with a small CNN per member (fast, different seeds)
-            train_config = training.TrainConfig.from_params(
-                params,
-                "tiny_cnn",
-                input_size=tp["backbones"][member]["input_size"],
-                seed=params["seed"] + extra_seed,
+            trained = train_stage.run(
+                train_stage.TrainStageConfig(
+                    backbone="tiny_cnn",
+                    train=training.TrainConfig.from_params(
+                        params,
+                        "tiny_cnn",
+                        input_size=tp["backbones"][member]["input_size"],
+                        seed=params["seed"] + extra_seed,
+                    ),
+                    out_dir=f"models/{member}",
+                    history_figure=f"results/figures/history_{member}.png",
+                ),
+                progress=None,
             )
-            datasets = data.make_datasets(
-                split_index,
-                "data/slices",
-                names,
-                batch_size=tp["batch_size"],
-                seed=params["seed"],
-                input_size=train_config.input_size,
-            )
-            training.train_backbone(
-                train_config, datasets, names, Path("models") / member, progress=None
-            )
+            names = trained.classes
             done(f"train@{member}", t0)
 
         # ensemble, evaluate, index

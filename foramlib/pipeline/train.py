@@ -1,0 +1,160 @@
+"""The ``train@<backbone>`` stages: two-phase transfer learning of one backbone.
+
+One stage per key of ``train.backbones`` (a DVC ``foreach``). Its configuration is the
+backbone's :class:`foramlib.training.TrainConfig`, built from ``params.yaml`` by
+:meth:`~foramlib.training.TrainConfig.from_params`, plus the stage's paths, so the
+training settings have one schema (the dataclass) and one reader.
+
+Examples
+--------
+>>> cfg = TrainStageConfig(backbone="tiny_cnn")
+>>> cfg.out_dir, cfg.history_figure
+('models/tiny_cnn', 'results/figures/history_tiny_cnn.png')
+>>> TrainStageConfig.params_keys()["train.input_size"]
+'train.backbones.{key}.input_size'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from foramlib.pipeline._config import StageConfig, backbone_names, lookup
+from foramlib.training import TrainConfig, TrainResult
+
+__all__ = ["TrainStageConfig", "TrainStageResult", "run"]
+
+# TrainConfig fields that do not come from the train section under their own name
+_NOT_IN_TRAIN_SECTION = {"backbone", "input_size", "seed"}
+
+
+@dataclass(frozen=True)
+class TrainStageConfig(StageConfig):
+    """What one ``train@<backbone>`` stage reads and writes.
+
+    Parameters
+    ----------
+    backbone : str
+        The stage's backbone (the ``foreach`` key).
+    train : TrainConfig
+        Every training setting: ``train.*`` of ``params.yaml``, the backbone's
+        ``train.backbones.<backbone>.input_size`` and the master ``seed``.
+    split_index, slices : str
+        The split stage's slice index and the slice store, in.
+    out_dir, history_figure : str, optional
+        ``models/<backbone>`` and ``results/figures/history_<backbone>.png`` unless
+        given.
+    """
+
+    stage = "train"
+    backbone: str = "tiny_cnn"
+    train: TrainConfig | None = None
+    split_index: str = "data/split/index.csv"
+    slices: str = "data/slices"
+    out_dir: str | None = None
+    history_figure: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.train is None:
+            object.__setattr__(self, "train", TrainConfig(backbone=self.backbone))
+        if self.train.backbone != self.backbone:
+            raise ValueError(
+                f"train@{self.backbone}: its TrainConfig is for {self.train.backbone!r}"
+            )
+        if self.out_dir is None:
+            object.__setattr__(self, "out_dir", f"models/{self.backbone}")
+        if self.history_figure is None:
+            object.__setattr__(
+                self, "history_figure", f"results/figures/history_{self.backbone}.png"
+            )
+
+    @property
+    def foreach_key(self) -> str:
+        return self.backbone
+
+    @classmethod
+    def params_keys(cls) -> dict[str, str]:
+        """``train.<field>`` -> its ``params.yaml`` key (``{key}``: the backbone)."""
+        keys = {
+            f"train.{f.name}": f"train.{f.name}"
+            for f in dataclasses.fields(TrainConfig)
+            if f.name not in _NOT_IN_TRAIN_SECTION
+        }
+        keys["train.input_size"] = "train.backbones.{key}.input_size"
+        keys["train.seed"] = "seed"
+        return keys
+
+    @classmethod
+    def from_params(cls, params: Mapping, **overrides: Any) -> TrainStageConfig:
+        """The stage of ``overrides["backbone"]`` from a (validated) ``params.yaml``.
+
+        `overrides` may replace the paths; ``train`` settings come from `params`.
+        """
+        unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise TypeError(f"{cls.__name__} has no field(s) {unknown}")
+        if "backbone" not in overrides:
+            raise TypeError("TrainStageConfig.from_params needs backbone=<name>")
+        backbone = overrides["backbone"]
+        for key in cls.params_keys().values():  # every key the stage reads must be there
+            lookup(params, key.format(key=backbone))
+        train = overrides.pop("train", None) or TrainConfig.from_params(params, backbone)
+        return cls(train=train, **overrides)
+
+    @classmethod
+    def each_from_params(cls, params: Mapping) -> list[TrainStageConfig]:
+        """One configuration per key of ``train.backbones``."""
+        return [
+            cls.from_params(params, backbone=b)
+            for b in backbone_names(lookup(params, "train.backbones"))
+        ]
+
+
+@dataclass(frozen=True)
+class TrainStageResult:
+    """The stage's outputs, for display."""
+
+    result: TrainResult  # model path, history, predictions, summary (all on disk too)
+    slices: dict  # split -> number of slices
+    classes: list
+    history_figure: Path
+
+
+def run(
+    config: TrainStageConfig, *, progress: Callable[[str], None] | None = print
+) -> TrainStageResult:
+    """Train the backbone on the training split, early-stopped on validation.
+
+    Writes ``model.keras``, the history, the validation and test predictions (mean over
+    ``train.tta_views`` views), ``config.json`` and ``summary.json`` to ``out_dir``,
+    and the learning curves to ``history_figure``. The test split is only predicted.
+    """
+    from foramlib import data, plots, training
+    from foramlib.augment import mix_batch
+
+    cfg = config.train
+    index = data.load_split_index(config.split_index)
+    names = data.class_names(index)
+    mix = (lambda x, y, rng: mix_batch(x, y, cfg.augment, rng)) if cfg.augment.enabled else None
+    datasets = data.make_datasets(
+        index,
+        config.slices,
+        names,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+        mix=mix,
+        input_size=cfg.input_size,
+        workers=cfg.workers,
+    )
+    counts = {split: ds.n_images for split, ds in datasets.items()}
+    if progress:
+        progress(f"{counts} slices, {len(names)} classes")
+    result = training.train_backbone(cfg, datasets, names, config.out_dir, progress=progress)
+    fig = training.history_figure(result.history, f"{cfg.backbone} ({cfg.input_size} px)")
+    plots.save_figure(fig, config.history_figure)
+    return TrainStageResult(
+        result=result, slices=counts, classes=names, history_figure=Path(config.history_figure)
+    )
