@@ -489,6 +489,18 @@ def voila_server(workspace, tmp_path_factory):
     stop_voila(server)
 
 
+@pytest.fixture
+def empty_voila_server(tmp_path):
+    """The dashboard over an empty workspace (no models): enough for checks over HTTP,
+    without Chromium or a built workspace."""
+    (tmp_path / "workspace").mkdir()
+    server = start_voila(tmp_path / "workspace", tmp_path / "voila.log")
+    try:
+        yield server
+    finally:
+        stop_voila(server)
+
+
 @pytest.fixture(scope="session")
 def browser(chromium):
     from playwright.sync_api import sync_playwright
