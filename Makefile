@@ -64,8 +64,7 @@ PORT ?= 8866
 dashboard: env
 	@test -d models -a -d results/ensemble || echo "==> no trained models yet (models/, results/ensemble/): run 'make demo' (or 'dvc repro') first; the classification page will say so too"
 	@test -d data/index || echo "==> no 3D search index yet (data/index/): run 'dvc repro index' first for the matching page"
-	@echo "==> serving the dashboard on http://127.0.0.1:$(PORT)  (Ctrl-C stops it)"
-	FORAM_WORKSPACE=$(CURDIR) $(BIN)/python -m voila dashboard/app.ipynb --no-browser --port=$(PORT) --Voila.ip=127.0.0.1
+	$(BIN)/python -m foramlib.app.serve --port $(PORT) --workspace $(CURDIR)
 
 clean:
 	rm -rf book/_build book/_generated .pytest_cache .ruff_cache

@@ -84,14 +84,14 @@ def free_port() -> int:
 
 def start_server(workspace: Path, log_path: Path):
     port = free_port()
+    from foramlib.app.serve import voila_command, voila_env
+
     env = {
-        **os.environ,
-        "FORAM_WORKSPACE": str(workspace),
+        **voila_env(workspace),
         "KERAS_BACKEND": os.environ.get("KERAS_BACKEND", "tensorflow"),
         "TF_CPP_MIN_LOG_LEVEL": "2",
     }
-    cmd = [sys.executable, "-m", "voila", APP, "--no-browser", f"--port={port}"]
-    cmd.append("--Voila.ip=127.0.0.1")
+    cmd = voila_command(port, APP)
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     t0 = time.perf_counter()

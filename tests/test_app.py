@@ -103,3 +103,43 @@ def test_performance_table_marks_the_final_model():
     assert '<tr style="font-weight:bold"><td>Top-2 (final)</td>' in out
     assert "<td>–</td>" in out  # a metric the run lacks
     assert "No evaluation yet" in render.performance_html({"final": "x", "models": {}})
+
+
+# --------------------------------------------------------------------------- serve
+
+
+def test_voila_is_started_locally_with_the_apps_template():
+    from foramlib.app import serve
+
+    cmd = serve.voila_command(8877)
+    assert cmd[1:4] == ["-m", "voila", "dashboard/app.ipynb"]
+    assert "--port=8877" in cmd and "--Voila.ip=127.0.0.1" in cmd and "--template=foram" in cmd
+    template = serve.TEMPLATE_ROOT / "voila" / "templates" / serve.TEMPLATE
+    assert (template / "conf.json").is_file() and (template / "index.html.j2").is_file()
+
+
+def test_the_template_folder_comes_first_on_jupyter_path():
+    import os
+
+    from foramlib.app import serve
+
+    env = serve.voila_env("ws", {"JUPYTER_PATH": os.pathsep.join(["/a", "/b"]), "X": "1"})
+    assert env["JUPYTER_PATH"].split(os.pathsep) == [str(serve.TEMPLATE_ROOT), "/a", "/b"]
+    assert env["FORAM_WORKSPACE"] == "ws" and env["X"] == "1"
+    assert serve.voila_env("ws", {})["JUPYTER_PATH"] == str(serve.TEMPLATE_ROOT)
+
+
+@pytest.mark.parametrize("port", [0, 70000, True, "8866"])
+def test_bad_ports_are_refused(port):
+    from foramlib.app import serve
+
+    with pytest.raises(ValueError, match=r"port = .* is invalid"):
+        serve.voila_command(port)
+
+
+def test_serving_outside_the_repository_root_says_where_to_run_it(tmp_path, monkeypatch, capsys):
+    from foramlib.app import serve
+
+    monkeypatch.chdir(tmp_path)
+    assert serve.main(["--port", "8866"]) == 2
+    assert "run this from the repository root" in capsys.readouterr().err

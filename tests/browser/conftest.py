@@ -24,7 +24,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -428,24 +427,17 @@ class VoilaServer:
 def start_voila(workspace: Path, log: Path, *, max_upload_mb=None, extra_env=None) -> VoilaServer:
     """Start the dashboard on a free local port and wait until the port answers."""
     port = free_port()
+    from foramlib.app.serve import voila_command, voila_env
+
     env = {
-        **os.environ,
-        "FORAM_WORKSPACE": str(workspace),
+        **voila_env(workspace),
         "KERAS_BACKEND": os.environ.get("KERAS_BACKEND", "tensorflow"),
         "TF_CPP_MIN_LOG_LEVEL": "2",
         "PYTHONUNBUFFERED": "1",
         **({"FORAM_MAX_UPLOAD_MB": str(max_upload_mb)} if max_upload_mb else {}),
         **(extra_env or {}),
     }
-    cmd = [
-        sys.executable,
-        "-m",
-        "voila",
-        APP,
-        "--no-browser",
-        f"--port={port}",
-        "--Voila.ip=127.0.0.1",
-    ]
+    cmd = voila_command(port, APP)
     out = open(log, "w")  # noqa: SIM115 - closed with the process
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
     out.close()

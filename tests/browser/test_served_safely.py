@@ -1,8 +1,10 @@
-"""The dashboard serves only requests addressed to this machine (issue 23: Host header).
+"""The dashboard is safe by default: local requests only, and nothing leaves the machine.
 
 A page load starts a kernel, so a page that any web site could make a browser load
 (DNS rebinding: a foreign name resolving to 127.0.0.1) could start kernels and drive
 widgets. `voila.json` switches on jupyter_server's Host check, which Voila turns off.
+And the page itself asks no other host for anything (the app's Voila template drops
+the Font Awesome stylesheets Voila's own template loads from a CDN).
 """
 
 from __future__ import annotations
@@ -48,3 +50,34 @@ def test_foreign_host_headers_are_refused_and_local_ones_served(empty_voila_serv
     assert "Kernel started" not in log  # refused before any kernel was started
     for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}"):
         assert _status(server, host) == 200, host
+
+
+@pytest.mark.slow
+def test_the_page_asks_no_other_host_and_its_icons_still_show(empty_voila_server, browser):
+    server = empty_voila_server
+    context = browser.new_context()
+    requests: list[str] = []
+    failed: list[str] = []
+    page = context.new_page()
+    page.on("request", lambda r: requests.append(r.url))
+    page.on("requestfailed", lambda r: failed.append(r.url))
+    try:
+        page.goto(server.url, timeout=120_000)
+        page.locator(".foram-app").wait_for(state="visible", timeout=120_000)
+        page.wait_for_load_state("networkidle", timeout=60_000)
+        local = (server.url.rstrip("/"), "data:", "blob:", "ws://127.0.0.1")
+        outside = [u for u in requests if not u.startswith(local)]
+        assert outside == [], outside
+        assert failed == [], failed
+        # the navigation buttons' icons come from the Font Awesome bundled with Voila
+        glyph = page.evaluate(
+            """() => {
+                const i = document.querySelector('.foram-nav-home i');
+                const style = getComputedStyle(i, '::before');
+                return [style.content, style.fontFamily];
+            }"""
+        )
+        assert glyph[0] not in ("", "none", "normal"), glyph
+        assert "awesome" in glyph[1].lower(), glyph
+    finally:
+        context.close()
