@@ -13,11 +13,12 @@ export PYTHONUNBUFFERED := 1
 # TensorFlow's C++ start-up chatter (no GPU here, oneDNN notes) hides the progress lines
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: help env demo test lint book profile benchmarks dashboard clean
+.PHONY: help env demo test test-fast lint book profile benchmarks dashboard clean
 
 help:
 	@echo "make demo      create .venv if needed, run the DVC pipeline, build the book"
 	@echo "make test      create .venv if needed, run the test suite"
+	@echo "make test-fast the fast lane while you work: no slow tests, all cores (a few minutes)"
 	@echo "make lint      ruff check + format check"
 	@echo "make profile PROFILE=paper   switch params.yaml to another kept profile"
 	@echo "make benchmarks              run the speed benchmarks (JSON in benchmarks/results/)"
@@ -45,6 +46,10 @@ test: env
 	$(BIN)/ruff check .
 	$(BIN)/python -m foramlib.cli params check
 	$(BIN)/python -m pytest
+
+# the fast lane: skips the tests marked slow (pipeline runs, browser, long training)
+test-fast: env
+	$(BIN)/python -m pytest -m "not slow" -n auto -q
 
 lint: env
 	$(BIN)/ruff check .

@@ -1,6 +1,7 @@
 """Time the generation of the default virtual collection (issue bar: <= 10 min, 2 cores).
 
-Writes benchmarks/results/synthesize.json naming the machine. Usage:
+Runs the ``synthesize`` stage's own code (``foramlib.pipeline.synthesize.run``). Writes
+benchmarks/results/synthesize.json naming the machine. Usage:
     python benchmarks/synthesize_speed.py [--preset paper] [--shape 128] [--n-jobs 2]
 """
 
@@ -16,8 +17,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from machine import machine, today  # noqa: E402
 
-from foramlib import virtual  # noqa: E402
 from foramlib.atomic import write_text  # noqa: E402
+from foramlib.pipeline import synthesize  # noqa: E402
 
 
 def main() -> None:
@@ -29,19 +30,19 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=2024)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "synthesize.json"))
     args = parser.parse_args()
-    taxa = virtual.taxa_preset(args.preset)
     with tempfile.TemporaryDirectory() as tmp:
-        t0 = time.perf_counter()
-        manifest = virtual.synthesize_collection(
-            Path(tmp) / "virtual",
-            taxa,
+        config = synthesize.SynthesizeStageConfig(
             seed=args.seed,
+            preset=args.preset,
             shape=args.shape,
             supersample=args.supersample,
             n_jobs=args.n_jobs,
-            progress=None,
+            out_dir=str(Path(tmp) / "virtual"),
         )
+        t0 = time.perf_counter()
+        stage = synthesize.run(config, progress=None)
         seconds = time.perf_counter() - t0
+        n_volumes = int(stage.taxa["volumes"].sum())
         size = sum(f.stat().st_size for f in (Path(tmp) / "virtual").iterdir())
     result = dict(
         benchmark="synthesize_collection",
@@ -49,9 +50,9 @@ def main() -> None:
         shape=args.shape,
         supersample=args.supersample,
         n_jobs=args.n_jobs,
-        n_volumes=len(manifest),
+        n_volumes=n_volumes,
         seconds=round(seconds, 1),
-        seconds_per_volume=round(seconds / len(manifest), 2),
+        seconds_per_volume=round(seconds / n_volumes, 2),
         megabytes=round(size / 1e6, 1),
         goal_seconds=600,
         meets_goal=seconds <= 600,

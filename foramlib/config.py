@@ -35,7 +35,6 @@ __all__ = [
     "validate_params",
     "use_profile",
     "available_profiles",
-    "get",
 ]
 
 
@@ -237,16 +236,6 @@ SCHEMA: dict[str, tuple[Callable[[Any], bool], str]] = {
     "match.size": (_int_at_least(16), "edge of the index's stored sections in pixels"),
     "match.descriptor_size": (_int_at_least(8), "side of the coarse-stage silhouette"),
 }
-
-
-def get(params: dict, dotted: str) -> Any:
-    """Return ``params[a][b]`` for ``dotted == "a.b"``; KeyError names the full key."""
-    node: Any = params
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            raise KeyError(dotted)
-        node = node[part]
-    return node
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:

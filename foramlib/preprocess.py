@@ -20,7 +20,8 @@ Examples
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, fields
 
 import cv2
 import numpy as np
@@ -102,6 +103,29 @@ class PreprocessConfig:
     def as_dict(self) -> dict:
         """Plain dict, with the preprocessing version, for provenance files."""
         return {**asdict(self), "version": PREPROCESS_VERSION}
+
+    @classmethod
+    def params_keys(cls) -> dict[str, str]:
+        """Field -> its ``params.yaml`` key: the slice preprocessing is ``slice.*``.
+
+        >>> PreprocessConfig.params_keys()["size"]
+        'slice.size'
+        """
+        return {f.name: f"slice.{f.name}" for f in fields(cls)}
+
+    @classmethod
+    def from_params(cls, params: Mapping, *, skip: Iterable[str] = ()) -> PreprocessConfig:
+        """The preprocessing of ``params.yaml``'s ``slice`` section (keys in `skip`
+        keep their defaults).
+
+        >>> PreprocessConfig.from_params({"slice": {"size": 96, "sensitivity": 0.5,
+        ...     "min_fraction": 0.02, "margin": 0.05, "clahe": False, "denoise": False,
+        ...     "sharpen": False}}).size
+        96
+        """
+        from foramlib.params import read_keys
+
+        return cls(**read_keys(params, cls.params_keys(), skip))
 
 
 @dataclass(frozen=True)

@@ -27,9 +27,9 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -312,6 +312,43 @@ class SlicingConfig:
             value = getattr(self, name)
             if not isinstance(value, int | np.integer) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+    @classmethod
+    def params_keys(cls) -> dict[str, str]:
+        """Field -> its ``params.yaml`` key (``slice.*``; the preprocessing's fields as
+        ``"preprocess.<name>"``).
+
+        >>> keys = SlicingConfig.params_keys()
+        >>> keys["jitter_deg"], keys["preprocess.size"]
+        ('slice.jitter_deg', 'slice.size')
+        """
+        keys = {f.name: f"slice.{f.name}" for f in fields(cls) if f.name != "preprocess"}
+        keys.update({f"preprocess.{k}": v for k, v in PreprocessConfig.params_keys().items()})
+        return keys
+
+    @classmethod
+    def from_params(cls, params: Mapping, *, skip: Iterable[str] = ()) -> SlicingConfig:
+        """The slicing of ``params.yaml``'s ``slice`` section: the one reader shared by
+        the ``slice`` stage and the pretraining corpus, so both cut and preprocess
+        alike. Keys in `skip` (as in :meth:`params_keys`) keep their defaults.
+
+        >>> params = {"slice": {"slices_per_taxon": 600, "offsets_per_orientation": 4,
+        ...     "jitter_deg": 5, "dense_factor": None, "smooth_sigma": 0.8, "size": 96,
+        ...     "sensitivity": 0.5, "min_fraction": 0.02, "margin": 0.05, "clahe": False,
+        ...     "denoise": False, "sharpen": False}}
+        >>> cfg = SlicingConfig.from_params(params, skip=["slices_per_taxon"])
+        >>> cfg.slices_per_taxon, cfg.dense_factor, cfg.preprocess.size
+        (2000, None, 96)
+        """
+        from foramlib.params import read_keys
+
+        skip = set(skip)
+        inner = {k.split(".", 1)[1] for k in skip if k.startswith("preprocess.")}
+        own = {k: v for k, v in cls.params_keys().items() if not k.startswith("preprocess.")}
+        return cls(
+            **read_keys(params, own, skip),
+            preprocess=PreprocessConfig.from_params(params, skip=inner),
+        )
 
 
 def slices_per_volume(manifest: pd.DataFrame, slices_per_taxon: int) -> pd.Series:

@@ -21,7 +21,6 @@ disagrees); the test suite runs it on the project's own ``dvc.yaml``.
 from __future__ import annotations
 
 import ast
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +33,7 @@ PACKAGE = "foramlib"
 # belongs to every notebook stage (checked by the tests); the CLI does not.
 RUNNER = "stages"
 
-_CMD_NOTEBOOK = re.compile(r"-m\s+foramlib\.stages\s+(\S+\.ipynb)")
+_CMD_NOTEBOOK = re.compile(r"-m\s+foramlib\.stages\s+(\S+\.(?:ipynb|py))\s")
 _CMD_PARAM = re.compile(r"-p\s+([A-Za-z_][A-Za-z0-9_]*)\s")
 _CMD_VAR = re.compile(r"\$\{([^}]+)\}")
 
@@ -177,9 +176,11 @@ def runner_modules(root: str | Path, graph: dict[str, set[str]]) -> set[str]:
 
 
 def _code_cells(notebook: Path) -> list[dict]:
+    from foramlib.stages import read_notebook
+
     try:
-        cells = json.loads(notebook.read_text(encoding="utf-8"))["cells"]
-    except (OSError, ValueError, KeyError) as err:
+        cells = read_notebook(notebook)["cells"]
+    except FileNotFoundError as err:
         raise ValueError(f"{notebook}: not a readable notebook ({err})") from err
     return [c for c in cells if c.get("cell_type") == "code"]
 

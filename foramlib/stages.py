@@ -9,6 +9,11 @@ papermill saves the output notebook after every cell, so a stage interrupted hal
 would leave a half-executed report that the book (and DVC) might trust. Here the
 notebook runs into a temporary file that replaces the report only on success; a
 failed run is kept beside it as ``<name>.failed.ipynb`` for debugging.
+
+The stage notebooks are kept as Jupytext percent scripts (``notebooks/<stage>.py``:
+``# %%`` starts a cell, ``# %% tags=["parameters"]`` marks papermill's cell), so that
+their diffs and greps read as code; :func:`read_notebook` turns one into a notebook for
+papermill, and the executed report is an ordinary ``.ipynb``.
 """
 
 from __future__ import annotations
@@ -22,7 +27,18 @@ import yaml
 
 from foramlib.atomic import atomic_path
 
-__all__ = ["add_run_arguments", "main", "parse_parameter", "run_from_arguments", "run_notebook"]
+__all__ = [
+    "add_run_arguments",
+    "main",
+    "parse_parameter",
+    "read_notebook",
+    "run_from_arguments",
+    "run_notebook",
+]
+
+#: how a stage notebook kept as text is read (Jupytext's percent format)
+TEXT_NOTEBOOK_SUFFIXES = (".py",)
+PYTHON_KERNEL = {"name": "python3", "display_name": "Python 3", "language": "python"}
 
 
 def parse_parameter(text: str):
@@ -56,6 +72,45 @@ def parse_parameter(text: str):
     return value
 
 
+def read_notebook(path: str | os.PathLike):
+    """A stage notebook as an ``nbformat`` notebook: a percent script or an ``.ipynb``.
+
+    Raises
+    ------
+    FileNotFoundError
+        If there is no such file.
+    ValueError
+        If it cannot be read as a notebook (the message names the file).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "stage.py"
+    >>> _ = path.write_text('# %% tags=["parameters"]\\nx = 1\\n\\n# %%\\nprint(x)\\n')
+    >>> nb = read_notebook(path)
+    >>> [c.cell_type for c in nb.cells], nb.cells[0].metadata["tags"]
+    (['code', 'code'], ['parameters'])
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"stage notebook {path} does not exist")
+    try:
+        if path.suffix in TEXT_NOTEBOOK_SUFFIXES:
+            import jupytext
+
+            nb = jupytext.read(path, fmt="py:percent")
+            nb.metadata.pop("jupytext", None)  # how the script was read, not the report's
+            # a script says nothing of its kernel; papermill and the book need one
+            nb.metadata.setdefault("kernelspec", dict(PYTHON_KERNEL))
+            nb.metadata.setdefault("language_info", {"name": "python"})
+            return nb
+        import nbformat
+
+        return nbformat.read(path, as_version=4)
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{path}: not a readable notebook ({err})") from err
+
+
 def run_notebook(
     notebook: str | os.PathLike,
     output: str | os.PathLike,
@@ -67,6 +122,8 @@ def run_notebook(
 ) -> Path:
     """Execute `notebook` with `parameters` injected and write it to `output` atomically.
 
+    `notebook` is a percent script or an ``.ipynb`` (see :func:`read_notebook`).
+
     Raises
     ------
     FileNotFoundError
@@ -74,16 +131,16 @@ def run_notebook(
     papermill.PapermillExecutionError
         If a cell fails; the executed notebook is kept as ``<output>.failed.ipynb``.
     """
+    import nbformat
     import papermill
 
-    notebook, output = Path(notebook), Path(output)
-    if not notebook.is_file():
-        raise FileNotFoundError(f"stage notebook {notebook} does not exist")
+    output = Path(output)
+    nb = read_notebook(notebook)
     failed = output.with_suffix(".failed.ipynb")
     with atomic_path(output, suffix=".ipynb") as tmp:
         try:
-            papermill.execute_notebook(
-                str(notebook),
+            executed = papermill.execute_notebook(
+                nb,
                 str(tmp),
                 parameters=parameters or {},
                 kernel_name=kernel,
@@ -91,6 +148,9 @@ def run_notebook(
                 log_output=log_output,
                 progress_bar=True,
             )
+            # given a notebook object, papermill records the whole object as the input
+            executed.metadata["papermill"]["input_path"] = str(notebook)
+            nbformat.write(executed, tmp)
         except BaseException:
             if tmp.exists():
                 os.replace(tmp, failed)
@@ -102,7 +162,7 @@ def run_notebook(
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The runner's arguments (``NOTEBOOK OUTPUT -p NAME VALUE ...``) on `parser`."""
-    parser.add_argument("notebook", help="the stage notebook, e.g. notebooks/curate.ipynb")
+    parser.add_argument("notebook", help="the stage notebook, e.g. notebooks/curate.py")
     parser.add_argument("output", help="the executed copy, e.g. reports/curate.ipynb")
     parser.add_argument(
         "-p",
@@ -139,7 +199,7 @@ def run_from_arguments(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(f"stage notebook executed: {out}")

@@ -284,7 +284,8 @@ def test_params_check_passes_the_projects_params_and_profiles(capsys):
     for path in [REPO / "params.yaml", *sorted((REPO / "profiles").glob("*.yaml"))]:
         assert cli.main(["params", "check", "--params", str(path)]) == 0
         out = capsys.readouterr().out
-        assert "valid; stages configured: curate, split, train, ensemble, evaluate, index" in out
+        stages = "synthesize, curate, slice, split, corpus, pretrain, train, ensemble, evaluate"
+        assert f"valid; stages configured: {stages}, index" in out
 
 
 def test_params_check_prints_every_problem_on_its_own_line(tmp_path, capsys):

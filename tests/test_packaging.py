@@ -71,12 +71,22 @@ def test_dvc_analytics_are_off(repo_root):
     assert re.search(r"analytics\s*=\s*false", (repo_root / ".dvc" / "config").read_text())
 
 
-def test_notebooks_are_committed_without_outputs(repo_root):
-    import nbformat
+def test_stage_notebooks_are_percent_scripts_with_one_parameters_cell(repo_root):
+    from foramlib.stages import read_notebook
 
-    for path in sorted((repo_root / "notebooks").glob("*.ipynb")):
-        nb = nbformat.read(path, as_version=4)
+    scripts = sorted((repo_root / "notebooks").glob("*.py"))
+    assert len(scripts) == 10 and not list((repo_root / "notebooks").glob("*.ipynb"))
+    for path in scripts:
+        nb = read_notebook(path)
+        assert nb.cells[0].cell_type == "markdown", f"{path.name}: starts with its title"
         code = [c for c in nb.cells if c.cell_type == "code"]
-        assert all(not c.outputs and c.execution_count is None for c in code), path
         tagged = [c for c in code if "parameters" in c.metadata.get("tags", [])]
         assert len(tagged) == 1, f"{path.name}: needs exactly one 'parameters' cell"
+
+
+def test_the_dashboard_notebook_is_committed_without_outputs(repo_root):
+    import nbformat
+
+    nb = nbformat.read(repo_root / "dashboard" / "app.ipynb", as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert code and all(not c.outputs and c.execution_count is None for c in code)

@@ -13,7 +13,15 @@ import yaml
 
 from foramlib import pipeline
 from foramlib.pipeline import STAGES, check_params, stage_config
-from foramlib.pipeline._config import StageConfig, backbone_names, lookup, params_field
+from foramlib.pipeline._config import (
+    StageConfig,
+    backbone_names,
+    lookup,
+    nested_field,
+    params_field,
+)
+from foramlib.preprocess import PreprocessConfig
+from foramlib.slicing import SlicingConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -108,9 +116,66 @@ def test_params_field_records_its_key():
         Demo.from_params({"a": {}})
 
 
+def test_nested_field_reads_a_library_config_from_its_own_section(params):
+    @dataclasses.dataclass(frozen=True)
+    class Demo(StageConfig):
+        stage = "demo"
+        slicing: SlicingConfig = nested_field(SlicingConfig, skip=("slices_per_taxon",))
+
+    keys = Demo.params_keys()
+    assert keys["slicing.preprocess.size"] == "slice.size"
+    assert keys["slicing.dense_factor"] == "slice.dense_factor"
+    assert "slicing.slices_per_taxon" not in keys
+    cfg = Demo.from_params(params)
+    assert cfg.slicing.preprocess.size == params["slice"]["size"]
+    assert cfg.slicing.slices_per_taxon == SlicingConfig().slices_per_taxon  # skipped: default
+    assert Demo().slicing == SlicingConfig()
+    bad = copy.deepcopy(params)
+    del bad["slice"]["margin"]
+    with pytest.raises(KeyError, match="params.yaml has no key 'slice.margin'"):
+        Demo.from_params(bad)
+
+
+PREPROCESS_KEYS = ("size", "sensitivity", "min_fraction", "margin", "clahe", "denoise", "sharpen")
+
+
+def test_slice_and_corpus_stages_cut_alike(params):
+    """One reader of slice.*: the corpus gets the collection's cutting and preprocessing."""
+    sl = params["slice"]
+    by_hand = SlicingConfig(
+        slices_per_taxon=sl["slices_per_taxon"],
+        offsets_per_orientation=sl["offsets_per_orientation"],
+        jitter_deg=sl["jitter_deg"],
+        dense_factor=sl["dense_factor"],
+        smooth_sigma=sl["smooth_sigma"],
+        preprocess=PreprocessConfig(**{k: sl[k] for k in PREPROCESS_KEYS}),
+    )
+    assert stage_config("slice").from_params(params).slicing == by_hand
+    corpus = stage_config("corpus").from_params(params).slicing
+    assert corpus.preprocess == by_hand.preprocess
+    assert dataclasses.replace(corpus, slices_per_taxon=by_hand.slices_per_taxon) == by_hand
+
+
+def test_pretrain_stages_read_their_backbone_size_and_the_pretrain_section(params):
+    from foramlib.pipeline.pretrain import PretrainStageConfig
+
+    configs = PretrainStageConfig.each_from_params(params)
+    assert [c.backbone for c in configs] == list(params["train"]["backbones"])
+    for c in configs:
+        assert c.pretrain.input_size == params["train"]["backbones"][c.backbone]["input_size"]
+        assert (c.pretrain.epochs, c.pretrain.lr) == (
+            params["pretrain"]["epochs"],
+            params["pretrain"]["lr"],
+        )
+        assert c.out_dir == f"models/pretrain/{c.backbone}"
+        assert c.weights == params["train"]["weights"]
+    with pytest.raises(TypeError, match="needs backbone=<name>"):
+        PretrainStageConfig.from_params(params)
+
+
 def test_unknown_stage_is_a_clear_error():
-    with pytest.raises(ValueError, match=r"no pipeline module for stage 'slice'"):
-        pipeline.stage_config("slice")
+    with pytest.raises(ValueError, match=r"no pipeline module for stage 'book'"):
+        pipeline.stage_config("book")
 
 
 @pytest.mark.parametrize("bad", [{}, [], "tiny_cnn", None, {"": {}}, [1]])
@@ -189,19 +254,31 @@ def test_curate_reports_manifest_and_volume_problems_in_one_run(tiny_collection,
 
 
 @pytest.fixture
-def split_run(curated_run, tiny_collection, tmp_path):
-    """Slices of the curated tiny collection and the split stage run on them."""
-    from foramlib import slicing
-    from foramlib.curation import read_curated
-    from foramlib.pipeline import split
-    from foramlib.preprocess import PreprocessConfig
+def slice_run(curated_run, tiny_collection, tmp_path):
+    """The slice stage on the curated tiny collection."""
+    from foramlib.pipeline import slice as slice_stage
 
     cfg, _ = curated_run
-    manifest = read_curated(Path(cfg.out_dir) / "manifest.csv", tiny_collection)
-    slice_config = slicing.SlicingConfig(
-        slices_per_taxon=12, offsets_per_orientation=2, preprocess=PreprocessConfig(size=32)
+    return slice_stage.run(
+        slice_stage.SliceStageConfig(
+            raw_dir=str(tiny_collection),
+            slicing=SlicingConfig(
+                slices_per_taxon=12, offsets_per_orientation=2, preprocess=PreprocessConfig(size=32)
+            ),
+            curated=str(Path(cfg.out_dir) / "manifest.csv"),
+            out_dir=str(tmp_path / "slices"),
+            gallery=str(tmp_path / "gallery.png"),
+        ),
+        progress=None,
     )
-    slicing.build_slice_store(manifest, tmp_path / "slices", slice_config, seed=0, progress=None)
+
+
+@pytest.fixture
+def split_run(curated_run, slice_run, tiny_collection, tmp_path):
+    """The split stage run on the slices of the curated tiny collection."""
+    from foramlib.pipeline import split
+
+    cfg, _ = curated_run
     return split.run(
         split.SplitStageConfig(
             raw_dir=str(tiny_collection),
@@ -212,6 +289,87 @@ def split_run(curated_run, tiny_collection, tmp_path):
             restarts=2,
         )
     )
+
+
+def test_synthesize_stage_writes_the_seeded_collection(tiny_collection, tmp_path):
+    from foramlib.pipeline import synthesize
+
+    cfg = synthesize.SynthesizeStageConfig(
+        seed=7, preset="tiny", shape=32, supersample=1, out_dir=str(tmp_path / "virtual")
+    )
+    result = synthesize.run(cfg, progress=None)
+    assert result.summary.startswith("14 virtual volumes of 32^3 voxels over 5 taxa")
+    assert result.taxa["volumes"].sum() == 14
+    made = sorted(p.name for p in (tmp_path / "virtual").iterdir())
+    assert made == sorted(p.name for p in tiny_collection.iterdir())
+    for name in made:  # the same seed and settings as the fixture's: the same bytes
+        assert (tmp_path / "virtual" / name).read_bytes() == (tiny_collection / name).read_bytes()
+
+
+def test_synthesize_stage_leaves_a_note_for_a_manifest_source(tmp_path):
+    from foramlib.pipeline import synthesize
+
+    out = tmp_path / "virtual"
+    cfg = synthesize.SynthesizeStageConfig(source="manifest", out_dir=str(out))
+    result = synthesize.run(cfg, progress=None)
+    assert "no virtual collection generated" in result.summary and result.taxa.empty
+    assert [p.name for p in out.iterdir()] == ["NOT_USED.md"]
+    with pytest.raises(ValueError, match=r"data.source = 'scans' is invalid"):
+        synthesize.SynthesizeStageConfig(source="scans")
+
+
+def test_slice_stage_stores_the_slices_and_draws_the_gallery(slice_run, tmp_path):
+    import json
+
+    import numpy as np
+
+    out = slice_run
+    assert out.gallery.is_file() and out.gallery.stat().st_size > 0
+    assert out.summary.startswith(f"{len(out.index)} slices of 32x32 px kept from")
+    assert out.per_taxon["slices"].sum() == len(out.index)
+    record = json.loads((tmp_path / "slices" / "slicing.json").read_text())
+    assert record["preprocess"]["size"] == 32
+    first = out.index.iloc[0]
+    arr = np.load(tmp_path / "slices" / first["array"], mmap_mode="r")
+    assert arr.shape[1:] == (32, 32) and arr.dtype == np.uint8
+
+
+def test_corpus_stage_is_skipped_without_pretraining_and_built_with_it(curated_run, tmp_path):
+    import json
+
+    from foramlib.pipeline import corpus
+
+    cfg, _ = curated_run
+    small = dict(
+        n_taxa=2, specimens_per_taxon=2, slices_per_specimen=4, shape=32, supersample=1,
+        slicing=SlicingConfig(preprocess=PreprocessConfig(size=32)),
+        manifest=str(Path(cfg.out_dir) / "manifest.csv"), out_dir=str(tmp_path / "pretrain"),
+    )  # fmt: skip
+    skipped = corpus.run(corpus.CorpusStageConfig(weights=None, **small))
+    assert skipped.skipped and skipped.recipes.empty
+    saved = json.loads((tmp_path / "pretrain" / "corpus.json").read_text())
+    assert saved["skipped"] == "train.weights = None uses no pretrained weights"
+
+    weights = "models/pretrain/{backbone}/backbone.weights.h5"
+    built = corpus.run(corpus.CorpusStageConfig(weights=weights, **small))
+    assert not built.skipped and len(built.recipes) == 2
+    assert "recipes" not in built.summary
+    assert (tmp_path / "pretrain" / "index.csv").is_file()
+    with pytest.raises(ValueError, match=r"pretrain.corpus.n_taxa = 1 is invalid"):
+        corpus.CorpusStageConfig(n_taxa=1)
+
+
+def test_pretrain_stage_is_skipped_when_weights_point_elsewhere(tmp_path):
+    from foramlib.pipeline import pretrain
+
+    cfg = pretrain.PretrainStageConfig(
+        backbone="tiny_cnn", weights="imagenet", out_dir=str(tmp_path / "tiny_cnn")
+    )
+    result = pretrain.run(cfg)
+    assert "skipped" in result.summary and result.history is None
+    assert not (tmp_path / "tiny_cnn" / "backbone.weights.h5").exists()
+    with pytest.raises(ValueError, match=r"pretrain@mobilenetv3_small: its PretrainConfig"):
+        pretrain.PretrainStageConfig(backbone="mobilenetv3_small", pretrain=cfg.pretrain)
 
 
 def test_split_puts_each_specimen_in_one_split(split_run, tmp_path):

@@ -20,11 +20,20 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def write_notebook(path, code, parameters="x = 1\n"):
+    """A stage notebook: a percent script for ``.py`` (as the project keeps them), else
+    an ``.ipynb``."""
+    if path.suffix == ".py":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(
+            f'# %% [markdown]\n# # a stage\n\n# %% tags=["parameters"]\n{parameters}\n'
+            f"# %%\n{code}\n"
+        )
+        return path
     cells = [
-        {"cell_type": "markdown", "metadata": {}, "source": "# a stage"},
-        {"cell_type": "code", "metadata": {"tags": ["parameters"]}, "source": parameters,
-         "outputs": [], "execution_count": None},
-        {"cell_type": "code", "metadata": {}, "source": code, "outputs": [],
+        {"cell_type": "markdown", "id": "a", "metadata": {}, "source": "# a stage"},
+        {"cell_type": "code", "id": "b", "metadata": {"tags": ["parameters"]},
+         "source": parameters, "outputs": [], "execution_count": None},
+        {"cell_type": "code", "id": "c", "metadata": {}, "source": code, "outputs": [],
          "execution_count": None},
     ]  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -41,10 +50,10 @@ def make_project(root, modules, code, deps, cmd_params="-p x 1", params=None, pa
     modules = {"stages": "", **modules}
     for name, source in modules.items():
         (package / f"{name}.py").write_text(source)
-    write_notebook(root / "notebooks" / "go.ipynb", code, parameters)
+    write_notebook(root / "notebooks" / "go.py", code, parameters)
     stage = {
-        "cmd": f"python -m foramlib.stages notebooks/go.ipynb reports/go.ipynb {cmd_params}",
-        "deps": ["notebooks/go.ipynb", "foramlib/stages.py", *deps],
+        "cmd": f"python -m foramlib.stages notebooks/go.py reports/go.ipynb {cmd_params}",
+        "deps": ["notebooks/go.py", "foramlib/stages.py", *deps],
     }
     if params is not None:
         stage["params"] = params
@@ -126,7 +135,7 @@ def test_the_runners_imports_are_every_stages_code_and_the_cli_is_not(tmp_path):
 
 def test_magics_and_shell_escapes_do_not_break_the_import_scan(tmp_path):
     path = write_notebook(
-        tmp_path / "n.ipynb", "%matplotlib inline\n!ls\nfrom foramlib import plots, slicing\n"
+        tmp_path / "n.py", "%matplotlib inline\n!ls\nfrom foramlib import plots, slicing\n"
     )
     assert notebook_imports(path) == {"plots", "slicing"}
 
@@ -142,8 +151,8 @@ def test_parameters_passed_and_accepted_must_agree(tmp_path):
         parameters="x: int = 1  # from params\nforgotten = 'default'\n",
     )
     assert messages(root) == [
-        "go: -p typo is not a parameter of notebooks/go.ipynb",
-        "go: notebooks/go.ipynb parameter 'forgotten' is never passed with -p, "
+        "go: -p typo is not a parameter of notebooks/go.py",
+        "go: notebooks/go.py parameter 'forgotten' is never passed with -p, "
         "so its notebook default wins",
     ]
 
@@ -169,7 +178,7 @@ def test_foreach_stages_are_checked_through_their_do_body(tmp_path):
     stage["cmd"] += " -p y ${item.size} -p z ${key}"
     body = {"foreach": {"one": {"size": 1}}, "do": stage}
     (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"go": body}}))
-    write_notebook(root / "notebooks" / "go.ipynb", "from foramlib import a", "x = y = z = 0\n")
+    write_notebook(root / "notebooks" / "go.py", "from foramlib import a", "x = y = z = 0\n")
     assert messages(root) == ["go: runs foramlib/a.py but its deps do not list it"]
 
 
@@ -244,7 +253,7 @@ def test_a_subpackage_folder_dep_covers_its_modules(tmp_path):
 
 
 def _stage_body(cmd_params, params):
-    return {"cmd": f"python -m foramlib.stages notebooks/ensemble.ipynb out {cmd_params}",
+    return {"cmd": f"python -m foramlib.stages notebooks/ensemble.py out {cmd_params}",
             "params": params}  # fmt: skip
 
 
@@ -275,4 +284,4 @@ def test_stage_config_fields_match_the_p_flags_and_params(cmd_params, params, pr
 
 
 def test_stages_without_a_pipeline_module_have_no_config_check():
-    assert check_stage_config("slice", _stage_body("-p x 1", [])) == []
+    assert check_stage_config("book", _stage_body("-p x 1", [])) == []

@@ -13,6 +13,14 @@ from foramlib import cli
 from foramlib.stages import main, parse_parameter, run_notebook
 
 
+def _script(path, body):
+    """A stage notebook as the project keeps them: a Jupytext percent script."""
+    path.write_text(
+        f'# %% [markdown]\n# # A stage\n\n# %% tags=["parameters"]\nvalue = 1\n\n# %%\n{body}\n'
+    )
+    return path
+
+
 def _notebook(path, body):
     nb = new_notebook()
     nb.metadata["kernelspec"] = {
@@ -55,8 +63,28 @@ def test_run_notebook_injects_parameters_and_writes_the_report(tmp_path):
     assert "value is 8" in out.read_text()
 
 
+def test_a_percent_script_runs_as_a_notebook_with_its_cells(tmp_path):
+    script = _script(tmp_path / "stage.py", "print('value is', value * 3)")
+    out = tmp_path / "reports" / "stage.ipynb"
+    assert main([str(script), str(out), "-p", "value", "5"]) == 0
+    nb = nbformat.read(out, as_version=4)
+    assert [c.cell_type for c in nb.cells] == ["markdown", "code", "code", "code"]
+    assert "injected-parameters" in nb.cells[2].metadata["tags"]  # papermill's cell
+    assert nb.cells[3].outputs[0]["text"] == "value is 15\n"
+    assert nb.metadata["papermill"]["input_path"] == str(script)  # the path, not the object
+    assert nb.metadata["kernelspec"]["name"] == "python3" and "jupytext" not in nb.metadata
+
+
+def test_an_unreadable_notebook_is_one_error_line(tmp_path, capsys):
+    (tmp_path / "broken.ipynb").write_text("{not json")
+    assert main([str(tmp_path / "broken.ipynb"), str(tmp_path / "out.ipynb")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "broken.ipynb: not a readable notebook" in err
+    assert not (tmp_path / "out.ipynb").exists()
+
+
 def test_stages_run_as_a_module_the_way_dvc_yaml_calls_them(tmp_path):
-    nb = _notebook(tmp_path / "stage.ipynb", "print('value is', value + 1)")
+    nb = _script(tmp_path / "stage.py", "print('value is', value + 1)")
     out = tmp_path / "stage.out.ipynb"
     cmd = [sys.executable, "-m", "foramlib.stages", str(nb), str(out), "-p", "value", "2"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)

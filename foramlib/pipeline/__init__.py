@@ -1,17 +1,18 @@
 """One module per pipeline stage: a typed configuration and ``run(config)``.
 
 Each ``foramlib.pipeline.<stage>`` module holds all of a stage's orchestration; its
-notebook (``notebooks/<stage>.ipynb``, run by DVC through papermill so the book keeps
-the executed report) only turns its parameters into the configuration, calls ``run``
-and displays the result. Tests and tools call the same ``run``.
+notebook (``notebooks/<stage>.py``, a percent script that DVC runs through papermill,
+so the book keeps the executed report) only turns its parameters into the
+configuration, calls ``run`` and displays the result. Tests and tools call the same
+``run``.
 
-Stages moved here so far: ``curate``, ``split``, ``train`` (one per backbone),
-``ensemble``, ``evaluate``, ``index``. The others still orchestrate in their notebooks.
+Every notebook stage of ``dvc.yaml`` has its module here; the ``book`` stage is build
+tooling (``foramlib.book``), not science.
 
 Examples
 --------
->>> sorted(STAGES)
-['curate', 'ensemble', 'evaluate', 'index', 'split', 'train']
+>>> len(STAGES), list(STAGES)[:4]  # in pipeline order
+(10, ['synthesize', 'curate', 'slice', 'split'])
 """
 
 from __future__ import annotations
@@ -27,8 +28,12 @@ __all__ = ["STAGES", "StageConfig", "check_params", "lookup", "params_field", "s
 #: here. Imported on demand: a stage that imports its own module must not run (and so
 #: depend on) every other stage's code.
 STAGES = {
+    "synthesize": ("foramlib.pipeline.synthesize", "SynthesizeStageConfig"),
     "curate": ("foramlib.pipeline.curate", "CurateStageConfig"),
+    "slice": ("foramlib.pipeline.slice", "SliceStageConfig"),
     "split": ("foramlib.pipeline.split", "SplitStageConfig"),
+    "corpus": ("foramlib.pipeline.corpus", "CorpusStageConfig"),
+    "pretrain": ("foramlib.pipeline.pretrain", "PretrainStageConfig"),
     "train": ("foramlib.pipeline.train", "TrainStageConfig"),
     "ensemble": ("foramlib.pipeline.ensemble", "EnsembleStageConfig"),
     "evaluate": ("foramlib.pipeline.evaluate", "EvaluateStageConfig"),
@@ -46,7 +51,7 @@ def stage_config(name: str) -> type[StageConfig]:
     >>> stage_config("nope")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    ValueError: no pipeline module for stage 'nope'; known: ['curate', 'ensemble', ...]
+    ValueError: no pipeline module for stage 'nope'; known: ['corpus', 'curate', ...]
     """
     if name not in STAGES:
         raise ValueError(f"no pipeline module for stage {name!r}; known: {sorted(STAGES)}")
@@ -64,7 +69,7 @@ def check_params(params: Mapping) -> list[str]:
     Examples
     --------
     >>> check_params({"seed": 0})[0]
-    "curate: params.yaml has no key 'data.source'"
+    "synthesize: params.yaml has no key 'data.source'"
     """
     problems = []
     for name in STAGES:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from foramlib.pipeline._config import StageConfig, backbone_names, lookup
+from foramlib.pipeline._config import BackboneStageConfig
 from foramlib.training import TrainConfig, TrainResult
 
 __all__ = ["TrainStageConfig", "TrainStageResult", "run"]
@@ -32,7 +32,7 @@ _NOT_IN_TRAIN_SECTION = {"backbone", "input_size", "seed"}
 
 
 @dataclass(frozen=True)
-class TrainStageConfig(StageConfig):
+class TrainStageConfig(BackboneStageConfig):
     """What one ``train@<backbone>`` stage reads and writes.
 
     Parameters
@@ -71,10 +71,6 @@ class TrainStageConfig(StageConfig):
                 self, "history_figure", f"results/figures/history_{self.backbone}.png"
             )
 
-    @property
-    def foreach_key(self) -> str:
-        return self.backbone
-
     @classmethod
     def params_keys(cls) -> dict[str, str]:
         """``train.<field>`` -> its ``params.yaml`` key (``{key}``: the backbone)."""
@@ -93,24 +89,10 @@ class TrainStageConfig(StageConfig):
 
         `overrides` may replace the paths; ``train`` settings come from `params`.
         """
-        unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise TypeError(f"{cls.__name__} has no field(s) {unknown}")
-        if "backbone" not in overrides:
-            raise TypeError("TrainStageConfig.from_params needs backbone=<name>")
-        backbone = overrides["backbone"]
-        for key in cls.params_keys().values():  # every key the stage reads must be there
-            lookup(params, key.format(key=backbone))
+        backbone = cls._backbone_of(overrides)
+        cls.check_keys(params, backbone)  # every key the stage reads must be there
         train = overrides.pop("train", None) or TrainConfig.from_params(params, backbone)
         return cls(train=train, **overrides)
-
-    @classmethod
-    def each_from_params(cls, params: Mapping) -> list[TrainStageConfig]:
-        """One configuration per key of ``train.backbones``."""
-        return [
-            cls.from_params(params, backbone=b)
-            for b in backbone_names(lookup(params, "train.backbones"))
-        ]
 
 
 @dataclass(frozen=True)

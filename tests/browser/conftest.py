@@ -120,19 +120,11 @@ def workspace_params() -> dict:
 
 def build_workspace(root: Path, *, log=print) -> dict:
     """Run synthesize -> curate -> slice -> split -> train x2 -> ensemble -> evaluate ->
-    index into `root`, with the calls the stage notebooks make (curate, split,
-    ensemble, evaluate and index through their ``foramlib.pipeline`` modules); return a
-    summary."""
+    index into `root` through the stages' ``foramlib.pipeline`` modules, as their
+    notebooks run them; return a summary."""
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-    from foramlib import (
-        config,
-        curation,
-        slicing,
-        training,
-        virtual,
-    )
+    from foramlib import config, training
     from foramlib.atomic import write_text
-    from foramlib.preprocess import PreprocessConfig
 
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -146,55 +138,28 @@ def build_workspace(root: Path, *, log=print) -> dict:
 
     # all paths relative to the workspace, as dvc runs the stages
     with contextlib.chdir(root):
-        # synthesize (notebooks/synthesize.ipynb)
-        t0 = time.perf_counter()
-        raw = params["data"]["raw_dir"]
-        virtual.synthesize_collection(
-            raw,
-            virtual.taxa_preset(params["virtual"]["preset"]),
-            seed=params["seed"],
-            shape=params["virtual"]["shape"],
-            supersample=params["virtual"]["supersample"],
-            progress=None,
-        )
-        done("synthesize", t0)
-
-        # curate, split, ensemble, evaluate, index: the stages' own foramlib.pipeline
-        # modules, as their notebooks run them
+        # every stage through its foramlib.pipeline module, as its notebook runs it
         from foramlib.pipeline import curate as curate_stage
         from foramlib.pipeline import ensemble as ensemble_stage
         from foramlib.pipeline import evaluate as evaluate_stage
         from foramlib.pipeline import index as index_stage
+        from foramlib.pipeline import slice as slice_stage
         from foramlib.pipeline import split as split_stage
+        from foramlib.pipeline import synthesize as synthesize_stage
         from foramlib.pipeline import train as train_stage
+
+        t0 = time.perf_counter()
+        synthesize_stage.run(
+            synthesize_stage.SynthesizeStageConfig.from_params(params), progress=None
+        )
+        done("synthesize", t0)
 
         t0 = time.perf_counter()
         curate_stage.run(curate_stage.CurateStageConfig.from_params(params))
         done("curate", t0)
 
-        # slice (notebooks/slice.ipynb)
         t0 = time.perf_counter()
-        sp = params["slice"]
-        slice_config = slicing.SlicingConfig(
-            slices_per_taxon=sp["slices_per_taxon"],
-            offsets_per_orientation=sp["offsets_per_orientation"],
-            jitter_deg=sp["jitter_deg"],
-            dense_factor=sp["dense_factor"],
-            smooth_sigma=sp["smooth_sigma"],
-            preprocess=PreprocessConfig(
-                size=sp["size"],
-                sensitivity=sp["sensitivity"],
-                min_fraction=sp["min_fraction"],
-                margin=sp["margin"],
-                clahe=sp["clahe"],
-                denoise=sp["denoise"],
-                sharpen=sp["sharpen"],
-            ),
-        )
-        manifest = curation.read_curated("data/curated/manifest.csv", raw)
-        slicing.build_slice_store(
-            manifest, "data/slices", slice_config, seed=params["seed"], progress=None
-        )
+        slice_stage.run(slice_stage.SliceStageConfig.from_params(params), progress=None)
         done("slice", t0)
 
         # split (notebooks/split.ipynb)
