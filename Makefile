@@ -18,7 +18,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 help:
 	@echo "make demo      create .venv if needed, run the DVC pipeline, build the book"
 	@echo "make test      create .venv if needed, run the test suite"
-	@echo "make test-fast the fast lane while you work: no slow tests, all cores (a few minutes)"
+	@echo "make test-fast the fast lane while you work: no slow tests, all cores (about 3 minutes)"
 	@echo "make lint      ruff check + format check"
 	@echo "make profile PROFILE=paper   switch params.yaml to another kept profile"
 	@echo "make benchmarks              run the speed benchmarks (JSON in benchmarks/results/)"

@@ -58,7 +58,7 @@ def train_once(cfg: training.TrainConfig, index: pd.DataFrame, store, names, out
     mix = (lambda x, y, rng: mix_batch(x, y, cfg.augment, rng)) if cfg.augment.enabled else None
     datasets = data.make_datasets(
         index, store, names, batch_size=cfg.batch_size, seed=cfg.seed, mix=mix,
-        input_size=cfg.input_size,
+        input_size=cfg.input_size, workers=cfg.workers,
     )  # fmt: skip
     result = training.train_backbone(cfg, datasets, names, out_dir, progress=None)
     out = {}

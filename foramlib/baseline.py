@@ -53,7 +53,8 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from foramlib.atomic import write_csv
-from foramlib.data import _resize, check_splits, class_names
+from foramlib.data import check_splits, class_names
+from foramlib.preprocess import resize_slice
 from foramlib.reports import Report
 
 __all__ = [
@@ -110,8 +111,8 @@ def hog_features(
         Grey images (uint8 or float); a memory map is read one image at a time.
     size : int, optional
         Resize every image to ``size x size`` first, with the training stage's resize
-        (:func:`foramlib.data._resize`); default: keep the images as they are (they must
-        then all be square of one side, which the slice store guarantees).
+        (:func:`foramlib.preprocess.resize_slice`); default: keep the images as they are
+        (they must then all be square of one side, which the slice store guarantees).
     orientations : int, default 9
         Number of gradient-orientation bins.
     pixels_per_cell : int, optional
@@ -176,7 +177,7 @@ def hog_features(
         if not np.isfinite(image).all():
             raise ValueError(f"image {i} holds NaN or infinite pixels")
         if size is not None:
-            image = _resize(image, side)
+            image = resize_slice(image, side)
         rows.append(
             hog(
                 image,

@@ -11,8 +11,9 @@ Everything the dashboard's classification page does, without widgets:
   optional manual crop;
 * :class:`Classifier` loads the ensemble named by ``results/metrics.json`` ("final"),
   its member models and class names, and predicts: members see the cleaned slice
-  resized exactly as in training (:func:`foramlib.data._resize`, float32 in [0, 255]),
-  their probabilities are combined by the recorded :class:`~foramlib.ensemble.EnsembleSpec`;
+  resized exactly as in training (:func:`foramlib.preprocess.resize_slice`, float32 in
+  [0, 255]), their probabilities combined by the recorded
+  :class:`~foramlib.ensemble.EnsembleSpec`;
 * :func:`calibrate_threshold` sets the confidence under which a prediction is flagged
   *uncertain*, on VALIDATION predictions only;
 * :func:`grad_cam` shows which part of the slice drove the main model's decision.
@@ -44,7 +45,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from foramlib.preprocess import PreprocessConfig, PreprocessError, preprocess_slice
+from foramlib.preprocess import PreprocessConfig, PreprocessError, preprocess_slice, resize_slice
 from foramlib.tta import check_views, predict_views
 
 __all__ = [
@@ -346,36 +347,18 @@ class PrepareOptions:
 
 
 def preprocess_defaults(workspace) -> tuple[PreprocessConfig, str]:
-    """The preprocessing the models were trained with, and where it was read from.
-
-    ``data/slices/slicing.json`` (what the slice store was made with) first, then
-    ``params.yaml`` ``slice.*``, else :class:`PreprocessConfig`'s defaults.
+    """The preprocessing the models were trained with, and where it was read from
+    (:func:`foramlib.slicing.trained_slicing`, the one reader: the slice store's
+    record, then ``params.yaml`` ``slice.*``, else the defaults).
 
     >>> import tempfile
     >>> preprocess_defaults(tempfile.mkdtemp())[1]
     'built-in defaults'
     """
-    ws = Path(workspace)
-    keys = ("size", "sensitivity", "min_fraction", "margin", "clahe", "denoise", "sharpen")
-    store = ws / "data" / "slices" / "slicing.json"
-    if store.is_file():
-        try:
-            pp = json.loads(store.read_text(encoding="utf-8"))["preprocess"]
-            return PreprocessConfig(**{k: pp[k] for k in keys if k in pp}), str(
-                Path("data/slices/slicing.json")
-            )
-        except (KeyError, TypeError, ValueError, json.JSONDecodeError):
-            pass
-    params = ws / "params.yaml"
-    if params.is_file():
-        import yaml
+    from foramlib.slicing import trained_slicing
 
-        try:
-            sl = (yaml.safe_load(params.read_text(encoding="utf-8")) or {}).get("slice") or {}
-            return PreprocessConfig(**{k: sl[k] for k in keys if k in sl}), "params.yaml slice.*"
-        except (yaml.YAMLError, AttributeError, TypeError, ValueError):
-            pass
-    return PreprocessConfig(), "built-in defaults"
+    config, source = trained_slicing(workspace)
+    return config.preprocess, source
 
 
 def _manual_crop(image: np.ndarray, crop) -> np.ndarray:
@@ -889,14 +872,12 @@ class Classifier:
         return prepare(image, options, self.preprocess, **kwargs)
 
     def _input(self, cleaned: np.ndarray, size: int) -> np.ndarray:
-        from foramlib.data import _resize  # the training loader's resize
-
         img = np.asarray(cleaned)
         if img.ndim != 2 or img.dtype != np.uint8:
             raise ClassifyError(
                 f"expected a cleaned 2-D uint8 slice (see prepare), got {img.dtype} {img.shape}"
             )
-        return _resize(img, size).astype(np.float32)[None, :, :, None]
+        return resize_slice(img, size).astype(np.float32)[None, :, :, None]
 
     def member_probabilities(self, cleaned: np.ndarray) -> dict[str, np.ndarray]:
         """Each member's (1, C) probabilities for one cleaned slice."""
@@ -919,8 +900,6 @@ class Classifier:
         -------
         ndarray of float64, shape (N, n_classes)
         """
-        from foramlib.data import _resize  # the training loader's resize
-
         stack = np.asarray(cleaned)
         if stack.ndim != 3 or stack.dtype != np.uint8 or len(stack) == 0:
             raise ClassifyError(
@@ -932,7 +911,7 @@ class Classifier:
             size = self.input_sizes[m]
             out = []
             for start in range(0, len(stack), batch_size):
-                x = np.stack([_resize(img, size) for img in stack[start : start + batch_size]])
+                x = np.stack([resize_slice(img, size) for img in stack[start : start + batch_size]])
                 x = x.astype(np.float32)[..., None]
                 out.append(predict_views(model, x, self.tta_views[m]))
             members[m] = np.concatenate(out).reshape(len(stack), -1)

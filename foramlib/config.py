@@ -19,6 +19,7 @@ Every problem is reported at once, naming the key and echoing the value:
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -86,6 +87,11 @@ def _number_in(lo: float, hi: float, *, lo_open=False, hi_open=False) -> Callabl
 
     check.__doc__ = f"a number in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
     return check
+
+
+def _positive_number(v: Any) -> bool:
+    """a number > 0"""
+    return not isinstance(v, bool) and isinstance(v, int | float) and v == v and 0 < v < math.inf
 
 
 def _bool(v: Any) -> bool:
@@ -223,6 +229,11 @@ SCHEMA: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.augment.contrast": (_number_in(0, 1), "contrast jitter"),
     "train.augment.cutmix": (_bool, "CutMix at the batch level"),
     "train.augment.mixup": (_bool, "MixUp at the batch level"),
+    "train.augment.mix_alpha": (_positive_number, "MixUp's Beta(α, α) parameter (usual: 0.2)"),
+    "train.augment.cutmix_alpha": (
+        _number_in(0, 1, lo_open=True),
+        "CutMix's Beta(α, α) parameter (1: the pasted area is uniform)",
+    ),
     "train.augment.mix_probability": (_number_in(0, 1), "share of batches mixed"),
     "train.augment.stretch": (_number_in(0, 1, hi_open=True), "random aspect-ratio change"),
     "train.augment.blur": (_number_in(0, 8), "maximum random blur sigma (px)"),

@@ -42,12 +42,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import keras
 import numpy as np
 import pandas as pd
 
 from foramlib.atomic import write_text
+from foramlib.preprocess import resize_slice
 from foramlib.split import SPLITS
 
 __all__ = [
@@ -383,14 +383,6 @@ def _portable(array):
     return array
 
 
-def _resize(image: np.ndarray, size: int) -> np.ndarray:
-    if image.shape == (size, size):
-        return image
-    shrink = size < image.shape[0] or size < image.shape[1]
-    interp = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
-    return cv2.resize(image, (size, size), interpolation=interp)
-
-
 def _to_numpy(value) -> np.ndarray:
     if isinstance(value, np.ndarray):
         return value.astype(np.float32, copy=False)
@@ -616,7 +608,7 @@ class SliceBatches(keras.utils.PyDataset):
             wanted, back = np.unique(rows[sel], return_inverse=True)
             block = np.asarray(self._arrays[code][wanted])
             if block.shape[1:] != self._size:
-                block = np.stack([_resize(img, self.input_size) for img in block])
+                block = np.stack([resize_slice(img, self.input_size) for img in block])
             out[sel] = block[back]
         return out
 

@@ -39,6 +39,7 @@ __all__ = [
     "segment_silhouette",
     "crop_square",
     "resize_square",
+    "resize_slice",
     "enhance",
     "preprocess_slice",
     "background_level",
@@ -112,6 +113,18 @@ class PreprocessConfig:
         'slice.size'
         """
         return {f.name: f"slice.{f.name}" for f in fields(cls)}
+
+    @classmethod
+    def from_record(cls, record: Mapping) -> PreprocessConfig:
+        """The settings in `record` (an :meth:`as_dict` or a ``params.yaml`` ``slice``
+        section); absent ones keep their defaults, other entries are ignored.
+
+        >>> PreprocessConfig.from_record({"size": 40, "version": 1, "n_slices": 9}).size
+        40
+        """
+        if not isinstance(record, Mapping):
+            raise ValueError(f"preprocessing settings must be a mapping, got {record!r}")
+        return cls(**{f.name: record[f.name] for f in fields(cls) if f.name in record})
 
     @classmethod
     def from_params(cls, params: Mapping, *, skip: Iterable[str] = ()) -> PreprocessConfig:
@@ -288,6 +301,30 @@ def resize_square(img: np.ndarray, size: int) -> np.ndarray:
         img = square
     interp = cv2.INTER_AREA if img.shape[0] > size else cv2.INTER_LINEAR
     return cv2.resize(img.astype(np.float32), (size, size), interpolation=interp)
+
+
+def resize_slice(image: np.ndarray, size: int) -> np.ndarray:
+    """A stored slice at a model's input size: the ONE resize of training and serving.
+
+    The training loader (:class:`foramlib.data.SliceBatches`) and the classifier
+    (:class:`foramlib.classify.Classifier`) both call it, so a model sees a slice at
+    prediction exactly as it saw slices in training. The dtype is kept (uint8 in,
+    uint8 out); ``INTER_AREA`` when shrinking, ``INTER_LINEAR`` when growing, the image
+    itself when it already has the size.
+
+    Examples
+    --------
+    >>> img = np.arange(16, dtype=np.uint8).reshape(4, 4)
+    >>> resize_slice(img, 2).tolist()
+    [[3, 5], [11, 13]]
+    >>> resize_slice(img, 4) is img
+    True
+    """
+    if image.shape == (size, size):
+        return image
+    shrink = size < image.shape[0] or size < image.shape[1]
+    interp = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+    return cv2.resize(image, (size, size), interpolation=interp)
 
 
 def enhance(

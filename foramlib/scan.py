@@ -22,7 +22,6 @@ Examples
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -40,7 +39,7 @@ from foramlib.classify import (
     calibrate_threshold,
     load_validation,
 )
-from foramlib.slicing import SliceError, SlicingConfig, slice_array
+from foramlib.slicing import SliceError, SlicingConfig, slice_array, trained_slicing
 
 __all__ = [
     "ScanError",
@@ -156,45 +155,14 @@ class ScanAnswer:
 
 
 def slicing_defaults(workspace) -> tuple[SlicingConfig, str]:
-    """The slicer settings the models' training sections were cut with, and their source.
-
-    ``data/slices/slicing.json`` (what the slice store was made with) first, then
-    ``params.yaml`` ``slice.*``, else :class:`~foramlib.slicing.SlicingConfig` defaults.
-    The preprocessing comes from :func:`foramlib.classify.preprocess_defaults`.
+    """The slicer settings the models' training sections were cut with, and their source
+    (:func:`foramlib.slicing.trained_slicing`, the one reader).
 
     >>> import tempfile
     >>> slicing_defaults(tempfile.mkdtemp())[1]
     'built-in defaults'
     """
-    from foramlib.classify import preprocess_defaults
-
-    ws = Path(workspace)
-    pp, _ = preprocess_defaults(ws)
-    keys = ("offsets_per_orientation", "jitter_deg", "dense_factor", "smooth_sigma")
-    sources = (
-        (ws / "data" / "slices" / "slicing.json", "data/slices/slicing.json", json.loads, None),
-        (ws / "params.yaml", "params.yaml slice.*", _yaml, "slice"),
-    )
-    for path, label, parse, section in sources:
-        if not path.is_file():
-            continue
-        try:
-            found = parse(path.read_text(encoding="utf-8")) or {}
-            if section is not None:
-                found = found.get(section) or {}
-            return SlicingConfig(preprocess=pp, **{k: found[k] for k in keys if k in found}), label
-        except (AttributeError, KeyError, TypeError, ValueError):
-            continue  # unreadable or stale: try the next source
-    return SlicingConfig(preprocess=pp), "built-in defaults"
-
-
-def _yaml(text: str):
-    import yaml
-
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ValueError(str(exc)) from None
+    return trained_slicing(workspace)
 
 
 def load_scan(scan, *, voxel_size_um: float | None = None) -> tuple[np.ndarray, str, dict]:

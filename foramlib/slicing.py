@@ -59,6 +59,8 @@ __all__ = [
     "extract_slice",
     "extract_slices",
     "slices_per_volume",
+    "STORE_RECORD",
+    "trained_slicing",
     "prepare_volume",
     "slice_volume",
     "build_slice_store",
@@ -349,6 +351,87 @@ class SlicingConfig:
             **read_keys(params, own, skip),
             preprocess=PreprocessConfig.from_params(params, skip=inner),
         )
+
+    @classmethod
+    def from_record(cls, record: Mapping, *, flat: bool = False) -> SlicingConfig:
+        """The settings a slice store was cut with, from its ``slicing.json`` record
+        (the preprocessing nested under ``"preprocess"``), or from a ``params.yaml``
+        ``slice`` section (``flat=True``: the preprocessing keys beside the others).
+
+        Settings absent keep their defaults; other entries (counts, per-volume
+        statistics) are ignored.
+
+        Raises
+        ------
+        ValueError
+            `record` is not a mapping, a store record has no ``preprocess`` mapping, or
+            a setting is invalid.
+
+        Examples
+        --------
+        >>> rec = {"preprocess": {"size": 40, "version": 1}, "jitter_deg": 2, "n_slices": 9}
+        >>> cfg = SlicingConfig.from_record(rec)
+        >>> cfg.preprocess.size, cfg.jitter_deg, cfg.smooth_sigma
+        (40, 2, 0.8)
+        >>> SlicingConfig.from_record({"size": 48, "jitter_deg": 1}, flat=True).preprocess.size
+        48
+        """
+        if not isinstance(record, Mapping):
+            raise ValueError(f"slicing settings must be a mapping, got {record!r}")
+        pp = record if flat else record.get("preprocess")
+        if not isinstance(pp, Mapping):
+            raise ValueError(f"a slice store record needs a 'preprocess' mapping, got {pp!r}")
+        own = {f.name: record[f.name] for f in fields(cls) if f.name in record}
+        own.pop("preprocess", None)
+        return cls(preprocess=PreprocessConfig.from_record(pp), **own)
+
+
+STORE_RECORD = "data/slices/slicing.json"
+
+
+def trained_slicing(workspace) -> tuple[SlicingConfig, str]:
+    """How a workspace's models' slices were cut and preprocessed, and the source.
+
+    The one reader of the training settings for serving (``foram classify``, the
+    dashboard): the slice store's record (:data:`STORE_RECORD`, what the store WAS cut
+    with) first, then ``params.yaml``'s ``slice`` section (what the next store will be
+    cut with), else :class:`SlicingConfig`'s defaults. One source gives every setting:
+    an unreadable record is passed over whole, never patched from the parameters.
+
+    Parameters
+    ----------
+    workspace : path-like
+        The project folder (holding ``params.yaml`` and ``data/``).
+
+    Returns
+    -------
+    (SlicingConfig, str)
+        The settings and where they were read from: ``"data/slices/slicing.json"``,
+        ``"params.yaml slice.*"`` or ``"built-in defaults"``.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> trained_slicing(tempfile.mkdtemp())[1]
+    'built-in defaults'
+    """
+    import yaml
+
+    ws = Path(workspace)
+    record = ws / STORE_RECORD
+    if record.is_file():
+        try:
+            return SlicingConfig.from_record(json.loads(record.read_text("utf-8"))), STORE_RECORD
+        except (ValueError, TypeError):  # unreadable or stale (JSON errors are ValueErrors)
+            pass
+    params = ws / "params.yaml"
+    if params.is_file():
+        try:
+            section = (yaml.safe_load(params.read_text("utf-8")) or {}).get("slice")
+            return SlicingConfig.from_record(section or {}, flat=True), "params.yaml slice.*"
+        except (yaml.YAMLError, AttributeError, ValueError, TypeError):
+            pass
+    return SlicingConfig(), "built-in defaults"
 
 
 def slices_per_volume(manifest: pd.DataFrame, slices_per_taxon: int) -> pd.Series:

@@ -64,11 +64,11 @@ def test_hog_cells_scale_with_the_image_side(side):
 
 
 def test_hog_resizes_with_the_training_resize():
-    from foramlib.data import _resize
+    from foramlib.preprocess import resize_slice
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 255, (3, 50, 40), dtype=np.uint8)
-    resized = np.stack([_resize(im, 32) for im in images])
+    resized = np.stack([resize_slice(im, 32) for im in images])
     np.testing.assert_array_equal(hog_features(images, size=32), hog_features(resized))
 
 

@@ -357,13 +357,13 @@ def test_predict_combines_members_like_the_spec(classifier):
 
 def test_predict_resizes_like_training(workspace):
     """A slice of another size is resized with the training loader's rule."""
-    from foramlib.data import _resize
+    from foramlib.preprocess import resize_slice
 
     clf = classify.Classifier.from_workspace(workspace, ensemble="m1")
     assert clf.spec.members == ("m1",)
     big = np.random.default_rng(1).integers(0, 255, (50, 50), dtype=np.uint8)
     pred = clf.predict(big)
-    x = _resize(big, SIZE).astype(np.float32)[None, :, :, None]
+    x = resize_slice(big, SIZE).astype(np.float32)[None, :, :, None]
     expected = np.asarray(clf.models["m1"].predict_on_batch(x))[0]
     assert pred.member_probabilities["m1"] == pytest.approx(expected.tolist())
 

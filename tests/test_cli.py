@@ -72,6 +72,7 @@ def test_index_command_reports_what_it_built(workspace, capsys):
     assert built.config.n_orientations == 20 and built.config.preprocess.size == 32
 
 
+@pytest.mark.slow
 def test_match_prints_a_table_of_the_top_matches(workspace, capsys):
     assert _match(workspace, "--top-k", "2") == 0
     lines = capsys.readouterr().out.splitlines()
@@ -93,6 +94,7 @@ def test_match_prints_a_table_of_the_top_matches(workspace, capsys):
         assert cells[8:] == [f"{m.scores[k]:.3f}" for k in cli.SCORE_COLUMNS]
 
 
+@pytest.mark.slow
 def test_match_says_when_it_matched_another_reading_of_the_image(workspace, capsys, monkeypatch):
     real = matching.match
 
@@ -110,6 +112,7 @@ def test_match_says_when_it_matched_another_reading_of_the_image(workspace, caps
     assert json.loads(capsys.readouterr().out)[0]["reading"] == "brightest class removed"
 
 
+@pytest.mark.slow
 def test_match_json_filters_and_no_refine(workspace, capsys):
     assert _match(workspace, "--json", "--species", "Beta", "--no-refine", "--top-k", "3") == 0
     found = json.loads(capsys.readouterr().out)
@@ -122,6 +125,7 @@ def test_match_json_filters_and_no_refine(workspace, capsys):
     assert json.loads(capsys.readouterr().out)[0]["specimen_id"] in {"A-01", "B-01"}
 
 
+@pytest.mark.slow
 def test_match_refinement_uses_the_volumes_and_a_time_budget(workspace, capsys):
     assert _match(workspace, "--json", "--top-k", "1") == 0
     refined = json.loads(capsys.readouterr().out)[0]
@@ -132,6 +136,7 @@ def test_match_refinement_uses_the_volumes_and_a_time_budget(workspace, capsys):
     assert json.loads(capsys.readouterr().out)[0] == coarse  # budget spent: no refinement
 
 
+@pytest.mark.slow
 def test_match_saves_the_3d_view_of_the_best_match(workspace, tmp_path, capsys):
     out = tmp_path / "fig" / "best.png"
     assert _match(workspace, "--top-k", "1", "--save-figure", str(out)) == 0

@@ -33,6 +33,26 @@ def test_every_schema_key_is_in_the_profiles(quick):
     assert set(config.SCHEMA) == set(config._flatten(quick))
 
 
+def test_the_schema_checks_exactly_the_keys_the_stages_read():
+    """SCHEMA (value checks) and the stage configurations (what each stage reads) name
+    the same keys, so neither can gain a key the other does not know."""
+    from dataclasses import fields
+
+    from foramlib import pipeline
+    from foramlib.augment import AugmentConfig
+
+    read = set()
+    for name in pipeline.STAGES:
+        read |= set(pipeline.stage_config(name).params_keys().values())
+    # read whole: the augmentation section, and each backbone's settings
+    read.remove("train.augment")
+    read |= {f"train.augment.{f.name}" for f in fields(AugmentConfig)}
+    read.remove("train.backbones.{key}.input_size")
+    read.add("train.backbones")
+    assert set(config.SCHEMA) - read == {"profile"}  # a label, read by no stage
+    assert read - set(config.SCHEMA) == set()
+
+
 @pytest.mark.parametrize(
     "key, value, match",
     [

@@ -126,6 +126,7 @@ def test_collection_reads_volumes_lazily_and_caches_a_few(built):
         c.volume("Z-99")
 
 
+@pytest.mark.slow
 def test_collection_volumes_match_like_the_raw_arrays(built):
     root, out, _ = built
     c = indexing.load_collection(out)

@@ -1,4 +1,8 @@
-"""Slice-to-volume matching on tiny virtual specimens of four genera."""
+"""Slice-to-volume matching on tiny virtual specimens of four genera.
+
+Every test that needs the module's index or prepared volumes is marked slow: building
+them takes about 40 s on 2 cores, so ``make test-fast`` leaves them to ``make test``.
+"""
 
 from __future__ import annotations
 
@@ -52,6 +56,7 @@ def _perturb(section, rng, scale):
     return img[c:-c, c // 2 : side - c]  # a small, uneven crop of the margin
 
 
+@pytest.mark.slow
 def test_index_save_load_roundtrip(index, tmp_path):
     path = index.save(tmp_path / "idx.npz")
     back = MatchIndex.load(path, CONFIG)
@@ -60,6 +65,7 @@ def test_index_save_load_roundtrip(index, tmp_path):
         assert np.array_equal(getattr(back, name), getattr(index, name)), name
 
 
+@pytest.mark.slow
 def test_index_is_compact(index, tmp_path):
     # descriptors (float16) + packed silhouette + plane: a few hundred bytes a candidate,
     # so the default collection's index stays in the tens of megabytes
@@ -69,6 +75,7 @@ def test_index_is_compact(index, tmp_path):
     assert index.descriptors.shape[1] <= matching.DESCRIPTOR_DIMS
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "old_format,dropped,msg",
     [
@@ -130,6 +137,7 @@ def test_index_reads_each_section_as_a_query_is():
     assert differs > 0  # the volume's threshold would have read some sections otherwise
 
 
+@pytest.mark.slow
 def test_index_geometry_places_the_silhouette(index, prepared):
     """Stored centroids lie on the fossil, radii are a fraction of the section."""
     assert index.geometry.shape == (len(index), 4)
@@ -146,6 +154,7 @@ def test_index_geometry_places_the_silhouette(index, prepared):
         assert np.linalg.norm(centroid - pv.points.mean(axis=0)) < pv.window / 2
 
 
+@pytest.mark.slow
 def test_index_version_mismatch_refused(index, tmp_path):
     path = index.save(tmp_path / "idx.npz")
     with np.load(path) as z:
@@ -160,6 +169,7 @@ def test_index_version_mismatch_refused(index, tmp_path):
         MatchIndex.load(path, IndexConfig(n_orientations=10, n_offsets=7))
 
 
+@pytest.mark.slow
 def test_in_plane_angle_convention(index, specimens):
     """A query cut at a candidate's plane, turned by 70°, comes back with angle 70°,
     and a section cut at the returned plane comes back with the same pose."""
@@ -197,6 +207,7 @@ QUERIES = [
 AMBIGUOUS = {"V-ALVE-01"}
 
 
+@pytest.mark.slow
 def test_section_geometry_is_the_index_geometry(index, prepared):
     """Sections measured at match time are measured as the index's were."""
     for r in range(0, len(index), 131):
@@ -327,6 +338,7 @@ def _query(specimens, prepared, spec, normal, offset, angle, scale):
     return truth, _perturb(section, rng, scale)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec,normal,offset,angle,scale", QUERIES)
 def test_oblique_query_finds_specimen(
     index, specimens, prepared, spec, normal, offset, angle, scale
@@ -343,6 +355,7 @@ def test_oblique_query_finds_specimen(
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "spec,normal,offset,angle,scale",
     [
@@ -370,6 +383,7 @@ def test_oblique_query_recovers_pose(
     assert poses[0][0] <= 10.0 and poses[0][1] <= 1.0, poses
 
 
+@pytest.mark.slow
 def test_a_mounting_stem_in_the_query_is_read_away(index, specimens, prepared, monkeypatch):
     """A metal stem cut across in a corner takes the query's segmentation; the weak
     first answer sends the query through its other readings, and the one without its
@@ -395,6 +409,7 @@ def test_a_mounting_stem_in_the_query_is_read_away(index, specimens, prepared, m
     assert first.scores["combined"] < best.scores["combined"]
 
 
+@pytest.mark.slow
 def test_a_stem_hiding_the_fossil_is_read_away_whatever_the_first_score(
     index, specimens, prepared, monkeypatch
 ):
@@ -419,6 +434,7 @@ def test_a_stem_hiding_the_fossil_is_read_away_whatever_the_first_score(
     assert not any("searching again" in m for m in seen)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("retry_score,retried", [(0.0, False), (2.0, True)])
 def test_other_readings_are_searched_only_after_a_weak_answer(
     index, specimens, prepared, monkeypatch, retry_score, retried
@@ -438,6 +454,7 @@ def test_other_readings_are_searched_only_after_a_weak_answer(
     assert not any("searching again" in m for m in seen)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "retry_score,wide_search,widened", [(0.0, 3, False), (2.0, 1, False), (2.0, 3, True)]
 )
@@ -482,6 +499,7 @@ def test_a_query_weak_on_every_reading_gets_a_wider_search(
     assert best.scores["combined"] >= first.scores["combined"] - 1e-6
 
 
+@pytest.mark.slow
 def test_restrict_to_specimens_and_species(index, specimens, prepared):
     spec, normal, offset, angle, _ = QUERIES[0]
     q = extract_slice(specimens[spec][1], Plane(normal, offset, angle), size=60)
@@ -493,6 +511,7 @@ def test_restrict_to_specimens_and_species(index, specimens, prepared):
         matching.match(index, q, volumes=prepared, specimens=["nope"])
 
 
+@pytest.mark.slow
 def test_volumes_are_required_and_cached(index, specimens):
     spec, normal, offset, angle, _ = QUERIES[2]
     vol = specimens[spec][1]
@@ -506,6 +525,7 @@ def test_volumes_are_required_and_cached(index, specimens):
     assert index.prepared(spec, raw) is first  # prepared once, then reused
 
 
+@pytest.mark.slow
 def test_progress_reports_fractions_up_to_done(index, prepared):
     spec, normal, offset, angle, _ = QUERIES[0]
     q = extract_slice(prepared[spec].data, Plane(normal, offset, angle), size=60)
@@ -516,6 +536,7 @@ def test_progress_reports_fractions_up_to_done(index, prepared):
     assert any("refining" in msg for _, msg in seen)
 
 
+@pytest.mark.slow
 def test_matches_are_distinct_poses(index, specimens, prepared):
     truth, q = _query(specimens, prepared, *QUERIES[1])
     found = matching.match(index, q, volumes=prepared, top_k=5)
@@ -526,6 +547,7 @@ def test_matches_are_distinct_poses(index, specimens, prepared):
                 assert _angle(a.normal, b.normal) > 3.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "bad,err,msg",
     [
@@ -541,6 +563,7 @@ def test_bad_queries_raise_clear_errors(index, bad, err, msg):
         matching.match(index, bad)
 
 
+@pytest.mark.slow
 def test_bad_arguments(index):
     img = np.zeros((40, 40))
     img[10:30, 12:28] = 1.0
@@ -552,6 +575,7 @@ def test_bad_arguments(index):
         IndexConfig(n_orientations=0)
 
 
+@pytest.mark.slow
 def test_index_from_another_descriptor_layout_refused(index, tmp_path):
     path = index.save(tmp_path / "idx.npz")
     with np.load(path) as z:
@@ -562,12 +586,14 @@ def test_index_from_another_descriptor_layout_refused(index, tmp_path):
         MatchIndex.load(tmp_path / "other.npz")
 
 
+@pytest.mark.slow
 def test_top_k_matches_are_returned(index, specimens, prepared):
     _, q = _query(specimens, prepared, *QUERIES[3])
     assert len(matching.match(index, q, volumes=prepared, top_k=5)) == 5
     assert len(matching.match(index, q, volumes=prepared, top_k=2, refine=False)) == 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["coarse_k", "screen_k", "refine_k"])
 def test_search_effort_is_validated(index, prepared, name):
     spec, normal, offset, angle, _ = QUERIES[0]

@@ -382,6 +382,7 @@ def test_split_puts_each_specimen_in_one_split(split_run, tmp_path):
         assert (tmp_path / "tables" / f"{name}.csv").is_file()
 
 
+@pytest.mark.slow
 def test_train_stage_trains_and_predicts_from_its_config(split_run, tmp_path):
     import json
 

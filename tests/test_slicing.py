@@ -10,7 +10,7 @@ import pytest
 
 from foramlib import slicing
 from foramlib.preprocess import PreprocessConfig
-from foramlib.slicing import Plane
+from foramlib.slicing import STORE_RECORD, Plane, SlicingConfig, trained_slicing
 from foramlib.volumes import read_manifest, write_nifti
 
 RNG_NORMALS = np.random.default_rng(0).normal(size=(6, 3))
@@ -219,3 +219,51 @@ def test_load_slices_reports_a_missing_array(store, tmp_path):
     broken.loc[0, "array"] = "nope.npy"
     with pytest.raises(slicing.SliceError, match="array nope.npy listed in the index is missing"):
         slicing.load_slices(out, broken)
+
+
+# --------------------------------------------------------------------------- served settings
+
+
+def _write_record(ws, record):
+    store = ws / "data" / "slices"
+    store.mkdir(parents=True, exist_ok=True)
+    (store / "slicing.json").write_text(json.dumps(record) if isinstance(record, dict) else record)
+
+
+def test_trained_slicing_reads_one_source_whole(tmp_path):
+    """The store's record wins and is never patched from params.yaml."""
+    (tmp_path / "params.yaml").write_text("slice: {jitter_deg: 2, size: 48, clahe: true}\n")
+    config, source = trained_slicing(tmp_path)
+    assert source == "params.yaml slice.*"
+    assert (config.jitter_deg, config.preprocess.size, config.preprocess.clahe) == (2, 48, True)
+    record = {"preprocess": PreprocessConfig(size=64).as_dict(), "smooth_sigma": 0.0, "n_slices": 7}
+    _write_record(tmp_path, record)
+    config, source = trained_slicing(tmp_path)
+    assert source == STORE_RECORD
+    assert (config.preprocess.size, config.smooth_sigma) == (64, 0.0)
+    # what the record lacks is the default, not the parameter file's value
+    assert config.jitter_deg == SlicingConfig().jitter_deg and not config.preprocess.clahe
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        "{not json",
+        {"jitter_deg": 3},  # no preprocessing: not a store record
+        {"preprocess": {"size": 8}},  # invalid setting
+        {"preprocess": [96]},
+    ],
+)
+def test_trained_slicing_passes_over_an_unreadable_record(tmp_path, record):
+    (tmp_path / "params.yaml").write_text("slice: {size: 48}\n")
+    _write_record(tmp_path, record)
+    config, source = trained_slicing(tmp_path)
+    assert source == "params.yaml slice.*" and config.preprocess.size == 48
+
+
+def test_the_store_record_gives_back_the_settings_it_was_cut_with(store):
+    _, out, _ = store
+    record = json.loads((out / "slicing.json").read_text())
+    assert SlicingConfig.from_record(record) == CONFIG
+    with pytest.raises(ValueError, match="needs a 'preprocess' mapping"):
+        SlicingConfig.from_record({"jitter_deg": 1})

@@ -69,6 +69,7 @@ def trained(split_store, tmp_path_factory):
     return result, out, datasets, names
 
 
+@pytest.mark.slow
 def test_training_writes_every_output(trained):
     result, out, datasets, names = trained
     for name in (
@@ -143,6 +144,7 @@ def test_batchnorm_learns_when_training_from_scratch(trained):
     assert all(layer.momentum <= 0.9 for layer in bn)
 
 
+@pytest.mark.slow
 def test_batchnorm_stays_frozen_when_fine_tuning_pretrained_weights(split_store, tmp_path):
     import keras
 
@@ -209,6 +211,7 @@ def test_mismatched_class_lists_fail_before_training(split_store, tmp_path):
     assert not (tmp_path / "m").exists()
 
 
+@pytest.mark.slow
 def test_same_seed_same_training(split_store, tmp_path):
     config = training.TrainConfig(**{**QUICK, "phase2_epochs": 0})
     runs = []
