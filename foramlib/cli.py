@@ -4,7 +4,7 @@ Run as ``foram ...`` once installed (``foramlib ...`` is the same program), or
 ``python -m foramlib.cli ...``. ``foram match IMAGE`` prints where a section image
 sits in the indexed specimen volumes (build the index with ``dvc repro index``).
 ``foram classify SCAN`` names the genus of a whole scan (NIfTI, TIFF stack, folder of
-TIFF slices) from many sections, or of one section image. ``foram deps`` checks that
+slices) from many sections, or of one section image. ``foram deps`` checks that
 every stage of ``dvc.yaml`` lists the code it runs and the params it reads.
 """
 
@@ -221,14 +221,23 @@ def _classify(args: argparse.Namespace) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter
     from foramlib.atomic import write_csv
     from foramlib.classify import ArtefactError, Classifier
-    from foramlib.scan import calibrate_specimens, classify_scan, format_answer, slicing_defaults
+    from foramlib.scan import (
+        LoadedScan,
+        calibrate_specimens,
+        classify_scan,
+        format_answer,
+        load_scan,
+        slicing_defaults,
+    )
 
     path = Path(args.scan)
     if not path.exists():
         raise FileNotFoundError(f"{args.scan}: no such file or folder")
-    scan = _is_scan(path)  # before loading models: a bad file fails fast
+    loaded = None
+    if _is_scan(path):  # read before any model loads: a bad scan fails at once, alone
+        loaded = LoadedScan(*load_scan(path, voxel_size_um=args.voxel_size))
     classifier = Classifier.from_workspace(args.workspace, args.ensemble)
-    if not scan:
+    if loaded is None:
         from foramlib.indexing import read_image
 
         cleaned, info = classifier.prepare(read_image(path), name=str(path))
@@ -256,7 +265,7 @@ def _classify(args: argparse.Namespace) -> int:
         calibration = None
     answer = classify_scan(
         classifier,
-        path,
+        loaded,
         n_sections=args.sections,
         seed=args.seed,
         slicing=config,
@@ -371,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser(
         "classify", help="name the genus of a whole scan (many sections) or of one section"
     )
-    c.add_argument("scan", help="NIfTI (.nii/.nii.gz), TIFF stack, folder of TIFF slices, or image")
+    c.add_argument("scan", help="NIfTI (.nii/.nii.gz), TIFF stack, folder of slices (TIFF/PNG/BMP), or image")
     c.add_argument("--workspace", default=".", help="the pipeline's folder (models/, results/)")
     c.add_argument("--ensemble", help="ensemble or backbone (default: the evaluated final one)")
     c.add_argument("--sections", type=int, default=96, help="sections to cut from a scan")

@@ -48,6 +48,7 @@ __all__ = [
     "GenusScore",
     "ScanAnswer",
     "slicing_defaults",
+    "LoadedScan",
     "load_scan",
     "rank_genera",
     "calibrate_specimens",
@@ -165,26 +166,47 @@ def slicing_defaults(workspace) -> tuple[SlicingConfig, str]:
     return trained_slicing(workspace)
 
 
+@dataclass(frozen=True, eq=False)
+class LoadedScan:
+    """A scan :func:`load_scan` has read and checked, to be classified without reading
+    it again (``foram classify`` reads the scan before it loads any model, so a bad
+    file fails at once)."""
+
+    data: np.ndarray
+    name: str
+    notes: dict = field(default_factory=dict)
+
+
 def load_scan(scan, *, voxel_size_um: float | None = None) -> tuple[np.ndarray, str, dict]:
     """A scan as an isotropic float32 volume, its name and what was assumed.
 
     Parameters
     ----------
-    scan : path-like, ndarray or VolumeUpload
-        A ``.nii``/``.nii.gz`` file, a multi-page TIFF stack, a folder of 2-D TIFF
-        slices, a 3-D array in ``(x, y, z)`` order, or a dashboard upload.
+    scan : path-like, ndarray, VolumeUpload or LoadedScan
+        A ``.nii``/``.nii.gz`` file, a multi-page TIFF stack, a folder of reconstructed
+        slices (TIFF, PNG, BMP; see :func:`foramlib.volumes.read_volume`), a 3-D array
+        in ``(x, y, z)`` order, a dashboard upload, or a scan loaded already.
     voxel_size_um : float, optional
         Voxel size (µm). Only its anisotropy matters here: every section is cropped to
-        the fossil and resized, so absolute scale is lost by design. TIFF stacks without
-        it are taken as isotropic (said in the returned notes).
+        the fossil and resized, so absolute scale is lost by design. TIFF stacks and
+        folders of slices without it (and without a SkyScan log that states it) are
+        taken as isotropic (said in the returned notes).
 
     Raises
     ------
     ScanError
         Unreadable or not a 3-D volume (the message names the scan).
     """
-    from foramlib.volumes import VolumeError, check_volume_array, read_volume, resample_isotropic
+    from foramlib.volumes import (
+        VolumeError,
+        check_volume_array,
+        read_volume,
+        recon_log_voxel_size,
+        resample_isotropic,
+    )
 
+    if isinstance(scan, LoadedScan):
+        return scan.data, scan.name, dict(scan.notes)
     notes: dict = {}
     if isinstance(scan, VolumeUpload):
         data, name = scan.data, scan.name
@@ -205,10 +227,11 @@ def load_scan(scan, *, voxel_size_um: float | None = None) -> tuple[np.ndarray, 
         name = path.name or str(path)
         is_tiff = path.is_dir() or path.name.lower().endswith((".tif", ".tiff"))
         size = voxel_size_um
-        if size is None and is_tiff:
-            size = 1.0
-            notes["assumed_isotropic"] = True
         try:
+            stated = size is not None or recon_log_voxel_size(path) is not None
+            if not stated and is_tiff:
+                size = 1.0
+                notes["assumed_isotropic"] = True
             vol = read_volume(path, voxel_size_um=size)
         except VolumeError as exc:
             raise ScanError(str(exc)) from None

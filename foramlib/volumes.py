@@ -1,8 +1,9 @@
 """Micro-CT volumes: reading, checking, resampling, writing, and the manifest.
 
 A collection is a folder of volumes (NIfTI ``.nii``/``.nii.gz``, multi-page TIFF
-stacks, or folders of 2-D TIFF slices) plus a manifest CSV naming each file's
-specimen and species. Everything that enters the pipeline passes through here, so
+stacks, or folders of reconstructed 2-D slices in TIFF, PNG or BMP, with the voxel size
+of a Bruker SkyScan ``*_rec.log`` when one is there) plus a manifest CSV naming each
+file's specimen and species. Everything that enters the pipeline passes through here, so
 bad input is refused with a message that names the file and the problem.
 
 Array axis order is nibabel's ``(x, y, z)``. TIFF stacks are stored ``(z, y, x)``
@@ -21,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import nibabel as nib
 import numpy as np
 import pandas as pd
@@ -43,6 +45,10 @@ __all__ = [
     "normalize_intensity",
     "read_manifest",
     "read_volume",
+    "ReconLog",
+    "read_recon_log",
+    "recon_log_voxel_size",
+    "SLICE_SUFFIXES",
     "resample_isotropic",
     "write_nifti",
 ]
@@ -52,6 +58,7 @@ MANIFEST_REQUIRED = ("file", "specimen_id", "species")
 _MANIFEST_STRINGS = ("file", "specimen_id", "species", "source", "notes")
 _UNIT_TO_UM = {"micron": 1.0, "mm": 1e3, "meter": 1e6}  # "unknown" is not a unit
 _TIFF_SUFFIXES = (".tif", ".tiff")
+SLICE_SUFFIXES = (".tif", ".tiff", ".png", ".bmp")  # a folder of reconstructed slices
 
 
 class VolumeError(ValueError):
@@ -107,7 +114,7 @@ def _volume_suffix(name: str) -> str | None:
 
 
 def is_volume_path(path) -> bool:
-    """True for a folder (of TIFF slices) or a file with a volume suffix.
+    """True for a folder (of slices) or a file with a volume suffix.
 
     Examples
     --------
@@ -330,38 +337,202 @@ def _read_nifti(path: Path, name: str) -> tuple[np.ndarray, tuple[float, ...] | 
     return data, tuple(z * _UNIT_TO_UM[unit] for z in zooms), ""
 
 
-def _read_tiff(path: Path, name: str) -> np.ndarray:
+@dataclass(frozen=True)
+class ReconLog:
+    """What a Bruker SkyScan reconstruction log (NRecon's ``*_rec.log``) says of its slices.
+
+    Attributes
+    ----------
+    path : Path
+    voxel_size_um : float or None
+        ``Pixel Size (um)`` of the ``[Reconstruction]`` section: the reconstructed voxel
+        (not the camera's ``Image Pixel Size (um)`` of ``[Acquisition]``); None if absent.
+    prefix : str or None
+        ``Filename Prefix``: the slices are ``<prefix><index>.<type>``; other images in
+        the folder (NRecon's ``_spr`` preview, say) are not slices.
+    """
+
+    path: Path
+    voxel_size_um: float | None
+    prefix: str | None
+
+
+def read_recon_log(path) -> ReconLog:
+    """Read a SkyScan reconstruction log: ``[Section]`` headers and ``key=value`` lines.
+
+    Raises
+    ------
+    VolumeError
+        If the file cannot be read, or states a voxel size that is not a positive number.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> log = pathlib.Path(tempfile.mkdtemp()) / "shell_rec.log"
+    >>> _ = log.write_text("[Acquisition]\\nImage Pixel Size (um)=11.9\\n"
+    ...                    "[Reconstruction]\\nPixel Size (um)=5.00010\\n"
+    ...                    "[File name convention]\\nFilename Prefix=shell_rec\\n")
+    >>> rec = read_recon_log(log)
+    >>> rec.voxel_size_um, rec.prefix
+    (5.0001, 'shell_rec')
+    """
+    path = Path(path)
     try:
-        if path.is_dir():
-            slices = sorted(
-                (p for p in path.iterdir() if p.is_file() and p.suffix.lower() in _TIFF_SUFFIXES),
-                key=lambda p: _natural_key(p.name),
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise VolumeError(f"{path.name}: cannot read the reconstruction log ({exc})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = raw.decode("latin-1")  # NRecon writes Windows-1252 (its µ signs)
+    values, section = {}, ""
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("[") and line.endswith("]"):
+            section = line[1:-1].strip().lower()
+        elif "=" in line:
+            key, value = line.split("=", 1)
+            values.setdefault((section, key.strip().lower()), value.strip())
+    voxel = values.get(("reconstruction", "pixel size (um)"))
+    if voxel is not None:
+        try:
+            voxel = float(voxel)
+        except ValueError:
+            voxel = math.nan
+        if not (math.isfinite(voxel) and voxel > 0):
+            shown = values[("reconstruction", "pixel size (um)")]
+            raise VolumeError(
+                f"{path.name}: [Reconstruction] Pixel Size (um)={shown!r} is not a positive "
+                "number; give voxel_size_um in the manifest"
             )
-            if not slices:
-                raise VolumeError(f"{name}: folder contains no .tif/.tiff slices")
-            planes = []
-            for p in slices:
-                plane = tifffile.imread(p)
-                if plane.ndim != 2:
-                    raise VolumeError(
-                        f"{name}: slice {p.name} is {plane.ndim}-D (shape {plane.shape}); "
-                        "expected 2-D slices"
-                    )
-                if planes and plane.shape != planes[0].shape:
-                    raise VolumeError(
-                        f"{name}: slice {p.name} has shape {plane.shape} but "
-                        f"{slices[0].name} has shape {planes[0].shape}"
-                    )
-                planes.append(plane)
-            arr = np.stack(planes)
-        else:
-            arr = tifffile.imread(path)
+    prefixes = [v for (_, k), v in values.items() if k == "filename prefix" and v]
+    return ReconLog(path, voxel, prefixes[0] if prefixes else None)
+
+
+def recon_log_voxel_size(folder) -> float | None:
+    """The voxel size (µm) a folder's SkyScan ``*_rec.log`` states, else None.
+
+    Raises
+    ------
+    VolumeError
+        Several logs, or a log stating a voxel size that is not a positive number.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    log = _find_recon_log(folder, folder.name)
+    return None if log is None else log.voxel_size_um
+
+
+def _find_recon_log(folder: Path, name: str) -> ReconLog | None:
+    logs = sorted(p for p in folder.iterdir() if p.name.lower().endswith("_rec.log"))
+    if len(logs) > 1:
+        raise VolumeError(
+            f"{name}: several reconstruction logs ({', '.join(p.name for p in logs)}); "
+            "keep the one of these slices"
+        )
+    return read_recon_log(logs[0]) if logs else None
+
+
+def _slice_files(folder: Path, name: str, log: ReconLog | None) -> list[Path]:
+    """The folder's slice images in natural order (the log's ``prefix<index>`` ones)."""
+    images = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in SLICE_SUFFIXES]
+    if log is not None and log.prefix:
+        pattern = re.compile(re.escape(log.prefix) + r"\d+", re.IGNORECASE)
+        images = [p for p in images if pattern.fullmatch(p.stem)]
+        if not images:
+            raise VolumeError(
+                f"{name}: no slice named {log.prefix}<number> ({', '.join(SLICE_SUFFIXES)}) "
+                f"as {log.path.name} announces"
+            )
+    elif images:
+        images = _numbered_series(images, name)
+    if not images:
+        raise VolumeError(f"{name}: folder contains no slices ({', '.join(SLICE_SUFFIXES)})")
+    kinds = sorted({p.suffix.lower().replace(".tiff", ".tif") for p in images})
+    if len(kinds) > 1:
+        raise VolumeError(
+            f"{name}: folder mixes slice types ({', '.join(kinds)}); keep one kind of image"
+        )
+    return sorted(images, key=lambda p: _natural_key(p.name))
+
+
+def _numbered_series(images: list[Path], name: str) -> list[Path]:
+    """The longest series of images whose names differ only in a trailing number.
+
+    Reconstruction software writes the slices as one numbered series and may leave
+    other images beside them (a preview, a thumbnail); those are not slices. Without
+    numbered names every image is a slice.
+    """
+    series: dict[str | None, list[Path]] = {}
+    for p in images:
+        m = re.fullmatch(r"(.*?)(\d+)", p.stem)
+        series.setdefault(m.group(1).lower() if m else None, []).append(p)
+    numbered = {k: v for k, v in series.items() if k is not None}
+    if not numbered:
+        return images
+    longest = max(len(v) for v in numbered.values())
+    top = sorted(k for k, v in numbered.items() if len(v) == longest)
+    if len(top) > 1:
+        shown = ", ".join(f"{k or ''}<number>" for k in top)
+        raise VolumeError(
+            f"{name}: {len(top)} series of {longest} numbered images ({shown}); "
+            "keep one series of slices in the folder"
+        )
+    return numbered[top[0]]
+
+
+def _read_plane(p: Path, name: str) -> np.ndarray:
+    if p.suffix.lower() in _TIFF_SUFFIXES:
+        plane = tifffile.imread(p)
+    else:  # PNG (8 or 16 bit) and BMP through OpenCV, bit depth kept
+        plane = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
+        if plane is None:
+            raise VolumeError(f"{name}: slice {p.name} cannot be decoded")
+        if plane.ndim == 3 and plane.shape[2] in (3, 4):  # a grey scan saved as colour
+            code = cv2.COLOR_BGR2GRAY if plane.shape[2] == 3 else cv2.COLOR_BGRA2GRAY
+            plane = cv2.cvtColor(plane, code)
+    if plane.ndim != 2:
+        raise VolumeError(
+            f"{name}: slice {p.name} is {plane.ndim}-D (shape {plane.shape}); expected 2-D slices"
+        )
+    return plane
+
+
+def _read_slice_folder(path: Path, name: str) -> tuple[np.ndarray, ReconLog | None]:
+    """A folder of reconstructed slices, stacked along z, and its SkyScan log if any."""
+    try:
+        log = _find_recon_log(path, name)
+        slices = _slice_files(path, name, log)
+        planes = []
+        for p in slices:
+            plane = _read_plane(p, name)
+            if planes and plane.shape != planes[0].shape:
+                raise VolumeError(
+                    f"{name}: slice {p.name} has shape {plane.shape} but "
+                    f"{slices[0].name} has shape {planes[0].shape}"
+                )
+            planes.append(plane)
+        arr = np.stack(planes)
     except (VolumeError, MemoryError):
         raise
     except Exception as exc:
         raise _unreadable(name, exc) from exc
-    arr = check_volume_array(arr, name)  # (z, y, x)
+    return _zyx_to_xyz(check_volume_array(arr, name)), log
+
+
+def _zyx_to_xyz(arr: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(arr.transpose(2, 1, 0), dtype=np.float32)
+
+
+def _read_tiff(path: Path, name: str) -> np.ndarray:
+    try:
+        arr = tifffile.imread(path)
+    except (VolumeError, MemoryError):
+        raise
+    except Exception as exc:
+        raise _unreadable(name, exc) from exc
+    return _zyx_to_xyz(check_volume_array(arr, name))  # stored (z, y, x)
 
 
 def read_volume(
@@ -373,10 +544,14 @@ def read_volume(
     ----------
     path : path-like
         A ``.nii``/``.nii.gz`` file, a multi-page ``.tif``/``.tiff`` stack, or a folder of
-        2-D TIFF slices (stacked in natural order of the numbers in their names).
+        reconstructed 2-D slices (TIFF, PNG or BMP, one kind; stacked in natural order of
+        the numbers in their names). A Bruker SkyScan ``*_rec.log`` in the folder gives
+        the voxel size and names the slices (``Filename Prefix``); without one, the
+        slices are the longest series of images numbered alike (a preview is left out).
     voxel_size_um : float, optional
-        Isotropic voxel size in µm. Overrides the NIfTI header (a `ManifestWarning` is
-        emitted when they disagree by more than 1%); required for TIFF, and for a NIfTI
+        Isotropic voxel size in µm. Overrides the NIfTI header or the SkyScan log (a
+        `ManifestWarning` is emitted when they disagree by more than 1%); required for
+        a TIFF stack, a folder of slices without a log that states it, and a NIfTI
         whose header lacks a spatial unit or a positive voxel size (never guessed).
     isotropic : bool
         Resample anisotropic volumes to the finest spacing (see `resample_isotropic`).
@@ -413,16 +588,26 @@ def read_volume(
     if suffix is None and not path.is_dir():
         raise VolumeError(
             f"{name}: unsupported file type; expected one of {', '.join(VOLUME_SUFFIXES)} "
-            "or a folder of TIFF slices"
+            "or a folder of slices"
         )
-    if suffix in (".nii", ".nii.gz"):
-        data, spacing, why = _read_nifti(path, name)
+    if path.is_dir() or suffix in (".nii", ".nii.gz"):
+        if path.is_dir():
+            data, log = _read_slice_folder(path, name)
+            spacing = None if log is None or log.voxel_size_um is None else (log.voxel_size_um,) * 3
+            why = (
+                f"{log.path.name} states no [Reconstruction] Pixel Size (um)"
+                if log is not None
+                else "a folder of slices carries none (no SkyScan *_rec.log in it)"
+            )
+        else:
+            data, spacing, why = _read_nifti(path, name)
         if voxel_size_um is not None:
             if spacing is not None and any(
                 abs(s - voxel_size_um) > 0.01 * voxel_size_um for s in spacing
             ):
                 warnings.warn(
-                    f"{name}: voxel_size_um={voxel_size_um:g} overrides the header's voxel "
+                    f"{name}: voxel_size_um={voxel_size_um:g} overrides the "
+                    f"{'log' if path.is_dir() else 'header'}'s voxel "
                     f"size {tuple(round(s, 6) for s in spacing)} µm",
                     ManifestWarning,
                     stacklevel=2,
@@ -670,12 +855,12 @@ def check_manifest(
     resolved = [Path(os.path.normpath(data_dir.absolute() / f)) if f else None for f in df["file"]]
     df["path"] = [str(p) if p is not None else "" for p in resolved]
     for i, f, p in zip(df.index, df["file"], resolved, strict=True):
-        if p is None or p.is_dir():  # a folder of TIFF slices; read_volume checks its content
+        if p is None or p.is_dir():  # a folder of slices; read_volume checks its content
             continue
         if _volume_suffix(f) is None and (Path(f).suffix or p.is_file()):
             problems.append(
                 f"line {i + 2}: unsupported file type {f!r} "
-                f"(expected {', '.join(VOLUME_SUFFIXES)} or a folder of TIFF slices)"
+                f"(expected {', '.join(VOLUME_SUFFIXES)} or a folder of slices)"
             )
         elif check_files and not p.exists():
             problems.append(f"line {i + 2}: file not found: {f!r} (looked for {p})")

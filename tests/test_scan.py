@@ -129,6 +129,27 @@ def test_load_scan_reads_every_volume_format(tmp_path):
         tifffile.imwrite(folder / f"z{k}.tif", (vol[:, :, k].T * 1000).astype(np.uint16))
     data, name, notes = scan.load_scan(folder, voxel_size_um=4.0)
     assert name == "slices" and data.shape == vol.shape and notes == {}
+    assert scan.load_scan(folder)[2] == {"assumed_isotropic": True}  # no size anywhere
+
+
+def test_load_scan_takes_a_skyscan_folders_voxel_size_and_keeps_a_loaded_scan(tmp_path):
+    vol = shell()
+    folder = tmp_path / "fossil_Rec"
+    folder.mkdir()
+    for k in range(vol.shape[2]):
+        cv2.imwrite(
+            str(folder / f"fossil_rec{k:08d}.png"), (vol[:, :, k].T * 1000).astype(np.uint16)
+        )
+    cv2.imwrite(str(folder / "fossil__rec_spr.png"), np.zeros((5, 5), np.uint8))  # preview
+    (folder / "fossil_rec.log").write_text(
+        "[Reconstruction]\nPixel Size (um)=6.5\n[File name convention]\n"
+        "Filename Prefix=fossil_rec\n"
+    )
+    data, name, notes = scan.load_scan(folder)
+    assert name == "fossil_Rec" and data.shape == vol.shape and notes == {}  # not assumed
+    loaded = scan.LoadedScan(data, name, notes)
+    again = scan.load_scan(loaded)
+    assert again[0] is data and again[1:] == (name, notes)
 
 
 def test_load_scan_resamples_anisotropic_voxels(tmp_path):

@@ -7,6 +7,7 @@ import time
 import warnings
 import zlib
 
+import cv2
 import nibabel as nib
 import numpy as np
 import pytest
@@ -312,9 +313,128 @@ def test_tiff_folder_with_mismatched_slices_is_refused(tmp_path):
         read_volume(tmp_path, voxel_size_um=1.0)
 
 
-def test_empty_tiff_folder_is_refused(tmp_path):
-    with pytest.raises(VolumeError, match="folder contains no .tif/.tiff slices"):
+def test_empty_slice_folder_is_refused(tmp_path):
+    (tmp_path / "notes.txt").write_text("no images")
+    with pytest.raises(VolumeError, match=r"folder contains no slices \(\.tif, \.tiff, \.png"):
         read_volume(tmp_path, voxel_size_um=1.0)
+
+
+# --------------------------------------------------------------------------- SkyScan folders
+
+LOG = """[System]
+Scanner=Skyscan1272
+[Acquisition]
+Image Pixel Size (um)=11.999
+[Reconstruction]
+Reconstruction Program=NRecon
+Pixel Size (um)={pixel}
+Result File Type={kind}
+[File name convention]
+Filename Index Length=8
+Filename Prefix=shell_rec
+"""
+
+
+def skyscan_folder(root, kind="png", pixel="4.000", n=3, dtype=np.uint16, log=True):
+    """An NRecon-style reconstruction folder: slices, a preview image and the log."""
+    folder = root / "shell_Rec"
+    folder.mkdir()
+    for z in range(n):
+        plane = np.full((6, 5), 1000 * (z + 1), dtype=dtype)
+        plane[0, 0] = z  # not constant
+        cv2.imwrite(str(folder / f"shell_rec{z:08d}.{kind}"), plane)
+    cv2.imwrite(str(folder / f"shell__rec_spr.{kind}"), np.zeros((9, 9), np.uint8))
+    if log:
+        (folder / "shell_rec.log").write_bytes(LOG.format(pixel=pixel, kind=kind).encode("latin-1"))
+    return folder
+
+
+def test_skyscan_folder_takes_the_logs_voxel_size_and_slices(tmp_path):
+    folder = skyscan_folder(tmp_path)
+    vol = read_volume(folder)
+    assert vol.voxel_size_um == 4.0  # [Reconstruction], not the camera's 11.999
+    assert vol.data.shape == (5, 6, 3)  # the preview image is not a slice
+    assert vol.data[1, 1].tolist() == [1000.0, 2000.0, 3000.0]  # 16 bits kept, in order
+
+
+def test_skyscan_bmp_saved_in_colour_is_read_as_grey(tmp_path):
+    folder = tmp_path / "bmp"
+    folder.mkdir()
+    for z in range(3):
+        grey = np.full((6, 5), 40 * (z + 1), np.uint8)
+        grey[0, 0] = 0
+        cv2.imwrite(str(folder / f"s{z}.bmp"), cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR))
+    vol = read_volume(folder, voxel_size_um=2.0)
+    assert vol.data.shape == (5, 6, 3) and vol.data[1, 1].tolist() == [40.0, 80.0, 120.0]
+
+
+def test_the_manifests_voxel_size_wins_over_the_log_with_a_warning(tmp_path):
+    folder = skyscan_folder(tmp_path)
+    with pytest.warns(ManifestWarning, match=r"voxel_size_um=5 overrides the log's voxel size"):
+        vol = read_volume(folder, voxel_size_um=5.0)
+    assert vol.voxel_size_um == 5.0
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda p: skyscan_folder(p, log=False), r"no SkyScan \*_rec\.log in it"),
+        (
+            lambda p: skyscan_folder(p, pixel=""),
+            r"Pixel Size \(um\)='' is not a positive number",
+        ),
+        (lambda p: skyscan_folder(p, pixel="-3"), r"shell_rec\.log: \[Reconstruction\] Pixel"),
+    ],
+)
+def test_a_folder_without_a_stated_voxel_size_is_refused(tmp_path, make, match):
+    with pytest.raises(VolumeError, match=match):
+        read_volume(make(tmp_path))
+
+
+def test_a_log_without_the_voxel_size_asks_for_it(tmp_path):
+    folder = skyscan_folder(tmp_path)
+    log = folder / "shell_rec.log"
+    log.write_text(log.read_text(encoding="latin-1").replace("Pixel Size (um)=4.000\n", ""))
+    with pytest.raises(VolumeError, match=r"shell_rec\.log states no \[Reconstruction\] Pixel"):
+        read_volume(folder)
+    assert read_volume(folder, voxel_size_um=3.0).voxel_size_um == 3.0
+
+
+@pytest.mark.parametrize(
+    "arrange, match",
+    [
+        (lambda f: (f / "shell_rec.log").rename(f / "x_rec.log") or None, "no slice named x_rec"),
+        (
+            lambda f: (f / "other_rec.log").write_text("[Reconstruction]\n"),
+            r"several reconstruction logs \(other_rec\.log, shell_rec\.log\)",
+        ),
+    ],
+)
+def test_log_and_slices_must_agree(tmp_path, arrange, match):
+    folder = skyscan_folder(tmp_path)
+    log = folder / "shell_rec.log"
+    if "no slice" in match:  # a log whose prefix names no image here
+        log.write_text(log.read_text(encoding="latin-1").replace("=shell_rec", "=x_rec"))
+    else:
+        arrange(folder)
+    with pytest.raises(VolumeError, match=match):
+        read_volume(folder)
+
+
+def test_a_folder_mixing_image_types_is_refused(tmp_path):
+    folder = skyscan_folder(tmp_path, log=False)
+    cv2.imwrite(str(folder / "shell_rec00000003.bmp"), np.ones((6, 5), np.uint8))
+    with pytest.raises(VolumeError, match=r"mixes slice types \(\.bmp, \.png\)"):
+        read_volume(folder, voxel_size_um=1.0)
+
+
+def test_without_a_log_the_slices_are_the_longest_numbered_series(tmp_path):
+    folder = skyscan_folder(tmp_path, log=False)  # 3 slices and a preview
+    assert read_volume(folder, voxel_size_um=1.0).data.shape == (5, 6, 3)
+    for z in range(3):  # a second series as long as the first: which one is meant?
+        cv2.imwrite(str(folder / f"mask{z}.png"), np.ones((6, 5), np.uint8))
+    with pytest.raises(VolumeError, match=r"2 series of 3 numbered images \(mask<number>, shell"):
+        read_volume(folder, voxel_size_um=1.0)
 
 
 def test_single_page_tiff_is_refused_as_2d(tmp_path):
