@@ -208,7 +208,7 @@ def _is_scan(path: Path) -> bool:
     """A volume (classified from many sections) rather than one section image."""
     from foramlib.classify import VolumeUpload, decode_upload
 
-    if path.is_dir() or path.name.lower().endswith((".nii", ".nii.gz")):
+    if path.is_dir() or path.name.lower().endswith((".nii", ".nii.gz", ".nrrd", ".nhdr")):
         return True
     if path.name.lower().endswith((".tif", ".tiff")) and path.is_file():
         return isinstance(decode_upload(path.name, path.read_bytes()), VolumeUpload)
@@ -380,7 +380,9 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser(
         "classify", help="name the genus of a whole scan (many sections) or of one section"
     )
-    c.add_argument("scan", help="NIfTI (.nii/.nii.gz), TIFF stack, folder of slices (TIFF/PNG/BMP), or image")
+    c.add_argument(
+        "scan", help="NIfTI, NRRD, TIFF stack, folder of slices (TIFF/PNG/BMP), or an image"
+    )
     c.add_argument("--workspace", default=".", help="the pipeline's folder (models/, results/)")
     c.add_argument("--ensemble", help="ensemble or backbone (default: the evaluated final one)")
     c.add_argument("--sections", type=int, default=96, help="sections to cut from a scan")

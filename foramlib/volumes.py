@@ -1,10 +1,11 @@
 """Micro-CT volumes: reading, checking, resampling, writing, and the manifest.
 
-A collection is a folder of volumes (NIfTI ``.nii``/``.nii.gz``, multi-page TIFF
-stacks, or folders of reconstructed 2-D slices in TIFF, PNG or BMP, with the voxel size
-of a Bruker SkyScan ``*_rec.log`` when one is there) plus a manifest CSV naming each
-file's specimen and species. Everything that enters the pipeline passes through here, so
-bad input is refused with a message that names the file and the problem.
+A collection is a folder of volumes (NIfTI ``.nii``/``.nii.gz``, NRRD
+``.nrrd``/``.nhdr``, multi-page TIFF stacks, or folders of reconstructed 2-D slices in
+TIFF, PNG or BMP, with the voxel size of a Bruker SkyScan ``*_rec.log`` when one is
+there) plus a manifest CSV naming each file's specimen and species. Everything that
+enters the pipeline passes through here, so bad input is refused with a message that
+names the file and the problem.
 
 Array axis order is nibabel's ``(x, y, z)``. TIFF stacks are stored ``(z, y, x)``
 (one page per z slice) and are transposed to match.
@@ -53,10 +54,33 @@ __all__ = [
     "write_nifti",
 ]
 
-VOLUME_SUFFIXES = (".nii", ".nii.gz", ".tif", ".tiff")
+VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".tif", ".tiff")
 MANIFEST_REQUIRED = ("file", "specimen_id", "species")
 _MANIFEST_STRINGS = ("file", "specimen_id", "species", "source", "notes")
 _UNIT_TO_UM = {"micron": 1.0, "mm": 1e3, "meter": 1e6}  # "unknown" is not a unit
+# NRRD "space units" / "units" are free strings; these are the spatial ones we know
+_NRRD_UNIT_TO_UM = {
+    "nm": 1e-3,
+    "um": 1.0,
+    "µm": 1.0,
+    "micron": 1.0,
+    "microns": 1.0,
+    "micrometer": 1.0,
+    "micrometers": 1.0,
+    "micrometre": 1.0,
+    "micrometres": 1.0,
+    "mm": 1e3,
+    "millimeter": 1e3,
+    "millimeters": 1e3,
+    "millimetre": 1e3,
+    "millimetres": 1e3,
+    "cm": 1e4,
+    "m": 1e6,
+    "meter": 1e6,
+    "meters": 1e6,
+    "metre": 1e6,
+    "metres": 1e6,
+}
 _TIFF_SUFFIXES = (".tif", ".tiff")
 SLICE_SUFFIXES = (".tif", ".tiff", ".png", ".bmp")  # a folder of reconstructed slices
 
@@ -337,6 +361,42 @@ def _read_nifti(path: Path, name: str) -> tuple[np.ndarray, tuple[float, ...] | 
     return data, tuple(z * _UNIT_TO_UM[unit] for z in zooms), ""
 
 
+def _read_nrrd(path: Path, name: str) -> tuple[np.ndarray, tuple[float, ...] | None, str]:
+    """Checked float32 data in ``(x, y, z)`` order, and the spacing in µm or why it has none.
+
+    As for NIfTI, the spacing is taken only where the header states it in a known unit:
+    the lengths of its ``space directions`` with ``space units``, or its ``spacings``
+    with ``units``. A NRRD without units is refused rather than read as millimetres.
+    """
+    import nrrd
+
+    try:
+        raw, header = nrrd.read(str(path))  # index order "F": (x, y, z), as nibabel's
+    except MemoryError:
+        raise
+    except Exception as exc:
+        raise _unreadable(name, exc) from exc
+    _check_dtype(raw.dtype, name)
+    _check_shape(raw.shape, name)
+    data = check_volume_array(np.asarray(raw, dtype=np.float32), name)
+    if header.get("space directions") is not None:
+        rows = np.asarray(header["space directions"], dtype=np.float64)
+        zooms = tuple(float(np.linalg.norm(r)) for r in rows)  # a "none" row is NaN
+        units, key = header.get("space units"), "space units"
+    elif header.get("spacings") is not None:
+        zooms = tuple(float(z) for z in header["spacings"])
+        units, key = header.get("units"), "units"
+    else:
+        return data, None, "the header states no voxel spacing"
+    if len(zooms) != 3 or not all(math.isfinite(z) and z > 0 for z in zooms):
+        shown = tuple(round(z, 6) for z in zooms)
+        return data, None, f"the header's voxel size {shown} is not positive and finite"
+    factors = [_NRRD_UNIT_TO_UM.get(str(u).strip().lower()) for u in (units or [])]
+    if len(factors) != 3 or None in factors:
+        return data, None, f"the header states no spatial unit ({key}: {units!r})"
+    return data, tuple(z * f for z, f in zip(zooms, factors, strict=True)), ""
+
+
 @dataclass(frozen=True)
 class ReconLog:
     """What a Bruker SkyScan reconstruction log (NRecon's ``*_rec.log``) says of its slices.
@@ -543,16 +603,17 @@ def read_volume(
     Parameters
     ----------
     path : path-like
-        A ``.nii``/``.nii.gz`` file, a multi-page ``.tif``/``.tiff`` stack, or a folder of
-        reconstructed 2-D slices (TIFF, PNG or BMP, one kind; stacked in natural order of
-        the numbers in their names). A Bruker SkyScan ``*_rec.log`` in the folder gives
-        the voxel size and names the slices (``Filename Prefix``); without one, the
-        slices are the longest series of images numbered alike (a preview is left out).
+        A ``.nii``/``.nii.gz`` file, a ``.nrrd``/``.nhdr`` file (3D Slicer's format), a
+        multi-page ``.tif``/``.tiff`` stack, or a folder of reconstructed 2-D slices
+        (TIFF, PNG or BMP, one kind; stacked in natural order of the numbers in their
+        names). A Bruker SkyScan ``*_rec.log`` in the folder gives the voxel size and
+        names the slices (``Filename Prefix``); without one, the slices are the longest
+        series of images numbered alike (a preview is left out).
     voxel_size_um : float, optional
-        Isotropic voxel size in µm. Overrides the NIfTI header or the SkyScan log (a
+        Isotropic voxel size in µm. Overrides the NIfTI/NRRD header or the SkyScan log (a
         `ManifestWarning` is emitted when they disagree by more than 1%); required for
-        a TIFF stack, a folder of slices without a log that states it, and a NIfTI
-        whose header lacks a spatial unit or a positive voxel size (never guessed).
+        a TIFF stack, a folder of slices without a log that states it, and a NIfTI or
+        NRRD whose header lacks a spatial unit or a positive voxel size (never guessed).
     isotropic : bool
         Resample anisotropic volumes to the finest spacing (see `resample_isotropic`).
     order : int
@@ -590,7 +651,7 @@ def read_volume(
             f"{name}: unsupported file type; expected one of {', '.join(VOLUME_SUFFIXES)} "
             "or a folder of slices"
         )
-    if path.is_dir() or suffix in (".nii", ".nii.gz"):
+    if path.is_dir() or suffix in (".nii", ".nii.gz", ".nrrd", ".nhdr"):
         if path.is_dir():
             data, log = _read_slice_folder(path, name)
             spacing = None if log is None or log.voxel_size_um is None else (log.voxel_size_um,) * 3
@@ -599,6 +660,8 @@ def read_volume(
                 if log is not None
                 else "a folder of slices carries none (no SkyScan *_rec.log in it)"
             )
+        elif suffix in (".nrrd", ".nhdr"):
+            data, spacing, why = _read_nrrd(path, name)
         else:
             data, spacing, why = _read_nifti(path, name)
         if voxel_size_um is not None:

@@ -9,6 +9,7 @@ import zlib
 
 import cv2
 import nibabel as nib
+import nrrd
 import numpy as np
 import pytest
 import tifffile
@@ -467,7 +468,7 @@ def test_missing_file_is_a_volume_error(tmp_path):
         read_volume(tmp_path / "gone.nii.gz")
 
 
-@pytest.mark.parametrize("name", ["scan.png", "scan.nrrd", "scan"])
+@pytest.mark.parametrize("name", ["scan.png", "scan.mha", "scan"])
 def test_unknown_extension_is_refused(tmp_path, name):
     (tmp_path / name).write_bytes(b"data")
     with pytest.raises(VolumeError, match=f"^{name}: unsupported file type"):
@@ -573,3 +574,62 @@ def test_normalize_intensity_refuses_constant():
 def test_normalize_intensity_refuses_bad_percentiles(low, high):
     with pytest.raises(ValueError, match=f"low={low!r}, high={high!r}"):
         normalize_intensity(ramp(), low, high)
+
+
+# --------------------------------------------------------------------------- NRRD
+
+
+def write_nrrd(path, arr, **header):
+    nrrd.write(str(path), np.asarray(arr), header)
+    return path
+
+
+@pytest.mark.parametrize(
+    "header, voxel",
+    [
+        ({"space directions": np.diag([0.005, 0.005, 0.005]), "space units": ["mm"] * 3}, 5.0),
+        ({"spacings": [4.0, 4.0, 4.0], "units": ["microns"] * 3}, 4.0),
+        ({"spacings": [4.0, 4.0, 4.0], "units": ["um"] * 3}, 4.0),
+    ],
+)
+def test_nrrd_spacing_is_read_with_its_unit(tmp_path, header, voxel):
+    arr = ramp().astype(np.uint16)
+    vol = read_volume(write_nrrd(tmp_path / "s.nrrd", arr, **header))
+    assert vol.voxel_size_um == pytest.approx(voxel)
+    np.testing.assert_array_equal(vol.data, arr)  # (x, y, z) kept, values kept
+
+
+def test_anisotropic_nrrd_is_resampled(tmp_path):
+    header = {"space directions": np.diag([0.005, 0.005, 0.01]), "space units": ["mm"] * 3}
+    vol = read_volume(write_nrrd(tmp_path / "a.nrrd", ramp((6, 7, 8)), **header))
+    assert vol.data.shape == (6, 7, 16) and vol.voxel_size_um == pytest.approx(5.0)
+
+
+@pytest.mark.parametrize(
+    "header, why",
+    [
+        ({}, "the header states no voxel spacing"),
+        ({"spacings": [4.0, 4.0, 4.0]}, r"no spatial unit \(units: None\)"),
+        ({"space directions": np.eye(3)}, r"no spatial unit \(space units: None\)"),
+        ({"spacings": [4.0, 4.0, 4.0], "units": ["px"] * 3}, r"no spatial unit"),
+        ({"spacings": [0.0, 4.0, 4.0], "units": ["mm"] * 3}, "not positive and finite"),
+    ],
+)
+def test_nrrd_without_a_stated_voxel_size_asks_for_it(tmp_path, header, why):
+    path = write_nrrd(tmp_path / "u.nrrd", ramp(), **header)
+    with pytest.raises(VolumeError, match=rf"u\.nrrd: voxel size unknown: .*{why}.*voxel_size_um"):
+        read_volume(path)
+    assert read_volume(path, voxel_size_um=3.0).voxel_size_um == 3.0  # the manifest's
+
+
+def test_a_4d_nrrd_is_refused(tmp_path):
+    arr = np.zeros((4, 5, 6, 2), np.float32) + np.arange(2)
+    with pytest.raises(VolumeError, match=r"w\.nrrd: .*4-D"):
+        read_volume(write_nrrd(tmp_path / "w.nrrd", arr, spacings=[1.0] * 4), 1.0)
+
+
+def test_corrupt_nrrd_is_named(tmp_path):
+    path = tmp_path / "c.nrrd"
+    path.write_bytes(b"NRRD0005\ntype: uint8\nsizes: 4 4 4\n\nshort")
+    with pytest.raises(VolumeError, match=r"c\.nrrd: cannot be read"):
+        read_volume(path, voxel_size_um=1.0)
