@@ -75,7 +75,7 @@ __all__ = [
 ]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
-VOLUME_SUFFIXES = (".nii", ".nii.gz")
+VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd")
 DEFAULT_TARGET_PRECISION = 0.80
 DEFAULT_MIN_SUPPORT = 20
 MAX_SIDE = 2048
@@ -141,7 +141,8 @@ class VolumeUpload:
 
 
 def _kind(name: str, data: bytes) -> str:
-    """'png', 'jpeg', 'tiff', 'nifti' or 'unknown', from the magic bytes (then the name)."""
+    """'png', 'jpeg', 'tiff', 'nrrd', 'nifti' or 'unknown', from the magic bytes (then
+    the name)."""
     head = data[:352]
     if head.startswith(b"\x89PNG\r\n\x1a\n"):
         return "png"
@@ -149,6 +150,8 @@ def _kind(name: str, data: bytes) -> str:
         return "jpeg"
     if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
         return "tiff"
+    if head.startswith(b"NRRD000"):
+        return "nrrd"
     if head.startswith(b"\x1f\x8b"):
         return "nifti"  # gzip: only .nii.gz is accepted compressed
     if len(head) >= 348 and (
@@ -157,6 +160,8 @@ def _kind(name: str, data: bytes) -> str:
     ):
         return "nifti"
     lower = name.lower()
+    if lower.endswith(".nrrd"):
+        return "nrrd"
     if lower.endswith(VOLUME_SUFFIXES):
         return "nifti"
     return "unknown"
@@ -196,6 +201,36 @@ def _decode_nifti(name: str, data: bytes) -> VolumeUpload:
     )
 
 
+def _decode_nrrd(name: str, data: bytes) -> VolumeUpload:
+    import nrrd
+
+    from foramlib.volumes import check_volume_array, nrrd_spacing_um
+
+    try:
+        fh = io.BytesIO(data)
+        header = nrrd.read_header(fh)
+        if "data file" in header or "datafile" in header:
+            raise UploadError(
+                f"{name}: a detached NRRD header (its data lives in another file); "
+                "upload a single .nrrd file"
+            )
+        arr = nrrd.read_data(header, fh, None)  # index order "F": (x, y, z)
+    except (UploadError, MemoryError):
+        raise
+    except Exception as exc:  # pynrrd raises several types for corrupt files
+        raise UploadError(
+            f"{name}: not a readable NRRD volume ({type(exc).__name__}: {exc})"
+        ) from None
+    if arr.ndim != 3:
+        raise UploadError(f"{name}: a NRRD volume must be 3-D, got shape {arr.shape}")
+    try:
+        arr = check_volume_array(np.asarray(arr, np.float32), name)
+    except ValueError as exc:
+        raise UploadError(str(exc)) from None
+    spacing, _ = nrrd_spacing_um(header)  # None: taken as isotropic, and said so
+    return VolumeUpload(name, np.ascontiguousarray(arr), min(spacing) if spacing else None, spacing)
+
+
 def _decode_tiff(name: str, data: bytes):
     import tifffile
 
@@ -233,7 +268,7 @@ def decode_upload(name: str, data: bytes, *, max_bytes: int | None = None):
     Parameters
     ----------
     name : str
-        The file's name (for messages; ``.nii``/``.nii.gz`` marks a volume).
+        The file's name (for messages; ``.nii``/``.nii.gz``/``.nrrd`` marks a volume).
     data : bytes
         The file's content.
     max_bytes : int, optional
@@ -243,12 +278,13 @@ def decode_upload(name: str, data: bytes, *, max_bytes: int | None = None):
     -------
     ndarray or VolumeUpload
         2-D (gray) or 3-D (RGB/RGBA, in RGB order) array with the file's own pixel
-        type (uint8, uint16, float), or a volume for NIfTI files and TIFF stacks.
+        type (uint8, uint16, float), or a volume for NIfTI and NRRD files and TIFF
+        stacks.
 
     Raises
     ------
     UploadError
-        Empty, too large, or not a PNG/JPEG/TIFF/NIfTI the decoders can read; the
+        Empty, too large, or not a PNG/JPEG/TIFF/NIfTI/NRRD the decoders can read; the
         message names the file.
 
     Examples
@@ -256,7 +292,7 @@ def decode_upload(name: str, data: bytes, *, max_bytes: int | None = None):
     >>> decode_upload("notes.txt", b"hello")
     Traceback (most recent call last):
     ...
-    foramlib.classify.UploadError: notes.txt: not a readable image or volume (expected PNG, JPEG, TIFF or NIfTI; the file starts with b'hello')
+    foramlib.classify.UploadError: notes.txt: not a readable image or volume (expected PNG, JPEG, TIFF, NIfTI or NRRD; the file starts with b'hello')
     """  # noqa: E501
     data = bytes(data)
     if not data:
@@ -269,6 +305,8 @@ def decode_upload(name: str, data: bytes, *, max_bytes: int | None = None):
     kind = _kind(name, data)
     if kind == "nifti":
         return _decode_nifti(name, data)
+    if kind == "nrrd":
+        return _decode_nrrd(name, data)
     if kind == "tiff":
         return _decode_tiff(name, data)
     # PNG, JPEG, and whatever else OpenCV reads (BMP, WebP, ...)
@@ -282,7 +320,7 @@ def decode_upload(name: str, data: bytes, *, max_bytes: int | None = None):
     if kind in ("png", "jpeg"):
         raise UploadError(f"{name}: the {kind.upper()} file is corrupt or truncated")
     raise UploadError(
-        f"{name}: not a readable image or volume (expected PNG, JPEG, TIFF or NIfTI; "
+        f"{name}: not a readable image or volume (expected PNG, JPEG, TIFF, NIfTI or NRRD; "
         f"the file starts with {data[:16]!r})"
     )
 

@@ -49,6 +49,7 @@ __all__ = [
     "ReconLog",
     "read_recon_log",
     "recon_log_voxel_size",
+    "nrrd_spacing_um",
     "SLICE_SUFFIXES",
     "resample_isotropic",
     "write_nifti",
@@ -361,13 +362,41 @@ def _read_nifti(path: Path, name: str) -> tuple[np.ndarray, tuple[float, ...] | 
     return data, tuple(z * _UNIT_TO_UM[unit] for z in zooms), ""
 
 
-def _read_nrrd(path: Path, name: str) -> tuple[np.ndarray, tuple[float, ...] | None, str]:
-    """Checked float32 data in ``(x, y, z)`` order, and the spacing in µm or why it has none.
+def nrrd_spacing_um(header) -> tuple[tuple[float, float, float] | None, str]:
+    """The voxel spacing (µm) a NRRD header states, or None and why it states none.
 
     As for NIfTI, the spacing is taken only where the header states it in a known unit:
     the lengths of its ``space directions`` with ``space units``, or its ``spacings``
-    with ``units``. A NRRD without units is refused rather than read as millimetres.
+    with ``units``. A NRRD without units is not read as millimetres.
+
+    Examples
+    --------
+    >>> nrrd_spacing_um({"spacings": [0.005] * 3, "units": ["mm"] * 3})
+    ((5.0, 5.0, 5.0), '')
+    >>> nrrd_spacing_um({"spacings": [0.005] * 3})[1]
+    'the header states no spatial unit (units: None)'
     """
+    if header.get("space directions") is not None:
+        rows = np.asarray(header["space directions"], dtype=np.float64)
+        zooms = tuple(float(np.linalg.norm(r)) for r in rows)  # a "none" row is NaN
+        units, key = header.get("space units"), "space units"
+    elif header.get("spacings") is not None:
+        zooms = tuple(float(z) for z in header["spacings"])
+        units, key = header.get("units"), "units"
+    else:
+        return None, "the header states no voxel spacing"
+    if len(zooms) != 3 or not all(math.isfinite(z) and z > 0 for z in zooms):
+        shown = tuple(round(z, 6) for z in zooms)
+        return None, f"the header's voxel size {shown} is not positive and finite"
+    factors = [_NRRD_UNIT_TO_UM.get(str(u).strip().lower()) for u in (units or [])]
+    if len(factors) != 3 or None in factors:
+        return None, f"the header states no spatial unit ({key}: {units!r})"
+    return tuple(round(z * f, 9) for z, f in zip(zooms, factors, strict=True)), ""
+
+
+def _read_nrrd(path: Path, name: str) -> tuple[np.ndarray, tuple[float, ...] | None, str]:
+    """Checked float32 data in ``(x, y, z)`` order, and the spacing in µm or why it has
+    none (:func:`nrrd_spacing_um`)."""
     import nrrd
 
     try:
@@ -379,22 +408,7 @@ def _read_nrrd(path: Path, name: str) -> tuple[np.ndarray, tuple[float, ...] | N
     _check_dtype(raw.dtype, name)
     _check_shape(raw.shape, name)
     data = check_volume_array(np.asarray(raw, dtype=np.float32), name)
-    if header.get("space directions") is not None:
-        rows = np.asarray(header["space directions"], dtype=np.float64)
-        zooms = tuple(float(np.linalg.norm(r)) for r in rows)  # a "none" row is NaN
-        units, key = header.get("space units"), "space units"
-    elif header.get("spacings") is not None:
-        zooms = tuple(float(z) for z in header["spacings"])
-        units, key = header.get("units"), "units"
-    else:
-        return data, None, "the header states no voxel spacing"
-    if len(zooms) != 3 or not all(math.isfinite(z) and z > 0 for z in zooms):
-        shown = tuple(round(z, 6) for z in zooms)
-        return data, None, f"the header's voxel size {shown} is not positive and finite"
-    factors = [_NRRD_UNIT_TO_UM.get(str(u).strip().lower()) for u in (units or [])]
-    if len(factors) != 3 or None in factors:
-        return data, None, f"the header states no spatial unit ({key}: {units!r})"
-    return data, tuple(z * f for z, f in zip(zooms, factors, strict=True)), ""
+    return (data, *nrrd_spacing_um(header))
 
 
 @dataclass(frozen=True)

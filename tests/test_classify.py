@@ -151,10 +151,36 @@ def test_decode_tiff_stack_is_a_volume():
     assert isinstance(out, classify.VolumeUpload) and out.shape == (40, 30, 5)
 
 
+def _nrrd_bytes(arr, tmp_path, **header):
+    import nrrd
+
+    path = tmp_path / "v.nrrd"
+    nrrd.write(str(path), arr, header)
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("header", "spacing"),
+    [
+        ({"space directions": np.diag([0.005, 0.005, 0.01]), "space units": ["mm"] * 3},
+         (5.0, 5.0, 10.0)),
+        ({"spacings": [0.005] * 3}, None),  # no unit: taken as isotropic, never as mm
+    ],
+)  # fmt: skip
+def test_decode_nrrd_volume(tmp_path, header, spacing):
+    vol = np.zeros((20, 24, 28), np.uint16)
+    vol[5:15, 6:18, 7:21] = 900
+    out = classify.decode_upload("scan.nrrd", _nrrd_bytes(vol, tmp_path, **header))
+    assert isinstance(out, classify.VolumeUpload) and out.shape == (20, 24, 28)
+    assert out.spacing_um == spacing
+    np.testing.assert_array_equal(out.data, vol)  # (x, y, z), as read_volume gives it
+
+
 @pytest.mark.parametrize(
     ("name", "data", "match"),
     [
         ("notes.txt", b"hello world", r"notes\.txt: not a readable image"),
+        ("bad.nrrd", b"NRRD0005\ntype: uint8\nsizes: 4 4\n\nxx", r"bad\.nrrd: not a readable NRRD"),
         ("empty.png", b"", r"empty\.png: the file is empty"),
         ("broken.png", b"\x89PNG\r\n\x1a\n" + b"\0" * 40, r"broken\.png: the PNG file is corrupt"),
         ("bad.nii.gz", gzip.compress(b"x" * 400, mtime=0), r"bad\.nii\.gz: not a readable NIfTI"),

@@ -175,7 +175,7 @@ class App(widgets.VBox):
             "collection.</p>"
             "<h3>Quick start</h3><ol>"
             "<li>Open <b>Classify a slice</b>. Upload a PNG, JPEG or TIFF image (16-bit "
-            "works) or a NIfTI volume (then pick the axis and slice, or classify the whole "
+            "works) or a NIfTI or NRRD volume (then pick the axis and slice, or classify the whole "
             "scan), or pick a test slice from the gallery.</li>"
             "<li>Check the cleaned preview: the fossil is cut out of its background, cropped "
             "and resized exactly as for training. Adjust the segmentation sensitivity, "
@@ -351,7 +351,7 @@ class App(widgets.VBox):
             [
                 widgets.HTML(
                     "<h2>Classify a slice</h2><p class='foram-muted'>PNG, JPEG, TIFF (8/16-bit) "
-                    "or a NIfTI volume (.nii, .nii.gz), up to "
+                    "or a volume (NIfTI .nii/.nii.gz, NRRD .nrrd, TIFF stack), up to "
                     f"{self.max_upload / 2**20:.0f} MB.</p>"
                 ),
                 widgets.HBox([self.upload, self.gallery]),
@@ -783,7 +783,8 @@ class App(widgets.VBox):
             return
         if self.volume is None:
             self.message.value = render.message(
-                "error", "No scan to classify: upload a NIfTI volume or a TIFF stack first."
+                "error",
+                "No scan to classify: upload a NIfTI or NRRD volume or a TIFF stack first.",
             )
             return
         self._reset_scan()
