@@ -282,6 +282,7 @@ class PretrainConfig:
     precision: str = "auto"
     seed: int = 0
     max_steps_per_epoch: int | None = None
+    workers: int = 1
     augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(cutmix=False, mixup=False))
 
     def __post_init__(self) -> None:
@@ -295,6 +296,7 @@ class PretrainConfig:
         _positive_int("pretrain.batch_size", self.batch_size)
         _positive_int("pretrain.epochs", self.epochs)
         _positive_int("pretrain.patience", self.patience)
+        _positive_int("pretrain.workers", self.workers)
         if not self.lr > 0:
             raise ValueError(f"pretrain.lr = {self.lr!r} is invalid: expected a number > 0")
         if self.max_steps_per_epoch is not None:
@@ -306,12 +308,50 @@ class PretrainConfig:
         return d
 
 
+def _time_budget(lr: float, seconds: float):
+    """A callback spending a wall-clock budget: cosine decay of the learning rate over
+    the elapsed share of `seconds`, set at the start of each epoch, and a stop once the
+    next epoch (timed as the last one) would not fit.
+
+    The rate is set per epoch, not per step: a callback may change optimizer variables
+    between epochs on every backend (under JAX the trainer holds them during an epoch).
+    """
+    import keras
+
+    class TimeBudget(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.t0 = None
+            self.last = 0.0
+            self.stopped = False
+
+        def on_train_begin(self, logs=None):
+            self.t0 = time.perf_counter()
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self._e0 = time.perf_counter()
+            share = min(1.0, (self._e0 - self.t0) / seconds)
+            self.model.optimizer.learning_rate = lr * 0.5 * (1 + np.cos(np.pi * share))
+
+        def on_epoch_end(self, epoch, logs=None):
+            now = time.perf_counter()
+            # the next epoch is timed as this one (the first includes the compile, so it
+            # overestimates: training stops early rather than late)
+            self.last = now - self._e0
+            if now - self.t0 + self.last > seconds:
+                self.model.stop_training = True
+                self.stopped = True
+
+    return TimeBudget()
+
+
 def pretrain_backbone(
     config: PretrainConfig,
     corpus_dir,
     out_dir,
     *,
     progress: Callable[[str], None] | None = print,
+    time_budget_s: float | None = None,
 ) -> dict:
     """Train `config.backbone` from scratch to tell the corpus's pseudo-taxa apart.
 
@@ -319,6 +359,12 @@ def pretrain_backbone(
     ``history.csv``, ``config.json`` and ``summary.json`` (including the accuracy on
     the held-out specimens of each pseudo-taxon, the transfer skill the weights carry)
     into `out_dir`, each atomically.
+
+    With `time_budget_s`, training spends that wall-clock time instead of a fixed
+    schedule (for a borrowed accelerator): the learning rate decays as a cosine of the
+    elapsed share of the budget, and training stops before an epoch that would overrun
+    it (``config.epochs`` remains the maximum). The pipeline stage uses epochs, which
+    make the weights repeatable; a budgeted run records its epochs and wall time.
 
     Returns
     -------
@@ -331,9 +377,17 @@ def pretrain_backbone(
     from foramlib.models import build_model, count_params, save_backbone_weights
     from foramlib.training import _compile_with, _fast_batchnorm, _History, resolve_precision
 
+    if time_budget_s is not None and not time_budget_s > 0:
+        raise ValueError(f"time_budget_s = {time_budget_s!r} is invalid: expected seconds > 0")
+
     index, arrays = load_corpus(corpus_dir)
     names = sorted(index["species"].unique())
-    common = dict(batch_size=config.batch_size, input_size=config.input_size, seed=config.seed)
+    common = dict(
+        batch_size=config.batch_size,
+        input_size=config.input_size,
+        seed=config.seed,
+        workers=config.workers,
+    )
     train = SliceBatches(index[index["split"] == "train"], arrays, names, shuffle=True, **common)
     val = SliceBatches(index[index["split"] == "val"], arrays, names, **common)
     precision = resolve_precision(config.precision)
@@ -356,9 +410,13 @@ def pretrain_backbone(
             seed=config.seed,
         )
         _fast_batchnorm(model)
-        schedule = keras.optimizers.schedules.CosineDecay(
-            config.lr, decay_steps=max(1, config.epochs * steps)
-        )
+        if time_budget_s is None:
+            schedule = keras.optimizers.schedules.CosineDecay(
+                config.lr, decay_steps=max(1, config.epochs * steps)
+            )
+            callbacks = []
+        else:
+            schedule, callbacks = config.lr, [_time_budget(config.lr, time_budget_s)]
         _compile_with(model, schedule, config.weight_decay, config.label_smoothing)
         history = _History()
         stop = keras.callbacks.EarlyStopping(
@@ -375,7 +433,7 @@ def pretrain_backbone(
             epochs=config.epochs,
             steps_per_epoch=steps,
             verbose=2,
-            callbacks=[history.callback(1), stop],
+            callbacks=[history.callback(1), stop, *callbacks],
         )
         train_seconds = time.perf_counter() - t0
         probs = np.asarray(model.predict(val, verbose=0))
@@ -402,6 +460,8 @@ def pretrain_backbone(
         cpu_count=os.cpu_count(),
         corpus=str(corpus_dir),
     )
+    if time_budget_s is not None:
+        summary.update(time_budget_s=time_budget_s, stopped_by_time=callbacks[0].stopped)
     save_backbone_weights(model, out / "backbone.weights.h5")
     write_csv(hist, out / "history.csv")
     write_text(out / "config.json", json.dumps(config.as_dict(), indent=2) + "\n")

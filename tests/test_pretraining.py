@@ -174,3 +174,44 @@ def test_the_stage_skips_pretraining_when_weights_point_elsewhere(corpus, tmp_pa
     summary = pretraining.run_pretrain_stage(config, corpus, out, "imagenet")
     assert "skipped" in summary and not (out / "backbone.weights.h5").exists()
     assert json.loads((out / "summary.json").read_text())["skipped"].startswith("train.weights")
+
+
+class _FakeOptimizer:
+    learning_rate = None
+
+
+def test_time_budget_decays_the_rate_with_the_clock_and_stops_before_overrunning(monkeypatch):
+    from types import SimpleNamespace
+
+    ends = [40.0, 50.0, 60.0, 70.0, 80.0, 90.0, 100.0]  # the first epoch holds the compile
+    starts = [0.0, *ends[:-1]]
+    clock = iter([0.0, *[t for pair in zip(starts, ends, strict=True) for t in pair]])
+    monkeypatch.setattr(pretraining.time, "perf_counter", lambda: next(clock))
+    model = SimpleNamespace(optimizer=_FakeOptimizer(), stop_training=False)
+    budget = pretraining._time_budget(0.01, 100.0)
+    budget.set_model(model)
+    budget.on_train_begin()
+    rates = []
+    for epoch in range(20):
+        budget.on_epoch_begin(epoch)
+        rates.append(model.optimizer.learning_rate)
+        budget.on_epoch_end(epoch)
+        if model.stop_training:
+            break
+    # the rate is the cosine of the budget's elapsed share at each epoch's start
+    np.testing.assert_allclose(rates, [0.005 * (1 + np.cos(np.pi * t / 100)) for t in starts])
+    # the 40-second first epoch did not stop it (40 + 40 <= 100); after the epoch that
+    # ended at 90 s another 10-second one still fitted, after the one ending at 100 s not
+    assert model.stop_training and budget.stopped and epoch == len(ends) - 1
+
+
+def test_time_budget_must_be_positive(tmp_path):
+    config = pretraining.PretrainConfig("tiny_cnn", input_size=32, epochs=1)
+    with pytest.raises(ValueError, match=r"time_budget_s = 0 is invalid"):
+        pretraining.pretrain_backbone(config, tmp_path, tmp_path / "out", time_budget_s=0)
+
+
+@pytest.mark.parametrize("field", ["workers", "epochs", "patience"])
+def test_pretrain_config_rejects_a_count_below_one(field):
+    with pytest.raises(ValueError, match=rf"pretrain.{field} = 0 is invalid"):
+        pretraining.PretrainConfig("tiny_cnn", **{field: 0})
