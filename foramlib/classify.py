@@ -58,6 +58,7 @@ __all__ = [
     "decode_upload",
     "PrepareOptions",
     "preprocess_defaults",
+    "stored_slice",
     "prepare",
     "Calibration",
     "calibrate_threshold",
@@ -404,6 +405,57 @@ def _manual_crop(image: np.ndarray, crop) -> np.ndarray:
     r0, r1 = int(round(crop[0] * h)), int(round(crop[1] * h))
     c0, c1 = int(round(crop[2] * w)), int(round(crop[3] * w))
     return image[r0 : max(r1, r0 + 1), c0 : max(c1, c0 + 1)]
+
+
+def stored_slice(image, base: PreprocessConfig) -> np.ndarray | None:
+    """`image` as a 2-D uint8 slice if it already is one as the slicer stores it, else None.
+
+    A stored slice (``data/slices``, the dashboard's gallery, or a PNG/TIFF a user saved
+    from either) went through the training preprocessing once: it is a ``base.size``
+    square of 8-bit grey whose background the segmentation set to 0, so its whole
+    border is 0. Preprocessing it again would stretch its contrast again and cut its
+    dim parts, and the models would see another image than the stored one; such an
+    image is classified as it is. A raw section (larger, or with a scanner background
+    of noise, matrix or mount around the fossil) gets the full preprocessing. Grey
+    saved as RGB(A) (equal channels, opaque) counts as grey.
+
+    Parameters
+    ----------
+    image : array-like
+        A decoded image (:func:`decode_upload`).
+    base : PreprocessConfig
+        The served preprocessing; its ``size`` is the stored slices' edge.
+
+    Returns
+    -------
+    ndarray of uint8 or None
+
+    Examples
+    --------
+    >>> base = PreprocessConfig(size=32)
+    >>> s = np.zeros((32, 32), np.uint8); s[8:24, 6:26] = 200
+    >>> stored_slice(s, base) is s
+    True
+    >>> stored_slice(s + 3, base) is None  # a background that is not the store's 0
+    True
+    >>> stored_slice(np.dstack([s, s, s]), base).shape
+    (32, 32)
+    >>> stored_slice(np.zeros((64, 64), np.uint8), base) is None  # another size
+    True
+    """
+    arr = np.asarray(image)
+    if arr.dtype != np.uint8 or arr.shape[:2] != (base.size, base.size):
+        return None
+    if arr.ndim == 3 and arr.shape[2] in (3, 4):
+        rgb = arr[..., :3]
+        opaque = arr.shape[2] == 3 or bool((arr[..., 3] == 255).all())
+        if not (opaque and (rgb == rgb[..., :1]).all()):
+            return None
+        arr = np.ascontiguousarray(rgb[..., 0])
+    if arr.ndim != 2 or not arr.any():
+        return None  # a blank image is reported as blank by prepare
+    border = np.concatenate([arr[0], arr[-1], arr[1:-1, 0], arr[1:-1, -1]])
+    return arr if not border.any() else None
 
 
 def prepare(

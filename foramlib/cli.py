@@ -238,13 +238,19 @@ def _classify(args: argparse.Namespace) -> int:
         loaded = LoadedScan(*load_scan(path, voxel_size_um=args.voxel_size))
     classifier = Classifier.from_workspace(args.workspace, args.ensemble)
     if loaded is None:
+        from foramlib.classify import stored_slice
         from foramlib.indexing import read_image
 
-        cleaned, info = classifier.prepare(read_image(path), name=str(path))
+        image = read_image(path)
+        stored = stored_slice(image, classifier.preprocess)  # exported from the store
+        cleaned, info = classifier.prepare(
+            image if stored is None else stored, name=str(path), cleaned=stored is not None
+        )
         pred = classifier.predict(cleaned, preprocessing=info)
         if args.json:
             out = dict(
                 image=str(path),
+                preprocessing=info["source"],  # "stored slice": classified as it is
                 genus=pred.genus,
                 confidence=round(pred.confidence, 6),
                 uncertain=pred.uncertain,
@@ -253,7 +259,8 @@ def _classify(args: argparse.Namespace) -> int:
             print(json.dumps(out, indent=2))
         else:
             flag = "  UNCERTAIN (under the threshold calibrated on validation)" * pred.uncertain
-            print(f"{path}: one section; {classifier.name}{flag}")
+            how = "a stored slice, as it is" if stored is not None else "preprocessed"
+            print(f"{path}: one section ({how}); {classifier.name}{flag}")
             for rank, (genus, prob) in enumerate(pred.top5, start=1):
                 print(f"{rank:>4}  {genus:<20} {prob:.3f}")
         return 0

@@ -518,3 +518,41 @@ def test_overlay_blends_colour():
     out = classify.overlay(np.full((8, 8), 100, np.uint8), np.linspace(0, 1, 64).reshape(8, 8))
     assert out.shape == (8, 8, 3) and out.dtype == np.uint8
     assert not np.array_equal(out[0, 0], out[-1, -1])
+
+
+def _stored(size=SIZE):
+    stored, _ = classify.prepare(
+        disc_image(), classify.PrepareOptions(), PreprocessConfig(size=size)
+    )
+    return stored
+
+
+def _with_border_pixel(s):
+    s = s.copy()
+    s[0, s.shape[1] // 2] = 1
+    return s
+
+
+@pytest.mark.parametrize(
+    ("make", "is_stored"),
+    [
+        (lambda s: s, True),
+        (lambda s: np.dstack([s, s, s]), True),  # grey saved as RGB
+        (lambda s: np.dstack([s, s, s, np.full_like(s, 255)]), True),
+        (lambda s: np.dstack([s, s, s, np.where(s > 0, 255, 0).astype(np.uint8)]), False),
+        (lambda s: np.dstack([s, s, s // 2]), False),  # colour
+        (lambda s: s.astype(np.uint16) * 257, False),  # 16-bit: a scanner's export
+        (lambda s: np.clip(s.astype(int) + 12, 0, 255).astype(np.uint8), False),  # background
+        (_with_border_pixel, False),
+        (lambda s: cv2.resize(s, (2 * SIZE, 2 * SIZE)), False),  # another size
+        (lambda s: np.zeros_like(s), False),  # blank: prepare says so
+    ],
+)
+def test_stored_slice_tells_an_exported_slice_from_a_raw_section(make, is_stored):
+    stored = _stored()
+    found = classify.stored_slice(make(stored), PreprocessConfig(size=SIZE))
+    if is_stored:
+        np.testing.assert_array_equal(found, stored)
+        assert found.ndim == 2 and found.dtype == np.uint8
+    else:
+        assert found is None

@@ -208,6 +208,30 @@ def test_gallery_slice_is_classified_as_in_the_test_run(app, loaded):
     assert "Beta" in app.message.value  # the true genus is stated
 
 
+def test_an_uploaded_stored_slice_gets_the_stored_slices_answer(app, workspace):
+    """Every test slice of every genus, saved as PNG and uploaded, is classified exactly
+    as when picked from the gallery: the stored array, not a second preprocessing."""
+    index = pd.read_csv(workspace / "data" / "split" / "index.csv")
+    test = index[index["split"] == "test"]
+    assert test["species"].nunique() == len(NAMES)
+    for row in test.itertuples():
+        stored = np.load(workspace / "data" / "slices" / row.array)[row.row]
+        app.gallery.value = row.slice_id
+        app.classify()
+        picked = app.prediction
+        app.load_upload(f"{row.slice_id}.png", png(stored))
+        assert "classified as it is" in app.preview_info.value, app.preview_info.value
+        np.testing.assert_array_equal(app.cleaned, stored)
+        app.classify()
+        uploaded = app.prediction
+        assert uploaded.genus == picked.genus
+        assert uploaded.probabilities == pytest.approx(picked.probabilities, abs=1e-6)
+        assert uploaded.metadata["preprocessing"]["source"] == "stored slice"
+    # a raw section still gets the training preprocessing, and the preview says so
+    app.load_upload("scan.png", png(disc_image()))
+    assert "cut out and cleaned as the training slices were" in app.preview_info.value
+
+
 def test_uncertain_notice_follows_the_calibration(app, loaded, monkeypatch):
     app.gallery.value = "S0:00000"
     for threshold, expected in [(1.0, True), (0.0, False)]:

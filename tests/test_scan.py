@@ -273,6 +273,22 @@ def test_cli_classifies_one_section_image(workspace, tmp_path, capsys):
     assert main(["classify", str(image), "--workspace", str(workspace), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["genus"] in NAMES and len(out["top5"]) == 3
+    assert out["preprocessing"] == "preprocessed"
+
+
+def test_cli_classifies_an_exported_stored_slice_as_it_is(workspace, tmp_path, capsys):
+    from foramlib.classify import Classifier
+
+    classifier = Classifier.from_workspace(workspace)
+    stored, _ = classifier.prepare(disc_image())
+    image = tmp_path / "stored.png"
+    cv2.imwrite(str(image), stored)
+    assert main(["classify", str(image), "--workspace", str(workspace), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["preprocessing"] == "stored slice"
+    expected = classifier.predict(stored)
+    assert out["genus"] == expected.genus
+    assert out["confidence"] == pytest.approx(expected.confidence, abs=1e-6)
 
 
 @pytest.mark.parametrize(

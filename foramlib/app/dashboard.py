@@ -62,6 +62,11 @@ MATCH_TIME_BUDGET_S = 30.0
 SCAN_SECTIONS_RANGE = (8, 512)  # sections a whole-scan classification may cut
 
 
+# How the preview says which path a slice took (classify.prepare's info["source"])
+PATH_TAKEN = {
+    "stored slice": "already a cleaned slice at the models' size, classified as it is",
+    "preprocessed": "cut out and cleaned as the training slices were",
+}
 SCAN_SEED = 0  # orientations of the whole-scan sections (as `foram classify`)
 
 
@@ -507,7 +512,13 @@ class App(widgets.VBox):
                 keep_volume=True,
             )
         else:
-            self._set_source(decoded, name=name)
+            # an exported stored slice is classified as it is, as in the gallery; a raw
+            # section gets the training preprocessing (the preview says which)
+            stored = classify.stored_slice(decoded, self.base_config)
+            if stored is None:
+                self._set_source(decoded, name=name)
+            else:
+                self._set_source(stored, name=name, cleaned=True)
 
     def _on_volume_axis(self, change) -> None:
         if self._quiet or self.volume is None:
@@ -624,7 +635,8 @@ class App(widgets.VBox):
         )
         self.preview_info.value = (
             f"<span class='foram-muted'>{html.escape(self.source_name)}: fossil covers "
-            f"{100 * info['fraction']:.1f}% ({info['source']}){truth or ''}</span>"
+            f"{100 * info['fraction']:.1f}%; {PATH_TAKEN.get(info['source'], info['source'])}"
+            f"{truth or ''}</span>"
         )
         low = info["fraction"] < self.base_config.min_fraction and not self.source_cleaned
         if low:

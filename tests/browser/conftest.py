@@ -389,8 +389,13 @@ class VoilaServer:
         return "\n".join(lines[-n:])
 
 
-def start_voila(workspace: Path, log: Path, *, max_upload_mb=None, extra_env=None) -> VoilaServer:
-    """Start the dashboard on a free local port and wait until the port answers."""
+def start_voila(
+    workspace: Path, log: Path, *, max_upload_mb=None, extra_env=None, extra_args=()
+) -> VoilaServer:
+    """Start the dashboard on a free local port and wait until the port answers.
+
+    `extra_args` are appended to Voila's command line (they override ``voila.json``).
+    """
     port = free_port()
     from foramlib.app.serve import voila_command, voila_env
 
@@ -402,7 +407,7 @@ def start_voila(workspace: Path, log: Path, *, max_upload_mb=None, extra_env=Non
         **({"FORAM_MAX_UPLOAD_MB": str(max_upload_mb)} if max_upload_mb else {}),
         **(extra_env or {}),
     }
-    cmd = voila_command(port, APP)
+    cmd = [*voila_command(port, APP), *extra_args]
     out = open(log, "w")  # noqa: SIM115 - closed with the process
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
     out.close()

@@ -150,6 +150,10 @@ def test_upload_preview_classify_shows_right_genus(page, clear_slice, screenshot
     top1 = upload_and_classify(page, f"{clear_slice.slice_id}.png", png_bytes(clear_slice.image))
     assert clear_slice.genus in top1, (top1, clear_slice)
     assert "%" in top1
+    # an exported stored slice is classified as it is, with the stored slice's answer
+    assert "classified as it is" in page.inner_text(".foram-preview-info")
+    shown = float(re.search(r"([\d.]+)\s*%", top1).group(1))
+    assert shown == pytest.approx(100 * clear_slice.probability, abs=0.11), top1
     rows = page.locator(".foram-top5 tr[class*='foram-rank-']")
     assert 2 <= rows.count() <= 5
     wait_image(page, ".foram-gradcam")
