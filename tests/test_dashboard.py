@@ -208,6 +208,19 @@ def test_gallery_slice_is_classified_as_in_the_test_run(app, loaded):
     assert "Beta" in app.message.value  # the true genus is stated
 
 
+def test_images_stay_hidden_until_they_hold_a_picture(app):
+    """An empty image is drawn as a broken-image icon: none is shown before it has one."""
+    images = ("raw_view", "preview", "probabilities", "gradcam", "match_query_view")
+    assert not any(visible(getattr(app, name)) for name in images)
+    app.load_upload("scan.png", png(disc_image()))
+    assert visible(app.preview) and visible(app.raw_view)
+    assert not visible(app.gradcam) and not visible(app.probabilities)
+    app.classify()
+    assert visible(app.gradcam) and visible(app.probabilities)
+    app.load_upload("notes.txt", b"not an image")  # a bad upload clears the pictures
+    assert not any(visible(getattr(app, name)) for name in images[:4])
+
+
 def test_an_uploaded_stored_slice_gets_the_stored_slices_answer(app, workspace):
     """Every test slice of every genus, saved as PNG and uploaded, is classified exactly
     as when picked from the gallery: the stored array, not a second preprocessing."""

@@ -80,6 +80,15 @@ def _cls(widget, *names):
     return widget
 
 
+def _image(*names) -> widgets.Image:
+    """A PNG image widget that stays hidden while it holds no picture: browsers draw an
+    empty image as a broken-image icon."""
+    image = _cls(widgets.Image(format="png"), *names)
+    _hide(image)
+    image.observe(lambda change: _hide(image, not change["new"]), names="value")
+    return image
+
+
 class App(widgets.VBox):
     """The dashboard: landing, classification and 3D-matching pages.
 
@@ -300,9 +309,9 @@ class App(widgets.VBox):
                 reset,
             ]
         )
-        self.raw_view = _cls(widgets.Image(format="png"), "foram-raw")
+        self.raw_view = _image("foram-raw")
         self.raw_view.layout.max_width = "256px"
-        self.preview = _cls(widgets.Image(format="png"), "foram-preview")
+        self.preview = _image("foram-preview")
         self.preview.layout.width = "192px"
         self.preview_info = _cls(widgets.HTML(), "foram-preview-info")
         previews = widgets.HBox(
@@ -328,9 +337,9 @@ class App(widgets.VBox):
         self.top5 = _cls(widgets.HTML(), "foram-top5")
         self.uncertain = _cls(widgets.HTML(), "foram-uncertain")
         _hide(self.uncertain)
-        self.probabilities = _cls(widgets.Image(format="png"), "foram-probabilities")
+        self.probabilities = _image("foram-probabilities")
         self.probabilities.layout.max_width = "480px"
-        self.gradcam = _cls(widgets.Image(format="png"), "foram-gradcam")
+        self.gradcam = _image("foram-gradcam")
         self.gradcam.layout.width = "192px"
         self.metadata = _cls(widgets.HTML(), "foram-metadata")
         self.results_box = widgets.VBox(
@@ -879,7 +888,7 @@ class App(widgets.VBox):
 
     # ================================================================== match page
     def _build_match(self) -> widgets.VBox:
-        self.match_query_view = _cls(widgets.Image(format="png"), "foram-match-query")
+        self.match_query_view = _image("foram-match-query")
         self.match_query_view.layout.width = "160px"
         self.match_query_info = widgets.HTML()
         self.match_genera = _cls(
@@ -912,7 +921,7 @@ class App(widgets.VBox):
             widgets.Dropdown(options=[], description="Show match"), "foram-match-choice"
         )
         self.match_choice.observe(self._on_match_choice, names="value")
-        self.match_view = _cls(widgets.Image(format="png"), "foram-match-view")
+        self.match_view = _image("foram-match-view")
         self.match_view.layout.max_width = "900px"
         return widgets.VBox(
             [
