@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -103,6 +104,27 @@ def test_performance_table_marks_the_final_model():
     assert '<tr style="font-weight:bold"><td>Top-2 (final)</td>' in out
     assert "<td>–</td>" in out  # a metric the run lacks
     assert "No evaluation yet" in render.performance_html({"final": "x", "models": {}})
+
+
+def test_performance_table_shows_chance_and_says_what_each_score_means():
+    metrics = {
+        "final": "a",
+        "test_slices": 10,
+        "models": {"a": {"accuracy": 0.5, "macro_f1": 0.4, "top3": 0.9, "auc": 0.8}},
+    }
+    assert "chance" not in render.performance_html(metrics)
+    out = render.performance_html(metrics, n_classes=12)
+    chance = out.split('class="foram-chance"')[1].split("</tr>")[0]
+    cells = re.findall(r"<td>(.*?)</td>", chance)
+    assert cells == ["chance: a random guess among 12 genera", "8.3%", "8.3%", "25.0%", "0.500"]
+    for name in ("Accuracy", "Macro-F1", "Top-3", "AUC"):
+        assert f"<b>{name}</b>:" in out
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, True, "12"])
+def test_chance_levels_rejects_a_bad_class_count(bad):
+    with pytest.raises(ValueError, match=r"n_classes = .* is invalid"):
+        render.chance_levels(bad)
 
 
 # --------------------------------------------------------------------------- serve

@@ -222,7 +222,8 @@ class App(widgets.VBox):
         )
 
     def _performance_html(self) -> str:
-        return render.performance_html(self.metrics)
+        counts = collection_counts(self.workspace)  # the curated genera: the classes
+        return render.performance_html(self.metrics, counts["genera"] if counts else None)
 
     # ================================================================== classify page
     def _build_classify(self) -> widgets.VBox:

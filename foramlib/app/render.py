@@ -30,6 +30,7 @@ __all__ = [
     "pct",
     "dataset_html",
     "performance_html",
+    "chance_levels",
     "top5_html",
     "uncertain_html",
     "scan_table_html",
@@ -435,8 +436,50 @@ def dataset_html(source: str | None, counts: dict | None, workspace) -> str:
     )
 
 
-def performance_html(metrics: dict | None) -> str:
+# What each score of the performance table means, for readers who are not in ML
+SCORE_NOTES = (
+    ("Accuracy", "the share of test slices whose most probable genus is the right one"),
+    (
+        "Macro-F1",
+        "accuracy-like, but computed per genus and averaged, so rare genera count as much "
+        "as common ones",
+    ),
+    ("Top-3", "the share of test slices whose right genus is among the three most probable"),
+    (
+        "AUC",
+        "how well the probabilities rank the right genus above the others "
+        "(1 = always, 0.5 = no better than chance)",
+    ),
+)
+
+
+def chance_levels(n_classes: int) -> dict[str, float]:
+    """What a random guess among `n_classes` equally likely genera scores.
+
+    Macro-F1 of uniform guessing equals accuracy's ``1/n`` when the genera are equally
+    common (each genus' precision is its share, its recall ``1/n``); AUC is 0.5.
+
+    Examples
+    --------
+    >>> chance_levels(12)["accuracy"], chance_levels(12)["top3"], chance_levels(2)["top3"]
+    (0.08333333333333333, 0.25, 1.0)
+    """
+    if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 1:
+        raise ValueError(f"n_classes = {n_classes!r} is invalid: expected an integer >= 1")
+    return dict(
+        accuracy=1 / n_classes,
+        macro_f1=1 / n_classes,
+        top3=min(3, n_classes) / n_classes,
+        auc=0.5,
+    )
+
+
+def performance_html(metrics: dict | None, n_classes: int | None = None) -> str:
     """The landing page's table of the evaluated models (``results/metrics.json``).
+
+    With `n_classes` (the genera the models choose among), a last row gives what a
+    random guess scores (:func:`chance_levels`), and a note under the table explains
+    each score in plain words.
 
     Examples
     --------
@@ -462,6 +505,24 @@ def performance_html(metrics: dict | None) -> str:
         ]
         style = ' style="font-weight:bold"' if name == final else ""
         rows.append(f"<tr{style}>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    notes = ""
+    if n_classes:
+        c = chance_levels(n_classes)
+        cells = [
+            f"chance: a random guess among {n_classes} genera",
+            *(f"{100 * c[k]:.1f}%" for k in ("accuracy", "macro_f1", "top3")),
+            f"{c['auc']:.3f}",
+        ]
+        rows.append(
+            '<tr class="foram-chance" style="font-style:italic">'
+            + "".join(f"<td>{html.escape(x)}</td>" for x in cells)
+            + "</tr>"
+        )
+        notes = (
+            "<p class='foram-score-notes foram-muted'>"
+            + "; ".join(f"<b>{name}</b>: {html.escape(text)}" for name, text in SCORE_NOTES)
+            + ".</p>"
+        )
     r = m["models"][final]
     return (
         f"<h3>Performance</h3><p>Final model: <b>{html.escape(final)}</b> — accuracy "
@@ -469,5 +530,5 @@ def performance_html(metrics: dict | None) -> str:
         f"{m.get('test_slices', r.get('n', '?'))} held-out test slices "
         f"(specimens never seen in training).</p>"
         "<table><tr><th>Model</th><th>Accuracy</th><th>Macro-F1</th><th>Top-3</th>"
-        "<th>AUC</th></tr>" + "".join(rows) + "</table>"
+        "<th>AUC</th></tr>" + "".join(rows) + "</table>" + notes
     )
