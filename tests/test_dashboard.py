@@ -405,6 +405,31 @@ def test_find_in_3d_runs_the_matcher_and_shows_the_plane(app, recorder):
     assert app.match_view.value != view
 
 
+def test_a_disagreement_between_classifier_and_3d_search_is_pointed_out(app, recorder):
+    app.load_upload("scan.png", png(disc_image()))
+    app.classify()
+    app.to_match.click()
+    accuracy = app.metrics["models"][app.metrics["final"]]["accuracy"]
+    # the fake search's best match is a Beta section, the second an Alpha one
+    for top5, disagree in (
+        ([("Alpha", 0.7), ("Beta", 0.2), ("Gamma", 0.1)], True),
+        ([("Beta", 0.7), ("Alpha", 0.2), ("Gamma", 0.1)], False),
+    ):
+        app.prediction = replace(app.prediction, top5=top5)
+        app.match_button.click()
+        note = app.match_message.value
+        assert ("disagree" in note) is disagree, note
+        if disagree:
+            assert "foram-msg-warn" in note and "the classifier says Alpha (70.0%)" in note
+            assert "section of Beta (specimen S1; 1 of the 2 best matches are Beta)" in note
+            assert f"about {100 * accuracy:.1f}% of the slices" in note
+    # restricted to some specimens, the answer is not the whole collection's: no note
+    app.prediction = replace(app.prediction, top5=[("Alpha", 0.7), ("Beta", 0.3)])
+    app.match_specimens.value = ("S0",)
+    app.match_button.click()
+    assert "disagree" not in app.match_message.value
+
+
 def test_the_message_says_which_reading_of_the_slice_matched(app, monkeypatch):
     import foramlib.matching as matching
 

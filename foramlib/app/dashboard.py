@@ -1122,6 +1122,14 @@ class App(widgets.VBox):
                 else ""
             ),
         )
+        if self.prediction is not None and not (species or specimens):
+            final = (self.metrics or {}).get("models", {}).get((self.metrics or {}).get("final"))
+            self.match_message.value += render.disagreement_html(
+                self.prediction.genus,
+                self.prediction.confidence,
+                matches,
+                final.get("accuracy") if final else None,
+            )
         self.match_results.value = render.matches_html(self.match_query, matches)
         self._quiet = True
         try:

@@ -30,6 +30,7 @@ __all__ = [
     "pct",
     "dataset_html",
     "performance_html",
+    "disagreement_html",
     "chance_levels",
     "top5_html",
     "uncertain_html",
@@ -136,6 +137,47 @@ def index_hint(exc: Exception) -> str:
 
 def pct(p: float) -> str:
     return f"{100 * p:.1f}%"
+
+
+def disagreement_html(genus: str, confidence: float, matches, accuracy: float | None) -> str:
+    """A warning when the classifier and the 3D search name different genera, saying
+    which to trust; empty when they agree (or there is no match).
+
+    The 3D search finds the specimen a section was cut from (it compares the section
+    with every plane of the reference specimens), so for a slice of a reference specimen
+    it is the better witness; the classifier is the one measured on specimens it has
+    never seen (`accuracy`, the final model's test accuracy). For a fossil outside the
+    collection the search only finds the most alike reference section.
+
+    Examples
+    --------
+    >>> from types import SimpleNamespace as M
+    >>> ms = [M(species="Beta", specimen_id="S1"), M(species="Alpha", specimen_id="S0")]
+    >>> disagreement_html("Beta", 0.9, ms, 0.5)
+    ''
+    >>> "disagree" in disagreement_html("Alpha", 0.9, ms, 0.5)
+    True
+    """
+    if not matches or matches[0].species == genus:
+        return ""
+    top = matches[0]
+    alike = sum(m.species == top.species for m in matches)
+    measured = (
+        f"about {pct(accuracy)} of the slices of specimens it never saw in training"
+        if accuracy is not None
+        else "slices of specimens it never saw in training"
+    )
+    return message(
+        "warn",
+        f"The classifier and the 3D search disagree: the classifier says {genus} "
+        f"({pct(confidence)}), but the best match is a section of {top.species} "
+        f"(specimen {top.specimen_id}; {alike} of the {len(matches)} best matches are "
+        f"{top.species}). Which to trust: if your slice was cut from one of the reference "
+        "specimens, the 3D search, which finds the specimen a section comes from; the "
+        f"classifier gets {measured} right. If the fossil is not one of the reference "
+        "specimens, the search only finds the most alike reference section: treat the "
+        "genus as uncertain and check its diagnostic features.",
+    )
 
 
 def top5_html(pred: classify.Prediction) -> str:
