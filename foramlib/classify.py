@@ -46,6 +46,7 @@ import cv2
 import numpy as np
 
 from foramlib.preprocess import PreprocessConfig, PreprocessError, preprocess_slice, resize_slice
+from foramlib.section_check import SectionCheck, SectionCheckError, Verdict, colourfulness
 from foramlib.tta import check_views, predict_views
 
 __all__ = [
@@ -60,6 +61,7 @@ __all__ = [
     "preprocess_defaults",
     "stored_slice",
     "prepare",
+    "prepare_upload",
     "Calibration",
     "calibrate_threshold",
     "calibrate_spec",
@@ -67,8 +69,11 @@ __all__ = [
     "Prediction",
     "Classifier",
     "missing_artefacts",
+    "load_section_check",
+    "SECTION_CHECK",
     "member_tta_views",
     "feature_layer",
+    "cam_side",
     "grad_cam",
     "overlay",
     "DEFAULT_TARGET_PRECISION",
@@ -492,7 +497,8 @@ def prepare(
     (ndarray of uint8, dict)
         The cleaned ``size × size`` slice and what was done: ``source``
         ("preprocessed" or "stored slice"), ``fraction`` of the section that is fossil,
-        ``box``, ``crop`` and the ``config`` used.
+        ``box``, ``crop``, the ``config`` used and the input's ``colourfulness``
+        (:func:`foramlib.section_check.colourfulness`).
 
     Raises
     ------
@@ -511,6 +517,7 @@ def prepare(
     if arr.dtype.kind not in "uifb":
         raise PreprocessError(f"{name}: unsupported pixel type {arr.dtype}")
     info = {"crop": list(options.crop), "config": config.as_dict()}
+    info["colourfulness"] = round(colourfulness(arr), 4)  # the section check's colour rule
     if cleaned and config == base and not options.cropped and arr.shape == (base.size,) * 2:
         out = arr.astype(np.uint8)
         fraction = float((out > 0).mean())
@@ -530,6 +537,35 @@ def prepare(
         "fraction": sl.fraction,
         "box": [int(b) for b in sl.box],
     }
+
+
+def prepare_upload(
+    image,
+    base: PreprocessConfig = DEFAULT_CONFIG,
+    options: PrepareOptions = PrepareOptions(),
+    *,
+    name: str = "image",
+):
+    """:func:`prepare` for an image from outside: a stored slice is kept as it is.
+
+    An exported stored slice (:func:`stored_slice`) with the training settings and no
+    crop is classified as it is (``info["source"] == "stored slice"``); anything else
+    gets the full preprocessing. The one entry point of uploads and ``foram classify``.
+
+    Examples
+    --------
+    >>> s = np.zeros((32, 32), np.uint8); s[8:24, 6:26] = 200
+    >>> prepare_upload(s, PreprocessConfig(size=32))[1]["source"]
+    'stored slice'
+    >>> prepare_upload(np.pad(s, 8), PreprocessConfig(size=32))[1]["source"]
+    'preprocessed'
+    """
+    stored = None
+    if not options.cropped and options.config(base) == base:
+        stored = stored_slice(image, base)
+    if stored is None:
+        return prepare(image, options, base, name=name)
+    return prepare(stored, options, base, cleaned=True, name=name)
 
 
 # --------------------------------------------------------------------------- calibration
@@ -699,6 +735,31 @@ def calibrate_spec(spec, models_dir, **kwargs) -> Calibration:
 # --------------------------------------------------------------------------- workspace
 
 
+SECTION_CHECK = "results/section_check.npz"  # written by the evaluate stage
+
+
+def load_section_check(workspace, preprocess: PreprocessConfig) -> tuple[SectionCheck | None, str]:
+    """The workspace's section check (evaluate stage), or None and why not.
+
+    A check fitted on slices of another size than the served preprocessing is stale
+    (the slices were rebuilt since) and not used.
+    """
+    path = Path(workspace) / SECTION_CHECK
+    if not path.is_file():
+        return None, f"none ({SECTION_CHECK} missing; the evaluate stage writes it)"
+    try:
+        check = SectionCheck.load(path)
+    except SectionCheckError as exc:
+        return None, f"unusable: {exc}"
+    size = check.info.get("size")
+    if size is not None and int(size) != preprocess.size:
+        return None, (
+            f"stale: fitted on {size}-px slices, the models see {preprocess.size}-px "
+            "slices; rerun the evaluate stage"
+        )
+    return check, SECTION_CHECK
+
+
 def _final_name(ws: Path) -> str:
     metrics = ws / "results" / "metrics.json"
     if not metrics.is_file():
@@ -801,6 +862,9 @@ class Prediction:
         Ensemble, members, input sizes, preprocessing used, main model.
     member_probabilities : dict of str to list of float
         Each member's own distribution (class order).
+    section : Verdict or None
+        Does the input look like a foraminifer section at all
+        (:mod:`foramlib.section_check`)? None when the workspace has no section check.
     """
 
     top5: list[tuple[str, float]]
@@ -809,6 +873,12 @@ class Prediction:
     threshold: Calibration | None
     metadata: dict
     member_probabilities: dict[str, list[float]] = field(default_factory=dict)
+    section: Verdict | None = None
+
+    @property
+    def not_a_section(self) -> bool:
+        """The section check refused the input (a photo, noise, another material)."""
+        return self.section is not None and not self.section.looks_like_section
 
     @property
     def genus(self) -> str:
@@ -838,6 +908,9 @@ class Classifier:
     tta_views : mapping of member name to int, optional
         Views (:mod:`foramlib.tta`) each member's probability is averaged over, as in
         its training run's predictions (default: 1, the slice alone).
+    section_check : SectionCheck, optional
+        Says whether an input looks like a foraminifer section at all (default: no
+        check; predictions then carry ``section=None``).
     """
 
     def __init__(
@@ -850,6 +923,7 @@ class Classifier:
         name: str = "ensemble",
         sources: dict | None = None,
         tta_views: Mapping[str, int] | None = None,
+        section_check: SectionCheck | None = None,
     ):
         from foramlib.ensemble import check_members
 
@@ -873,6 +947,7 @@ class Classifier:
         if unknown:
             raise ArtefactError(f"tta_views names models outside the ensemble: {unknown}")
         self.tta_views = {m: check_views(views.get(m, 1), f"tta_views[{m!r}]") for m in self.models}
+        self.section_check = section_check
 
     @property
     def main(self) -> str:
@@ -931,14 +1006,20 @@ class Classifier:
             )
         except ArtefactError:
             calibration = None
+        section_check, check_source = load_section_check(ws, config)
         return cls(
             spec,
             models,
             config,
             calibration,
             name=name,
-            sources={"ensemble": spec_source, "preprocessing": pp_source},
+            sources={
+                "ensemble": spec_source,
+                "preprocessing": pp_source,
+                "section_check": check_source,
+            },
             tta_views=views,
+            section_check=section_check,
         )
 
     # ------------------------------------------------------------------ inference
@@ -1022,6 +1103,10 @@ class Classifier:
         top5 = [(self.names[i], float(probs[i])) for i in order]
         conf = top5[0][1]
         uncertain = True if self.calibration is None else self.calibration.uncertain(conf)
+        section = None
+        if self.section_check is not None:
+            colour = float((preprocessing or {}).get("colourfulness", 0.0))
+            section = self.section_check.verdict(cleaned, colour=colour)
         metadata = {
             "ensemble": self.name,
             "kind": self.spec.kind,
@@ -1035,6 +1120,7 @@ class Classifier:
             "preprocessing_defaults": {**self.preprocess.as_dict()},
             "sources": dict(self.sources),
             "calibration": None if self.calibration is None else self.calibration.as_dict(),
+            "section_check": None if section is None else section.as_dict(),
         }
         if self.spec.kind == "patch":
             rule = self.spec.rule()
@@ -1048,6 +1134,7 @@ class Classifier:
             threshold=self.calibration,
             metadata=metadata,
             member_probabilities={m: p[0].tolist() for m, p in members.items()},
+            section=section,
         )
 
     def grad_cam(self, cleaned: np.ndarray, class_name: str | None = None) -> np.ndarray:
@@ -1058,20 +1145,27 @@ class Classifier:
         ndarray of float32 in [0, 1], the shape of `cleaned`
         """
         model = self.models[self.main]
-        x = self._input(cleaned, self.input_sizes[self.main])
+        size = self.input_sizes[self.main]
+        x = self._input(cleaned, size)
         index = None if class_name is None else self.names.index(class_name)
-        heat = grad_cam(model, x[0], class_index=index)
+        try:
+            heat = grad_cam(model, x[0], class_index=index, min_side=cam_side(size))
+        except ClassifyError:  # no map that fine: the last one
+            heat = grad_cam(model, x[0], class_index=index)
         return cv2.resize(heat, cleaned.shape[::-1], interpolation=cv2.INTER_LINEAR)
 
 
 # --------------------------------------------------------------------------- Grad-CAM
 
 
-def feature_layer(model):
-    """The backbone's last layer with a 4-D (spatial) output: Grad-CAM's target.
+def feature_layer(model, min_side: int = 1):
+    """The backbone's last layer with a 4-D (spatial) output at least `min_side` wide.
 
-    For ``tiny_cnn`` this is ``block4_relu``; for the ImageNet backbones the activation
-    after their last convolution (e.g. EfficientNetV2's ``top_activation``).
+    With the default, the last spatial layer: for ``tiny_cnn`` ``block4_relu``, for the
+    ImageNet backbones the activation after their last convolution (e.g.
+    EfficientNetV2's ``top_activation``). A larger `min_side` picks a deeper-than-early
+    but finer layer (e.g. the last 6×6 map of a 96-px MobileNetV3 instead of its 3×3
+    one): Grad-CAM there shows more of the slice's structure.
 
     >>> from foramlib.models import build_model
     >>> feature_layer(build_model("tiny_cnn", input_size=32, n_classes=2)).name
@@ -1085,15 +1179,32 @@ def feature_layer(model):
             shape = layer.output.shape
         except (AttributeError, ValueError):
             continue
-        if len(shape) == 4 and type(layer).__name__ != "InputLayer":
+        kind = type(layer).__name__
+        if len(shape) != 4 or kind == "InputLayer" or "Padding" in kind:
+            continue  # a padding layer's map has a frame of zeros the slice does not have
+        if shape[1] is None or min(shape[1], shape[2]) >= min_side:
             return layer
-    raise ClassifyError(f"backbone of {model.name!r} has no layer with a spatial output")
+    raise ClassifyError(
+        f"backbone of {model.name!r} has no layer with a spatial output of side >= {min_side}"
+    )
 
 
-_FEATURES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model → feature model
+def cam_side(input_size: int) -> int:
+    """The smallest feature-map side the page's Grad-CAM uses for an input size.
+
+    A sixteenth of the input (the stride-16 maps of the ImageNet backbones), at least 6:
+    a 3×3 map (a 96-px MobileNetV3's last) paints a few blocks, not the slice's chambers.
+
+    >>> cam_side(96), cam_side(224), cam_side(48)
+    (6, 14, 6)
+    """
+    return max(6, int(input_size) // 16)
 
 
-def grad_cam(model, image, *, class_index: int | None = None) -> np.ndarray:
+_FEATURES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model → {side: model}
+
+
+def grad_cam(model, image, *, class_index: int | None = None, min_side: int = 1) -> np.ndarray:
     """Grad-CAM (Selvaraju et al. 2017) of a :func:`foramlib.models.build_model` model.
 
     The gradient of the class score with respect to the backbone's last spatial feature
@@ -1109,6 +1220,8 @@ def grad_cam(model, image, *, class_index: int | None = None) -> np.ndarray:
         The model's input: float in [0, 255] at the model's input size.
     class_index : int, optional
         Class to explain (default: the model's top-1).
+    min_side : int
+        Explain at the last feature map at least this wide (:func:`feature_layer`).
 
     Returns
     -------
@@ -1139,11 +1252,13 @@ def grad_cam(model, image, *, class_index: int | None = None) -> np.ndarray:
         raise ClassifyError(
             f"grad_cam: expected an image of shape {(size, size, 1)}, got {x.shape}"
         )
-    features = _FEATURES.get(model)
+    cached = _FEATURES.setdefault(model, {})
+    features = cached.get(min_side)
     if features is None:
         net = backbone_of(model)
-        features = keras.Model(net.inputs, [feature_layer(model).output, net.output])
-        _FEATURES[model] = features
+        layer = feature_layer(model, min_side)
+        features = keras.Model(net.inputs, [layer.output, net.output])
+        cached[min_side] = features
     names = {layer.name for layer in model.layers}
     x = tf.convert_to_tensor(x[None])
     rgb = model.get_layer("gray_to_rgb")([x, x, x])

@@ -238,15 +238,13 @@ def _classify(args: argparse.Namespace) -> int:
         loaded = LoadedScan(*load_scan(path, voxel_size_um=args.voxel_size))
     classifier = Classifier.from_workspace(args.workspace, args.ensemble)
     if loaded is None:
-        from foramlib.classify import stored_slice
+        from foramlib.classify import prepare_upload
         from foramlib.indexing import read_image
 
-        image = read_image(path)
-        stored = stored_slice(image, classifier.preprocess)  # exported from the store
-        cleaned, info = classifier.prepare(
-            image if stored is None else stored, name=str(path), cleaned=stored is not None
-        )
+        # an exported stored slice is classified as it is; anything else is preprocessed
+        cleaned, info = prepare_upload(read_image(path), classifier.preprocess, name=str(path))
         pred = classifier.predict(cleaned, preprocessing=info)
+        section = None if pred.section is None else pred.section.as_dict()
         if args.json:
             out = dict(
                 image=str(path),
@@ -254,13 +252,17 @@ def _classify(args: argparse.Namespace) -> int:
                 genus=pred.genus,
                 confidence=round(pred.confidence, 6),
                 uncertain=pred.uncertain,
+                section_check=section,  # null: the workspace has no section check
                 top5=[[g, round(p, 6)] for g, p in pred.top5],
             )
             print(json.dumps(out, indent=2))
         else:
             flag = "  UNCERTAIN (under the threshold calibrated on validation)" * pred.uncertain
-            how = "a stored slice, as it is" if stored is not None else "preprocessed"
+            how = "a stored slice, as it is" if info["source"] == "stored slice" else "preprocessed"
             print(f"{path}: one section ({how}); {classifier.name}{flag}")
+            if pred.not_a_section:
+                print(f"NOT A FORAMINIFER SECTION? {pred.section.message}")
+                print("the genera below are what the models say anyway; do not trust them")
             for rank, (genus, prob) in enumerate(pred.top5, start=1):
                 print(f"{rank:>4}  {genus:<20} {prob:.3f}")
         return 0

@@ -39,6 +39,7 @@ from foramlib.classify import (
     calibrate_threshold,
     load_validation,
 )
+from foramlib.section_check import features_of
 from foramlib.slicing import SliceError, SlicingConfig, slice_array, trained_slicing
 
 __all__ = [
@@ -125,6 +126,14 @@ class ScanAnswer:
     @property
     def genus(self) -> str:
         return self.ranking[0].genus
+
+    @property
+    def not_a_section(self) -> bool:
+        """Most sections fail the section check (:mod:`foramlib.section_check`): the
+        scan does not look like a foraminifer. A genuine scan loses about ``1 - keep``
+        of its sections (3 % at the default), so a majority failing is no accident."""
+        check = self.metadata.get("section_check")
+        return bool(check) and check["passed"] < 0.5 * check["sections"]
 
     @property
     def confidence(self) -> float:
@@ -440,6 +449,12 @@ def classify_scan(
     sections = rows.assign(
         top1=[classifier.names[i] for i in top], confidence=probs.max(axis=1).round(6)
     )
+    check = getattr(classifier, "section_check", None)
+    check_summary = None
+    if check is not None:
+        passed = check.accepts(features_of(images))
+        sections["looks_like_section"] = passed
+        check_summary = dict(passed=int(passed.sum()), sections=int(len(passed)), keep=check.keep)
     uncertain = True if calibration is None else calibration.uncertain(ranking[0].probability)
     metadata = dict(
         ensemble=classifier.name,
@@ -458,6 +473,7 @@ def classify_scan(
         ),
         rule="mean probability over sections (the evaluate stage's specimen vote)",
         seconds=dict(cut=round(t_cut, 3), total=round(time.perf_counter() - t0, 3)),
+        section_check=check_summary,
         **notes,
     )
     say(1.0, "done")
@@ -505,6 +521,12 @@ def format_answer(answer: ScanAnswer, top: int = 5) -> str:
             )
         )
         head += f"\nUNCERTAIN: {why}"
+    if answer.not_a_section:
+        check = answer.metadata["section_check"]
+        head += (
+            f"\nNOT A FORAMINIFER? only {check['passed']} of {check['sections']} sections look "
+            "like foraminifer sections; the genera below mean little"
+        )
     rows = [("rank", "genus", "probability", "sd", "top-1 share")]
     rows += [
         (str(i), g.genus, f"{g.probability:.3f}", f"{g.sd:.3f}", f"{g.vote_share:.0%}")

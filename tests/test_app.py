@@ -165,3 +165,53 @@ def test_serving_outside_the_repository_root_says_where_to_run_it(tmp_path, monk
     monkeypatch.chdir(tmp_path)
     assert serve.main(["--port", "8866"]) == 2
     assert "run this from the repository root" in capsys.readouterr().err
+
+
+def test_scan_box_says_when_a_scan_is_not_a_foraminifer():
+    from foramlib import scan
+
+    ranking = scan.rank_genera(np.array([[0.9, 0.1]]), ["A", "B"])
+
+    def answer(passed):
+        meta = {"n_sections": 10, "section_check": {"passed": passed, "sections": 10, "keep": 0.97}}
+        return scan.ScanAnswer(
+            "rock.nii.gz", ranking, True, None, pd.DataFrame(), np.zeros((1, 2)),
+            np.zeros((1, 4, 4), np.uint8), meta,
+        )  # fmt: skip
+
+    box = render.scan_uncertain_html(answer(2))
+    assert "foram-not-section-box" in box and "only 2 of its 10 sections" in box
+    box = render.scan_uncertain_html(answer(9))  # most pass: the usual uncertainty box
+    assert "foram-not-section-box" not in box and "Uncertain result" in box
+
+
+def test_gradcam_picture_has_its_colour_scale():
+    import cv2
+
+    img = np.zeros((48, 48), np.uint8)
+    img[10:38, 12:36] = 180
+    heat = np.zeros((6, 6), np.float32)
+    heat[2:4, 2:4] = 1.0
+    png = render.gradcam_png(img, heat)
+    picture = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
+    assert picture.shape[1] == 288
+    right = picture[:, int(0.8 * picture.shape[1]) :]  # the colour bar: red to blue
+    hues = cv2.cvtColor(right, cv2.COLOR_BGR2HSV)
+    saturated = hues[..., 1] > 150
+    assert saturated.sum() > 500  # a saturated colour bar, not just grey
+
+
+def test_match_table_speaks_plainly():
+    from foramlib.matching import Match
+
+    scores = dict(combined=0.91, dice=0.95, ncc=0.8, texture=0.7, ssim=0.6, descriptor=0.5)
+    match = Match("S1", "Alpha", (0.6, 0.0, 0.8), -5.14, 30.0, scores, np.zeros((8, 8)))
+    table = render.matches_html(np.zeros((8, 8)), [match])
+    for jargon in (">Dice<", ">NCC<", ">SSIM<", ">Descriptor<", "n=(", " vox,"):
+        assert jargon not in table
+    for label in ("Outline overlap", "Grey pattern", "Wall pattern", "Overall"):
+        assert f">{label}</th>" in table
+    assert 'title="how much the two outlines overlap (Dice coefficient' in table
+    assert "across axis 2 (tilted 37° from it), 5.1 voxels from the centre" in table
+    assert 'title="normal (0.600, 0.000, 0.800), offset -5.14 voxels' in table
+    assert "What the scores mean" in table and "<td>0.95</td>" in table

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 import tifffile
 
-from foramlib import classify
+from foramlib import classify, section_check
 from foramlib.ensemble import EnsembleSpec, save_ensembles
 from foramlib.preprocess import PreprocessConfig, PreprocessError
 
@@ -442,6 +442,77 @@ def test_classifier_without_validation_predictions_flags_everything(tmp_path):
     assert clf.calibration is None and clf.predict(clean).uncertain
 
 
+def test_prepare_records_how_colourful_the_input_is():
+    grey = disc_image()
+    _, info = classify.prepare(grey, classify.PrepareOptions(), PreprocessConfig(size=SIZE))
+    assert info["colourfulness"] == 0.0
+    tinted = np.dstack([grey, grey // 2, np.zeros_like(grey)])
+    _, info = classify.prepare(tinted, classify.PrepareOptions(), PreprocessConfig(size=SIZE))
+    assert info["colourfulness"] > section_check.COLOUR_LIMIT
+
+
+def test_prepare_upload_keeps_stored_slices_and_preprocesses_the_rest():
+    base = PreprocessConfig(size=SIZE)
+    stored = _stored()
+    same, info = classify.prepare_upload(np.dstack([stored] * 3), base)
+    assert info["source"] == "stored slice"
+    np.testing.assert_array_equal(same, stored)
+    _, info = classify.prepare_upload(disc_image(), base)
+    assert info["source"] == "preprocessed"
+    # a crop or other settings always run the preprocessing, as in the dashboard
+    options = classify.PrepareOptions(sensitivity=0.7)
+    assert classify.prepare_upload(stored, base, options)[1]["source"] == "preprocessed"
+
+
+def _check_for(size, seed=0):
+    rng = np.random.default_rng(seed)
+    discs = []
+    for _ in range(60):
+        img = disc_image(value=int(rng.integers(150, 250)), radius=int(rng.integers(18, 30)))
+        discs.append(
+            classify.prepare(img, classify.PrepareOptions(), PreprocessConfig(size=size))[0]
+        )
+    discs = np.stack(discs)
+    return section_check.fit_section_check(discs[:40], discs[40:], keep=0.9, components=1)
+
+
+def test_classifier_without_a_section_check_gives_no_verdict(classifier):
+    assert classifier.section_check is None
+    assert "missing" in classifier.sources["section_check"]
+    clean, info = classifier.prepare(disc_image())
+    pred = classifier.predict(clean, preprocessing=info)
+    assert pred.section is None and not pred.not_a_section
+    assert pred.metadata["section_check"] is None
+
+
+def test_classifier_gives_the_section_checks_verdict(tmp_path):
+    ws = write_workspace(tmp_path)
+    _check_for(SIZE).save(ws / classify.SECTION_CHECK)
+    clf = classify.Classifier.from_workspace(ws)
+    assert clf.sources["section_check"] == classify.SECTION_CHECK
+    clean, info = clf.prepare(disc_image())
+    pred = clf.predict(clean, preprocessing=info)
+    assert pred.section.looks_like_section and not pred.not_a_section
+    assert pred.metadata["section_check"]["reason"] == "ok"
+    noise = np.random.default_rng(1).integers(0, 256, (SIZE, SIZE)).astype(np.uint8)
+    pred = clf.predict(noise)
+    assert pred.not_a_section and pred.section.reason == "unlike"
+    assert pred.genus in NAMES  # the genus is still given, with the verdict beside it
+    tinted = np.dstack([disc_image(), disc_image() // 2, np.zeros_like(disc_image())])
+    clean, info = clf.prepare(tinted)
+    assert clf.predict(clean, preprocessing=info).section.reason == "colour"
+
+
+def test_stale_or_broken_section_check_is_not_used(tmp_path):
+    ws = write_workspace(tmp_path)
+    _check_for(2 * SIZE).save(ws / classify.SECTION_CHECK)
+    clf = classify.Classifier.from_workspace(ws)
+    assert clf.section_check is None and clf.sources["section_check"].startswith("stale")
+    (ws / classify.SECTION_CHECK).write_bytes(b"garbage")
+    clf = classify.Classifier.from_workspace(ws)
+    assert clf.section_check is None and clf.sources["section_check"].startswith("unusable")
+
+
 def test_loaded_models_are_compiled_for_prediction_on_jax(workspace, tmp_path, monkeypatch):
     """Keras marks the augmentation layers (idle at inference) as not jit-compilable
     and does not save `supports_jit`, so on JAX a loaded model would predict op by
@@ -477,6 +548,32 @@ def test_loaded_models_are_compiled_for_prediction_on_jax(workspace, tmp_path, m
 
 def test_feature_layer_of_nested_backbone(classifier):
     assert classify.feature_layer(classifier.models["m1"]).name == "block4_relu"
+
+
+def test_feature_layer_can_be_finer(classifier):
+    from foramlib.models import backbone_of
+
+    model = classifier.models["m1"]
+    fine = classify.feature_layer(model, min_side=6)
+    side = fine.output.shape[1]
+    assert side >= 6 and "Padding" not in type(fine).__name__
+    # the LAST map that fine: every later spatial layer is coarser
+    layers = backbone_of(model).layers
+    later = layers[layers.index(fine) + 1 :]
+    assert all(len(x.output.shape) != 4 or x.output.shape[1] < 6 for x in later)
+    with pytest.raises(classify.ClassifyError, match="side >= 99"):
+        classify.feature_layer(model, min_side=99)
+
+
+def test_classifier_grad_cam_uses_the_finer_map(classifier):
+    clean, _ = classifier.prepare(disc_image())
+    model = classifier.models["m1"]
+    heat = classifier.grad_cam(clean)
+    fine = classify.grad_cam(model, clean.astype(np.float32), min_side=classify.cam_side(SIZE))
+    coarse = classify.grad_cam(model, clean.astype(np.float32))
+    assert fine.shape[0] > coarse.shape[0]
+    expected = cv2.resize(fine, clean.shape[::-1], interpolation=cv2.INTER_LINEAR)
+    np.testing.assert_allclose(heat, expected, atol=1e-6)
 
 
 def test_grad_cam_follows_the_models_own_forward_pass(classifier):

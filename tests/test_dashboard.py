@@ -208,6 +208,36 @@ def test_gallery_slice_is_classified_as_in_the_test_run(app, loaded):
     assert "Beta" in app.message.value  # the true genus is stated
 
 
+def test_noise_and_photos_get_the_not_a_section_verdict(workspace, loaded):
+    import copy
+
+    from test_classify import _check_for
+
+    checked = copy.copy(loaded)
+    checked.section_check = _check_for(SIZE)
+    app = dashboard.App(workspace, classifier=checked, collection_loader=_fake_loader)
+    noise = np.random.default_rng(0).integers(0, 256, (64, 64)).astype(np.uint8)
+    app.load_upload("noise.png", png(noise))
+    app.classify()
+    assert app.prediction.not_a_section and visible(app.uncertain)
+    assert "foram-not-section-box" in app.uncertain.value
+    assert "does not look like a foraminifer section" in app.uncertain.value
+    assert "foram-msg-warn" in app.message.value
+    assert "Section check</th><td>refused" in app.metadata.value
+    rgb = cv2.cvtColor(
+        np.dstack([disc_image(), disc_image() // 3, disc_image() // 2]), cv2.COLOR_RGB2BGR
+    )
+    app.load_upload("photo.png", png(rgb))
+    app.classify()
+    assert "colour picture" in app.uncertain.value
+    app.load_upload("scan.png", png(disc_image()))
+    app.classify()
+    assert not app.prediction.not_a_section
+    assert "foram-not-section-box" not in app.uncertain.value
+    assert visible(app.uncertain) == app.prediction.uncertain
+    assert "Section check</th><td>passed" in app.metadata.value
+
+
 def test_images_stay_hidden_until_they_hold_a_picture(app):
     """An empty image is drawn as a broken-image icon: none is shown before it has one."""
     images = ("raw_view", "preview", "probabilities", "gradcam", "match_query_view")
@@ -285,6 +315,10 @@ def test_upload_through_the_widget(app):
     )
     assert app.source_name == "w.png" and app.preview.value[:4] == b"\x89PNG"
     assert app.upload.value == ()  # cleared, so the same file can be uploaded again
+    # the button names the file in use, not the widget's "(0)" count
+    assert 'content: "w.png — upload another"' in app.upload_label.value
+    app.gallery.value = "S0:00000"
+    assert 'content: "Upload a slice or volume"' in app.upload_label.value
 
 
 def test_sixteen_bit_tiff_upload(app):
@@ -398,7 +432,7 @@ def test_find_in_3d_runs_the_matcher_and_shows_the_plane(app, recorder):
     np.testing.assert_array_equal(call["image"], app.source)  # the raw section
     assert app.match_progress.value == 1.0
     first = app.match_results.value.split('<tr class="foram-match-1">')[1].split("</tr>")[0]
-    assert "S1" in first and "0.800" in first
+    assert "S1" in first and "<td>0.80</td>" in first  # the overall score, 2 decimals
     assert app.match_view.value[:4] == b"\x89PNG"
     view = app.match_view.value
     app.match_choice.value = 1

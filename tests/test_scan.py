@@ -229,6 +229,33 @@ def test_classify_scan_applies_the_specimen_threshold(classifier):
     assert "UNCERTAIN: no specimen-level calibration" in scan.format_answer(answer)
 
 
+def test_classify_scan_says_when_a_scan_is_not_a_foraminifer(classifier):
+    import copy
+
+    from skimage.data import binary_blobs
+
+    from foramlib.section_check import fit_section_check
+
+    config = SlicingConfig(preprocess=classifier.preprocess, offsets_per_orientation=2)
+    stacks = [slice_array(shell(seed=k), 40, config, k, name="s")[0] for k in range(4)]
+    train, val = np.concatenate(stacks[:3]), stacks[3]
+    checked = copy.copy(classifier)
+    checked.section_check = fit_section_check(train, val, keep=0.9, components=1)
+    fossil = scan.classify_scan(checked, shell(seed=9), n_sections=16, slicing=config)
+    check = fossil.metadata["section_check"]
+    assert check["sections"] == len(fossil.images) and check["keep"] == 0.9
+    assert check["passed"] == int(fossil.sections["looks_like_section"].sum())
+    assert not fossil.not_a_section and "NOT A FORAMINIFER" not in scan.format_answer(fossil)
+    rock = binary_blobs(40, blob_size_fraction=0.1, n_dim=3, volume_fraction=0.3, rng=1)
+    answer = scan.classify_scan(checked, rock.astype(np.float32), n_sections=16, slicing=config)
+    assert answer.not_a_section
+    assert "NOT A FORAMINIFER? only" in scan.format_answer(answer)
+    assert json.loads(json.dumps(answer.as_dict()))["metadata"]["section_check"]["passed"] < 8
+    # without a check in the workspace, nothing is claimed either way
+    plain = scan.classify_scan(classifier, shell(seed=9), n_sections=8, slicing=config)
+    assert plain.metadata["section_check"] is None and not plain.not_a_section
+
+
 @pytest.mark.parametrize("n", [0, -3, 2.5, True])
 def test_classify_scan_rejects_bad_section_counts(classifier, n):
     with pytest.raises(scan.ScanError, match="n_sections must be an integer >= 1"):
@@ -289,6 +316,32 @@ def test_cli_classifies_an_exported_stored_slice_as_it_is(workspace, tmp_path, c
     expected = classifier.predict(stored)
     assert out["genus"] == expected.genus
     assert out["confidence"] == pytest.approx(expected.confidence, abs=1e-6)
+
+
+def test_cli_says_when_an_image_is_not_a_foraminifer_section(tmp_path, capsys):
+    from test_classify import _check_for
+
+    ws = write_workspace(tmp_path / "ws")
+    _check_for(SIZE).save(ws / classify.SECTION_CHECK)
+    noise = tmp_path / "noise.png"
+    cv2.imwrite(str(noise), np.random.default_rng(0).integers(0, 256, (64, 64), np.uint8))
+    assert main(["classify", str(noise), "--workspace", str(ws)]) == 0
+    text = capsys.readouterr().out
+    assert "NOT A FORAMINIFER SECTION?" in text and "do not trust them" in text
+    assert main(["classify", str(noise), "--workspace", str(ws), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["section_check"]["looks_like_section"] is False
+    disc = tmp_path / "disc.png"
+    cv2.imwrite(str(disc), disc_image())
+    assert main(["classify", str(disc), "--workspace", str(ws), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["section_check"]["reason"] == "ok"
+
+
+def test_cli_without_a_section_check_reports_null(workspace, tmp_path, capsys):
+    image = tmp_path / "section.png"
+    cv2.imwrite(str(image), disc_image())
+    assert main(["classify", str(image), "--workspace", str(workspace), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["section_check"] is None
 
 
 @pytest.mark.parametrize(

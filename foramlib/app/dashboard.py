@@ -234,8 +234,13 @@ class App(widgets.VBox):
             ),
             "foram-upload",
         )
-        self.upload.layout.width = "260px"
+        self.upload.layout.width = "300px"
+        self.upload.tooltip = "PNG, JPEG, TIFF, NIfTI or NRRD"
         self.upload.observe(self._on_upload, names="value")
+        # the button's own text ends in a file count, "(0)" once the app has the file:
+        # the page shows this label instead (the current file's name after an upload)
+        self.upload_label = _cls(widgets.HTML(render.upload_label_css(None)), "foram-upload-label")
+        _hide(self.upload_label)
         self.gallery = _cls(
             widgets.Dropdown(
                 options=self._gallery_options(), value=None, description="…or a test slice"
@@ -341,7 +346,7 @@ class App(widgets.VBox):
         self.probabilities = _image("foram-probabilities")
         self.probabilities.layout.max_width = "480px"
         self.gradcam = _image("foram-gradcam")
-        self.gradcam.layout.width = "192px"
+        self.gradcam.layout.width = "288px"
         self.metadata = _cls(widgets.HTML(), "foram-metadata")
         self.results_box = widgets.VBox(
             [
@@ -369,7 +374,7 @@ class App(widgets.VBox):
                     "or a volume (NIfTI .nii/.nii.gz, NRRD .nrrd, TIFF stack), up to "
                     f"{self.max_upload / 2**20:.0f} MB.</p>"
                 ),
-                widgets.HBox([self.upload, self.gallery]),
+                widgets.HBox([self.upload, self.upload_label, self.gallery]),
                 self.volume_box,
                 self.scan_box,
             ]
@@ -462,6 +467,7 @@ class App(widgets.VBox):
     def select_gallery(self, slice_id: str) -> None:
         """Use the stored test slice `slice_id` (its store image, label known)."""
         r = self._gallery.loc[slice_id]
+        self.upload_label.value = render.upload_label_css(None)  # no uploaded file in use
         arr = np.load(self.workspace / "data" / "slices" / r["array"], mmap_mode="r")
         self._set_source(
             np.array(arr[int(r["row"])]),
@@ -482,6 +488,7 @@ class App(widgets.VBox):
             return
         item = value[0]
         name, content = item["name"], item["content"]
+        self.upload_label.value = render.upload_label_css(name)
         self._guard(lambda: self.load_upload(name, bytes(content)))
         self._quiet = True
         try:
@@ -727,16 +734,17 @@ class App(widgets.VBox):
         self.probabilities.value = render.probability_chart(
             pred.probabilities, highlight=pred.genus
         )
-        if pred.uncertain:
-            self.uncertain.value = render.uncertain_html(pred)
-            _hide(self.uncertain, False)
-        else:
-            self.uncertain.value = ""
-            _hide(self.uncertain)
+        # one box above the result: "not a foraminifer section" outranks "uncertain"
+        self.uncertain.value = render.verdict_html(pred)
+        _hide(self.uncertain, not self.uncertain.value)
         try:
             heat = clf.grad_cam(self.cleaned, pred.genus)
-            self.gradcam.value = render.png_bytes(classify.overlay(self.cleaned, heat))
-            cam_note = f"Grad-CAM of {clf.main} for {pred.genus}."
+            self.gradcam.value = render.gradcam_png(self.cleaned, heat)
+            cam_note = (
+                f"Grad-CAM of {clf.main} for {pred.genus}: red where the slice weighed most "
+                "in that answer, blue where it did not count (relative to this slice's "
+                "strongest evidence, not a probability)."
+            )
         except classify.ClassifyError as exc:
             self.gradcam.value = b""
             cam_note = f"No heat map: {exc}"
@@ -746,9 +754,16 @@ class App(widgets.VBox):
         if self.source_truth:
             verdict = "correct" if self.source_truth == pred.genus else "not correct"
             truth = f" The true genus is {self.source_truth}: {verdict}."
-        self.message.value = render.message(
-            "info", f"Classified {self.source_name} in {seconds:.2f} s.{truth}"
-        )
+        if pred.not_a_section:
+            self.message.value = render.message(
+                "warn",
+                f"Classified {self.source_name} in {seconds:.2f} s, but it does not look "
+                "like a foraminifer section (see the red box).",
+            )
+        else:
+            self.message.value = render.message(
+                "info", f"Classified {self.source_name} in {seconds:.2f} s.{truth}"
+            )
 
     def _reset_results(self) -> None:
         self.prediction = None

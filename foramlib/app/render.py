@@ -34,12 +34,18 @@ __all__ = [
     "chance_levels",
     "top5_html",
     "uncertain_html",
+    "gradcam_png",
+    "upload_label_css",
+    "not_a_section_html",
+    "verdict_html",
     "scan_table_html",
     "scan_uncertain_html",
     "scan_summary_html",
     "scan_sections_html",
     "metadata_html",
     "matches_html",
+    "plane_words",
+    "MATCH_SCORES",
 ]
 
 SCAN_THUMBNAILS = 8  # sections shown under a whole-scan answer
@@ -56,13 +62,40 @@ STYLE = """
 .foram-msg-warn { color: #6b4a00; background: #fff7dd; padding: 6px; border-radius: 4px; }
 .foram-uncertain-box { color: #6b4a00; background: #fff3cd; border: 1px solid #e0b400;
   padding: 8px; border-radius: 4px; }
+.foram-not-section-box { color: #7a0000; background: #fde8e8; border: 1px solid #c0392b;
+  padding: 8px; border-radius: 4px; }
 .foram-muted { color: #666; font-size: 90%; }
+.foram-app .foram-upload { font-size: 0; }
+.foram-app .foram-upload i { font-size: 13px; margin-right: 6px; }
+.foram-app .foram-upload::after { content: "Upload a slice or volume"; font-size: 13px; }
 .foram-app tr.foram-scan-winner td { background: #fdebd3; }
 .foram-scan-thumb { display: inline-block; margin: 2px 4px; text-align: center;
   font-size: 85%; }
 .foram-scan-thumb img { display: block; image-rendering: pixelated; }
 </style>
 """
+
+
+def upload_label_css(name: str | None) -> str:
+    """A ``<style>`` naming the current file on the upload button (or the plain label).
+
+    ipywidgets' upload button always appends the number of files it holds, "(0)" once
+    the app has taken the file; the page hides that text and shows this label instead.
+    Every character but letters, digits, space, ``.``, ``_`` and ``-`` is written as a
+    CSS escape, so a file name cannot end the string or the style.
+
+    >>> upload_label_css(None)
+    '<style>.foram-app .foram-upload::after { content: "Upload a slice or volume"; }</style>'
+    >>> print(upload_label_css('a"b.png'))
+    <style>.foram-app .foram-upload::after { content: "a\\000022b.png — upload another"; }</style>
+    """
+    if name is None:
+        text = "Upload a slice or volume"
+    else:
+        short = name if len(name) <= 40 else name[:18] + "…" + name[-18:]
+        text = f"{short} — upload another"
+    safe = "".join(c if c.isalnum() or c in " ._-—…" else f"\\{ord(c):06x}" for c in text)
+    return f'<style>.foram-app .foram-upload::after {{ content: "{safe}"; }}</style>'
 
 
 def png_bytes(image: np.ndarray) -> bytes:
@@ -121,6 +154,44 @@ def probability_chart(probabilities: dict[str, float], highlight: str | None = N
     ax.set_title("All genera", fontsize=9)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90)
+    return buf.getvalue()
+
+
+def gradcam_png(image: np.ndarray, heat: np.ndarray, *, side: int = 288) -> bytes:
+    """Grad-CAM over the slice, with its colour scale (PNG).
+
+    Parameters
+    ----------
+    image : ndarray of uint8, shape (S, S)
+        The cleaned slice.
+    heat : ndarray of float in [0, 1]
+        The heat map, any resolution (enlarged smoothly over the slice).
+    side : int
+        Width of the picture in pixels (the slice is shown enlarged, pixel for pixel).
+
+    Examples
+    --------
+    >>> gradcam_png(np.zeros((16, 16), np.uint8), np.ones((4, 4), np.float32))[:4]
+    b'\\x89PNG'
+    """
+    from matplotlib.figure import Figure
+
+    img = np.asarray(image)
+    heat = np.clip(np.asarray(heat, dtype=np.float32), 0, 1)
+    if heat.shape != img.shape:
+        heat = cv2.resize(heat, img.shape[::-1], interpolation=cv2.INTER_CUBIC).clip(0, 1)
+    dpi = 100
+    fig = Figure(figsize=(side / dpi, side / dpi * 0.82), dpi=dpi, layout="constrained")
+    ax = fig.add_subplot()
+    ax.imshow(img, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+    shown = ax.imshow(heat, cmap="jet", vmin=0, vmax=1, alpha=0.42, interpolation="bilinear")
+    ax.set_axis_off()
+    bar = fig.colorbar(shown, ax=ax, fraction=0.05, pad=0.02, ticks=[0, 0.5, 1])
+    bar.solids.set_alpha(1)
+    bar.ax.set_yticklabels(["none", "half", "most"], fontsize=7)
+    bar.set_label("weight in the decision", fontsize=7)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
     return buf.getvalue()
 
 
@@ -211,6 +282,33 @@ def uncertain_html(pred: classify.Prediction) -> str:
     )
 
 
+def not_a_section_html(pred: classify.Prediction) -> str:
+    """The section check's refusal (:mod:`foramlib.section_check`), in the page's words.
+
+    >>> from foramlib.section_check import Verdict
+    >>> pred = classify.Prediction([("A", 0.9)], {"A": 0.9}, False, None, {},
+    ...                            section=Verdict(False, "colour", None, 1.0, 0.97))
+    >>> "does not look like a foraminifer section" in not_a_section_html(pred)
+    True
+    """
+    verdict = pred.section
+    why = verdict.message[0].upper() + verdict.message[1:]
+    return (
+        '<div class="foram-not-section-box"><b>✖ This does not look like a foraminifer '
+        f"section</b> — {html.escape(why)}. The models name one of their genera for any "
+        "image, so the ranking below means nothing here. A micro-CT section of a "
+        f"foraminifer, cut and cleaned like the training slices, passes this check "
+        f"({pct(verdict.keep)} of the validation sections did).</div>"
+    )
+
+
+def verdict_html(pred: classify.Prediction) -> str:
+    """The box above a result: not a section, else uncertain, else nothing ("")."""
+    if pred.not_a_section:
+        return not_a_section_html(pred)
+    return uncertain_html(pred) if pred.uncertain else ""
+
+
 def scan_table_html(ranking, top: int = 5) -> str:
     """The whole-scan ranking as a table, the winner highlighted.
 
@@ -265,6 +363,15 @@ def scan_uncertain_html(answer: scan.ScanAnswer, note: str | None = None) -> str
     """
     cal = answer.calibration
     winner = pct(answer.confidence)
+    if answer.not_a_section:
+        check = answer.metadata["section_check"]
+        return (
+            '<div class="foram-not-section-box"><b>✖ This does not look like a foraminifer'
+            f"</b> — only {check['passed']} of its {check['sections']} sections look like "
+            "foraminifer sections (shape, grey levels and texture unlike the training "
+            f"sections; a genuine scan keeps about {pct(check['keep'])} of them). The models "
+            "name one of their genera for anything, so the ranking below means little.</div>"
+        )
     if cal is None:
         why = (
             "no threshold could be calibrated on the validation specimens"
@@ -361,6 +468,23 @@ def scan_sections_html(answer: scan.ScanAnswer, n: int = SCAN_THUMBNAILS) -> str
     )
 
 
+def _on_off(flag) -> str:
+    return "on" if flag else "off"
+
+
+def _section_txt(check: dict | None) -> str:
+    if not check:
+        return "none in this workspace (the evaluate stage writes it)"
+    if check["reason"] == "colour":
+        return "refused: a colour picture (micro-CT sections are grey)"
+    verdict = "passed" if check["looks_like_section"] else "refused"
+    return (
+        f"{verdict}: score {check['score']:.1f} against the limit {check['threshold']:.1f} "
+        f"(higher is less like the training sections; the limit keeps "
+        f"{pct(check['keep'])} of validation sections)"
+    )
+
+
 def metadata_html(pred: classify.Prediction, seconds: float, cam_note: str) -> str:
     md = pred.metadata
     pp = md.get("preprocessing") or {}
@@ -401,9 +525,10 @@ def metadata_html(pred: classify.Prediction, seconds: float, cam_note: str) -> s
         ("Classes", str(md["classes"])),
         (
             "Preprocessing",
-            f"{html.escape(pp.get('source', '?'))}; size {cfg.get('size')} px, sensitivity "
-            f"{cfg.get('sensitivity')}, CLAHE {cfg.get('clahe')}, denoise "
-            f"{cfg.get('denoise')}, sharpen {cfg.get('sharpen')}, manual crop {crop_txt}"
+            f"{html.escape(pp.get('source', '?'))}; size {cfg.get('size')} px, outline "
+            f"sensitivity {cfg.get('sensitivity')}; local contrast equalisation (CLAHE) "
+            f"{_on_off(cfg.get('clahe'))}, denoising {_on_off(cfg.get('denoise'))}, "
+            f"sharpening {_on_off(cfg.get('sharpen'))}; manual crop {crop_txt}"
             + (
                 f"; shrunk from {pp['downscaled_from'][0]}×{pp['downscaled_from'][1]} px"
                 if pp.get("downscaled_from")
@@ -412,6 +537,7 @@ def metadata_html(pred: classify.Prediction, seconds: float, cam_note: str) -> s
         ),
         ("Training settings from", html.escape(md["sources"].get("preprocessing", "?"))),
         ("Uncertainty threshold", cal_txt),
+        ("Section check", _section_txt(md.get("section_check"))),
         ("Heat map", html.escape(cam_note)),
         ("Time", f"{seconds:.2f} s (all members + combination)"),
     ]
@@ -419,29 +545,84 @@ def metadata_html(pred: classify.Prediction, seconds: float, cam_note: str) -> s
     return f"<details open><summary><b>Details</b></summary><table>{body}</table></details>"
 
 
+# The match table's scores in plain words: (key, column, what it measures). Every score
+# is 1 for identical sections; the technical name stays in the column's tooltip.
+MATCH_SCORES = (
+    ("combined", "Overall", "what ranks the matches: 0.7 × wall pattern + 0.3 × grey "
+     "pattern (foramlib.matching's combined score)"),
+    ("dice", "Outline overlap", "how much the two outlines overlap (Dice coefficient: "
+     "twice the shared area over the sum of both areas)"),
+    ("ncc", "Grey pattern", "whether light and dark fall in the same places inside the "
+     "outline (normalised cross-correlation of the grey values)"),
+    ("texture", "Wall pattern", "whether walls, septa and chamberlets line up (correlation "
+     "of the fine detail, the images with their smooth part removed)"),
+    ("ssim", "Local structure", "similarity of small neighbourhoods, edges and contrast "
+     "included (SSIM, structural similarity)"),
+    ("descriptor", "Shape summary", "similarity of compact summaries of outline and texture "
+     "that the first, fast search step compares (descriptor cosine)"),
+)  # fmt: skip
+
+
+def plane_words(normal, offset: float, angle: float) -> str:
+    """A plane of a volume in words: tilt from the scan's axes, distance from the centre.
+
+    Examples
+    --------
+    >>> plane_words((0.0, 0.0, 1.0), 0.0, 0.0)
+    'across axis 2 (tilted 0° from it), through the centre'
+    >>> plane_words((0.6, 0.0, 0.8), -5.14, 30.0)
+    'across axis 2 (tilted 37° from it), 5.1 voxels from the centre'
+    """
+    n = np.abs(np.asarray(normal, dtype=np.float64))
+    n = n / (np.linalg.norm(n) or 1.0)
+    axis = int(np.argmax(n))
+    tilt = float(np.degrees(np.arccos(np.clip(n[axis], -1, 1))))
+    where = (
+        "through the centre" if abs(offset) < 0.05 else f"{abs(offset):.1f} voxels from the centre"
+    )
+    return f"across axis {axis} (tilted {tilt:.0f}° from it), {where}"
+
+
 def matches_html(query: np.ndarray, matches) -> str:
+    """The match table in plain words, with a legend of the scores.
+
+    Each score column says in words what it measures (its tooltip gives the technical
+    name); the plane is given as a tilt from the nearest scan axis and a distance from
+    the specimen's centre (its exact normal in the tooltip; the 3D view below shows it).
+    """
     q = data_uri(thumbnail(display_uint8(query), 96))
     rows = []
     for i, m in enumerate(matches, start=1):
         s = m.scores
         img = data_uri(thumbnail(np.asarray(m.image, dtype=np.uint8), 96))
+        cells = "".join(f"<td>{s.get(key, float('nan')):.2f}</td>" for key, _, _ in MATCH_SCORES)
+        exact = html.escape(
+            f"normal ({m.normal[0]:.3f}, {m.normal[1]:.3f}, {m.normal[2]:.3f}), offset "
+            f"{m.offset:.2f} voxels, turned {m.angle_deg:.0f}° in its plane"
+        )
         rows.append(
             f'<tr class="foram-match-{i}"><td>{i}</td><td>{html.escape(m.specimen_id)}</td>'
             f"<td>{html.escape(m.species)}</td>"
-            f'<td><img src="{q}" width="72"> <img src="{img}" width="72"></td>'
-            f"<td>{s['combined']:.3f}</td><td>{s['dice']:.3f}</td><td>{s['ncc']:.3f}</td>"
-            f"<td>{s.get('texture', float('nan')):.3f}</td>"
-            f"<td>{s['ssim']:.3f}</td><td>{s['descriptor']:.3f}</td>"
-            f"<td>n=({m.normal[0]:.2f}, {m.normal[1]:.2f}, {m.normal[2]:.2f}), "
-            f"offset {m.offset:.1f} vox, angle {m.angle_deg:.0f}°</td></tr>"
+            f'<td><img src="{q}" width="72"> <img src="{img}" width="72"></td>{cells}'
+            f'<td title="{exact}">{html.escape(plane_words(m.normal, m.offset, m.angle_deg))}'
+            "</td></tr>"
         )
-    head = (
-        "<tr><th>#</th><th>Specimen</th><th>Genus</th><th>Yours | matched</th>"
-        "<th>Combined</th><th>Dice</th><th>NCC</th><th>Texture</th><th>SSIM</th>"
-        "<th>Descriptor</th>"
-        "<th>Plane</th></tr>"
+    heads = "".join(
+        f'<th title="{html.escape(what)}">{label}</th>' for _, label, what in MATCH_SCORES
     )
-    return f"<table>{head}{''.join(rows)}</table>"
+    head = (
+        "<tr><th>#</th><th>Specimen</th><th>Genus</th><th>Your section | the match</th>"
+        f"{heads}<th>Where the section lies in the specimen</th></tr>"
+    )
+    legend = "".join(
+        f"<li><b>{label}</b>: {html.escape(what)}.</li>" for _, label, what in MATCH_SCORES
+    )
+    return (
+        f"<table>{head}{''.join(rows)}</table>"
+        '<details class="foram-score-legend"><summary>What the scores mean</summary>'
+        f"<p>Each score is 1 for identical sections and near 0 for unrelated ones.</p>"
+        f"<ul>{legend}</ul></details>"
+    )
 
 
 def dataset_html(source: str | None, counts: dict | None, workspace) -> str:

@@ -36,6 +36,10 @@ class EvaluateStageConfig(StageConfig):
         slice store (the baseline's features) and the authors' released reports.
     tables_dir, figures_dir, predictions_dir, metrics_json : str
         Outputs.
+    section_check : str
+        Output: the check "does this look like a foraminifer section?"
+        (:mod:`foramlib.section_check`), fitted on the training slices, its threshold
+        set on the validation slices; the dashboard and ``foram classify`` load it.
 
     Examples
     --------
@@ -58,6 +62,7 @@ class EvaluateStageConfig(StageConfig):
     figures_dir: str = "results/figures"
     predictions_dir: str = "results/predictions"
     metrics_json: str = "results/metrics.json"
+    section_check: str = "results/section_check.npz"
 
 
 @dataclass(frozen=True)
@@ -74,6 +79,8 @@ class EvaluateStageResult:
     specimen_line: str  # one line on the specimen-level uncertainty rule
     votes: pd.DataFrame  # one row per test specimen
     comparison: pd.DataFrame  # final model vs baseline, slices and specimens
+    section_check: pd.DataFrame  # genuine sections kept, other inputs let through
+    section_line: str  # one line on how the section check was fitted
     figures: dict[str, Path] = field(default_factory=dict)
 
 
@@ -81,6 +88,38 @@ def _write_table(table: pd.DataFrame, path: Path) -> None:
     from foramlib.atomic import write_csv
 
     write_csv(table.reset_index() if table.index.name else table, path)
+
+
+def _section_check(config: EvaluateStageConfig, tables_dir: Path):
+    """Fit the section check (train), set its threshold (validation), measure it on the
+    test slices and on the probes; write the check and its table."""
+    from foramlib import baseline, data, section_check, slicing
+    from foramlib.atomic import write_csv
+    from foramlib.preprocess import PreprocessConfig
+
+    index, arrays = slicing.load_slices(config.slices, data.load_split_index(config.split_index))
+    images = {s: baseline.split_images(index, arrays, s) for s in ("train", "val", "test")}
+    check = section_check.fit_section_check(
+        images["train"][0], images["val"][0], seed=config.seed, n_jobs=2
+    )
+    check.save(config.section_check)
+    test, rows = images["test"]
+    record = Path(config.slices) / Path(slicing.STORE_RECORD).name  # how the store was cut
+    if record.is_file():
+        base = slicing.SlicingConfig.from_record(json.loads(record.read_text("utf-8"))).preprocess
+    else:
+        base = PreprocessConfig(size=int(test.shape[-1]))
+    table = section_check.measure(
+        check, test, rows["species"].to_numpy(), section_check.probe_sets(config.seed), base
+    )
+    write_csv(table, tables_dir / "section_check.csv")
+    line = (
+        f"mixture of {check.info['components']} Gaussians over "
+        f"{len(section_check.FEATURE_NAMES)} descriptors of {check.info['n_train']} training "
+        f"slices; threshold {check.threshold:.1f} keeps {check.keep:.0%} of the "
+        f"{check.info['n_val']} validation slices"
+    )
+    return check, table, line
 
 
 def run(config: EvaluateStageConfig) -> EvaluateStageResult:
@@ -186,6 +225,9 @@ def run(config: EvaluateStageConfig) -> EvaluateStageResult:
     )
     write_csv(comparison, tables_dir / "baseline_comparison.csv")
 
+    # --- "does this look like a foraminifer section?" (train fits, validation sets)
+    check, check_table, check_line = _section_check(config, tables_dir)
+
     # --- figures
     label = plots.data_label(config.source)
     final_probs = ensemble_probs[final] if final in ensemble_probs else test[final].probs
@@ -236,6 +278,12 @@ def run(config: EvaluateStageConfig) -> EvaluateStageResult:
         "specimen_uncertainty": {**flagged, "rule": specimen_rule.rule},
         "baseline": baseline.summary(run_, base_report, specimen[base_name], ours[final]),
         "weak_classes": weak,
+        "section_check": {
+            "keep": check.keep,
+            "threshold": round(check.threshold, 3),
+            **check.info,
+            "accepted": check_table.set_index("family")["accepted"].to_dict(),
+        },
     }
     write_text(config.metrics_json, json.dumps(summary, indent=2) + "\n")
     return EvaluateStageResult(
@@ -249,5 +297,7 @@ def run(config: EvaluateStageConfig) -> EvaluateStageResult:
         specimen_line=specimen_line,
         votes=votes,
         comparison=comparison,
+        section_check=check_table,
+        section_line=check_line,
         figures=written,
     )

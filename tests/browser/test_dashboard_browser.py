@@ -152,6 +152,11 @@ def test_upload_preview_classify_shows_right_genus(page, clear_slice, screenshot
     assert "%" in top1
     # an exported stored slice is classified as it is, with the stored slice's answer
     assert "classified as it is" in page.inner_text(".foram-preview-info")
+    # the upload button names the file in use (ipywidgets' own "(0)" count is hidden)
+    label = page.evaluate(
+        "() => getComputedStyle(document.querySelector('.foram-upload'), '::after').content"
+    )
+    assert f"{clear_slice.slice_id}.png — upload another" in label, label
     shown = float(re.search(r"([\d.]+)\s*%", top1).group(1))
     assert shown == pytest.approx(100 * clear_slice.probability, abs=0.11), top1
     rows = page.locator(".foram-top5 tr[class*='foram-rank-']")
