@@ -14,7 +14,13 @@ fresh Voila kernel):
   gallery test slice) and **match** (button click to the best match's row), when the
   workspace has a matching index (``data/index``);
 * **resident memory** (VmRSS from ``/proc``) of the Voila server process and of its
-  kernel after that session's classification (and match), with the session still open.
+  kernel after that session's classification (and match), with the session still open;
+* with ``--concurrent K``, then K sessions **at once**: all opened together, each
+  classifies a different gallery slice, all clicks fired together; how many answered,
+  each one's wait, and the total RSS of the server and every kernel with all K open.
+
+``--preheat N`` serves with N preheated kernels (``foramlib.app.serve``): the first
+session(s) then get a kernel that has already run the app and loaded the models.
 
 Writes benchmarks/results/dashboard_browser.json.
 """
@@ -82,7 +88,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(workspace: Path, log_path: Path):
+def start_server(workspace: Path, log_path: Path, preheat: int = 0):
     port = free_port()
     from foramlib.app.serve import voila_command, voila_env
 
@@ -91,7 +97,7 @@ def start_server(workspace: Path, log_path: Path):
         "KERAS_BACKEND": os.environ.get("KERAS_BACKEND", "tensorflow"),
         "TF_CPP_MIN_LOG_LEVEL": "2",
     }
-    cmd = voila_command(port, APP)
+    cmd = voila_command(port, APP, preheat=preheat)
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     t0 = time.perf_counter()
@@ -174,10 +180,88 @@ def session(browser, url: str, *, act: bool, has_index: bool) -> dict:
     return {"context": context, "page": page, **out}
 
 
+def tree_rss_mb(pid: int) -> tuple[float, int]:
+    """RSS of a process and all its descendants (MB), and how many kernels among them."""
+    total, kernels, todo = 0.0, 0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            total += rss_mb(p)
+            kernels += "ipykernel" in cmdline(p)
+            todo.extend(children(p))
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return total, kernels
+
+
+def pick_slice(page, index: int) -> None:
+    page.click(".foram-nav-classify")
+    page.locator(".foram-page-classify").wait_for(state="visible")
+    page.select_option(".foram-gallery select", index=index)
+    page.wait_for_function(
+        "() => { const i = document.querySelector('.foram-preview'); "
+        "return i && i.complete && i.naturalWidth > 0; }"
+    )
+
+
+def concurrent(browser, url: str, k: int, server_pid: int) -> dict:
+    """K sessions at once: open together, classify together; who answered, and memory."""
+    t0 = time.perf_counter()
+    opened = []
+    for _ in range(k):
+        context = browser.new_context(viewport=VIEWPORT)
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(url, wait_until="commit", timeout=TIMEOUT_MS)
+        opened.append((context, page))
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    landing, shown = [], []
+    for _, p in opened:  # a page that does not appear in TIMEOUT_MS counts as not served
+        try:
+            found = p.wait_for_function(VISIBLE_AT, arg=".foram-app", polling="raf")
+            landing.append(round(float(found.json_value()), 1))
+            shown.append(p)
+        except PlaywrightTimeout:
+            landing.append(None)
+    all_visible_s = time.perf_counter() - t0
+    for i, page in enumerate(shown):
+        pick_slice(page, 1 + i)
+    for page in shown:
+        page.evaluate(CLICK, ".foram-classify-button")
+    waits, answered = [], 0
+    for page in shown:
+        value = page.wait_for_function(
+            VISIBLE_SINCE_CLICK,
+            arg=[".foram-top5 tr.foram-rank-1", ".foram-message .foram-msg-error"],
+            polling="raf",
+        ).json_value()
+        if isinstance(value, str):
+            waits.append(value)
+        else:
+            answered += 1
+            waits.append(round(float(value), 1))
+    total, kernels = tree_rss_mb(server_pid)
+    for context, _ in opened:
+        context.close()
+    return {
+        "sessions": k,
+        "answered": answered,
+        "landing_ms": landing,
+        "timeout_ms": TIMEOUT_MS,
+        "all_visible_s": round(all_visible_s, 1),
+        "classify_ms": waits,
+        "total_rss_mb": round(total, 1),
+        "kernels": kernels,
+    }
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workspace", default=str(REPO), help="folder with models/, results/, data/")
     ap.add_argument("--sessions", type=int, default=3, help="browser sessions (page loads)")
+    ap.add_argument("--preheat", type=int, default=0, help="preheated kernels (0: none)")
+    ap.add_argument("--concurrent", type=int, default=0, help="then K sessions at once")
     ap.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
     ap.add_argument("--out", default=str(REPO / "benchmarks/results/dashboard_browser.json"))
     args = ap.parse_args(argv)
@@ -194,7 +278,16 @@ def main(argv=None) -> int:
         print(index_note, flush=True)
     load_at_start = os.getloadavg()  # the machine may be shared: context for the timings
     log = Path(tempfile.mkdtemp()) / "voila.log"
-    proc, url, start_s = start_server(workspace, log)
+    proc, url, start_s = start_server(workspace, log, args.preheat)
+    if args.preheat:  # wait until the pool is filled: the app run, the models loaded
+        t_fill = time.perf_counter()
+        while "is filled with" not in log.read_text():
+            if time.perf_counter() - t_fill > 300:
+                raise RuntimeError(f"the kernel pool was not filled:\n{log.read_text()}")
+            time.sleep(0.5)
+        time.sleep(20)  # the app's background thread loads and warms up the models
+        start_s += time.perf_counter() - t_fill
+    together = None
     sessions = []
     memory = {}
     try:
@@ -225,6 +318,9 @@ def main(argv=None) -> int:
                 sessions.append(s)
                 print(json.dumps(s), flush=True)
                 time.sleep(2)  # let Voila shut the closed session's kernel down
+            if args.concurrent:
+                together = concurrent(browser, url, args.concurrent, proc.pid)
+                print(json.dumps(together), flush=True)
             browser.close()
     finally:
         proc.terminate()
@@ -259,6 +355,8 @@ def main(argv=None) -> int:
         },
         "load_average_at_start": [round(x, 2) for x in load_at_start],
         "server_start_s": round(start_s, 2),
+        "preheated_kernels": args.preheat,
+        "concurrent": together,
         "first_render_ms": {
             "landing (navigation start to app visible)": stats("landing_ms"),
             "classify page (click to visible)": stats("classify_page_ms"),

@@ -135,6 +135,26 @@ def format_matches(matches) -> str:
     return "\n".join([line(head), *(line(r) for r in rows)])
 
 
+def _section_note(image, workspace) -> str | None:
+    """The section check's refusal of a query, in words (None: passed, or no check).
+
+    The check is the workspace's (``results/section_check.npz``, the evaluate stage's),
+    with the preprocessing its models were trained with."""
+    from foramlib.classify import load_section_check, prepare_upload, preprocess_defaults
+    from foramlib.preprocess import PreprocessError
+
+    base, _ = preprocess_defaults(workspace)
+    check, _ = load_section_check(workspace, base)
+    if check is None:
+        return None
+    try:
+        cleaned, info = prepare_upload(image, base, name="query")
+    except PreprocessError:
+        return None  # the matcher reads the image its own way and reports its own errors
+    verdict = check.verdict(cleaned, colour=info["colourfulness"])
+    return None if verdict.looks_like_section else verdict.message
+
+
 def _match(args: argparse.Namespace) -> int:
     from foramlib.indexing import load_collection, read_image
     from foramlib.matching import READINGS, MatchError, match
@@ -158,6 +178,10 @@ def _match(args: argparse.Namespace) -> int:
     except (MatchError, PreprocessError) as exc:
         raise type(exc)(f"{args.image}: {exc}") from None
     t_match = time.perf_counter() - t0 - t_load
+    note = _section_note(image, args.workspace)
+    if note:  # on stderr: the JSON on stdout keeps its shape
+        print(f"NOT A FORAMINIFER SECTION? {note}; these are the closest sections anyway",
+              file=sys.stderr)  # fmt: skip
     if args.json:
         out = [
             dict(

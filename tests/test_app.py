@@ -159,6 +159,37 @@ def test_bad_ports_are_refused(port):
         serve.voila_command(port)
 
 
+def test_preheated_kernels_are_asked_for_explicitly():
+    from foramlib.app import serve
+
+    assert not any("preheat" in a for a in serve.voila_command(8877))  # one kernel per page
+    cmd = serve.voila_command(8877, preheat=2)
+    assert cmd[-3:] == [
+        "--preheat_kernel=True",
+        "--pool_size=2",
+        f"--VoilaKernelManager.fill_delay={serve.REFILL_DELAY_S}",
+    ]
+
+
+@pytest.mark.parametrize("preheat", [-1, 17, True, 1.5])
+def test_bad_preheat_counts_are_refused(preheat):
+    from foramlib.app import serve
+
+    with pytest.raises(ValueError, match=r"preheat = .* is invalid"):
+        serve.voila_command(8877, preheat=preheat)
+
+
+def test_make_dashboard_keeps_one_kernel_ready(monkeypatch):
+    from foramlib.app import serve
+
+    called = {}
+    monkeypatch.setattr(serve.subprocess, "call", lambda cmd, env: called.update(cmd=cmd) or 0)
+    assert serve.main(["--port", "8871"]) == 0
+    assert "--pool_size=1" in called["cmd"] and "--port=8871" in called["cmd"]
+    assert serve.main(["--port", "8871", "--preheat", "0"]) == 0
+    assert not any("pool_size" in a for a in called["cmd"])
+
+
 def test_serving_outside_the_repository_root_says_where_to_run_it(tmp_path, monkeypatch, capsys):
     from foramlib.app import serve
 

@@ -325,3 +325,25 @@ def test_params_check_configures_every_stage_module(tmp_path, capsys, monkeypatc
 def test_params_check_names_a_missing_file(tmp_path, capsys):
     assert cli.main(["params", "check", "--params", str(tmp_path / "nope.yaml")]) == 1
     assert "nope.yaml: parameter file not found" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_match_says_when_the_query_is_not_a_foraminifer_section(workspace, tmp_path, capsys):
+    from test_classify import _check_for
+
+    from foramlib.classify import SECTION_CHECK, preprocess_defaults
+
+    ws = tmp_path / "ws"
+    (ws / "results").mkdir(parents=True)
+    _check_for(preprocess_defaults(ws)[0].size).save(ws / SECTION_CHECK)
+    grey = cv2.imread(str(workspace / "query.png"), cv2.IMREAD_UNCHANGED)
+    colour = np.dstack([grey, grey // 2, grey // 3])  # a colour rendering of the section
+    cv2.imwrite(str(tmp_path / "colour.png"), colour)
+    args = ["match", str(tmp_path / "colour.png"), "--index", str(workspace / "index")]
+    assert cli.main([*args, "--workspace", str(ws), "--json", "--top-k", "1"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)[0]["rank"] == 1  # the JSON keeps its shape
+    assert "NOT A FORAMINIFER SECTION? this is a colour picture" in captured.err
+    # without a check in the workspace nothing is said either way
+    assert cli.main([*args, "--workspace", str(tmp_path), "--top-k", "1"]) == 0
+    assert "NOT A FORAMINIFER" not in capsys.readouterr().err

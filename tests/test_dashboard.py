@@ -238,6 +238,42 @@ def test_noise_and_photos_get_the_not_a_section_verdict(workspace, loaded):
     assert "Section check</th><td>passed" in app.metadata.value
 
 
+def test_classify_button_is_busy_while_classifying(app, monkeypatch):
+    seen = []
+    real = app._classifier.predict
+
+    def predict(*args, **kwargs):
+        b = app.classify_button
+        seen.append((b.disabled, b.description, b.icon))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(app._classifier, "predict", predict)
+    app.gallery.value = "S1:00001"
+    app.classify_button.click()
+    assert seen == [(True, "Classifying…", "hourglass-half")]
+    b = app.classify_button
+    assert (b.disabled, b.description, b.icon) == (False, "Classify", "check")
+
+
+def test_models_status_and_the_wait_the_user_sees(workspace):
+    app = dashboard.App(workspace, collection_loader=_fake_loader)
+    assert "Loading the models in the background" in app.models_status.value
+    app.gallery.value = "S1:00001"
+    app.classify()  # no preload: the click waits for the models, and the page says so
+    assert "Models loaded and ready" in app.models_status.value
+    message = app.message.value
+    assert "of it loading the models" in message, message
+    waited = float(message.split(" in ")[1].split(" s")[0])
+    loading = float(message.split("(")[1].split(" s of it")[0])
+    assert waited >= loading > 0
+    fresh = dashboard.App(workspace, collection_loader=_fake_loader)
+    fresh.preload().join()
+    assert "Models loaded and ready" in fresh.models_status.value
+    fresh.gallery.value = "S1:00001"
+    fresh.classify()
+    assert "of it loading the models" not in fresh.message.value
+
+
 def test_images_stay_hidden_until_they_hold_a_picture(app):
     """An empty image is drawn as a broken-image icon: none is shown before it has one."""
     images = ("raw_view", "preview", "probabilities", "gradcam", "match_query_view")

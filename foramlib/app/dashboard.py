@@ -27,6 +27,7 @@ True
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import html
 import threading
@@ -68,6 +69,20 @@ PATH_TAKEN = {
     "preprocessed": "cut out and cleaned as the training slices were",
 }
 SCAN_SEED = 0  # orientations of the whole-scan sections (as `foram classify`)
+
+
+@contextlib.contextmanager
+def _busy(button, label: str):
+    """`button` disabled and saying `label` while the block runs (then as it was).
+
+    The browser receives the change at once, so a click cannot be queued twice and the
+    user sees that the app is working."""
+    before = (button.disabled, button.description, button.icon)
+    button.disabled, button.description, button.icon = True, label, "hourglass-half"
+    try:
+        yield
+    finally:
+        button.disabled, button.description, button.icon = before
 
 
 def _hide(widget, hidden: bool = True) -> None:
@@ -121,6 +136,7 @@ class App(widgets.VBox):
         self._classifier = classifier
         self._classifier_error: str | None = None
         self._load_lock = threading.Lock()
+        self._models_ready = classifier is not None
         self._collection_loader = collection_loader or default_collection_loader
         self._collection = None
         self.metrics = read_json(self.workspace / "results" / "metrics.json")
@@ -333,6 +349,9 @@ class App(widgets.VBox):
             "foram-classify-button",
         )
         self.classify_button.on_click(lambda _b: self.classify())
+        # whether the models are in memory yet: loading takes seconds on a fresh kernel
+        self.models_status = _cls(widgets.HTML(), "foram-models-status")
+        self._set_models_status()
         self.to_match = _cls(
             widgets.Button(description="Find this slice in 3D", icon="cube", disabled=True),
             "foram-to-match",
@@ -383,7 +402,7 @@ class App(widgets.VBox):
             [
                 inputs,
                 widgets.HBox([options, previews]),
-                widgets.HBox([self.classify_button, self.to_match]),
+                widgets.HBox([self.classify_button, self.to_match, self.models_status]),
                 self.message,
                 self.results_box,
             ]
@@ -688,16 +707,32 @@ class App(widgets.VBox):
                 self._classifier = classify.Classifier.from_workspace(self.workspace)
             return self._classifier
 
+    def _set_models_status(self, error: str | None = None) -> None:
+        if error:
+            text = "The models could not be loaded; press Classify for the reason."
+        elif self._classifier is None:
+            text = "⏳ Loading the models in the background (a few seconds, once)…"
+        elif self._models_ready:
+            text = "✔ Models loaded and ready."
+        else:
+            text = "⏳ Preparing the models (a few seconds, once)…"
+        self.models_status.value = f"<span class='foram-muted'>{text}</span>"
+
     def preload(self) -> threading.Thread | None:
-        """Start loading the models in the background (the page renders meanwhile)."""
+        """Start loading the models in the background (the page renders meanwhile).
+
+        A preheated kernel (``foramlib.app.serve``'s ``--preheat``) runs this before
+        anyone opens the page, so its first answer does not wait for them."""
         if self._classifier is not None or self._classifier_error:
             return None
 
         def work():
             try:
                 self.classifier().warm_up()
-            except Exception:  # reported when the user presses Classify
-                pass
+                self._models_ready = True
+                self._set_models_status()
+            except Exception as exc:  # the reason is reported when the user presses Classify
+                self._set_models_status(error=str(exc))
 
         thread = threading.Thread(target=work, name="foram-load-models", daemon=True)
         thread.start()
@@ -705,9 +740,11 @@ class App(widgets.VBox):
 
     def classify(self) -> None:
         """Classify the cleaned slice and fill the result widgets."""
-        self._guard(self._classify)
+        with _busy(self.classify_button, "Classifying…"):
+            self._guard(self._classify)
 
     def _classify(self) -> None:
+        t_click = time.perf_counter()  # what the user waits is measured from here
         if self._classifier_error:
             self.message.value = render.message("error", self._classifier_error)
             return
@@ -718,7 +755,8 @@ class App(widgets.VBox):
                 "(and make sure the cleaned preview shows the fossil).",
             )
             return
-        if self._classifier is None:
+        loads_now = self._classifier is None  # else loaded, or being loaded by preload
+        if loads_now:
             self.message.value = render.message("info", "Loading the models (first time only)…")
         try:
             clf = self.classifier()
@@ -726,6 +764,10 @@ class App(widgets.VBox):
             self._classifier_error = str(exc)
             self.message.value = render.message("error", str(exc))
             return
+        loading = time.perf_counter() - t_click
+        if not self._models_ready:
+            self._models_ready = True
+            self._set_models_status()
         t0 = time.perf_counter()
         pred = clf.predict(self.cleaned, preprocessing=self.cleaned_info)
         seconds = time.perf_counter() - t0
@@ -754,15 +796,18 @@ class App(widgets.VBox):
         if self.source_truth:
             verdict = "correct" if self.source_truth == pred.genus else "not correct"
             truth = f" The true genus is {self.source_truth}: {verdict}."
+        waited = f"{time.perf_counter() - t_click:.2f} s" + (
+            f" ({loading:.1f} s of it loading the models)" if loads_now or loading >= 0.5 else ""
+        )
         if pred.not_a_section:
             self.message.value = render.message(
                 "warn",
-                f"Classified {self.source_name} in {seconds:.2f} s, but it does not look "
+                f"Classified {self.source_name} in {waited}, but it does not look "
                 "like a foraminifer section (see the red box).",
             )
         else:
             self.message.value = render.message(
-                "info", f"Classified {self.source_name} in {seconds:.2f} s.{truth}"
+                "info", f"Classified {self.source_name} in {waited}.{truth}"
             )
 
     def _reset_results(self) -> None:

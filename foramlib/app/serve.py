@@ -14,6 +14,9 @@ Examples
 --------
 >>> voila_command(8870)[-2:]
 ['--Voila.ip=127.0.0.1', '--template=foram']
+
+``make dashboard`` keeps one preheated kernel ready (``--preheat``, see
+:func:`voila_command`).
 >>> env = voila_env("/data/run", {"JUPYTER_PATH": "/opt/jupyter"})
 >>> env["FORAM_WORKSPACE"], env["JUPYTER_PATH"].endswith("/opt/jupyter")
 ('/data/run', True)
@@ -37,10 +40,42 @@ TEMPLATE = "foram"
 TEMPLATE_ROOT = Path(__file__).parent / "share" / "jupyter"
 
 
-def voila_command(port: int, notebook: str = APP_NOTEBOOK) -> list[str]:
-    """The command that serves `notebook` on ``127.0.0.1:port`` with the app's template."""
+#: seconds Voila waits before it starts a new preheated kernel once one is taken: the
+#: new kernel imports TensorFlow and loads the models (CPU-heavy for seconds), which
+#: should not compete with the first classification of the user who took the last one
+REFILL_DELAY_S = 15
+
+
+def voila_command(port: int, notebook: str = APP_NOTEBOOK, *, preheat: int = 0) -> list[str]:
+    """The command that serves `notebook` on ``127.0.0.1:port`` with the app's template.
+
+    Parameters
+    ----------
+    port : int
+    notebook : str
+    preheat : int
+        Kernels Voila keeps ready (``--preheat_kernel``, ``--pool_size``): each has run
+        the app notebook, and so loaded and warmed up the models, before anyone asks, so
+        the page appears and answers at once. Each costs a kernel's memory (about 1 GB
+        with the quick models) while it waits; 0 (the default here) starts a kernel per
+        page load.
+
+    Examples
+    --------
+    >>> voila_command(8870, preheat=1)[-3:]
+    ['--preheat_kernel=True', '--pool_size=1', '--VoilaKernelManager.fill_delay=15']
+    """
     if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
         raise ValueError(f"port = {port!r} is invalid: expected an integer in 1..65535")
+    if not isinstance(preheat, int) or isinstance(preheat, bool) or not 0 <= preheat <= 16:
+        raise ValueError(f"preheat = {preheat!r} is invalid: expected an integer in 0..16")
+    pool = []
+    if preheat:
+        pool = [
+            "--preheat_kernel=True",
+            f"--pool_size={preheat}",
+            f"--VoilaKernelManager.fill_delay={REFILL_DELAY_S}",
+        ]
     return [
         sys.executable,
         "-m",
@@ -50,6 +85,7 @@ def voila_command(port: int, notebook: str = APP_NOTEBOOK) -> list[str]:
         f"--port={port}",
         "--Voila.ip=127.0.0.1",
         f"--template={TEMPLATE}",
+        *pool,
     ]
 
 
@@ -71,6 +107,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--workspace", default=".", help="folder holding models/, results/, data/ (default .)"
     )
+    parser.add_argument(
+        "--preheat",
+        type=int,
+        default=1,
+        help="kernels kept ready with the models loaded, so a new page appears and "
+        "answers at once (default 1; 0: start a kernel per page load; each waiting "
+        "kernel holds about 1 GB)",
+    )
     args = parser.parse_args(argv)
     if not Path(APP_NOTEBOOK).is_file():
         print(
@@ -80,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     try:
-        command = voila_command(args.port)
+        command = voila_command(args.port, preheat=args.preheat)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -429,6 +429,16 @@ def start_voila(
             time.sleep(0.2)
 
 
+def wait_for(condition, seconds: float) -> bool:
+    """Poll `condition` every half second for up to `seconds`; its last value."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.5)
+    return condition()
+
+
 def stop_voila(server: VoilaServer) -> None:
     """Terminate, then kill if it does not stop (its kernels go with it)."""
     proc = server.process

@@ -20,7 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from .conftest import start_voila, stop_voila
+from .conftest import start_voila, stop_voila, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 TABS = 10
@@ -55,15 +55,6 @@ def _rss_mb(processes) -> float:
         except psutil.NoSuchProcess:
             continue
     return total / 2**20
-
-
-def _wait_for(condition, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.5)
-    return condition()
 
 
 @pytest.fixture
@@ -104,7 +95,7 @@ def test_closing_ten_tabs_gives_back_their_kernels_and_memory(culling_server, br
     finally:
         for context in contexts:
             context.close()
-    assert _wait_for(lambda: not _kernels(server), RECLAIM_S), (
+    assert wait_for(lambda: not _kernels(server), RECLAIM_S), (
         f"{len(_kernels(server))} of {TABS} kernels still running {RECLAIM_S} s after "
         f"their tabs closed (they held {open_mb:.0f} MB):\n{server.log_tail()}"
     )
