@@ -420,6 +420,7 @@ def test_missing_models_say_what_to_run(tmp_path):
     app = dashboard.App(tmp_path)
     assert "dvc repro" in app.message.value and "make demo" in app.message.value
     assert app.classify_button.disabled
+    assert "models are not available" in app.models_status.value  # not "loading"
     assert "dvc repro" in app.performance.value and "dvc repro" in app.dataset.value
     app.load_upload("scan.png", png(disc_image()))  # preview still works
     assert app.preview.value[:4] == b"\x89PNG"

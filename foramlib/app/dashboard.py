@@ -699,6 +699,7 @@ class App(widgets.VBox):
             self.message.value = render.message("error", self._classifier_error)
             self.classify_button.disabled = True
             self.scan_button.disabled = True
+            self._set_models_status(error=self._classifier_error)
 
     def classifier(self):
         """The workspace's classifier, loaded on first use (thread-safe)."""
@@ -709,7 +710,7 @@ class App(widgets.VBox):
 
     def _set_models_status(self, error: str | None = None) -> None:
         if error:
-            text = "The models could not be loaded; press Classify for the reason."
+            text = "⚠ The models are not available; the message below (or Classify) says why."
         elif self._classifier is None:
             text = "⏳ Loading the models in the background (a few seconds, once)…"
         elif self._models_ready:
