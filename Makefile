@@ -35,8 +35,8 @@ $(STAMP): pyproject.toml constraints.txt
 env: $(STAMP)
 
 demo: env
-	$(BIN)/python -m foramlib.cli params check
-	$(BIN)/python -m foramlib.cli deps
+	$(BIN)/python -m foramlib.tools.cli params check
+	$(BIN)/python -m foramlib.tools.cli deps
 	@echo "==> running the pipeline (dvc repro): synthesize -> curate -> slice -> split -> train@<backbone> -> book"
 	$(BIN)/dvc repro
 	@echo "==> done: open book/_build/html/index.html"
@@ -44,7 +44,7 @@ demo: env
 test: env
 	@echo "==> lint (ruff), then the test suite (pytest)"
 	$(BIN)/ruff check .
-	$(BIN)/python -m foramlib.cli params check
+	$(BIN)/python -m foramlib.tools.cli params check
 	$(BIN)/python -m pytest
 
 # the fast lane: skips the tests marked slow (pipeline runs, browser, long training)
@@ -56,7 +56,7 @@ lint: env
 	$(BIN)/ruff format --check .
 
 profile: env
-	$(BIN)/python -m foramlib.cli profile $(PROFILE)
+	$(BIN)/python -m foramlib.tools.cli profile $(PROFILE)
 
 benchmarks: env
 	$(BIN)/python benchmarks/synthesize_speed.py

@@ -43,9 +43,12 @@ import pandas as pd  # noqa: E402
 sys.path.insert(0, str(Path(__file__).parent))
 from machine import machine, today  # noqa: E402
 
-from foramlib import config, data, ensemble, metrics, training  # noqa: E402
-from foramlib.atomic import write_text  # noqa: E402
-from foramlib.augment import mix_batch  # noqa: E402
+from foramlib import config  # noqa: E402
+from foramlib.evaluation import ensemble, metrics  # noqa: E402
+from foramlib.io.atomic import write_text  # noqa: E402
+from foramlib.learn import loader as data  # noqa: E402
+from foramlib.learn import training
+from foramlib.learn.augment import mix_batch  # noqa: E402
 
 
 def train_config(params: dict, backbone: str, seed: int) -> training.TrainConfig:
@@ -131,7 +134,7 @@ def seen_specimen_check(index: pd.DataFrame, store, names, seed: int) -> dict:
     on the same held-out half. The gap measures what generalising to an unseen
     specimen costs; it is a diagnostic, never a reported result.
     """
-    from foramlib import baseline as classical
+    from foramlib.learn import baseline as classical
 
     rng = np.random.default_rng(seed)
     test = index["split"] == "test"
@@ -151,7 +154,7 @@ def seen_specimen_check(index: pd.DataFrame, store, names, seed: int) -> dict:
 
 def curves_figure(result: dict, out) -> Path:
     """Draw the learning curves of a result next to its JSON (same name, ``.png``)."""
-    from foramlib import plots
+    from foramlib.viz import plots
 
     curves = result["learning_curves"]
     fig = plots.learning_curves_figure(
@@ -220,7 +223,7 @@ def main() -> None:
         backbones = list(args.backbones)
     t_start = time.perf_counter()
     tmp = tempfile.TemporaryDirectory()
-    from foramlib import baseline as classical
+    from foramlib.learn import baseline as classical
 
     stored = Path(args.predictions) / f"{classical.BASELINE_FILE}_test.csv"
     if not (args.from_run and stored.is_file()):  # else: the evaluate stage's, same slices

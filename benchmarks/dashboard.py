@@ -1,9 +1,9 @@
 """Dashboard latency: from uploaded bytes to the top-5, on this machine.
 
 For the deployed ensemble (``results/metrics.json`` "final", loaded once with
-:meth:`foramlib.classify.Classifier.from_workspace` and warmed up), each of ~20 gallery
+:meth:`foramlib.inference.classify.Classifier.from_workspace` and warmed up), each of ~20 gallery
 test slices is encoded as a PNG upload, then timed end to end: decode + preprocess
-(:func:`foramlib.classify.prepare`) + every member's prediction + the ensemble's
+(:func:`foramlib.inference.classify.prepare`) + every member's prediction + the ensemble's
 combination. The same slices are also timed as 1024×1024 16-bit TIFF scans (the
 slice enlarged), where decoding and segmentation cost more. Grad-CAM is timed
 separately (the page draws it after the top-5).
@@ -67,7 +67,7 @@ def gallery_slices(workspace: Path, n: int) -> list[tuple[str, str, np.ndarray]]
 
 
 def time_uploads(clf, uploads: list[tuple[str, bytes]], cleaned: bool) -> tuple[list, list]:
-    from foramlib import classify
+    from foramlib.inference import classify
 
     seconds, genera = [], []
     for name, data in uploads:
@@ -81,7 +81,7 @@ def time_uploads(clf, uploads: list[tuple[str, bytes]], cleaned: bool) -> tuple[
 
 
 def deployed(workspace: Path, n: int) -> dict:
-    from foramlib import classify
+    from foramlib.inference import classify
 
     rss0 = _rss_mb()
     t0 = time.perf_counter()
@@ -129,8 +129,8 @@ def paper_architecture(n: int) -> dict:
     import keras
     import yaml
 
-    from foramlib.ensemble import EnsembleSpec
-    from foramlib.models import build_model
+    from foramlib.evaluation.ensemble import EnsembleSpec
+    from foramlib.learn.models import build_model
 
     profile = yaml.safe_load((ROOT / "profiles" / "paper.yaml").read_text(encoding="utf-8"))
     backbones = profile["train"]["backbones"]
@@ -154,8 +154,8 @@ def paper_architecture(n: int) -> dict:
         )
     build_s = time.perf_counter() - t0
     rss_loaded = _rss_mb()
-    from foramlib import classify
-    from foramlib.preprocess import PreprocessConfig
+    from foramlib.dataset.preprocess import PreprocessConfig
+    from foramlib.inference import classify
 
     clf = classify.Classifier(spec, models, PreprocessConfig(size=size_pp), name="paper")
     rng = np.random.default_rng(0)
@@ -211,7 +211,7 @@ def main(argv=None) -> dict:
     }
     if not args.skip_paper:
         result["paper_architecture"] = paper_architecture(args.slices)
-    from foramlib.atomic import write_text
+    from foramlib.io.atomic import write_text
 
     write_text(args.out, json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

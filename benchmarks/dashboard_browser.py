@@ -41,7 +41,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from machine import machine, today  # noqa: E402
 
-from foramlib.atomic import write_text  # noqa: E402
+from foramlib.io.atomic import write_text  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 APP = "dashboard/app.ipynb"
@@ -269,7 +269,7 @@ def main(argv=None) -> int:
 
     workspace = Path(args.workspace).resolve()
     try:  # the match timing needs a usable index (an outdated one is refused)
-        from foramlib.indexing import load_collection
+        from foramlib.matching.index import load_collection
 
         load_collection(workspace / "data/index", workspace)
         has_index, index_note = True, "data/index loaded"

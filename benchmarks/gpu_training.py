@@ -5,9 +5,9 @@ EfficientNetV2S at 224 px, the sizes ``profiles/paper.yaml`` gives them):
 
 1. images/s of the model step alone against the real input pipeline
    (:func:`train_throughput.measure`: ``fit`` on one in-memory batch served again and
-   again against ``fit`` on :class:`foramlib.data.SliceBatches`, CutMix/MixUp included,
+   again against ``fit`` on :class:`foramlib.learn.loader.SliceBatches`, CutMix/MixUp included,
    one compiled train function for both);
-2. the real training path, :func:`foramlib.training.train_backbone`, with the paper
+2. the real training path, :func:`foramlib.learn.training.train_backbone`, with the paper
    profile's settings (batch size, augmentation, dropout, weight decay, label smoothing,
    precision, patience), on the pipeline's own slice store and specimen split, for as
    many phase-2 epochs as the measured pipeline rate fits into ``--train-seconds``;
@@ -45,10 +45,11 @@ from classification import score, train_once  # noqa: E402
 from machine import machine, today  # noqa: E402
 from train_throughput import measure  # noqa: E402
 
-from foramlib import data, training  # noqa: E402
-from foramlib.atomic import write_text  # noqa: E402
-from foramlib.augment import mix_batch  # noqa: E402
 from foramlib.config import load_params  # noqa: E402
+from foramlib.io.atomic import write_text  # noqa: E402
+from foramlib.learn import loader as data  # noqa: E402
+from foramlib.learn import training
+from foramlib.learn.augment import mix_batch  # noqa: E402
 
 # Share of the wall budget left to the epochs themselves: the rest covers validation
 # passes, the phase-2 compile and the predictions.

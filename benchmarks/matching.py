@@ -1,4 +1,4 @@
-"""Slice-to-volume matching: ours (foramlib.matching) vs the authors' published matcher.
+"""Slice-to-volume matching: ours (foramlib.matching.search) vs the authors' published matcher.
 
 Builds the index of the curated collection (default: the pipeline's
 ``data/curated/manifest.csv`` over ``data/virtual``, one scan per specimen; without it,
@@ -36,11 +36,13 @@ from skimage.metrics import structural_similarity
 sys.path.insert(0, str(Path(__file__).parent))
 from machine import machine, today  # noqa: E402
 
-from foramlib import matching, registration, virtual  # noqa: E402
-from foramlib.atomic import write_text  # noqa: E402
-from foramlib.preprocess import PreprocessError, preprocess_slice  # noqa: E402
-from foramlib.slicing import Plane, extract_slice, plane_axes  # noqa: E402
-from foramlib.volumes import read_volume  # noqa: E402
+from foramlib.dataset.preprocess import PreprocessError, preprocess_slice  # noqa: E402
+from foramlib.dataset.slicing import Plane, extract_slice, plane_axes  # noqa: E402
+from foramlib.io.atomic import write_text  # noqa: E402
+from foramlib.io.volumes import read_volume  # noqa: E402
+from foramlib.matching import registration
+from foramlib.matching import search as matching  # noqa: E402
+from foramlib.virtual import collection as virtual  # noqa: E402
 
 
 # ----------------------------------------------------------------------------------------
@@ -369,7 +371,7 @@ def main() -> None:
     else:
         with tempfile.TemporaryDirectory() as tmp:
             size = index.save(Path(tmp) / "i.npz").stat().st_size
-    # a warm session keeps prepared volumes (foramlib.indexing.Collection does)
+    # a warm session keeps prepared volumes (foramlib.matching.index.Collection does)
     t0 = time.perf_counter()
     prepared = {k: matching.prepare_volume(v, config, k) for k, v in vols.items()}
     prepare_s = time.perf_counter() - t0

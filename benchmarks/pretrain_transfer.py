@@ -3,11 +3,11 @@
 The measure of whether the ``corpus`` and ``pretrain@<backbone>`` stages are worth their
 cost: in one run,
 
-1. render a corpus of generic shells (:func:`foramlib.pretraining.build_corpus`: no
+1. render a corpus of generic shells (:func:`foramlib.learn.pretraining.build_corpus`: no
    genus and no specimen of the collection, checked against the split index) with the
    collection's slicer, in as many worker processes as asked;
 2. pretrain each backbone of the profile at its own input size
-   (:func:`foramlib.pretraining.pretrain_backbone`) for a wall-clock budget, and write
+   (:func:`foramlib.learn.pretraining.pretrain_backbone`) for a wall-clock budget, and write
    its headless weights, ``<backbone>.weights.h5``, which ``train.weights`` loads;
 3. with ``--finetune``, fine-tune them on the collection's own split with the profile's
    settings and a transfer schedule (phase 1 on the frozen backbone, then phase 2 with
@@ -43,10 +43,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 from classification import score, train_once  # noqa: E402
 from machine import machine, today  # noqa: E402
 
-from foramlib import data, pretraining, training  # noqa: E402
-from foramlib.atomic import write_text  # noqa: E402
 from foramlib.config import load_params  # noqa: E402
-from foramlib.slicing import SlicingConfig  # noqa: E402
+from foramlib.dataset.slicing import SlicingConfig  # noqa: E402
+from foramlib.io.atomic import write_text  # noqa: E402
+from foramlib.learn import loader as data  # noqa: E402
+from foramlib.learn import pretraining, training
 
 # The transfer schedule tried on the collection: a head on the frozen pretrained
 # backbone first (it has features now), then all layers at a fine-tuning rate.

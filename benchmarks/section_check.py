@@ -8,7 +8,7 @@ slices) on
   per genus;
 * inputs that are **not foraminifer sections**, over several probe seeds (goal: <= 5 %
   let through): noise, crops of the pictures bundled with scikit-image, sections of
-  unrelated virtual volumes (:func:`foramlib.section_check.probe_sets`);
+  unrelated virtual volumes (:func:`foramlib.inference.section_check.probe_sets`);
 * sections of **foraminifera of other genera**: virtual generic shells (the pretraining
   corpus' recipes, no genus of the collection), cut by the collection's slicer. These
   ARE foraminifer sections; the row shows that the check does not stand in for "not one
@@ -44,8 +44,11 @@ from scipy.stats import binomtest  # noqa: E402
 sys.path.insert(0, str(Path(__file__).parent))
 from machine import machine, today  # noqa: E402
 
-from foramlib import baseline, classify, data, section_check, slicing  # noqa: E402
-from foramlib.atomic import write_text  # noqa: E402
+from foramlib.dataset import slicing  # noqa: E402
+from foramlib.inference import classify, section_check  # noqa: E402
+from foramlib.io.atomic import write_text  # noqa: E402
+from foramlib.learn import baseline  # noqa: E402
+from foramlib.learn import loader as data
 
 
 def share(k: int, n: int) -> dict:
@@ -59,7 +62,7 @@ def share(k: int, n: int) -> dict:
 
 def other_genera(workspace: Path, n_taxa: int, specimens: int, per_specimen: int, n_jobs: int):
     """Sections of generic shells (no genus of the collection), cut like the collection."""
-    from foramlib.pretraining import CorpusConfig, build_corpus, load_corpus
+    from foramlib.learn.pretraining import CorpusConfig, build_corpus, load_corpus
 
     cut, _ = slicing.trained_slicing(workspace)
     config = CorpusConfig(

@@ -1,7 +1,7 @@
 """Oblique slicing speed: direct plane sampling vs whole-volume rotation, in one run.
 
 For one virtual volume, the same oblique sections are produced two ways:
-(a) ``foramlib.slicing.extract_slices`` (trilinear sampling of each plane), and
+(a) ``foramlib.dataset.slicing.extract_slices`` (trilinear sampling of each plane), and
 (b) the approach of rotating the whole volume with ``scipy.ndimage.rotate`` (two
     rotations per orientation, order 1) and then taking axis slices at the offsets.
 Both outputs are compared for agreement. Goal: (a) >= 5x faster than (b).
@@ -27,10 +27,11 @@ from scipy import ndimage
 sys.path.insert(0, str(Path(__file__).parent))
 from machine import machine, today  # noqa: E402
 
-from foramlib import curation, slicing, virtual  # noqa: E402
-from foramlib.atomic import write_text  # noqa: E402
-from foramlib.preprocess import PreprocessConfig  # noqa: E402
-from foramlib.slicing import Plane  # noqa: E402
+from foramlib.dataset import curation, slicing  # noqa: E402
+from foramlib.dataset.preprocess import PreprocessConfig  # noqa: E402
+from foramlib.dataset.slicing import Plane  # noqa: E402
+from foramlib.io.atomic import write_text  # noqa: E402
+from foramlib.virtual import collection as virtual  # noqa: E402
 
 
 def rotation_baseline(vol, angles, offsets):

@@ -22,8 +22,9 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).parent))
 from machine import machine  # noqa: E402
 
-from foramlib import paper, split  # noqa: E402
-from foramlib.atomic import write_text  # noqa: E402
+from foramlib.dataset import split  # noqa: E402
+from foramlib.evaluation import paper  # noqa: E402
+from foramlib.io.atomic import write_text  # noqa: E402
 
 GOAL_SECONDS = 60.0
 

@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from machine import machine, today  # noqa: E402
 
-from foramlib.atomic import write_text  # noqa: E402
+from foramlib.io.atomic import write_text  # noqa: E402
 from foramlib.pipeline import synthesize  # noqa: E402
 
 

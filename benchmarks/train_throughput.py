@@ -36,11 +36,12 @@ import pandas as pd  # noqa: E402
 sys.path.insert(0, str(Path(__file__).parent))
 from machine import machine, today  # noqa: E402
 
-from foramlib import data, training  # noqa: E402
-from foramlib.atomic import write_text  # noqa: E402
-from foramlib.augment import AugmentConfig, mix_batch  # noqa: E402
-from foramlib.models import build_model  # noqa: E402
-from foramlib.slicing import load_slices  # noqa: E402
+from foramlib.dataset.slicing import load_slices  # noqa: E402
+from foramlib.io.atomic import write_text  # noqa: E402
+from foramlib.learn import loader as data  # noqa: E402
+from foramlib.learn import training
+from foramlib.learn.augment import AugmentConfig, mix_batch  # noqa: E402
+from foramlib.learn.models import build_model  # noqa: E402
 
 
 def synthetic_store(root: Path, size: int, n: int, n_classes: int = 12) -> pd.DataFrame:

@@ -29,8 +29,10 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, str(Path(__file__).parent))
 from machine import machine, today  # noqa: E402
 
-from foramlib import config, data, tta  # noqa: E402
-from foramlib.atomic import write_text  # noqa: E402
+from foramlib import config  # noqa: E402
+from foramlib.io.atomic import write_text  # noqa: E402
+from foramlib.learn import loader as data  # noqa: E402
+from foramlib.learn import tta
 
 
 def specimen_accuracy(probs: np.ndarray, y: np.ndarray, specimens: np.ndarray) -> float:
@@ -86,7 +88,9 @@ def main() -> None:
         machine=machine(),
         data=f"{params['data']['source']} collection"
         + (" (synthetic, not the paper's scans)" if params["data"]["source"] == "virtual" else ""),
-        views="views_n: mean probability over n symmetries of the square (foramlib.tta.views)",
+        views=(
+            "views_n: mean probability over n symmetries of the square (foramlib.learn.tta.views)"
+        ),
         models={
             name: score_backbone(name, b["input_size"], index, args.store, args.models, names)
             for name, b in backbones.items()

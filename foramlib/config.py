@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from foramlib.atomic import write_text
+from foramlib.io.atomic import write_text
 
 __all__ = [
     "ParamsError",
@@ -63,7 +63,7 @@ def _int_at_least(lo: int) -> Callable[[Any], bool]:
 
 
 def _tta_views(v: Any) -> bool:
-    from foramlib.tta import VIEW_COUNTS
+    from foramlib.learn.tta import VIEW_COUNTS
 
     return not isinstance(v, bool) and v in VIEW_COUNTS
 

@@ -2,7 +2,7 @@
 
 The one reader of keys such as ``"slice.size"``, used by the stage configurations
 (:mod:`foramlib.pipeline`) and by the library configurations that read their own
-section (:meth:`foramlib.slicing.SlicingConfig.from_params`). Kept apart from
+section (:meth:`foramlib.dataset.slicing.SlicingConfig.from_params`). Kept apart from
 :mod:`foramlib.config` (the schema and the profiles), so that a stage depending on
 this reader does not rerun whenever a parameter is added to the schema.
 

@@ -19,8 +19,10 @@ out_dir: str = "data/pretrain"  # corpus store: <specimen>.npy + index.csv + cor
 import matplotlib.pyplot as plt
 from IPython.display import display
 
-from foramlib import config, plots, pretraining
+from foramlib import config
+from foramlib.learn import pretraining
 from foramlib.pipeline import corpus as stage
+from foramlib.viz import plots
 
 cfg = stage.CorpusStageConfig.from_params(
     config.load_params(params_file), manifest=manifest, out_dir=out_dir

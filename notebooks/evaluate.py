@@ -60,7 +60,7 @@ result = stage.run(cfg)  # every table, figure and metrics.json of this chapter
 
 # %%
 # the baseline's recipe (96 px, 12 px HOG cells, C chosen on validation) is
-# foramlib.baseline's own, the one the benchmarks use
+# foramlib.learn.baseline's own, the one the benchmarks use
 print(result.baseline_line)
 result.baseline_scores
 
@@ -121,7 +121,7 @@ result.votes
 # ## Does the input look like a foraminifer section at all? (not in the paper)
 #
 # The models name one of their genera for any image. `foram classify` and the dashboard
-# therefore first ask a separate question, answered by `foramlib.section_check`: a
+# therefore first ask a separate question, answered by `foramlib.inference.section_check`: a
 # Gaussian mixture over 51 cheap descriptors of a cleaned slice (silhouette shape, grey
 # levels, local-binary-pattern texture), fitted on the **training** slices, its limit set
 # to keep 97 % of the **validation** slices; colour pictures are refused outright

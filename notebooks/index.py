@@ -9,7 +9,7 @@
 # change when the section is turned or mirrored in its plane, plus its silhouette's
 # geometry. A query is then matched coarse to fine: the index proposes start poses,
 # which are registered to the specimen volumes themselves (see the book chapter
-# *3D slice matching*, `foramlib.matching` and `foramlib.registration`).
+# *3D slice matching*, `foramlib.matching.search` and `foramlib.matching.registration`).
 
 # %% tags=["parameters"]
 # Parameters: papermill injects the values of params.yaml (see dvc.yaml).

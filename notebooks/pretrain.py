@@ -17,7 +17,8 @@ out_dir: str = "models/pretrain/tiny_cnn"  # backbone.weights.h5, history, summa
 # %%
 from IPython.display import display
 
-from foramlib import config, training
+from foramlib import config
+from foramlib.learn import training
 from foramlib.pipeline import pretrain as stage
 
 cfg = stage.PretrainStageConfig.from_params(

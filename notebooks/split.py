@@ -24,7 +24,7 @@ tables_dir: str = "results/tables"  # table2.csv, table3.csv (+ the paper's)
 # %%
 import pandas as pd
 
-from foramlib import paper
+from foramlib.evaluation import paper
 from foramlib.pipeline import split as stage
 
 cfg = stage.SplitStageConfig(

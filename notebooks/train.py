@@ -7,7 +7,7 @@
 # the model (rotation, scaling, flips, brightness/contrast; active only while training)
 # and CutMix/MixUp mix whole batches. The validation and test slices are then predicted, each
 # as the mean over `tta_views` symmetric views of the slice (rotations by 90° and mirror
-# images: `foramlib.tta`; not in the paper). The test split is only predicted here, never
+# images: `foramlib.learn.tta`; not in the paper). The test split is only predicted here, never
 # used to choose anything.
 
 # %% tags=["parameters"]

@@ -17,7 +17,7 @@ def repo_root() -> Path:
 @pytest.fixture(scope="session")
 def tiny_collection(tmp_path_factory) -> Path:
     """The tiny virtual preset at 32^3 voxels (14 volumes, 5 taxa), made once per run."""
-    from foramlib import virtual
+    from foramlib.virtual import collection as virtual
 
     out = tmp_path_factory.mktemp("tiny") / "virtual"
     virtual.synthesize_collection(

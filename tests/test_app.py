@@ -199,7 +199,7 @@ def test_serving_outside_the_repository_root_says_where_to_run_it(tmp_path, monk
 
 
 def test_scan_box_says_when_a_scan_is_not_a_foraminifer():
-    from foramlib import scan
+    from foramlib.inference import scan
 
     ranking = scan.rank_genera(np.array([[0.9, 0.1]]), ["A", "B"])
 
@@ -233,7 +233,7 @@ def test_gradcam_picture_has_its_colour_scale():
 
 
 def test_match_table_speaks_plainly():
-    from foramlib.matching import Match
+    from foramlib.matching.search import Match
 
     scores = dict(combined=0.91, dice=0.95, ncc=0.8, texture=0.7, ssim=0.6, descriptor=0.5)
     match = Match("S1", "Alpha", (0.6, 0.0, 0.8), -5.14, 30.0, scores, np.zeros((8, 8)))

@@ -1,4 +1,4 @@
-"""Tests of foramlib.augment: the config, the in-model layers and batch CutMix/MixUp."""
+"""Tests of foramlib.learn.augment: the config, the in-model layers and batch CutMix/MixUp."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 import numpy as np
 import pytest
 
-from foramlib.augment import AugmentConfig, AugmentError, augmentation_layers, mix_batch
+from foramlib.learn.augment import AugmentConfig, AugmentError, augmentation_layers, mix_batch
 
 
 def _batch(n: int = 8, size: int = 16, n_classes: int = 4, seed: int = 0):

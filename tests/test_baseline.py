@@ -6,8 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from foramlib.atomic import write_csv
-from foramlib.baseline import (
+from foramlib.dataset.slicing import load_slices
+from foramlib.evaluation.metrics import load_predictions, report_from_probs, specimen_accuracy
+from foramlib.io.atomic import write_csv
+from foramlib.learn.baseline import (
     BASELINE_NAME,
     compare_to_baseline,
     comparison_table,
@@ -19,10 +21,8 @@ from foramlib.baseline import (
     summary,
     write_predictions,
 )
-from foramlib.data import DataError, SliceBatches
-from foramlib.metrics import load_predictions, report_from_probs, specimen_accuracy
-from foramlib.slicing import load_slices
-from foramlib.training import predictions_frame
+from foramlib.learn.loader import DataError, SliceBatches
+from foramlib.learn.training import predictions_frame
 
 SIDE = 32
 
@@ -64,7 +64,7 @@ def test_hog_cells_scale_with_the_image_side(side):
 
 
 def test_hog_resizes_with_the_training_resize():
-    from foramlib.preprocess import resize_slice
+    from foramlib.dataset.preprocess import resize_slice
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 255, (3, 50, 40), dtype=np.uint8)

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from foramlib import matching
-from foramlib.matching import IndexConfig
+from foramlib.matching import search as matching
+from foramlib.matching.search import IndexConfig
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 

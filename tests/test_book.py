@@ -1,4 +1,4 @@
-"""Tests of foramlib.book: external-asset scan, book preparation, strict offline build."""
+"""Tests of foramlib.tools.book: external-asset scan, book preparation, strict offline build."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from foramlib import book
+from foramlib.tools import book
 
 REPO = Path(__file__).resolve().parents[1]
 BOOK = REPO / "book"

@@ -1,4 +1,5 @@
-"""foramlib.classify: upload decoding, preprocessing, calibration, the saved ensemble, Grad-CAM.
+"""foramlib.inference.classify: upload decoding, preprocessing, calibration, the saved ensemble,
+Grad-CAM.
 
 A tiny workspace (two untrained tiny_cnn members, a hand-made EnsembleSpec, validation
 predictions) is built in a temporary folder; nothing depends on a pipeline run.
@@ -17,9 +18,9 @@ import pandas as pd
 import pytest
 import tifffile
 
-from foramlib import classify, section_check
-from foramlib.ensemble import EnsembleSpec, save_ensembles
-from foramlib.preprocess import PreprocessConfig, PreprocessError
+from foramlib.dataset.preprocess import PreprocessConfig, PreprocessError
+from foramlib.evaluation.ensemble import EnsembleSpec, save_ensembles
+from foramlib.inference import classify, section_check
 
 NAMES = ["Alpha", "Beta", "Gamma"]
 SIZE = 32
@@ -34,8 +35,8 @@ def disc_image(shape=(80, 100), dtype=np.uint8, value=200, radius=25):
 
 def write_workspace(root, *, with_val=True, final="PatchEnsemble"):
     """models/<m>/ for two tiny_cnn members, results/ensemble + metrics.json, slicing.json."""
-    from foramlib.data import save_class_names
-    from foramlib.models import build_model
+    from foramlib.learn.loader import save_class_names
+    from foramlib.learn.models import build_model
 
     rng = np.random.default_rng(0)
     members = ("m1", "m2")
@@ -201,7 +202,7 @@ def test_decode_refuses_oversized_upload():
 
 
 def test_prepare_uses_the_shared_preprocessing():
-    from foramlib.preprocess import preprocess_slice
+    from foramlib.dataset.preprocess import preprocess_slice
 
     img = disc_image()
     base = PreprocessConfig(size=SIZE)
@@ -329,7 +330,7 @@ def test_calibration_rejects_bad_input(kwargs, match):
 
 
 def test_calibrate_spec_uses_validation_predictions(workspace):
-    from foramlib.metrics import load_model_predictions
+    from foramlib.evaluation.metrics import load_model_predictions
 
     spec = EnsembleSpec.load(workspace / "results" / "ensemble" / "Top-2.json")
     cal = classify.calibrate_spec(spec, workspace / "models", target_precision=0.6, min_support=5)
@@ -383,7 +384,7 @@ def test_predict_combines_members_like_the_spec(classifier):
 
 def test_predict_resizes_like_training(workspace):
     """A slice of another size is resized with the training loader's rule."""
-    from foramlib.preprocess import resize_slice
+    from foramlib.dataset.preprocess import resize_slice
 
     clf = classify.Classifier.from_workspace(workspace, ensemble="m1")
     assert clf.spec.members == ("m1",)
@@ -516,15 +517,15 @@ def test_stale_or_broken_section_check_is_not_used(tmp_path):
 def test_loaded_models_are_compiled_for_prediction_on_jax(workspace, tmp_path, monkeypatch):
     """Keras marks the augmentation layers (idle at inference) as not jit-compilable
     and does not save `supports_jit`, so on JAX a loaded model would predict op by
-    op; loading applies :func:`foramlib.training.enable_jit`. Only the backend's name
+    op; loading applies :func:`foramlib.learn.training.enable_jit`. Only the backend's name
     is faked here (JAX is not a dependency); on TensorFlow nothing changes."""
     import shutil
 
     import keras
 
-    from foramlib import training
-    from foramlib.augment import AugmentConfig
-    from foramlib.models import build_model, sublayers
+    from foramlib.learn import training
+    from foramlib.learn.augment import AugmentConfig
+    from foramlib.learn.models import build_model, sublayers
 
     ws = shutil.copytree(workspace, tmp_path / "ws")
     augmented = build_model(
@@ -551,7 +552,7 @@ def test_feature_layer_of_nested_backbone(classifier):
 
 
 def test_feature_layer_can_be_finer(classifier):
-    from foramlib.models import backbone_of
+    from foramlib.learn.models import backbone_of
 
     model = classifier.models["m1"]
     fine = classify.feature_layer(model, min_side=6)
@@ -579,7 +580,7 @@ def test_classifier_grad_cam_uses_the_finer_map(classifier):
 def test_grad_cam_follows_the_models_own_forward_pass(classifier):
     import keras
 
-    from foramlib.models import backbone_of
+    from foramlib.learn.models import backbone_of
 
     model = classifier.models["m1"]
     clean, _ = classifier.prepare(disc_image())

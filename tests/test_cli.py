@@ -16,11 +16,12 @@ import pandas as pd
 import pytest
 import yaml
 
-from foramlib import cli, matching
-from foramlib.indexing import load_collection, read_image
-from foramlib.preprocess import PreprocessConfig
-from foramlib.slicing import Plane, extract_slice
-from foramlib.volumes import write_nifti
+from foramlib.dataset.preprocess import PreprocessConfig
+from foramlib.dataset.slicing import Plane, extract_slice
+from foramlib.io.volumes import write_nifti
+from foramlib.matching import search as matching
+from foramlib.matching.index import load_collection, read_image
+from foramlib.tools import cli
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -212,7 +213,7 @@ def test_module_entry_point_exits_2_with_one_line(workspace, tmp_path):
     bad = tmp_path / "notes.png"
     bad.write_text("just text")
     proc = subprocess.run(
-        [sys.executable, "-m", "foramlib.cli", "match", str(bad), "--index", str(workspace)],
+        [sys.executable, "-m", "foramlib.tools.cli", "match", str(bad), "--index", str(workspace)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -331,7 +332,7 @@ def test_params_check_names_a_missing_file(tmp_path, capsys):
 def test_match_says_when_the_query_is_not_a_foraminifer_section(workspace, tmp_path, capsys):
     from test_classify import _check_for
 
-    from foramlib.classify import SECTION_CHECK, preprocess_defaults
+    from foramlib.inference.classify import SECTION_CHECK, preprocess_defaults
 
     ws = tmp_path / "ws"
     (ws / "results").mkdir(parents=True)

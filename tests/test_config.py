@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from foramlib import config
-from foramlib.cli import main
+from foramlib.tools.cli import main
 
 
 @pytest.fixture()
@@ -39,7 +39,7 @@ def test_the_schema_checks_exactly_the_keys_the_stages_read():
     from dataclasses import fields
 
     from foramlib import pipeline
-    from foramlib.augment import AugmentConfig
+    from foramlib.learn.augment import AugmentConfig
 
     read = set()
     for name in pipeline.STAGES:
@@ -149,8 +149,8 @@ def test_a_profile_without_the_match_section_is_refused(quick):
 
 
 def test_match_params_make_a_valid_index_config(quick):
-    from foramlib.matching import IndexConfig
-    from foramlib.preprocess import PreprocessConfig
+    from foramlib.dataset.preprocess import PreprocessConfig
+    from foramlib.matching.search import IndexConfig
 
     m = quick["match"]
     cfg = IndexConfig(

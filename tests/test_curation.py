@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from foramlib import curation
-from foramlib.volumes import VolumeError, read_manifest, write_nifti
+from foramlib.dataset import curation
+from foramlib.io.volumes import VolumeError, read_manifest, write_nifti
 
 
 def _manifest(rows):

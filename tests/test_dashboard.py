@@ -2,7 +2,7 @@
 
 The workspace is built in a temporary folder (tiny untrained models, a hand-made
 ensemble, a small slice store); the 3D collection is a fake with the real
-``foramlib.indexing.Collection`` interface, and ``foramlib.matching.match`` is replaced
+``foramlib.matching.index.Collection`` interface, and ``foramlib.matching.search.match`` is replaced
 by a recorder where the test is about what the page passes and shows.
 """
 
@@ -23,10 +23,10 @@ import pytest
 import tifffile
 from test_classify import NAMES, SIZE, disc_image, write_workspace
 
-from foramlib import classify, scan
 from foramlib.app import dashboard
-from foramlib.matching import Match
-from foramlib.preprocess import PreprocessConfig
+from foramlib.dataset.preprocess import PreprocessConfig
+from foramlib.inference import classify, scan
+from foramlib.matching.search import Match
 
 
 def png(img) -> bytes:
@@ -84,7 +84,7 @@ def app(workspace, loaded):
 
 
 class FakeCollection:
-    """The foramlib.indexing.Collection interface, with two tiny volumes."""
+    """The foramlib.matching.index.Collection interface, with two tiny volumes."""
 
     def __init__(self):
         vol = np.zeros((24, 24, 24), np.float32)
@@ -124,7 +124,7 @@ def recorder(monkeypatch):
             Match("S0", "Alpha", (1.0, 0.0, 0.0), -2.0, 0.0, dict(scores, combined=0.5), img),
         ]
 
-    monkeypatch.setattr("foramlib.matching.match", fake_match)
+    monkeypatch.setattr("foramlib.matching.search.match", fake_match)
     return calls
 
 
@@ -502,7 +502,7 @@ def test_a_disagreement_between_classifier_and_3d_search_is_pointed_out(app, rec
 
 
 def test_the_message_says_which_reading_of_the_slice_matched(app, monkeypatch):
-    import foramlib.matching as matching
+    import foramlib.matching.search as matching
 
     scores = dict(dice=0.9, ncc=0.6, ssim=0.7, descriptor=0.6, combined=0.7)
     read = Match("S1", "Beta", (0.0, 0.0, 1.0), 1.5, 30.0, scores, np.zeros((32, 32), np.uint8))
@@ -539,12 +539,12 @@ def test_match_within_the_predicted_genus(app, recorder):
 
 
 def test_matcher_errors_become_messages(app, monkeypatch):
-    from foramlib.matching import MatchError
+    from foramlib.matching.search import MatchError
 
     def broken(*args, **kwargs):
         raise MatchError("query: the fossil covers only 0.1% of the image")
 
-    monkeypatch.setattr("foramlib.matching.match", broken)
+    monkeypatch.setattr("foramlib.matching.search.match", broken)
     app.load_upload("scan.png", png(disc_image()))
     app.to_match.click()
     app.run_match()

@@ -1,4 +1,4 @@
-"""Tests for foramlib.data: split checks, class lists and the SliceBatches PyDataset."""
+"""Tests for foramlib.learn.loader: split checks, class lists and the SliceBatches PyDataset."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ import pandas as pd
 import pytest
 from sklearn.utils.class_weight import compute_class_weight
 
-from foramlib import data as fd
-from foramlib.data import DataError, SliceBatches
+from foramlib.learn import loader as fd
+from foramlib.learn.loader import DataError, SliceBatches
 
 SIZE = 16
 SPECIES = ["Gamma", "Alpha", "Beta"]  # deliberately unsorted

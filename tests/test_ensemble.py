@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from foramlib.ensemble import (
+from foramlib.evaluation.ensemble import (
     EnsembleError,
     EnsembleSpec,
     PatchEnsemble,
@@ -23,7 +23,7 @@ from foramlib.ensemble import (
     soft_vote,
     top_k_specs,
 )
-from foramlib.metrics import PredictionError, Predictions, report_from_probs
+from foramlib.evaluation.metrics import PredictionError, Predictions, report_from_probs
 
 NAMES = ["A", "B", "C", "D"]
 

@@ -9,10 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from foramlib import indexing, matching
-from foramlib.preprocess import PreprocessConfig
-from foramlib.slicing import Plane, extract_slice
-from foramlib.volumes import write_nifti
+from foramlib.dataset.preprocess import PreprocessConfig
+from foramlib.dataset.slicing import Plane, extract_slice
+from foramlib.io.volumes import write_nifti
+from foramlib.matching import index as indexing
+from foramlib.matching import search as matching
 
 SMALL = matching.IndexConfig(
     n_orientations=20, n_offsets=3, descriptor_size=16, preprocess=PreprocessConfig(size=32)

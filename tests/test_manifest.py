@@ -1,4 +1,4 @@
-"""Manifest validation (foramlib.volumes.read_manifest)."""
+"""Manifest validation (foramlib.io.volumes.read_manifest)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pytest
 
-from foramlib.volumes import (
+from foramlib.io.volumes import (
     MANIFEST_REQUIRED,
     ManifestError,
     ManifestWarning,

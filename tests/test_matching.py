@@ -14,11 +14,12 @@ import pytest
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
-from foramlib import matching, virtual
-from foramlib.matching import IndexConfig, MatchError, MatchIndex, plane_error
-from foramlib.preprocess import PreprocessError, preprocess_slice
-from foramlib.registration import SectionPose
-from foramlib.slicing import Plane, extract_slice, plane_axes
+from foramlib.dataset.preprocess import PreprocessError, preprocess_slice
+from foramlib.dataset.slicing import Plane, extract_slice, plane_axes
+from foramlib.matching import search as matching
+from foramlib.matching.registration import SectionPose
+from foramlib.matching.search import IndexConfig, MatchError, MatchIndex, plane_error
+from foramlib.virtual import collection as virtual
 
 CONFIG = IndexConfig(n_orientations=150, n_offsets=7)
 

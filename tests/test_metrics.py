@@ -10,8 +10,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from foramlib.atomic import write_csv
-from foramlib.metrics import (
+from foramlib.evaluation.metrics import (
     PredictionError,
     Predictions,
     align,
@@ -24,7 +23,8 @@ from foramlib.metrics import (
     specimen_confusion,
     specimen_votes,
 )
-from foramlib.training import predictions_frame
+from foramlib.io.atomic import write_csv
+from foramlib.learn.training import predictions_frame
 
 NAMES = ["A", "B", "C"]
 

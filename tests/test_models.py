@@ -1,4 +1,4 @@
-"""Tests of foramlib.models: the backbone registry and the classifier builder."""
+"""Tests of foramlib.learn.models: the backbone registry and the classifier builder."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import keras
 import numpy as np
 import pytest
 
-from foramlib.augment import AugmentConfig
-from foramlib.models import (
+from foramlib.learn.augment import AugmentConfig
+from foramlib.learn.models import (
     BACKBONES,
     ModelError,
     backbone_names,

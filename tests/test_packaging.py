@@ -72,7 +72,7 @@ def test_dvc_analytics_are_off(repo_root):
 
 
 def test_stage_notebooks_are_percent_scripts_with_one_parameters_cell(repo_root):
-    from foramlib.stages import read_notebook
+    from foramlib.tools.stages import read_notebook
 
     scripts = sorted((repo_root / "notebooks").glob("*.py"))
     assert len(scripts) == 10 and not list((repo_root / "notebooks").glob("*.ipynb"))

@@ -12,6 +12,8 @@ import pytest
 import yaml
 
 from foramlib import pipeline
+from foramlib.dataset.preprocess import PreprocessConfig
+from foramlib.dataset.slicing import SlicingConfig
 from foramlib.pipeline import STAGES, check_params, stage_config
 from foramlib.pipeline._config import (
     StageConfig,
@@ -20,8 +22,6 @@ from foramlib.pipeline._config import (
     nested_field,
     params_field,
 )
-from foramlib.preprocess import PreprocessConfig
-from foramlib.slicing import SlicingConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -230,7 +230,7 @@ def test_curate_runs_with_an_empty_optional_voxel_size(curated_run):
 def test_curate_reports_manifest_and_volume_problems_in_one_run(tiny_collection, tmp_path):
     import pandas as pd
 
-    from foramlib.curation import CollectionError
+    from foramlib.dataset.curation import CollectionError
     from foramlib.pipeline import curate
 
     manifest = pd.read_csv(tiny_collection / "manifest.csv")
@@ -386,8 +386,8 @@ def test_split_puts_each_specimen_in_one_split(split_run, tmp_path):
 def test_train_stage_trains_and_predicts_from_its_config(split_run, tmp_path):
     import json
 
+    from foramlib.learn.training import TrainConfig
     from foramlib.pipeline import train as train_stage
-    from foramlib.training import TrainConfig
 
     train = TrainConfig(
         backbone="tiny_cnn", input_size=32, batch_size=8, phase1_epochs=1, phase2_epochs=1,

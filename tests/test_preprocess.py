@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from foramlib import preprocess as pp
+from foramlib.dataset import preprocess as pp
 
 
 def _ring(

@@ -8,8 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from foramlib import pretraining, shells, slicing, virtual
-from foramlib.preprocess import PreprocessConfig
+from foramlib.dataset import slicing
+from foramlib.dataset.preprocess import PreprocessConfig
+from foramlib.learn import pretraining
+from foramlib.virtual import collection as virtual
+from foramlib.virtual import shells
 
 SLICING = slicing.SlicingConfig(preprocess=PreprocessConfig(size=32))
 TINY = pretraining.CorpusConfig(
@@ -111,10 +114,10 @@ def test_check_disjoint_names_a_shared_specimen():
 def test_pretrain_then_fine_tune_starts_from_the_pretrained_backbone(corpus, tmp_path):
     import keras
 
-    from foramlib import training
-    from foramlib.augment import AugmentConfig
-    from foramlib.data import SliceBatches
-    from foramlib.models import ModelError, backbone_of, build_model
+    from foramlib.learn import training
+    from foramlib.learn.augment import AugmentConfig
+    from foramlib.learn.loader import SliceBatches
+    from foramlib.learn.models import ModelError, backbone_of, build_model
 
     out = tmp_path / "pretrain" / "tiny_cnn"
     config = pretraining.PretrainConfig("tiny_cnn", input_size=32, batch_size=8, epochs=2)

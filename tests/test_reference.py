@@ -9,8 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from foramlib import paper, reports
-from foramlib.reference import (
+from foramlib.evaluation import paper, reports
+from foramlib.evaluation.reference import (
     MODEL_KEYS,
     ReferenceFormatError,
     authors_tables,

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from foramlib import registration
-from foramlib.matching import plane_error
-from foramlib.registration import SectionPose, make_template, pose_scores, register
-from foramlib.slicing import Plane, extract_slice, plane_axes
+from foramlib.dataset.slicing import Plane, extract_slice, plane_axes
+from foramlib.matching import registration
+from foramlib.matching.registration import SectionPose, make_template, pose_scores, register
+from foramlib.matching.search import plane_error
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""foramlib.scan and `foram classify`: a whole scan, many sections, one ranked answer."""
+"""foramlib.inference.scan and `foram classify`: a whole scan, many sections, one ranked answer."""
 
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ import pytest
 import tifffile
 from test_classify import NAMES, SIZE, disc_image, write_workspace
 
-from foramlib import classify, scan
-from foramlib.cli import main
-from foramlib.ensemble import EnsembleSpec
-from foramlib.metrics import Predictions, specimen_votes
-from foramlib.slicing import SlicingConfig, slice_array
-from foramlib.volumes import write_nifti
+from foramlib.dataset.slicing import SlicingConfig, slice_array
+from foramlib.evaluation.ensemble import EnsembleSpec
+from foramlib.evaluation.metrics import Predictions, specimen_votes
+from foramlib.inference import classify, scan
+from foramlib.io.volumes import write_nifti
+from foramlib.tools.cli import main
 
 
 def shell(shape=(40, 40, 40), seed=0):
@@ -98,7 +98,7 @@ def test_specimen_calibration_votes_validation_specimens(tmp_path):
     ids = with_specimens(ws)
     cal = scan.calibrate_specimens(spec, ws / "models", target_precision=0.5, min_support=2)
     assert cal.n_val == len(set(ids)) == 9  # specimens, not slices
-    from foramlib.metrics import load_model_predictions
+    from foramlib.evaluation.metrics import load_model_predictions
 
     val = {m: load_model_predictions(ws / "models" / m, "val") for m in spec.members}
     votes = specimen_votes(
@@ -234,7 +234,7 @@ def test_classify_scan_says_when_a_scan_is_not_a_foraminifer(classifier):
 
     from skimage.data import binary_blobs
 
-    from foramlib.section_check import fit_section_check
+    from foramlib.inference.section_check import fit_section_check
 
     config = SlicingConfig(preprocess=classifier.preprocess, offsets_per_orientation=2)
     stacks = [slice_array(shell(seed=k), 40, config, k, name="s")[0] for k in range(4)]
@@ -304,7 +304,7 @@ def test_cli_classifies_one_section_image(workspace, tmp_path, capsys):
 
 
 def test_cli_classifies_an_exported_stored_slice_as_it_is(workspace, tmp_path, capsys):
-    from foramlib.classify import Classifier
+    from foramlib.inference.classify import Classifier
 
     classifier = Classifier.from_workspace(workspace)
     stored, _ = classifier.prepare(disc_image())

@@ -1,4 +1,4 @@
-"""foramlib.section_check: "does this look like a foraminifer section?" on tiny arrays."""
+"""foramlib.inference.section_check: "does this look like a foraminifer section?" on tiny arrays."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from foramlib import section_check as sc
-from foramlib.preprocess import PreprocessConfig
+from foramlib.dataset.preprocess import PreprocessConfig
+from foramlib.inference import section_check as sc
 
 SIZE = 48
 

@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from foramlib import slicing
-from foramlib.preprocess import PreprocessConfig
-from foramlib.slicing import STORE_RECORD, Plane, SlicingConfig, trained_slicing
-from foramlib.volumes import read_manifest, write_nifti
+from foramlib.dataset import slicing
+from foramlib.dataset.preprocess import PreprocessConfig
+from foramlib.dataset.slicing import STORE_RECORD, Plane, SlicingConfig, trained_slicing
+from foramlib.io.volumes import read_manifest, write_nifti
 
 RNG_NORMALS = np.random.default_rng(0).normal(size=(6, 3))
 

@@ -1,4 +1,4 @@
-"""Tests for foramlib.split: the specimen-grouped, balance-optimised split."""
+"""Tests for foramlib.dataset.split: the specimen-grouped, balance-optimised split."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from foramlib import paper
-from foramlib import split as sp
+from foramlib.dataset import split as sp
+from foramlib.evaluation import paper
 
 PAPER_FRACTIONS = (0.4, 0.13, 0.47)
 

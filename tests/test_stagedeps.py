@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from foramlib import cli
-from foramlib.stagedeps import (
+from foramlib.tools import cli
+from foramlib.tools.stagedeps import (
     check_dvc_yaml,
     check_stage_config,
     closure,
@@ -17,6 +17,7 @@ from foramlib.stagedeps import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
+RUNNER_DEPS = ["foramlib/tools/__init__.py", "foramlib/tools/stages.py"]
 
 
 def write_notebook(path, code, parameters="x = 1\n"):
@@ -47,13 +48,17 @@ def make_project(root, modules, code, deps, cmd_params="-p x 1", params=None, pa
     package = root / "foramlib"
     package.mkdir(parents=True)
     (package / "__init__.py").write_text("")
-    modules = {"stages": "", **modules}
+    modules = {"tools.stages": "", **modules}
     for name, source in modules.items():
-        (package / f"{name}.py").write_text(source)
+        path = package.joinpath(*name.split(".")).with_suffix(".py")
+        if path.parent != package:  # a subpackage, as the runner's tools/
+            path.parent.mkdir(exist_ok=True)
+            (path.parent / "__init__.py").touch()
+        path.write_text(source)
     write_notebook(root / "notebooks" / "go.py", code, parameters)
     stage = {
-        "cmd": f"python -m foramlib.stages notebooks/go.py reports/go.ipynb {cmd_params}",
-        "deps": ["notebooks/go.py", "foramlib/stages.py", *deps],
+        "cmd": f"python -m foramlib.tools.stages notebooks/go.py reports/go.ipynb {cmd_params}",
+        "deps": ["notebooks/go.py", *RUNNER_DEPS, *deps],
     }
     if params is not None:
         stage["params"] = params
@@ -114,10 +119,10 @@ def test_the_runners_imports_are_every_stages_code_and_the_cli_is_not(tmp_path):
     root = make_project(
         tmp_path,
         {
-            "cli": "from foramlib import big\n",  # the command-line tool: not run by stages
+            "tools.cli": "from foramlib import big\n",  # the command-line tool: not run by stages
             "atomic": "",
             "big": "",
-            "stages": "from foramlib.atomic import atomic_path\n",
+            "tools.stages": "from foramlib.atomic import atomic_path\n",
         },
         "x = 2",
         ["foramlib/atomic.py"],
@@ -125,11 +130,11 @@ def test_the_runners_imports_are_every_stages_code_and_the_cli_is_not(tmp_path):
     assert messages(root) == []
     dvc = yaml.safe_load((root / "dvc.yaml").read_text())
     dvc["stages"]["go"]["deps"].remove("foramlib/atomic.py")
-    dvc["stages"]["go"]["deps"].append("foramlib/cli.py")
+    dvc["stages"]["go"]["deps"].append("foramlib/tools/cli.py")
     (root / "dvc.yaml").write_text(yaml.safe_dump(dvc))
     assert messages(root) == [
         "go: runs foramlib/atomic.py but its deps do not list it",
-        "go: deps list foramlib/cli.py, which the stage does not import",
+        "go: deps list foramlib/tools/cli.py, which the stage does not import",
     ]
 
 
@@ -189,8 +194,8 @@ def test_closure_rejects_an_unknown_module():
 
 def test_the_package_graph_follows_lazy_imports():
     graph = module_imports(REPO / "foramlib")
-    assert "classify" in graph["scan"]
-    assert closure({"stages"}, graph) == {"stages", "atomic"}
+    assert "inference.classify" in graph["inference.scan"]
+    assert closure({"tools.stages"}, graph) == {"tools", "tools.stages", "io", "io.atomic"}
 
 
 def test_a_notebook_without_a_parameters_cell_is_named(tmp_path):
@@ -253,7 +258,7 @@ def test_a_subpackage_folder_dep_covers_its_modules(tmp_path):
 
 
 def _stage_body(cmd_params, params):
-    return {"cmd": f"python -m foramlib.stages notebooks/ensemble.py out {cmd_params}",
+    return {"cmd": f"python -m foramlib.tools.stages notebooks/ensemble.py out {cmd_params}",
             "params": params}  # fmt: skip
 
 

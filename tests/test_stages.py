@@ -9,8 +9,8 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
-from foramlib import cli
-from foramlib.stages import main, parse_parameter, run_notebook
+from foramlib.tools import cli
+from foramlib.tools.stages import main, parse_parameter, run_notebook
 
 
 def _script(path, body):
@@ -86,7 +86,7 @@ def test_an_unreadable_notebook_is_one_error_line(tmp_path, capsys):
 def test_stages_run_as_a_module_the_way_dvc_yaml_calls_them(tmp_path):
     nb = _script(tmp_path / "stage.py", "print('value is', value + 1)")
     out = tmp_path / "stage.out.ipynb"
-    cmd = [sys.executable, "-m", "foramlib.stages", str(nb), str(out), "-p", "value", "2"]
+    cmd = [sys.executable, "-m", "foramlib.tools.stages", str(nb), str(out), "-p", "value", "2"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "value is 3" in out.read_text()

@@ -16,10 +16,12 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from foramlib import data, slicing, split, training  # noqa: E402
-from foramlib.augment import AugmentConfig, mix_batch  # noqa: E402
-from foramlib.preprocess import PreprocessConfig  # noqa: E402
-from foramlib.volumes import read_manifest  # noqa: E402
+from foramlib.dataset import slicing, split  # noqa: E402
+from foramlib.dataset.preprocess import PreprocessConfig  # noqa: E402
+from foramlib.io.volumes import read_manifest  # noqa: E402
+from foramlib.learn import loader as data  # noqa: E402
+from foramlib.learn import training
+from foramlib.learn.augment import AugmentConfig, mix_batch  # noqa: E402
 
 QUICK = dict(
     backbone="tiny_cnn",
@@ -130,7 +132,7 @@ def test_saved_model_reloads_and_reproduces_its_predictions(trained):
 def test_batchnorm_learns_when_training_from_scratch(trained):
     import keras
 
-    from foramlib.models import backbone_of, sublayers
+    from foramlib.learn.models import backbone_of, sublayers
 
     model = keras.models.load_model(trained[1] / "model.keras")
     bn = [
@@ -148,7 +150,7 @@ def test_batchnorm_learns_when_training_from_scratch(trained):
 def test_batchnorm_stays_frozen_when_fine_tuning_pretrained_weights(split_store, tmp_path):
     import keras
 
-    from foramlib.models import backbone_of, build_model, sublayers
+    from foramlib.learn.models import backbone_of, build_model, sublayers
 
     # "pretrained" weights: a local weights file, as a user without network would use
     donor = build_model("tiny_cnn", input_size=32, n_classes=4)
@@ -232,7 +234,7 @@ SCRIPT = textwrap.dedent("""
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(
             cpu, [tf.config.LogicalDeviceConfiguration()] * int(devices))
-    from foramlib import data, training
+    from foramlib.learn import loader as data, training
     index = data.load_split_index(os.path.join(store, "index.csv"))
     names = data.class_names(index)
     sets = data.make_datasets(index, os.path.join(store, "slices"), names, batch_size=8)
@@ -279,7 +281,7 @@ def test_training_runs_on_other_installed_backends(backend, split_store, tmp_pat
 def _augmented():
     import keras
 
-    from foramlib.augment import augmentation_layers
+    from foramlib.learn.augment import augmentation_layers
 
     return keras.Sequential(
         [keras.Input((16, 16, 1)), augmentation_layers(AugmentConfig(), seed=0)]
@@ -287,7 +289,7 @@ def _augmented():
 
 
 def test_enable_jit_marks_the_affine_augmentation_compilable_on_jax():
-    from foramlib.models import sublayers
+    from foramlib.learn.models import sublayers
 
     model = _augmented()
     blocked = [x for x in sublayers(model) if not x.supports_jit]
@@ -298,7 +300,7 @@ def test_enable_jit_marks_the_affine_augmentation_compilable_on_jax():
 
 @pytest.mark.parametrize("backend", ["tensorflow", "torch"])
 def test_enable_jit_leaves_other_backends_alone(backend):
-    from foramlib.models import sublayers
+    from foramlib.learn.models import sublayers
 
     model = _augmented()
     assert training.enable_jit(model, backend=backend) == "auto"

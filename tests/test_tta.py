@@ -9,7 +9,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from foramlib import tta  # noqa: E402
+from foramlib.learn import tta  # noqa: E402
 
 
 def _batch(n=3, size=5, channels=True):

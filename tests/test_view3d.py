@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
-from foramlib import view3d
-from foramlib.slicing import Plane, extract_slice
+from foramlib.dataset.slicing import Plane, extract_slice
+from foramlib.viz import view3d
 
 
 def _ball(shape=(32, 32, 32), radius=9.0, centre=None) -> np.ndarray:
@@ -103,7 +103,7 @@ def test_bad_volumes_are_value_errors(volume, message):
 
 def test_bad_plane_section_step_and_level():
     vol = _ball()
-    with pytest.raises(ValueError, match="plane must be a foramlib.slicing.Plane"):
+    with pytest.raises(ValueError, match="plane must be a foramlib.dataset.slicing.Plane"):
         view3d.plane_figure(vol, (0, 0, 1))
     with pytest.raises(ValueError, match=r"section 'q' must be a 2-D image, got shape \(4,\)"):
         view3d.plane_figure(vol, Plane((0, 0, 1)), section=[("q", np.zeros(4))])

@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from foramlib import virtual
-from foramlib.volumes import read_manifest, read_volume
+from foramlib.io.volumes import read_manifest, read_volume
+from foramlib.virtual import collection as virtual
 
 _ENV_BEFORE = os.environ.get("NPY_DISABLE_CPU_FEATURES")
 
@@ -230,8 +230,9 @@ def test_files_do_not_depend_on_the_cpu_kernels_numpy_picks(tmp_path):
     )
     env = dict(os.environ, NPY_DISABLE_CPU_FEATURES=" ".join(virtual._numpy_optional_kernels()[0]))
     code = (
-        "import sys; from foramlib import virtual; virtual.synthesize_collection(sys.argv[1], "
-        "virtual.tiny_taxa()[:1], seed=5, shape=24, supersample=1, progress=None)"
+        "import sys; from foramlib.virtual import collection as v; "
+        "v.synthesize_collection(sys.argv[1], v.tiny_taxa()[:1], seed=5, shape=24, "
+        "supersample=1, progress=None)"
     )
     subprocess.run([sys.executable, "-c", code, str(tmp_path / "other")], env=env, check=True)
     names = sorted(p.name for p in (tmp_path / "here").iterdir())

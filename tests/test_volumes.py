@@ -1,4 +1,4 @@
-"""Volume I/O, checks, resampling and normalisation (foramlib.volumes)."""
+"""Volume I/O, checks, resampling and normalisation (foramlib.io.volumes)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from foramlib.volumes import (
+from foramlib.io.volumes import (
     ManifestWarning,
     Volume,
     VolumeError,

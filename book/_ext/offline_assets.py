@@ -8,7 +8,7 @@ Two jobs:
   (Sphinx still loads ``mathjax_path`` itself on pages with maths).
 * Any script or stylesheet that an extension or theme still adds from an
   ``http(s)://`` or protocol-relative ``//`` URL raises a Sphinx warning, which fails
-  the strict build (``-W``). ``foramlib.book.find_external_assets`` checks the
+  the strict build (``-W``). ``foramlib.tools.book.find_external_assets`` checks the
   finished HTML as well.
 """
 

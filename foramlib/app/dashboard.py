@@ -6,11 +6,11 @@ displays it; every handler is a method that tests call directly, without a brows
 
 What a page shows is rendered by :mod:`foramlib.app.render` and what it reads from
 the workspace by :mod:`foramlib.app.workspace`. The heavy parts live elsewhere:
-:mod:`foramlib.classify` (upload decoding, the training preprocessing, the saved
+:mod:`foramlib.inference.classify` (upload decoding, the training preprocessing, the saved
 ensemble, the calibrated uncertainty threshold, Grad-CAM),
-:mod:`foramlib.scan` (a whole uploaded volume: many sections, one ranked answer),
-:mod:`foramlib.indexing` (the 3D index of the collection), :mod:`foramlib.matching`
-(the search) and :mod:`foramlib.view3d` (the plane inside the specimen).
+:mod:`foramlib.inference.scan` (a whole uploaded volume: many sections, one ranked answer),
+:mod:`foramlib.matching.index` (the 3D index of the collection), :mod:`foramlib.matching.search`
+(the search) and :mod:`foramlib.viz.view3d` (the plane inside the specimen).
 
 Widgets carry CSS classes (``foram-*``) that the browser tests rely on; see
 ``book/dashboard.md``.
@@ -37,7 +37,6 @@ import cv2
 import ipywidgets as widgets
 import numpy as np
 
-from foramlib import classify, scan
 from foramlib.app import render
 from foramlib.app.render import SCAN_THUMBNAILS
 from foramlib.app.workspace import (
@@ -49,7 +48,8 @@ from foramlib.app.workspace import (
     read_json,
     resolve_workspace,
 )
-from foramlib.preprocess import PreprocessError
+from foramlib.dataset.preprocess import PreprocessError
+from foramlib.inference import classify, scan
 
 __all__ = ["App", "resolve_workspace", "max_upload_bytes", "SCAN_THUMBNAILS"]
 
@@ -117,8 +117,8 @@ class App(widgets.VBox):
     classifier : Classifier, optional
         Use this classifier instead of loading the workspace's (for tests).
     collection_loader : callable, optional
-        ``loader(workspace) -> Collection`` (default: :func:`foramlib.indexing.load_collection`
-        on ``data/index``).
+        ``loader(workspace) -> Collection`` (default:
+        :func:`foramlib.matching.index.load_collection` on ``data/index``).
     """
 
     def __init__(
@@ -841,10 +841,10 @@ class App(widgets.VBox):
         Returns
         -------
         calibration : Calibration or None
-            :func:`foramlib.scan.calibrate_specimens` on the classifier's validation
+            :func:`foramlib.inference.scan.calibrate_specimens` on the classifier's validation
             predictions; None when they cannot be voted per specimen.
         note : str or None
-            Why there is no calibration (the :class:`~foramlib.classify.ArtefactError`).
+            Why there is no calibration (the :class:`~foramlib.inference.classify.ArtefactError`).
         """
         clf = self.classifier()
         with self._load_lock:
@@ -884,7 +884,7 @@ class App(widgets.VBox):
             self._show_scan(*result)
 
     def _run_scan(self, volume: classify.VolumeUpload):
-        """Run :func:`foramlib.scan.classify_scan` as ``foram classify`` does.
+        """Run :func:`foramlib.inference.scan.classify_scan` as ``foram classify`` does.
 
         Returns
         -------
@@ -1098,7 +1098,8 @@ class App(widgets.VBox):
             self.match_status.value = ""
 
     def _run_match(self) -> None:
-        from foramlib import matching, view3d  # noqa: F401 - view3d checked early
+        from foramlib.matching import search as matching  # noqa: F401 - view3d checked early
+        from foramlib.viz import view3d  # noqa: F401 - view3d checked early
 
         if self.match_query is None:
             self.match_message.value = render.message(
@@ -1213,8 +1214,8 @@ class App(widgets.VBox):
 
     def show_match(self, i: int) -> None:
         """Draw match `i`'s plane inside its specimen (the 3D view)."""
-        from foramlib import view3d
-        from foramlib.slicing import Plane
+        from foramlib.dataset.slicing import Plane
+        from foramlib.viz import view3d
 
         m = self.matches[i]
         volume = self._collection.volume(m.specimen_id)

@@ -1,7 +1,7 @@
 """The dashboard's HTML and images: pure functions of results (no widgets here).
 
-Each function turns a result (a :class:`~foramlib.classify.Prediction`, a
-:class:`~foramlib.scan.ScanAnswer`, matches, ``metrics.json``) into the HTML or PNG
+Each function turns a result (a :class:`~foramlib.inference.classify.Prediction`, a
+:class:`~foramlib.inference.scan.ScanAnswer`, matches, ``metrics.json``) into the HTML or PNG
 a page shows, so the wording and the numbers are tested without a browser. The CSS
 classes (``foram-*``) are the browser tests' handles; see ``book/dashboard.md``.
 """
@@ -15,7 +15,7 @@ import io
 import cv2
 import numpy as np
 
-from foramlib import classify, scan
+from foramlib.inference import classify, scan
 
 __all__ = [
     "STYLE",
@@ -283,9 +283,9 @@ def uncertain_html(pred: classify.Prediction) -> str:
 
 
 def not_a_section_html(pred: classify.Prediction) -> str:
-    """The section check's refusal (:mod:`foramlib.section_check`), in the page's words.
+    """The section check's refusal (:mod:`foramlib.inference.section_check`), in the page's words.
 
-    >>> from foramlib.section_check import Verdict
+    >>> from foramlib.inference.section_check import Verdict
     >>> pred = classify.Prediction([("A", 0.9)], {"A": 0.9}, False, None, {},
     ...                            section=Verdict(False, "colour", None, 1.0, 0.97))
     >>> "does not look like a foraminifer section" in not_a_section_html(pred)
@@ -314,8 +314,8 @@ def scan_table_html(ranking, top: int = 5) -> str:
 
     Parameters
     ----------
-    ranking : list of foramlib.scan.GenusScore
-        Most probable first (:func:`foramlib.scan.rank_genera`).
+    ranking : list of foramlib.inference.scan.GenusScore
+        Most probable first (:func:`foramlib.inference.scan.rank_genera`).
     top : int
         Rows shown.
 
@@ -327,7 +327,7 @@ def scan_table_html(ranking, top: int = 5) -> str:
 
     Examples
     --------
-    >>> from foramlib.scan import GenusScore
+    >>> from foramlib.inference.scan import GenusScore
     >>> html_ = scan_table_html([GenusScore("A", 0.7, 0.1, 0.75), GenusScore("B", 0.3, 0.1, 0.25)])
     >>> 'class="foram-rank-1 foram-scan-winner"><td>1</td><td>A</td><td>70.0%</td>' in html_
     True
@@ -350,7 +350,7 @@ def scan_uncertain_html(answer: scan.ScanAnswer, note: str | None = None) -> str
 
     Parameters
     ----------
-    answer : foramlib.scan.ScanAnswer
+    answer : foramlib.inference.scan.ScanAnswer
     note : str, optional
         Why there is no specimen-level calibration (shown when there is none).
 
@@ -410,7 +410,7 @@ def scan_summary_html(answer: scan.ScanAnswer, seconds: float) -> str:
 
     Parameters
     ----------
-    answer : foramlib.scan.ScanAnswer
+    answer : foramlib.inference.scan.ScanAnswer
     seconds : float
         Wall time of the whole classification.
     """
@@ -447,7 +447,7 @@ def scan_sections_html(answer: scan.ScanAnswer, n: int = SCAN_THUMBNAILS) -> str
 
     Parameters
     ----------
-    answer : foramlib.scan.ScanAnswer
+    answer : foramlib.inference.scan.ScanAnswer
     n : int
         Sections shown (the most confident first; ties in section order).
     """
@@ -549,7 +549,7 @@ def metadata_html(pred: classify.Prediction, seconds: float, cam_note: str) -> s
 # is 1 for identical sections; the technical name stays in the column's tooltip.
 MATCH_SCORES = (
     ("combined", "Overall", "what ranks the matches: 0.7 × wall pattern + 0.3 × grey "
-     "pattern (foramlib.matching's combined score)"),
+     "pattern (foramlib.matching.search's combined score)"),
     ("dice", "Outline overlap", "how much the two outlines overlap (Dice coefficient: "
      "twice the shared area over the sum of both areas)"),
     ("ncc", "Grey pattern", "whether light and dark fall in the same places inside the "

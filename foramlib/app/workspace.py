@@ -87,7 +87,7 @@ def read_json(path: Path):
 
 
 def default_collection_loader(workspace: Path):
-    from foramlib.indexing import load_collection
+    from foramlib.matching.index import load_collection
 
     index_dir = Path(workspace) / "data" / "index"
     if not index_dir.is_dir():

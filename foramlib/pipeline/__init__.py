@@ -7,7 +7,7 @@ configuration, calls ``run`` and displays the result. Tests and tools call the s
 ``run``.
 
 Every notebook stage of ``dvc.yaml`` has its module here; the ``book`` stage is build
-tooling (``foramlib.book``), not science.
+tooling (``foramlib.tools.book``), not science.
 
 Examples
 --------

@@ -67,7 +67,7 @@ def nested_field(config: type, *, skip: tuple[str, ...] = (), **kwargs: Any):
     Examples
     --------
     >>> from dataclasses import dataclass
-    >>> from foramlib.slicing import SlicingConfig
+    >>> from foramlib.dataset.slicing import SlicingConfig
     >>> @dataclass(frozen=True)
     ... class C(StageConfig):
     ...     slicing: SlicingConfig = nested_field(SlicingConfig, skip=("slices_per_taxon",))

@@ -3,7 +3,7 @@
 Built only when ``train.weights`` points at the ``pretrain`` stages' weights; otherwise
 the stage writes a ``corpus.json`` saying why and costs nothing. The shells are cut by
 the same slicer and preprocessing as the collection (``slice.*``, read by
-:meth:`foramlib.slicing.SlicingConfig.from_params`), and the corpus is checked to share
+:meth:`foramlib.dataset.slicing.SlicingConfig.from_params`), and the corpus is checked to share
 no taxon and no specimen with the curated collection.
 
 Examples
@@ -21,9 +21,9 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from foramlib.dataset.slicing import SlicingConfig
+from foramlib.learn.pretraining import CorpusConfig
 from foramlib.pipeline._config import StageConfig, backbone_names, nested_field, params_field
-from foramlib.pretraining import CorpusConfig
-from foramlib.slicing import SlicingConfig
 
 __all__ = ["CorpusStageConfig", "CorpusStageResult", "run"]
 
@@ -37,7 +37,7 @@ class CorpusStageConfig(StageConfig):
     seed : int
         Recipes and specimens (kept apart from the collection's seeds by a fixed tag).
     n_taxa, specimens_per_taxon, slices_per_specimen, shape, supersample : int
-        ``pretrain.corpus.*``: see :class:`foramlib.pretraining.CorpusConfig`.
+        ``pretrain.corpus.*``: see :class:`foramlib.learn.pretraining.CorpusConfig`.
     n_jobs : int
         ``pretrain.corpus.n_jobs``: worker processes.
     slicing : SlicingConfig
@@ -94,7 +94,7 @@ class CorpusStageResult:
 
 def run(config: CorpusStageConfig) -> CorpusStageResult:
     """Build the corpus when ``train.weights`` uses pretraining, else record why not."""
-    from foramlib import pretraining
+    from foramlib.learn import pretraining
 
     summary = pretraining.run_corpus_stage(
         config.out_dir,

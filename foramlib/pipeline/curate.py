@@ -61,8 +61,10 @@ class CurateStageResult:
 def run(config: CurateStageConfig) -> CurateStageResult:
     """Read the manifest, inspect every volume, keep the taxa with enough specimens,
     and write the curated manifest, the checks, the taxa table and the figure."""
-    from foramlib import curation, plots, volumes
-    from foramlib.atomic import write_csv
+    from foramlib.dataset import curation
+    from foramlib.io import volumes
+    from foramlib.io.atomic import write_csv
+    from foramlib.viz import plots
 
     listed, checks = curation.check_collection(config.manifest, config.raw_dir)
     curated, taxa = curation.curate(listed, min_models=config.min_models)

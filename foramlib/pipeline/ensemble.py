@@ -65,8 +65,8 @@ def run(config: EnsembleStageConfig) -> EnsembleStageResult:
     Only validation predictions are read: every choice (ranking, main model, weak
     classes) is made on them. The folder is replaced atomically.
     """
-    from foramlib import ensemble, metrics
-    from foramlib.atomic import atomic_dir
+    from foramlib.evaluation import ensemble, metrics
+    from foramlib.io.atomic import atomic_dir
 
     val = {
         b: metrics.load_predictions(Path(config.models_dir) / b / "predictions_val.csv", name=b)

@@ -38,7 +38,7 @@ class EvaluateStageConfig(StageConfig):
         Outputs.
     section_check : str
         Output: the check "does this look like a foraminifer section?"
-        (:mod:`foramlib.section_check`), fitted on the training slices, its threshold
+        (:mod:`foramlib.inference.section_check`), fitted on the training slices, its threshold
         set on the validation slices; the dashboard and ``foram classify`` load it.
 
     Examples
@@ -85,7 +85,7 @@ class EvaluateStageResult:
 
 
 def _write_table(table: pd.DataFrame, path: Path) -> None:
-    from foramlib.atomic import write_csv
+    from foramlib.io.atomic import write_csv
 
     write_csv(table.reset_index() if table.index.name else table, path)
 
@@ -93,9 +93,12 @@ def _write_table(table: pd.DataFrame, path: Path) -> None:
 def _section_check(config: EvaluateStageConfig, tables_dir: Path):
     """Fit the section check (train), set its threshold (validation), measure it on the
     test slices and on the probes; write the check and its table."""
-    from foramlib import baseline, data, section_check, slicing
-    from foramlib.atomic import write_csv
-    from foramlib.preprocess import PreprocessConfig
+    from foramlib.dataset import slicing
+    from foramlib.dataset.preprocess import PreprocessConfig
+    from foramlib.inference import section_check
+    from foramlib.io.atomic import write_csv
+    from foramlib.learn import baseline
+    from foramlib.learn import loader as data
 
     index, arrays = slicing.load_slices(config.slices, data.load_split_index(config.split_index))
     images = {s: baseline.split_images(index, arrays, s) for s in ("train", "val", "test")}
@@ -125,8 +128,12 @@ def _section_check(config: EvaluateStageConfig, tables_dir: Path):
 def run(config: EvaluateStageConfig) -> EvaluateStageResult:
     """Score every backbone, ensemble and the baseline on the test split and write the
     tables, figures, predictions and ``metrics.json`` (each file atomically)."""
-    from foramlib import baseline, data, ensemble, metrics, paper, plots, reference, reports, scan
-    from foramlib.atomic import write_csv, write_text
+    from foramlib.evaluation import ensemble, metrics, paper, reference, reports
+    from foramlib.inference import scan
+    from foramlib.io.atomic import write_csv, write_text
+    from foramlib.learn import baseline
+    from foramlib.learn import loader as data
+    from foramlib.viz import plots
 
     backbones = list(config.backbones)
     tables_dir, figures_dir = Path(config.tables_dir), Path(config.figures_dir)
@@ -151,7 +158,7 @@ def run(config: EvaluateStageConfig) -> EvaluateStageResult:
         frame[[f"p_{n}" for n in names]] = ensemble_probs[name]
         write_csv(frame, Path(config.predictions_dir) / f"{name}_test.csv")
 
-    # --- the classical baseline on the very same slices (foramlib.baseline's recipe)
+    # --- the classical baseline on the very same slices (foramlib.learn.baseline's recipe)
     run_ = baseline.run_baseline(
         data.load_split_index(config.split_index), config.slices, names, seed=config.seed
     )

@@ -64,9 +64,9 @@ class IndexStageConfig(StageConfig):
         self.index_config()  # IndexConfig checks every value, naming the bad one
 
     def index_config(self):
-        """The :class:`foramlib.matching.IndexConfig` these settings describe."""
-        from foramlib.matching import IndexConfig
-        from foramlib.preprocess import PreprocessConfig
+        """The :class:`foramlib.matching.search.IndexConfig` these settings describe."""
+        from foramlib.dataset.preprocess import PreprocessConfig
+        from foramlib.matching.search import IndexConfig
 
         return IndexConfig(
             n_orientations=self.n_orientations,
@@ -92,7 +92,7 @@ class IndexStageResult:
 
 
 def _matches_frame(found, truth_normal) -> pd.DataFrame:
-    from foramlib.matching import plane_error
+    from foramlib.matching.search import plane_error
 
     return pd.DataFrame(
         [
@@ -118,10 +118,12 @@ def run(
 
     `progress` receives ``(fraction, message)`` while the index is built.
     """
-    from foramlib import indexing, matching, plots, view3d
-    from foramlib.curation import read_curated
-    from foramlib.slicing import Plane, extract_slice
-    from foramlib.volumes import manifest_voxel_size, read_volume
+    from foramlib.dataset.curation import read_curated
+    from foramlib.dataset.slicing import Plane, extract_slice
+    from foramlib.io.volumes import manifest_voxel_size, read_volume
+    from foramlib.matching import index as indexing
+    from foramlib.matching import search as matching
+    from foramlib.viz import plots, view3d
 
     t0 = time.perf_counter()
     indexing.build_collection_index(

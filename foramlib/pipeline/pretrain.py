@@ -23,9 +23,9 @@ from typing import Any
 
 import pandas as pd
 
+from foramlib.learn.pretraining import PretrainConfig
 from foramlib.params import lookup
 from foramlib.pipeline._config import BackboneStageConfig
-from foramlib.pretraining import PretrainConfig
 
 __all__ = ["PretrainStageConfig", "PretrainStageResult", "run"]
 
@@ -104,7 +104,7 @@ class PretrainStageResult:
 
 def run(config: PretrainStageConfig) -> PretrainStageResult:
     """Pretrain the backbone when ``train.weights`` asks for it, else record why not."""
-    from foramlib import pretraining
+    from foramlib.learn import pretraining
 
     summary = pretraining.run_pretrain_stage(
         config.pretrain, config.corpus, config.out_dir, config.weights

@@ -3,7 +3,7 @@
 Each scan is cut along planes of any orientation, low-content sections are dropped,
 the rest are segmented, cropped and stored as uint8 arrays with their provenance.
 The slicing settings are ``params.yaml``'s ``slice`` section, read by
-:meth:`foramlib.slicing.SlicingConfig.from_params` (the same reader as the
+:meth:`foramlib.dataset.slicing.SlicingConfig.from_params` (the same reader as the
 pretraining corpus's, so both are cut and preprocessed alike).
 
 Examples
@@ -25,8 +25,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from foramlib.dataset.slicing import SlicingConfig
 from foramlib.pipeline._config import StageConfig, nested_field, params_field
-from foramlib.slicing import SlicingConfig
 
 __all__ = ["SliceStageConfig", "SliceStageResult", "run"]
 
@@ -78,7 +78,8 @@ def run(
 ) -> SliceStageResult:
     """Cut, preprocess and store the slices of every curated volume (the store is
     replaced atomically), and draw the gallery."""
-    from foramlib import curation, plots, slicing
+    from foramlib.dataset import curation, slicing
+    from foramlib.viz import plots
 
     manifest = curation.read_curated(config.curated, config.raw_dir)
     t0 = time.perf_counter()

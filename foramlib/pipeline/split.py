@@ -86,8 +86,9 @@ class SplitStageResult:
 def run(config: SplitStageConfig) -> SplitStageResult:
     """Search the specimen split and write it (folder replaced atomically) with Tables
     2 and 3 of this run and of the paper."""
-    from foramlib import curation, paper, split
-    from foramlib.atomic import atomic_dir, write_csv
+    from foramlib.dataset import curation, split
+    from foramlib.evaluation import paper
+    from foramlib.io.atomic import atomic_dir, write_csv
 
     manifest = curation.read_curated(config.curated, config.raw_dir)
     slices = pd.read_csv(Path(config.slices) / "index.csv", dtype={"specimen_id": str})

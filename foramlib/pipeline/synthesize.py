@@ -77,7 +77,7 @@ def run(
     config: SynthesizeStageConfig, *, progress: Callable[[str], None] | None = print
 ) -> SynthesizeStageResult:
     """Generate the virtual collection into ``out_dir``, or leave the unused note."""
-    from foramlib import virtual
+    from foramlib.virtual import collection as virtual
 
     if config.source != "virtual":
         virtual.write_unused_marker(config.out_dir, config.source)

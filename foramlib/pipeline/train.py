@@ -1,8 +1,8 @@
 """The ``train@<backbone>`` stages: two-phase transfer learning of one backbone.
 
 One stage per key of ``train.backbones`` (a DVC ``foreach``). Its configuration is the
-backbone's :class:`foramlib.training.TrainConfig`, built from ``params.yaml`` by
-:meth:`~foramlib.training.TrainConfig.from_params`, plus the stage's paths, so the
+backbone's :class:`foramlib.learn.training.TrainConfig`, built from ``params.yaml`` by
+:meth:`~foramlib.learn.training.TrainConfig.from_params`, plus the stage's paths, so the
 training settings have one schema (the dataclass) and one reader.
 
 Examples
@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from foramlib.learn.training import TrainConfig, TrainResult
 from foramlib.pipeline._config import BackboneStageConfig
-from foramlib.training import TrainConfig, TrainResult
 
 __all__ = ["TrainStageConfig", "TrainStageResult", "run"]
 
@@ -114,8 +114,10 @@ def run(
     ``train.tta_views`` views), ``config.json`` and ``summary.json`` to ``out_dir``,
     and the learning curves to ``history_figure``. The test split is only predicted.
     """
-    from foramlib import data, plots, training
-    from foramlib.augment import mix_batch
+    from foramlib.learn import loader as data
+    from foramlib.learn import training
+    from foramlib.learn.augment import mix_batch
+    from foramlib.viz import plots
 
     cfg = config.train
     index = data.load_split_index(config.split_index)

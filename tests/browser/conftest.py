@@ -123,8 +123,9 @@ def build_workspace(root: Path, *, log=print) -> dict:
     index into `root` through the stages' ``foramlib.pipeline`` modules, as their
     notebooks run them; return a summary."""
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-    from foramlib import config, training
-    from foramlib.atomic import write_text
+    from foramlib import config
+    from foramlib.io.atomic import write_text
+    from foramlib.learn import training
 
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -233,7 +234,7 @@ def choose_clear_slice(root: Path, final: str, min_prob: float = 0.7) -> ClearSl
     Chosen from the workspace's own saved test predictions
     (``results/predictions/<final>_test.csv``), never from the dashboard's output.
     """
-    from foramlib import slicing
+    from foramlib.dataset import slicing
 
     preds = pd.read_csv(root / "results/predictions" / f"{final}_test.csv")
     cols = [c for c in preds.columns if c.startswith("p_")]
@@ -291,8 +292,9 @@ def choose_match_query(
     The dashboard test then checks that the app reproduces the library's answer; the
     matcher's own accuracy is measured by benchmarks/matching.py.
     """
-    from foramlib import indexing, matching
-    from foramlib.slicing import Plane, extract_slice
+    from foramlib.dataset.slicing import Plane, extract_slice
+    from foramlib.matching import index as indexing
+    from foramlib.matching import search as matching
 
     collection = indexing.load_collection(root / "data/index", root)
     ids = collection.specimens["specimen_id"].tolist()
@@ -313,7 +315,7 @@ def choose_match_query(
             genus = collection.specimens.set_index("specimen_id").loc[specimen, "species"]
             return MatchQuery(specimen, str(genus), png, (plane.normal, offset, plane.angle))
     raise AssertionError(
-        f"foramlib.matching placed none of {tries} oblique sections in their specimen with "
+        f"foramlib.matching.search placed none of {tries} oblique sections in their specimen with "
         f"a score margin >= {min_margin}"
     )
 

@@ -1,0 +1,1016 @@
+"""Micro-CT volumes: reading, checking, resampling, writing, and the manifest.
+
+A collection is a folder of volumes (NIfTI ``.nii``/``.nii.gz``, NRRD
+``.nrrd``/``.nhdr``, multi-page TIFF stacks, or folders of reconstructed 2-D slices in
+TIFF, PNG or BMP, with the voxel size of a Bruker SkyScan ``*_rec.log`` when one is
+there) plus a manifest CSV naming each file's specimen and species. Everything that
+enters the pipeline passes through here, so bad input is refused with a message that
+names the file and the problem.
+
+Array axis order is nibabel's ``(x, y, z)``. TIFF stacks are stored ``(z, y, x)``
+(one page per z slice) and are transposed to match.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import struct
+import warnings
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import tifffile
+from scipy import ndimage
+
+from foramlib.io.atomic import write_bytes
+
+__all__ = [
+    "MANIFEST_REQUIRED",
+    "VOLUME_SUFFIXES",
+    "ManifestError",
+    "ManifestWarning",
+    "Volume",
+    "VolumeError",
+    "check_volume_array",
+    "manifest_voxel_size",
+    "check_manifest",
+    "is_volume_path",
+    "normalize_intensity",
+    "read_manifest",
+    "read_volume",
+    "ReconLog",
+    "read_recon_log",
+    "recon_log_voxel_size",
+    "nrrd_spacing_um",
+    "SLICE_SUFFIXES",
+    "resample_isotropic",
+    "write_nifti",
+]
+
+VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".tif", ".tiff")
+MANIFEST_REQUIRED = ("file", "specimen_id", "species")
+_MANIFEST_STRINGS = ("file", "specimen_id", "species", "source", "notes")
+_UNIT_TO_UM = {"micron": 1.0, "mm": 1e3, "meter": 1e6}  # "unknown" is not a unit
+# NRRD "space units" / "units" are free strings; these are the spatial ones we know
+_NRRD_UNIT_TO_UM = {
+    "nm": 1e-3,
+    "um": 1.0,
+    "µm": 1.0,
+    "micron": 1.0,
+    "microns": 1.0,
+    "micrometer": 1.0,
+    "micrometers": 1.0,
+    "micrometre": 1.0,
+    "micrometres": 1.0,
+    "mm": 1e3,
+    "millimeter": 1e3,
+    "millimeters": 1e3,
+    "millimetre": 1e3,
+    "millimetres": 1e3,
+    "cm": 1e4,
+    "m": 1e6,
+    "meter": 1e6,
+    "meters": 1e6,
+    "metre": 1e6,
+    "metres": 1e6,
+}
+_TIFF_SUFFIXES = (".tif", ".tiff")
+SLICE_SUFFIXES = (".tif", ".tiff", ".png", ".bmp")  # a folder of reconstructed slices
+
+
+class VolumeError(ValueError):
+    """A volume that cannot be used; the message starts with the file (or array) name."""
+
+
+class ManifestError(ValueError):
+    """A manifest with problems; ``problems`` lists every one, the message shows them all."""
+
+    def __init__(self, problems: Sequence[str], path: str | Path | None = None):
+        self.problems = list(problems)
+        self.path = path
+        where = f"manifest {path}" if path is not None else "manifest"
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"{where} has {len(self.problems)} problem(s):\n{lines}")
+
+    def __reduce__(self):
+        return (type(self), (self.problems, self.path))
+
+
+class ManifestWarning(UserWarning):
+    """Something in a collection looks wrong but does not stop the pipeline."""
+
+
+@dataclass(frozen=True, eq=False)  # eq on arrays is ambiguous; compare fields yourself
+class Volume:
+    """A checked volume: float32 ``(x, y, z)`` data and its voxel size in µm.
+
+    ``spacing_um`` holds the per-axis spacing; it equals ``voxel_size_um`` on every
+    axis unless the volume was read with ``isotropic=False``, in which case
+    ``voxel_size_um`` is the finest spacing.
+    """
+
+    data: np.ndarray
+    voxel_size_um: float
+    path: Path | None = None
+    spacing_um: tuple[float, float, float] | None = None
+
+    def __post_init__(self):
+        if self.spacing_um is None:
+            object.__setattr__(self, "spacing_um", (float(self.voxel_size_um),) * 3)
+
+
+def _natural_key(name: str) -> list:
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name)]
+
+
+def _volume_suffix(name: str) -> str | None:
+    lower = name.lower()
+    return next(
+        (s for s in sorted(VOLUME_SUFFIXES, key=len, reverse=True) if lower.endswith(s)), None
+    )
+
+
+def is_volume_path(path) -> bool:
+    """True for a folder (of slices) or a file with a volume suffix.
+
+    Examples
+    --------
+    >>> is_volume_path("scan.nii.gz"), is_volume_path("notes.txt")
+    (True, False)
+    """
+    path = Path(path)
+    return path.is_dir() or _volume_suffix(path.name) is not None
+
+
+def _check_dtype(dtype: np.dtype, name: str) -> None:
+    dtype = np.dtype(dtype)
+    if dtype.fields is not None or dtype.kind not in "iuf":
+        raise VolumeError(
+            f"{name}: has unsupported data type {dtype}; expected integer or floating-point "
+            "intensities (not complex, bool, RGB or object)"
+        )
+
+
+def _check_shape(shape: tuple[int, ...], name: str) -> tuple[int, ...]:
+    shape = tuple(int(s) for s in shape)
+    if len(shape) == 4 and shape[3] == 1:
+        shape = shape[:3]
+    elif len(shape) == 4:
+        raise VolumeError(
+            f"{name}: is 4-D with {shape[3]} volumes (shape {shape}); expected a single 3-D volume"
+        )
+    if len(shape) != 3:
+        raise VolumeError(f"{name}: is {len(shape)}-D (shape {shape}); expected a 3-D volume")
+    if 0 in shape:
+        raise VolumeError(f"{name}: is empty (shape {shape}); every axis needs at least one voxel")
+    return shape
+
+
+def _check_values(arr: np.ndarray, name: str, *, allow_constant: bool = False) -> None:
+    if arr.dtype.kind == "f":
+        n_nan = int(np.isnan(arr).sum())
+        n_inf = int(np.isinf(arr).sum())
+        if n_nan or n_inf:
+            raise VolumeError(
+                f"{name}: contains {n_nan} NaN and {n_inf} infinite voxel(s) "
+                f"out of {arr.size}; expected finite intensities"
+            )
+    lo, hi = arr.min(), arr.max()
+    if lo == hi and not allow_constant:
+        raise VolumeError(
+            f"{name}: is constant (every voxel equals {lo.item()!r}); it holds no image"
+        )
+
+
+def check_volume_array(arr, name: str = "volume") -> np.ndarray:
+    """Check that `arr` is a usable 3-D volume and return it (dtype unchanged).
+
+    A 4-D array with a singleton last axis is squeezed to 3-D.
+
+    Parameters
+    ----------
+    arr : array_like
+        Candidate volume.
+    name : str
+        Name used at the start of error messages (usually the file name).
+
+    Returns
+    -------
+    numpy.ndarray
+        The 3-D array.
+
+    Raises
+    ------
+    VolumeError
+        If the array is not 3-D (or 4-D with one volume), is empty, constant, contains
+        NaN or infinite values, or has a non-numeric dtype.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> check_volume_array(np.arange(24.0).reshape(2, 3, 4, 1)).shape
+    (2, 3, 4)
+    >>> check_volume_array(np.ones((64, 64)), name="scan.tif")
+    Traceback (most recent call last):
+    ...
+    foramlib.io.volumes.VolumeError: scan.tif: is 2-D (shape (64, 64)); expected a 3-D volume
+    """
+    arr = np.asarray(arr)
+    _check_dtype(arr.dtype, name)
+    shape = _check_shape(arr.shape, name)
+    arr = arr.reshape(shape)
+    _check_values(arr, name)
+    return arr
+
+
+def _positive_finite(value, what: str, count: int | None = None) -> tuple[float, ...]:
+    """Validate one number (count=None) or a `count`-sequence of positive finite numbers."""
+    try:
+        values = (float(value),) if count is None else tuple(float(v) for v in value)
+        ok = (count is None or len(values) == count) and all(
+            math.isfinite(v) and v > 0 for v in values
+        )
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        need = "a positive finite number" if count is None else f"{count} positive finite numbers"
+        raise ValueError(f"{what} must be {need}, got {value!r}")
+    return values
+
+
+def resample_isotropic(arr, spacing_um, order: int = 1) -> tuple[np.ndarray, float]:
+    """Resample a 3-D array to isotropic voxels at its finest spacing.
+
+    Parameters
+    ----------
+    arr : array_like, shape (nx, ny, nz)
+        Volume.
+    spacing_um : sequence of 3 floats
+        Voxel spacing along each axis, in µm.
+    order : int
+        Spline order for :func:`scipy.ndimage.zoom` (0-5; 1 = trilinear).
+
+    Returns
+    -------
+    resampled : numpy.ndarray
+        The input itself (no copy) when already isotropic within 1e-6 relative.
+    voxel_size_um : float
+        The new isotropic spacing (the smallest input spacing).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> out, vox = resample_isotropic(np.zeros((4, 4, 2)), (5.0, 5.0, 10.0))
+    >>> out.shape, vox
+    ((4, 4, 4), 5.0)
+    """
+    spacing = _positive_finite(spacing_um, "spacing_um", count=3)
+    if not (isinstance(order, int | np.integer) and 0 <= order <= 5):
+        raise ValueError(f"order must be an integer from 0 to 5, got {order!r}")
+    arr = np.asarray(arr)
+    if arr.ndim != 3:
+        raise ValueError(f"arr must be 3-D, got shape {arr.shape}")
+    finest = min(spacing)
+    if max(spacing) / finest - 1.0 <= 1e-6:
+        return arr, finest
+    factors = [s / finest for s in spacing]
+    out = ndimage.zoom(arr, factors, order=order, mode="nearest")
+    return out, finest
+
+
+def normalize_intensity(arr, low: float = 0.5, high: float = 99.5) -> np.ndarray:
+    """Scale intensities to float32 ``[0, 1]`` between two percentiles, clipping outliers.
+
+    Falls back to the minimum and maximum when the percentiles coincide.
+
+    Parameters
+    ----------
+    arr : array_like
+        Intensities (any shape).
+    low, high : float
+        Percentiles mapped to 0 and 1; ``0 <= low < high <= 100``.
+
+    Raises
+    ------
+    VolumeError
+        If the array is constant or not finite.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> normalize_intensity(np.array([0.0, 5.0, 10.0, 1000.0]), 0, 50).tolist()
+    [0.0, 0.6666666865348816, 1.0, 1.0]
+    """
+    if not (0 <= low < high <= 100):
+        raise ValueError(f"need 0 <= low < high <= 100, got low={low!r}, high={high!r}")
+    arr = np.asarray(arr)
+    if arr.size == 0:
+        raise VolumeError(f"volume: is empty (shape {arr.shape}); nothing to normalise")
+    lo, hi = (float(v) for v in np.percentile(arr, [low, high]))
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise VolumeError("volume: contains NaN or infinite values; cannot normalise")
+    if hi <= lo:
+        lo, hi = float(arr.min()), float(arr.max())
+    if hi <= lo:
+        raise VolumeError(f"volume: is constant (every voxel equals {lo!r}); cannot normalise")
+    out = (arr.astype(np.float32) - np.float32(lo)) / np.float32(hi - lo)
+    return np.clip(out, 0.0, 1.0, out=out)
+
+
+def _unreadable(name: str, exc: Exception) -> VolumeError:
+    return VolumeError(
+        f"{name}: cannot be read: truncated or corrupt file ({type(exc).__name__}: {exc})"
+    )
+
+
+def _read_nifti(path: Path, name: str) -> tuple[np.ndarray, tuple[float, ...] | None, str]:
+    """Checked float32 data, and the header's spacing in µm or why it has none.
+
+    The spacing is taken only from a header that states it: positive finite voxel
+    dimensions in a known spatial unit. nibabel silently turns a zero voxel dimension
+    into 1 and a header without a unit means millimetres to it; a micro-CT export like
+    that would become 1000 µm voxels, so the raw header is read and such a header
+    gives no spacing (the caller asks for ``voxel_size_um``).
+    """
+    try:
+        img = nib.load(path)
+        _check_dtype(img.get_data_dtype(), name)
+        _check_shape(img.shape, name)
+        data = img.get_fdata(dtype=np.float32)  # forces the (lazy) read
+        with nib.openers.ImageOpener(path) as fobj:
+            header = type(img.header).from_fileobj(fobj, check=False)  # as written
+        zooms = tuple(float(z) for z in header.get_zooms()[:3])
+        unit = header.get_xyzt_units()[0]
+    except (VolumeError, MemoryError):
+        raise
+    except Exception as exc:
+        raise _unreadable(name, exc) from exc
+    data = check_volume_array(data, name)
+    if not all(math.isfinite(z) and z > 0 for z in zooms):
+        shown = tuple(round(z, 6) for z in zooms)
+        return data, None, f"the header's voxel size {shown} is not positive and finite"
+    if unit not in _UNIT_TO_UM:
+        return data, None, f"the header states no spatial unit (xyzt_units {unit!r})"
+    return data, tuple(z * _UNIT_TO_UM[unit] for z in zooms), ""
+
+
+def nrrd_spacing_um(header) -> tuple[tuple[float, float, float] | None, str]:
+    """The voxel spacing (µm) a NRRD header states, or None and why it states none.
+
+    As for NIfTI, the spacing is taken only where the header states it in a known unit:
+    the lengths of its ``space directions`` with ``space units``, or its ``spacings``
+    with ``units``. A NRRD without units is not read as millimetres.
+
+    Examples
+    --------
+    >>> nrrd_spacing_um({"spacings": [0.005] * 3, "units": ["mm"] * 3})
+    ((5.0, 5.0, 5.0), '')
+    >>> nrrd_spacing_um({"spacings": [0.005] * 3})[1]
+    'the header states no spatial unit (units: None)'
+    """
+    if header.get("space directions") is not None:
+        rows = np.asarray(header["space directions"], dtype=np.float64)
+        zooms = tuple(float(np.linalg.norm(r)) for r in rows)  # a "none" row is NaN
+        units, key = header.get("space units"), "space units"
+    elif header.get("spacings") is not None:
+        zooms = tuple(float(z) for z in header["spacings"])
+        units, key = header.get("units"), "units"
+    else:
+        return None, "the header states no voxel spacing"
+    if len(zooms) != 3 or not all(math.isfinite(z) and z > 0 for z in zooms):
+        shown = tuple(round(z, 6) for z in zooms)
+        return None, f"the header's voxel size {shown} is not positive and finite"
+    factors = [_NRRD_UNIT_TO_UM.get(str(u).strip().lower()) for u in (units or [])]
+    if len(factors) != 3 or None in factors:
+        return None, f"the header states no spatial unit ({key}: {units!r})"
+    return tuple(round(z * f, 9) for z, f in zip(zooms, factors, strict=True)), ""
+
+
+def _read_nrrd(path: Path, name: str) -> tuple[np.ndarray, tuple[float, ...] | None, str]:
+    """Checked float32 data in ``(x, y, z)`` order, and the spacing in µm or why it has
+    none (:func:`nrrd_spacing_um`)."""
+    import nrrd
+
+    try:
+        raw, header = nrrd.read(str(path))  # index order "F": (x, y, z), as nibabel's
+    except MemoryError:
+        raise
+    except Exception as exc:
+        raise _unreadable(name, exc) from exc
+    _check_dtype(raw.dtype, name)
+    _check_shape(raw.shape, name)
+    data = check_volume_array(np.asarray(raw, dtype=np.float32), name)
+    return (data, *nrrd_spacing_um(header))
+
+
+@dataclass(frozen=True)
+class ReconLog:
+    """What a Bruker SkyScan reconstruction log (NRecon's ``*_rec.log``) says of its slices.
+
+    Attributes
+    ----------
+    path : Path
+    voxel_size_um : float or None
+        ``Pixel Size (um)`` of the ``[Reconstruction]`` section: the reconstructed voxel
+        (not the camera's ``Image Pixel Size (um)`` of ``[Acquisition]``); None if absent.
+    prefix : str or None
+        ``Filename Prefix``: the slices are ``<prefix><index>.<type>``; other images in
+        the folder (NRecon's ``_spr`` preview, say) are not slices.
+    """
+
+    path: Path
+    voxel_size_um: float | None
+    prefix: str | None
+
+
+def read_recon_log(path) -> ReconLog:
+    """Read a SkyScan reconstruction log: ``[Section]`` headers and ``key=value`` lines.
+
+    Raises
+    ------
+    VolumeError
+        If the file cannot be read, or states a voxel size that is not a positive number.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> log = pathlib.Path(tempfile.mkdtemp()) / "shell_rec.log"
+    >>> _ = log.write_text("[Acquisition]\\nImage Pixel Size (um)=11.9\\n"
+    ...                    "[Reconstruction]\\nPixel Size (um)=5.00010\\n"
+    ...                    "[File name convention]\\nFilename Prefix=shell_rec\\n")
+    >>> rec = read_recon_log(log)
+    >>> rec.voxel_size_um, rec.prefix
+    (5.0001, 'shell_rec')
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise VolumeError(f"{path.name}: cannot read the reconstruction log ({exc})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = raw.decode("latin-1")  # NRecon writes Windows-1252 (its µ signs)
+    values, section = {}, ""
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("[") and line.endswith("]"):
+            section = line[1:-1].strip().lower()
+        elif "=" in line:
+            key, value = line.split("=", 1)
+            values.setdefault((section, key.strip().lower()), value.strip())
+    voxel = values.get(("reconstruction", "pixel size (um)"))
+    if voxel is not None:
+        try:
+            voxel = float(voxel)
+        except ValueError:
+            voxel = math.nan
+        if not (math.isfinite(voxel) and voxel > 0):
+            shown = values[("reconstruction", "pixel size (um)")]
+            raise VolumeError(
+                f"{path.name}: [Reconstruction] Pixel Size (um)={shown!r} is not a positive "
+                "number; give voxel_size_um in the manifest"
+            )
+    prefixes = [v for (_, k), v in values.items() if k == "filename prefix" and v]
+    return ReconLog(path, voxel, prefixes[0] if prefixes else None)
+
+
+def recon_log_voxel_size(folder) -> float | None:
+    """The voxel size (µm) a folder's SkyScan ``*_rec.log`` states, else None.
+
+    Raises
+    ------
+    VolumeError
+        Several logs, or a log stating a voxel size that is not a positive number.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    log = _find_recon_log(folder, folder.name)
+    return None if log is None else log.voxel_size_um
+
+
+def _find_recon_log(folder: Path, name: str) -> ReconLog | None:
+    logs = sorted(p for p in folder.iterdir() if p.name.lower().endswith("_rec.log"))
+    if len(logs) > 1:
+        raise VolumeError(
+            f"{name}: several reconstruction logs ({', '.join(p.name for p in logs)}); "
+            "keep the one of these slices"
+        )
+    return read_recon_log(logs[0]) if logs else None
+
+
+def _slice_files(folder: Path, name: str, log: ReconLog | None) -> list[Path]:
+    """The folder's slice images in natural order (the log's ``prefix<index>`` ones)."""
+    images = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in SLICE_SUFFIXES]
+    if log is not None and log.prefix:
+        pattern = re.compile(re.escape(log.prefix) + r"\d+", re.IGNORECASE)
+        images = [p for p in images if pattern.fullmatch(p.stem)]
+        if not images:
+            raise VolumeError(
+                f"{name}: no slice named {log.prefix}<number> ({', '.join(SLICE_SUFFIXES)}) "
+                f"as {log.path.name} announces"
+            )
+    elif images:
+        images = _numbered_series(images, name)
+    if not images:
+        raise VolumeError(f"{name}: folder contains no slices ({', '.join(SLICE_SUFFIXES)})")
+    kinds = sorted({p.suffix.lower().replace(".tiff", ".tif") for p in images})
+    if len(kinds) > 1:
+        raise VolumeError(
+            f"{name}: folder mixes slice types ({', '.join(kinds)}); keep one kind of image"
+        )
+    return sorted(images, key=lambda p: _natural_key(p.name))
+
+
+def _numbered_series(images: list[Path], name: str) -> list[Path]:
+    """The longest series of images whose names differ only in a trailing number.
+
+    Reconstruction software writes the slices as one numbered series and may leave
+    other images beside them (a preview, a thumbnail); those are not slices. Without
+    numbered names every image is a slice.
+    """
+    series: dict[str | None, list[Path]] = {}
+    for p in images:
+        m = re.fullmatch(r"(.*?)(\d+)", p.stem)
+        series.setdefault(m.group(1).lower() if m else None, []).append(p)
+    numbered = {k: v for k, v in series.items() if k is not None}
+    if not numbered:
+        return images
+    longest = max(len(v) for v in numbered.values())
+    top = sorted(k for k, v in numbered.items() if len(v) == longest)
+    if len(top) > 1:
+        shown = ", ".join(f"{k or ''}<number>" for k in top)
+        raise VolumeError(
+            f"{name}: {len(top)} series of {longest} numbered images ({shown}); "
+            "keep one series of slices in the folder"
+        )
+    return numbered[top[0]]
+
+
+def _read_plane(p: Path, name: str) -> np.ndarray:
+    if p.suffix.lower() in _TIFF_SUFFIXES:
+        plane = tifffile.imread(p)
+    else:  # PNG (8 or 16 bit) and BMP through OpenCV, bit depth kept
+        plane = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
+        if plane is None:
+            raise VolumeError(f"{name}: slice {p.name} cannot be decoded")
+        if plane.ndim == 3 and plane.shape[2] in (3, 4):  # a grey scan saved as colour
+            code = cv2.COLOR_BGR2GRAY if plane.shape[2] == 3 else cv2.COLOR_BGRA2GRAY
+            plane = cv2.cvtColor(plane, code)
+    if plane.ndim != 2:
+        raise VolumeError(
+            f"{name}: slice {p.name} is {plane.ndim}-D (shape {plane.shape}); expected 2-D slices"
+        )
+    return plane
+
+
+def _read_slice_folder(path: Path, name: str) -> tuple[np.ndarray, ReconLog | None]:
+    """A folder of reconstructed slices, stacked along z, and its SkyScan log if any."""
+    try:
+        log = _find_recon_log(path, name)
+        slices = _slice_files(path, name, log)
+        planes = []
+        for p in slices:
+            plane = _read_plane(p, name)
+            if planes and plane.shape != planes[0].shape:
+                raise VolumeError(
+                    f"{name}: slice {p.name} has shape {plane.shape} but "
+                    f"{slices[0].name} has shape {planes[0].shape}"
+                )
+            planes.append(plane)
+        arr = np.stack(planes)
+    except (VolumeError, MemoryError):
+        raise
+    except Exception as exc:
+        raise _unreadable(name, exc) from exc
+    return _zyx_to_xyz(check_volume_array(arr, name)), log
+
+
+def _zyx_to_xyz(arr: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(arr.transpose(2, 1, 0), dtype=np.float32)
+
+
+def _read_tiff(path: Path, name: str) -> np.ndarray:
+    try:
+        arr = tifffile.imread(path)
+    except (VolumeError, MemoryError):
+        raise
+    except Exception as exc:
+        raise _unreadable(name, exc) from exc
+    return _zyx_to_xyz(check_volume_array(arr, name))  # stored (z, y, x)
+
+
+def read_volume(
+    path, voxel_size_um: float | None = None, *, isotropic: bool = True, order: int = 1
+):
+    """Read and check a micro-CT volume.
+
+    Parameters
+    ----------
+    path : path-like
+        A ``.nii``/``.nii.gz`` file, a ``.nrrd``/``.nhdr`` file (3D Slicer's format), a
+        multi-page ``.tif``/``.tiff`` stack, or a folder of reconstructed 2-D slices
+        (TIFF, PNG or BMP, one kind; stacked in natural order of the numbers in their
+        names). A Bruker SkyScan ``*_rec.log`` in the folder gives the voxel size and
+        names the slices (``Filename Prefix``); without one, the slices are the longest
+        series of images numbered alike (a preview is left out).
+    voxel_size_um : float, optional
+        Isotropic voxel size in µm. Overrides the NIfTI/NRRD header or the SkyScan log (a
+        `ManifestWarning` is emitted when they disagree by more than 1%); required for
+        a TIFF stack, a folder of slices without a log that states it, and a NIfTI or
+        NRRD whose header lacks a spatial unit or a positive voxel size (never guessed).
+    isotropic : bool
+        Resample anisotropic volumes to the finest spacing (see `resample_isotropic`).
+    order : int
+        Spline order of that resampling.
+
+    Returns
+    -------
+    Volume
+        float32 data in ``(x, y, z)`` order and the voxel size in µm.
+
+    Raises
+    ------
+    VolumeError
+        If the file is missing, unreadable, of an unknown type, or fails
+        `check_volume_array`, or its voxel size is unknown.
+
+    Examples
+    --------
+    >>> import numpy as np, tempfile, pathlib
+    >>> f = pathlib.Path(tempfile.mkdtemp()) / "s.nii.gz"
+    >>> _ = write_nifti(f, np.arange(24.0).reshape(2, 3, 4), (5.0, 5.0, 10.0))
+    >>> vol = read_volume(f)
+    >>> vol.data.shape, vol.voxel_size_um
+    ((2, 3, 8), 5.0)
+    """
+    path = Path(path)
+    name = path.name or str(path)
+    if voxel_size_um is not None:
+        (voxel_size_um,) = _positive_finite(voxel_size_um, f"{name}: voxel_size_um")
+    if not path.exists():
+        raise VolumeError(f"{name}: file not found ({path.absolute()})")
+    suffix = None if path.is_dir() else _volume_suffix(path.name)
+    if suffix is None and not path.is_dir():
+        raise VolumeError(
+            f"{name}: unsupported file type; expected one of {', '.join(VOLUME_SUFFIXES)} "
+            "or a folder of slices"
+        )
+    if path.is_dir() or suffix in (".nii", ".nii.gz", ".nrrd", ".nhdr"):
+        if path.is_dir():
+            data, log = _read_slice_folder(path, name)
+            spacing = None if log is None or log.voxel_size_um is None else (log.voxel_size_um,) * 3
+            why = (
+                f"{log.path.name} states no [Reconstruction] Pixel Size (um)"
+                if log is not None
+                else "a folder of slices carries none (no SkyScan *_rec.log in it)"
+            )
+        elif suffix in (".nrrd", ".nhdr"):
+            data, spacing, why = _read_nrrd(path, name)
+        else:
+            data, spacing, why = _read_nifti(path, name)
+        if voxel_size_um is not None:
+            if spacing is not None and any(
+                abs(s - voxel_size_um) > 0.01 * voxel_size_um for s in spacing
+            ):
+                warnings.warn(
+                    f"{name}: voxel_size_um={voxel_size_um:g} overrides the "
+                    f"{'log' if path.is_dir() else 'header'}'s voxel "
+                    f"size {tuple(round(s, 6) for s in spacing)} µm",
+                    ManifestWarning,
+                    stacklevel=2,
+                )
+            spacing = (voxel_size_um,) * 3
+        elif spacing is None:
+            raise VolumeError(
+                f"{name}: voxel size unknown: {why}; give it in µm (the manifest's "
+                "voxel_size_um column, or --voxel-size on the command line)"
+            )
+    else:
+        data = _read_tiff(path, name)
+        if voxel_size_um is None:
+            raise VolumeError(
+                f"{name}: voxel size unknown; the manifest must give voxel_size_um for TIFF stacks"
+            )
+        spacing = (voxel_size_um,) * 3
+    if isotropic:
+        data, vox = resample_isotropic(data, spacing, order=order)
+        spacing = (vox,) * 3
+    return Volume(
+        data=np.ascontiguousarray(data, dtype=np.float32),
+        voxel_size_um=float(min(spacing)),
+        path=path,
+        spacing_um=tuple(float(s) for s in spacing),
+    )
+
+
+def write_nifti(path, arr, voxel_size_um, *, dtype=np.uint16, description: str | None = None):
+    """Write a NIfTI-1 volume atomically and byte-reproducibly, with units in µm.
+
+    Float input written to an integer `dtype` is scaled into the dtype's range with the
+    scaling stored in ``scl_slope``/``scl_inter``, so `read_volume` recovers the values
+    within quantisation error. Integer input that fits `dtype` is stored unscaled.
+
+    The bytes depend only on the arguments: no time, host or file name is stored, and
+    ``.nii.gz`` is written as uncompressed deflate blocks (see `_gzip_stored`), so the
+    installed zlib build cannot change them either.
+
+    Parameters
+    ----------
+    path : path-like
+        Destination ending in ``.nii`` or ``.nii.gz``.
+    arr : array_like, shape (nx, ny, nz)
+        Finite numeric volume.
+    voxel_size_um : float or sequence of 3 floats
+        Voxel size in µm.
+    dtype : numpy dtype
+        On-disk data type (integer or float).
+    description : str, optional
+        Stored in the header's ``descrip`` field (at most 80 ASCII characters).
+
+    Returns
+    -------
+    pathlib.Path
+
+    Examples
+    --------
+    >>> import numpy as np, tempfile, pathlib
+    >>> f = pathlib.Path(tempfile.mkdtemp()) / "v.nii.gz"
+    >>> _ = write_nifti(f, np.linspace(-1, 1, 27).reshape(3, 3, 3), 4.0)
+    >>> bool(abs(read_volume(f).data.max() - 1.0) < 1e-4)
+    True
+    """
+    path = Path(path)
+    suffix = _volume_suffix(path.name)
+    if suffix not in (".nii", ".nii.gz"):
+        raise ValueError(f"{path.name}: write_nifti writes .nii or .nii.gz, got {path.name!r}")
+    if np.ndim(voxel_size_um) == 0:
+        spacing = _positive_finite(voxel_size_um, "voxel_size_um") * 3
+    else:
+        spacing = _positive_finite(voxel_size_um, "voxel_size_um", count=3)
+    dtype = np.dtype(dtype)
+    if dtype.kind not in "iuf" or dtype.fields is not None:
+        raise ValueError(f"dtype must be an integer or float type, got {dtype}")
+    arr = np.asarray(arr)
+    _check_dtype(arr.dtype, path.name)
+    arr = arr.reshape(_check_shape(arr.shape, path.name))
+    _check_values(arr, path.name, allow_constant=True)
+    if arr.dtype.kind in "iu" and dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        if info.min <= arr.min() and arr.max() <= info.max:
+            arr = arr.astype(dtype)
+    if arr.dtype.kind in "iu" and arr.dtype != dtype:
+        arr = arr.astype(np.float64)
+    img = nib.Nifti1Image(arr, np.diag([*spacing, 1.0]))
+    hdr = img.header
+    hdr.set_data_dtype(dtype)
+    hdr.set_xyzt_units(xyz="micron")
+    if description is not None:
+        if not description.isascii() or len(description) > 80:
+            raise ValueError(
+                f"description must be at most 80 ASCII characters, got {description!r}"
+            )
+        hdr["descrip"] = description.encode("ascii")
+    raw = img.to_bytes()
+    if suffix == ".nii.gz":
+        raw = _gzip_stored(raw)
+    return write_bytes(path, raw)
+
+
+_STORED_BLOCK = 0xFFFF  # the largest deflate "stored" block
+
+
+def _gzip_stored(raw: bytes) -> bytes:
+    """`raw` as a gzip member of uncompressed ("stored") deflate blocks.
+
+    The bytes are fixed by the format alone, not by the zlib that happens to be
+    installed: compressed deflate output differs between zlib, zlib-ng (Fedora's
+    system zlib, some Python builds) and Apple's zlib, so a compressed ``.nii.gz``
+    written from the same array would hash differently on another machine. Header:
+    no file name, mtime 0, OS "unknown". Any gzip reader (nibabel, ``gzip``, ``zcat``)
+    reads it. Micro-CT noise leaves little to compress (level 6 saved about 10 % on
+    the virtual collection), which is the price of this.
+    """
+    out = bytearray(b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff")
+    n = len(raw)
+    view = memoryview(raw)
+    starts = range(0, n, _STORED_BLOCK) if n else [0]
+    for start in starts:
+        block = view[start : start + _STORED_BLOCK]
+        final = start + _STORED_BLOCK >= n
+        size = len(block)
+        out += bytes([1 if final else 0]) + struct.pack("<HH", size, size ^ 0xFFFF)
+        out += block
+    out += struct.pack("<II", zlib.crc32(raw) & 0xFFFFFFFF, n & 0xFFFFFFFF)
+    return bytes(out)
+
+
+def _lines(rows) -> str:
+    return ", ".join(str(int(r) + 2) for r in rows)
+
+
+def manifest_voxel_size(row) -> float | None:
+    """The voxel size (µm) a manifest row gives, or None where its optional cell is empty.
+
+    None makes :func:`read_volume` take the size from the file's header.
+
+    Examples
+    --------
+    >>> manifest_voxel_size({"voxel_size_um": "12.5"})
+    12.5
+    >>> manifest_voxel_size({"voxel_size_um": float("nan")}) is None
+    True
+    >>> manifest_voxel_size({}) is None
+    True
+    """
+    get = row.get if hasattr(row, "get") else lambda key, default: getattr(row, key, default)
+    value = get("voxel_size_um", None)
+    return None if value is None or pd.isna(value) else float(value)
+
+
+def check_manifest(
+    path, data_dir=None, *, check_files: bool = True
+) -> tuple[pd.DataFrame | None, list[str]]:
+    """Read a collection manifest CSV and list every problem in it, without raising.
+
+    Like :func:`read_manifest`, but returns the rows it could read with the problems, so
+    a caller can go on checking the volumes those rows point at and report both kinds of
+    problem together. The rows are None when the file cannot be read as a manifest.
+
+    Columns: ``file`` (relative to `data_dir`, or absolute), ``specimen_id``,
+    ``species``, and optionally ``voxel_size_um`` (empty = take it from the header),
+    ``source`` and ``notes``. Cells are read as strings (``"007"`` stays ``"007"``) and
+    stripped of surrounding whitespace.
+
+    Parameters
+    ----------
+    path : path-like
+        The manifest CSV.
+    data_dir : path-like, optional
+        Folder that relative ``file`` entries are resolved against; defaults to the
+        manifest's folder.
+    check_files : bool
+        Check that listed files exist and warn (`ManifestWarning`) about volume files in
+        `data_dir` that the manifest does not list.
+
+    Returns
+    -------
+    rows : pandas.DataFrame or None
+        The manifest, with missing optional columns added (``voxel_size_um`` as float,
+        NaN where empty; ``source``/``notes`` as ``""``) and a ``path`` column holding
+        each file's absolute path as a string ("" where ``file`` is empty).
+    problems : list of str
+        Every problem found; lines are CSV line numbers (header = 1). Empty if none.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = (d / "m.csv").write_text("file,specimen_id,species\\na.nii,007,\\n")
+    >>> rows, problems = check_manifest(d / "m.csv", check_files=False)
+    >>> rows.loc[0, "specimen_id"], problems
+    ('007', ["empty 'species' cell on line(s) 2"])
+    """
+    path = Path(path)
+    data_dir = Path(data_dir) if data_dir is not None else path.parent
+    if not path.is_file():
+        return None, [f"manifest file not found: {path.absolute()}"]
+    try:
+        df = pd.read_csv(
+            path, dtype=str, keep_default_na=False, skip_blank_lines=False, encoding="utf-8"
+        )
+    except pd.errors.EmptyDataError:
+        return None, ["the file is empty (no header row)"]
+    except (pd.errors.ParserError, UnicodeDecodeError, OSError) as exc:
+        return None, [f"cannot be read as a CSV ({type(exc).__name__}: {exc})"]
+
+    problems: list[str] = []
+    df.columns = [str(c).strip() for c in df.columns]
+    df = df.apply(lambda s: s.str.strip())
+    df = df[(df != "").any(axis=1)].copy()  # blank lines; the index still maps to CSV lines
+    missing = [c for c in MANIFEST_REQUIRED if c not in df.columns]
+    if missing:
+        problems.append(
+            f"missing required column(s) {', '.join(map(repr, missing))} "
+            f"(found {', '.join(map(repr, df.columns))})"
+        )
+    if df.empty:
+        problems.append("has no data rows")
+    if check_files and not data_dir.is_dir():
+        problems.append(f"data_dir not found: {data_dir.absolute()}")
+    for col in MANIFEST_REQUIRED:
+        if col in df.columns and (df[col] == "").any():
+            problems.append(f"empty {col!r} cell on line(s) {_lines(df.index[df[col] == ''])}")
+
+    for col in _MANIFEST_STRINGS:
+        if col not in df.columns:
+            df[col] = ""
+    voxel = pd.Series(np.nan, index=df.index, dtype=float)
+    if "voxel_size_um" in df.columns:
+        for i, cell in df["voxel_size_um"].items():
+            if cell == "":
+                continue
+            try:
+                v = float(cell)
+            except ValueError:
+                problems.append(f"line {i + 2}: voxel_size_um {cell!r} is not a number")
+                continue
+            if not (math.isfinite(v) and v > 0):
+                problems.append(f"line {i + 2}: voxel_size_um {cell!r} must be positive and finite")
+            voxel[i] = v
+    df["voxel_size_um"] = voxel
+
+    resolved = [Path(os.path.normpath(data_dir.absolute() / f)) if f else None for f in df["file"]]
+    df["path"] = [str(p) if p is not None else "" for p in resolved]
+    for i, f, p in zip(df.index, df["file"], resolved, strict=True):
+        if p is None or p.is_dir():  # a folder of slices; read_volume checks its content
+            continue
+        if _volume_suffix(f) is None and (Path(f).suffix or p.is_file()):
+            problems.append(
+                f"line {i + 2}: unsupported file type {f!r} "
+                f"(expected {', '.join(VOLUME_SUFFIXES)} or a folder of slices)"
+            )
+        elif check_files and not p.exists():
+            problems.append(f"line {i + 2}: file not found: {f!r} (looked for {p})")
+
+    listed = df[df["path"] != ""]
+    for _, group in listed.groupby("path", sort=False):
+        if len(group) > 1:
+            rows = group.drop(columns=["path"]).astype(str)
+            kind = "duplicate rows" if len(rows.drop_duplicates()) == 1 else "listed more than once"
+            problems.append(
+                f"{kind}: file {group['file'].iloc[0]!r} on lines {_lines(group.index)}"
+            )
+    ids = df[(df["specimen_id"] != "") & (df["species"] != "")]
+    for sid, group in ids.groupby("specimen_id", sort=False):
+        if group["species"].nunique() > 1:
+            per = ", ".join(f"{s!r} (line {i + 2})" for i, s in group["species"].items())
+            problems.append(f"specimen {sid!r} is listed under different species: {per}")
+
+    if check_files and not problems:
+        _warn_unlisted(path, data_dir, {Path(p) for p in df["path"]})
+    return df.reset_index(drop=True), problems
+
+
+def read_manifest(path, data_dir=None, *, check_files: bool = True) -> pd.DataFrame:
+    """Read and validate a collection manifest CSV, reporting every problem at once.
+
+    Columns: ``file`` (relative to `data_dir`, or absolute), ``specimen_id``,
+    ``species``, and optionally ``voxel_size_um`` (empty = take it from the header),
+    ``source`` and ``notes``. See :func:`check_manifest` for the parameters.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The manifest (see :func:`check_manifest`).
+
+    Raises
+    ------
+    ManifestError
+        Listing every problem found; problem lines are CSV line numbers (header = 1).
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = (d / "m.csv").write_text("file,specimen_id,species\\na.nii,007,Chrysalidina\\n")
+    >>> read_manifest(d / "m.csv", check_files=False).loc[0, "specimen_id"]
+    '007'
+    """
+    df, problems = check_manifest(path, data_dir, check_files=check_files)
+    if problems:
+        raise ManifestError(problems, path)
+    return df
+
+
+def _warn_unlisted(manifest: Path, data_dir: Path, listed: set[Path]) -> None:
+    """One `ManifestWarning` naming volume files in `data_dir` the manifest does not list."""
+    folders = [p for p in listed if p.is_dir()]
+    unlisted = sorted(
+        str(p.relative_to(data_dir.absolute()))
+        for p in data_dir.absolute().rglob("*")
+        if p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(data_dir.absolute()).parts)
+        and _volume_suffix(p.name) is not None
+        and p not in listed
+        and not any(f in p.parents for f in folders)
+    )
+    if unlisted:
+        shown = ", ".join(unlisted[:20]) + (
+            f" and {len(unlisted) - 20} more" if len(unlisted) > 20 else ""
+        )
+        warnings.warn(
+            f"{len(unlisted)} volume file(s) in {data_dir} are not listed in manifest "
+            f"{manifest.name} and will be ignored: {shown}",
+            ManifestWarning,
+            stacklevel=4,
+        )

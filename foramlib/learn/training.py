@@ -1,0 +1,576 @@
+"""Two-phase transfer learning of one backbone (paper §2.2–2.3), backend-agnostic.
+
+Phase 1 trains the classifier head on a frozen backbone (paper: 10 epochs, lr 1e-4,
+cosine decay); phase 2 unfreezes the backbone except its BatchNorm layers (paper: 20
+epochs, lr 5e-5, cosine decay with warm restarts). A backbone trained from scratch
+(``weights: null``) keeps its BatchNorm layers trainable: they have no statistics yet.
+AdamW, categorical cross-entropy
+with label smoothing 0.1, early stopping on validation loss (patience 5, best weights
+restored), mixed precision on GPU and float32 on CPU unless set. Augmentation runs
+inside the model (geometric and colour layers, active only in training) and CutMix /
+MixUp at the batch level, where the labels are.
+
+Everything is ``keras`` / ``keras.ops``; only device discovery and the optional
+data-parallel strategy touch a backend directly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from foramlib.io.atomic import atomic_path, write_csv, write_text
+from foramlib.learn.augment import AugmentConfig
+
+__all__ = [
+    "PRECISIONS",
+    "DISTRIBUTIONS",
+    "TrainConfig",
+    "TrainResult",
+    "available_accelerators",
+    "resolve_precision",
+    "enable_jit",
+    "JIT_SAFE_ON_JAX",
+    "train_backbone",
+    "predictions_frame",
+    "history_figure",
+]
+
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+DISTRIBUTIONS = ("none", "data_parallel")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Settings of one training run (the paper's values as defaults).
+
+    ``max_steps_per_epoch`` caps the steps of an epoch (None: the whole training set),
+    for quick CPU runs; ``restart_epochs`` is the period of the warm restarts in phase 2.
+    ``tta_views`` is the number of views (:mod:`foramlib.learn.tta`) over which the trained
+    model's validation and test predictions are averaged, and with which it is served
+    (1: none, as in the paper).
+    """
+
+    backbone: str
+    input_size: int = 224
+    batch_size: int = 32
+    weights: str | None = None
+    dropout: float = 0.2
+    phase1_epochs: int = 10
+    phase1_lr: float = 1e-4
+    phase2_epochs: int = 20
+    phase2_lr: float = 5e-5
+    restart_epochs: int = 5
+    weight_decay: float = 1e-4
+    label_smoothing: float = 0.1
+    patience: int = 5
+    precision: str = "auto"
+    class_weights: bool = False
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    distribution: str = "none"
+    workers: int = 1
+    seed: int = 0
+    max_steps_per_epoch: int | None = None
+    tta_views: int = 1
+
+    def __post_init__(self) -> None:
+        from foramlib.learn.models import BACKBONES
+        from foramlib.learn.tta import check_views
+
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"unknown backbone {self.backbone!r}; valid: {sorted(BACKBONES)}")
+        checks = [
+            ("input_size", self.input_size >= 32, "an integer >= 32"),
+            ("batch_size", self.batch_size >= 1, "an integer >= 1"),
+            ("phase1_epochs", self.phase1_epochs >= 0, "an integer >= 0"),
+            ("phase2_epochs", self.phase2_epochs >= 0, "an integer >= 0"),
+            ("restart_epochs", self.restart_epochs >= 1, "an integer >= 1"),
+            ("phase1_lr", self.phase1_lr > 0, "a number > 0"),
+            ("phase2_lr", self.phase2_lr > 0, "a number > 0"),
+            ("weight_decay", self.weight_decay >= 0, "a number >= 0"),
+            ("label_smoothing", 0 <= self.label_smoothing < 1, "a number in [0, 1)"),
+            ("patience", self.patience >= 1, "an integer >= 1"),
+            ("precision", self.precision in PRECISIONS, f"one of {list(PRECISIONS)}"),
+            ("distribution", self.distribution in DISTRIBUTIONS, f"one of {list(DISTRIBUTIONS)}"),
+            ("workers", self.workers >= 1, "an integer >= 1"),
+        ]
+        for name, ok, expected in checks:
+            if not ok:
+                raise ValueError(
+                    f"train.{name} = {getattr(self, name)!r} is invalid: expected {expected}"
+                )
+        check_views(self.tta_views, "train.tta_views")
+        if self.phase1_epochs + self.phase2_epochs == 0:
+            raise ValueError("train.phase1_epochs + train.phase2_epochs must be >= 1")
+        if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
+            raise ValueError(
+                f"train.max_steps_per_epoch = {self.max_steps_per_epoch!r} must be >= 1 or null"
+            )
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["augment"] = self.augment.as_dict()
+        return d
+
+    @classmethod
+    def from_params(cls, params: dict, backbone: str, **overrides) -> TrainConfig:
+        """The train stage's configuration of `backbone` from a ``params.yaml`` mapping.
+
+        Reads ``params["train"]`` (the backbone's ``input_size`` from
+        ``train.backbones.<backbone>``) and ``params["seed"]``; `overrides` replace
+        fields.
+
+        Examples
+        --------
+        >>> params = {"seed": 1, "train": {"backbones": {"tiny_cnn": {"input_size": 64}},
+        ...                                "tta_views": 8, "patience": 3}}
+        >>> cfg = TrainConfig.from_params(params, "tiny_cnn", patience=4)
+        >>> cfg.input_size, cfg.tta_views, cfg.patience, cfg.seed
+        (64, 8, 4, 1)
+        """
+        t = params["train"]
+        keys = [f.name for f in fields(cls)]
+        values = {k: t[k] for k in keys if k in t and k not in ("backbones", "augment")}
+        values["seed"] = params["seed"]
+        if "input_size" not in overrides:
+            settings = t["backbones"].get(backbone) if isinstance(t["backbones"], dict) else None
+            if not isinstance(settings, dict) or "input_size" not in settings:
+                raise ValueError(
+                    f"train.backbones has no input_size for {backbone!r}: {t['backbones']!r}"
+                )
+            values["input_size"] = settings["input_size"]
+        values["augment"] = AugmentConfig.from_dict(t.get("augment", {}))
+        values.update(overrides)
+        return cls(backbone=backbone, **values)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        d = dict(d)
+        if isinstance(d.get("augment"), dict):
+            d["augment"] = AugmentConfig.from_dict(d["augment"])
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What :func:`train_backbone` produced (all also written to disk)."""
+
+    model_path: Path
+    history: pd.DataFrame
+    predictions: dict[str, pd.DataFrame]
+    summary: dict
+
+
+def available_accelerators() -> list[str]:
+    """Names of the GPUs the active Keras backend sees (empty on a CPU machine)."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return [d.name for d in tf.config.list_physical_devices("GPU")]
+    if backend == "jax":
+        import jax
+
+        return [str(d) for d in jax.devices() if d.platform == "gpu"]
+    if backend == "torch":
+        import torch
+
+        return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    return []
+
+
+def resolve_precision(precision: str, accelerators: list[str] | None = None) -> str:
+    """``auto`` → ``mixed_float16`` on a GPU (the paper's fp16), ``float32`` on CPU.
+
+    >>> resolve_precision("auto", []), resolve_precision("auto", ["gpu:0"])
+    ('float32', 'mixed_float16')
+    >>> resolve_precision("mixed_bfloat16", [])
+    'mixed_bfloat16'
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
+    if precision != "auto":
+        return precision
+    accelerators = available_accelerators() if accelerators is None else accelerators
+    return "mixed_float16" if accelerators else "float32"
+
+
+class _Strategy:
+    """Context for data-parallel training: TF MirroredStrategy or Keras' JAX DataParallel."""
+
+    def __init__(self, kind: str):
+        import keras
+
+        self.kind, self.replicas, self._scope, self._previous = kind, 1, None, None
+        if kind == "none":
+            return
+        backend = keras.backend.backend()
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            gpus = tf.config.list_logical_devices("GPU")
+            devices = [d.name for d in gpus] or [
+                d.name for d in tf.config.list_logical_devices("CPU")
+            ]
+            self._strategy = tf.distribute.MirroredStrategy(devices)
+            self.replicas = self._strategy.num_replicas_in_sync
+        elif backend == "jax":
+            self._strategy = keras.distribution.DataParallel()
+            self.replicas = len(keras.distribution.list_devices())
+        else:
+            raise ValueError(
+                f"train.distribution = 'data_parallel' is not supported on the "
+                f"{backend!r} backend; use tensorflow or jax"
+            )
+
+    def __enter__(self):
+        import keras
+
+        if self.kind == "none":
+            return self
+        if keras.backend.backend() == "tensorflow":
+            self._scope = self._strategy.scope()
+            self._scope.__enter__()
+        else:
+            self._previous = keras.distribution.distribution()
+            keras.distribution.set_distribution(self._strategy)
+        return self
+
+    def __exit__(self, *exc):
+        import keras
+
+        if self._scope is not None:
+            self._scope.__exit__(*exc)
+        elif self.kind != "none":
+            keras.distribution.set_distribution(self._previous)
+        return False
+
+
+class _History:
+    """Collects per-epoch logs of both phases with the phase and the learning rate."""
+
+    def __init__(self):
+        self.rows: list[dict] = []
+
+    def callback(self, phase: int):
+        import keras
+
+        rows = self.rows
+
+        class Recorder(keras.callbacks.Callback):
+            def on_epoch_begin(self, epoch, logs=None):
+                self._t0 = time.perf_counter()
+
+            def on_epoch_end(self, epoch, logs=None):
+                opt = self.model.optimizer
+                lr = opt.learning_rate
+                lr = float(keras.ops.convert_to_numpy(lr(opt.iterations) if callable(lr) else lr))
+                rows.append(
+                    dict(
+                        epoch=epoch + 1,
+                        phase=phase,
+                        learning_rate=lr,
+                        seconds=round(time.perf_counter() - self._t0, 3),
+                        **{k: float(v) for k, v in (logs or {}).items() if k != "learning_rate"},
+                    )
+                )
+
+        return Recorder()
+
+
+def _fast_batchnorm(model, momentum: float = 0.9) -> None:
+    """Let BatchNorm statistics settle within a short from-scratch run.
+
+    keras.applications build BatchNorm with momentum up to 0.999, tuned for long
+    ImageNet training: after a few hundred steps from scratch the moving statistics are
+    still near their initial values and inference-mode outputs collapse to one class.
+    """
+    import keras
+
+    from foramlib.learn.models import backbone_of, sublayers
+
+    for layer in sublayers(backbone_of(model)):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = min(layer.momentum, momentum)
+
+
+# Keras marks these layers as not jit-compilable on every backend (TensorFlow's XLA has
+# no kernel for their image transform), which turns jit off for the whole model. Under
+# JAX their ops are plain jax.numpy and compile; without jit JAX runs each train step op
+# by op: half the speed on 2 CPU cores, and on an H100 the first EfficientNetV2S step
+# had not finished after 4 minutes.
+JIT_SAFE_ON_JAX = ("RandomRotation", "RandomZoom")
+
+
+def enable_jit(model, backend: str | None = None) -> bool | str:
+    """Let `model` be jit-compiled where the backend allows it; returns the
+    ``jit_compile`` value to compile it with.
+
+    On JAX, when the only layers Keras marks as not compilable are the augmentation
+    layers of :data:`JIT_SAFE_ON_JAX`, they are marked compilable and ``True`` is
+    returned; otherwise (other backends, or any other such layer) ``"auto"``, and the
+    model is left as it is.
+
+    Parameters
+    ----------
+    model : keras.Model
+    backend : str, optional
+        The Keras backend (default: the active one).
+
+    Examples
+    --------
+    >>> import keras
+    >>> m = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.RandomZoom(0.1)])
+    >>> enable_jit(m, backend="tensorflow"), enable_jit(m, backend="jax")
+    ('auto', True)
+    """
+    import keras
+
+    from foramlib.learn.models import sublayers
+
+    backend = keras.backend.backend() if backend is None else backend
+    blocked = [layer for layer in [model, *sublayers(model)] if not layer.supports_jit]
+    if backend != "jax" or any(type(x).__name__ not in JIT_SAFE_ON_JAX for x in blocked):
+        return "auto"
+    for layer in blocked:
+        layer.supports_jit = True
+    return True
+
+
+def _compile(model, config: TrainConfig, schedule) -> None:
+    _compile_with(model, schedule, config.weight_decay, config.label_smoothing)
+
+
+def _compile_with(model, schedule, weight_decay: float, label_smoothing: float) -> None:
+    """AdamW + label-smoothed cross-entropy, accuracy and top-3 (training and pretraining)."""
+    import keras
+
+    model.compile(
+        optimizer=keras.optimizers.AdamW(learning_rate=schedule, weight_decay=weight_decay),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
+        metrics=[
+            keras.metrics.CategoricalAccuracy(name="accuracy"),
+            keras.metrics.TopKCategoricalAccuracy(k=3, name="top3"),
+        ],
+        jit_compile=enable_jit(model),
+    )
+
+
+def predictions_frame(probs: np.ndarray, dataset, names: list[str], split: str) -> pd.DataFrame:
+    """Class probabilities with slice provenance: one row per slice, one column per class."""
+    labels = dataset.labels()
+    frame = pd.DataFrame(
+        {
+            "slice_id": dataset.slice_ids(),
+            "split": split,
+            "true": [names[i] for i in labels],
+            "predicted": [names[i] for i in probs.argmax(axis=1)],
+        }
+    )
+    if "specimen_id" in dataset.index.columns:
+        frame.insert(1, "specimen_id", dataset.index["specimen_id"].to_numpy())
+    probs_df = pd.DataFrame(probs.astype(np.float64), columns=[f"p_{n}" for n in names])
+    return pd.concat([frame, probs_df], axis=1)
+
+
+def history_figure(history: pd.DataFrame, title: str):
+    """Loss and accuracy curves of both phases (validation dashed), phase 2 shaded."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2), layout="constrained")
+    x = np.arange(1, len(history) + 1)
+    for ax, metric in zip(axes, ["loss", "accuracy"], strict=True):
+        if metric in history:
+            ax.plot(x, history[metric], label="train")
+        if f"val_{metric}" in history:
+            ax.plot(x, history[f"val_{metric}"], "--", label="validation")
+        phase2 = x[history["phase"].to_numpy() == 2]
+        if len(phase2):
+            ax.axvspan(
+                phase2[0] - 0.5, phase2[-1] + 0.5, color="0.92", zorder=0, label="fine-tuning"
+            )
+        ax.set_xlabel("epoch")
+        ax.set_title(metric)
+        ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def train_backbone(
+    config: TrainConfig,
+    datasets: dict,
+    names: list[str],
+    out_dir,
+    *,
+    progress: Callable[[str], None] | None = print,
+) -> TrainResult:
+    """Train `config.backbone` on ``datasets["train"]``, early-stopped on ``"val"``.
+
+    Parameters
+    ----------
+    config : TrainConfig
+    datasets : dict
+        ``train``, ``val`` and ``test`` :class:`foramlib.learn.loader.SliceBatches` (train
+        shuffled, the others in index order).
+    names : list of str
+        Class order of the model's output.
+    out_dir : path-like
+        Receives ``model.keras`` (an inference copy, without optimizer state),
+        ``history.csv``, ``class_names.json``, ``config.json``, ``summary.json`` and the
+        probabilities ``predictions_val.csv`` / ``predictions_test.csv`` (each the mean
+        over ``config.tta_views`` views of the slice).
+
+    Returns
+    -------
+    TrainResult
+    """
+    import keras
+
+    from foramlib.learn.loader import check_class_lists, class_weights, save_class_names
+    from foramlib.learn.models import build_model, count_params, set_backbone_trainable
+    from foramlib.learn.tta import predict_batches
+
+    for split in ("train", "val", "test"):
+        if split not in datasets:
+            raise ValueError(f"datasets lacks the {split!r} split")
+        check_class_lists(names, datasets[split].names, what=f"{split} dataset")
+    out = Path(out_dir)
+    accelerators = available_accelerators()
+    precision = resolve_precision(config.precision, accelerators)
+    previous_policy = keras.mixed_precision.global_policy().name
+    keras.utils.set_random_seed(config.seed)
+    t_start = time.perf_counter()
+    say = progress or (lambda s: None)
+    try:
+        keras.mixed_precision.set_global_policy(precision)
+        with _Strategy(config.distribution) as strategy:
+            model = build_model(
+                config.backbone,
+                input_size=config.input_size,
+                n_classes=len(names),
+                weights=config.weights,
+                dropout=config.dropout,
+                augment=config.augment if config.augment.enabled else None,
+                seed=config.seed,
+            )
+            if config.weights is None:
+                _fast_batchnorm(model)
+            train, val = datasets["train"], datasets["val"]
+            steps = (
+                len(train)
+                if config.max_steps_per_epoch is None
+                else min(len(train), config.max_steps_per_epoch)
+            )
+            weights = class_weights(train.index, names) if config.class_weights else None
+            history = _History()
+            stop = keras.callbacks.EarlyStopping(
+                monitor="val_loss", patience=config.patience, restore_best_weights=True
+            )
+            say(
+                f"{config.backbone}: {count_params(model)} parameters, {precision}, "
+                f"{strategy.replicas} replica(s), {steps} steps/epoch of {config.batch_size}"
+            )
+            done = 0
+            t_train = time.perf_counter()
+            if config.phase1_epochs:
+                set_backbone_trainable(model, False)
+                _compile(
+                    model,
+                    config,
+                    keras.optimizers.schedules.CosineDecay(
+                        config.phase1_lr, decay_steps=max(1, config.phase1_epochs * steps)
+                    ),
+                )
+                model.fit(
+                    train,
+                    validation_data=val,
+                    epochs=config.phase1_epochs,
+                    steps_per_epoch=steps,
+                    class_weight=weights,
+                    verbose=2,
+                    callbacks=[history.callback(1), stop],
+                )
+                done = len(history.rows)
+            if config.phase2_epochs:
+                # BatchNorm stays frozen under a pretrained backbone (Keras' fine-tuning
+                # guide); from scratch it has no statistics yet and must learn them
+                set_backbone_trainable(
+                    model, True, keep_batchnorm_frozen=config.weights is not None
+                )
+                _compile(
+                    model,
+                    config,
+                    keras.optimizers.schedules.CosineDecayRestarts(
+                        config.phase2_lr, first_decay_steps=max(1, config.restart_epochs * steps)
+                    ),
+                )
+                stop2 = keras.callbacks.EarlyStopping(
+                    monitor="val_loss", patience=config.patience, restore_best_weights=True
+                )
+                model.fit(
+                    train,
+                    validation_data=val,
+                    initial_epoch=done,
+                    epochs=done + config.phase2_epochs,
+                    steps_per_epoch=steps,
+                    class_weight=weights,
+                    verbose=2,
+                    callbacks=[history.callback(2), stop2],
+                )
+            train_seconds = time.perf_counter() - t_train
+            hist = pd.DataFrame(history.rows)
+            hist["epoch"] = np.arange(1, len(hist) + 1)
+            predictions, predict_seconds = {}, {}
+            for split in ("val", "test"):
+                t0 = time.perf_counter()
+                probs = predict_batches(model, datasets[split], config.tta_views)
+                predict_seconds[split] = time.perf_counter() - t0
+                predictions[split] = predictions_frame(probs, datasets[split], names, split)
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
+
+    summary = dict(
+        backbone=config.backbone,
+        input_size=config.input_size,
+        precision=precision,
+        backend=keras.backend.backend(),
+        jit_compile=bool(model.jit_compile),
+        accelerators=accelerators,
+        replicas=strategy.replicas,
+        classes=len(names),
+        epochs_run=len(hist),
+        best_val_loss=float(hist["val_loss"].min()) if "val_loss" in hist else None,
+        train_seconds=round(train_seconds, 2),
+        train_images_per_s=round(len(hist) * steps * config.batch_size / train_seconds, 1),
+        tta_views=config.tta_views,
+        predict_images_per_s={
+            s: round(datasets[s].n_images / t, 1) for s, t in predict_seconds.items()
+        },
+        val_accuracy=float((predictions["val"]["true"] == predictions["val"]["predicted"]).mean()),
+        wall_seconds=round(time.perf_counter() - t_start, 2),
+        parameters=count_params(model),
+        cpu_count=os.cpu_count(),
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "model.keras") as tmp:
+        model.save(tmp)
+    write_csv(hist, out / "history.csv")
+    save_class_names(names, out / "class_names.json")
+    write_text(out / "config.json", json.dumps(config.as_dict(), indent=2) + "\n")
+    write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    for split, frame in predictions.items():
+        write_csv(frame, out / f"predictions_{split}.csv")
+    say(
+        f"{config.backbone}: {len(hist)} epochs in {train_seconds:.0f} s "
+        f"({summary['train_images_per_s']} img/s), val accuracy {summary['val_accuracy']:.3f}"
+    )
+    return TrainResult(out / "model.keras", hist, predictions, summary)
