@@ -134,7 +134,7 @@ def seen_specimen_check(index: pd.DataFrame, store, names, seed: int) -> dict:
     on the same held-out half. The gap measures what generalising to an unseen
     specimen costs; it is a diagnostic, never a reported result.
     """
-    from foramlib.learn import baseline as classical
+    from foramlib.evaluation import baseline as classical
 
     rng = np.random.default_rng(seed)
     test = index["split"] == "test"
@@ -223,7 +223,7 @@ def main() -> None:
         backbones = list(args.backbones)
     t_start = time.perf_counter()
     tmp = tempfile.TemporaryDirectory()
-    from foramlib.learn import baseline as classical
+    from foramlib.evaluation import baseline as classical
 
     stored = Path(args.predictions) / f"{classical.BASELINE_FILE}_test.csv"
     if not (args.from_run and stored.is_file()):  # else: the evaluate stage's, same slices

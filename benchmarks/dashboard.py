@@ -67,12 +67,12 @@ def gallery_slices(workspace: Path, n: int) -> list[tuple[str, str, np.ndarray]]
 
 
 def time_uploads(clf, uploads: list[tuple[str, bytes]], cleaned: bool) -> tuple[list, list]:
-    from foramlib.inference import classify
+    from foramlib.io.uploads import decode_upload
 
     seconds, genera = [], []
     for name, data in uploads:
         t0 = time.perf_counter()
-        image = classify.decode_upload(name, data)
+        image = decode_upload(name, data)
         clean, info = clf.prepare(image, cleaned=cleaned, name=name)
         pred = clf.predict(clean, preprocessing=info)
         seconds.append(time.perf_counter() - t0)

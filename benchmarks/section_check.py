@@ -45,9 +45,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from machine import machine, today  # noqa: E402
 
 from foramlib.dataset import slicing  # noqa: E402
+from foramlib.evaluation import baseline  # noqa: E402
 from foramlib.inference import classify, section_check  # noqa: E402
 from foramlib.io.atomic import write_text  # noqa: E402
-from foramlib.learn import baseline  # noqa: E402
 from foramlib.learn import loader as data
 
 

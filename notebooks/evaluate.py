@@ -60,7 +60,7 @@ result = stage.run(cfg)  # every table, figure and metrics.json of this chapter
 
 # %%
 # the baseline's recipe (96 px, 12 px HOG cells, C chosen on validation) is
-# foramlib.learn.baseline's own, the one the benchmarks use
+# foramlib.evaluation.baseline's own, the one the benchmarks use
 print(result.baseline_line)
 result.baseline_scores
 

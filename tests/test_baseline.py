@@ -7,9 +7,7 @@ import pandas as pd
 import pytest
 
 from foramlib.dataset.slicing import load_slices
-from foramlib.evaluation.metrics import load_predictions, report_from_probs, specimen_accuracy
-from foramlib.io.atomic import write_csv
-from foramlib.learn.baseline import (
+from foramlib.evaluation.baseline import (
     BASELINE_NAME,
     compare_to_baseline,
     comparison_table,
@@ -21,6 +19,8 @@ from foramlib.learn.baseline import (
     summary,
     write_predictions,
 )
+from foramlib.evaluation.metrics import load_predictions, report_from_probs, specimen_accuracy
+from foramlib.io.atomic import write_csv
 from foramlib.learn.loader import DataError, SliceBatches
 from foramlib.learn.training import predictions_frame
 

@@ -1,5 +1,4 @@
-"""foramlib.inference.classify: upload decoding, preprocessing, calibration, the saved ensemble,
-Grad-CAM.
+"""foramlib.inference.classify (preprocessing, the saved ensemble), its calibration and Grad-CAM.
 
 A tiny workspace (two untrained tiny_cnn members, a hand-made EnsembleSpec, validation
 predictions) is built in a temporary folder; nothing depends on a pipeline run.
@@ -7,20 +6,18 @@ predictions) is built in a temporary folder; nothing depends on a pipeline run.
 
 from __future__ import annotations
 
-import gzip
-import io
 import json
 
 import cv2
-import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
-import tifffile
 
 from foramlib.dataset.preprocess import PreprocessConfig, PreprocessError
 from foramlib.evaluation.ensemble import EnsembleSpec, save_ensembles
 from foramlib.inference import classify, section_check
+from foramlib.inference.calibration import calibrate_spec, calibrate_threshold
+from foramlib.inference.gradcam import cam_side, feature_layer, grad_cam, overlay
 
 NAMES = ["Alpha", "Beta", "Gamma"]
 SIZE = 32
@@ -89,113 +86,6 @@ def workspace(tmp_path_factory):
 @pytest.fixture(scope="module")
 def classifier(workspace):
     return classify.Classifier.from_workspace(workspace)
-
-
-# --------------------------------------------------------------------------- decoding
-
-
-def _png(img):
-    return cv2.imencode(".png", img)[1].tobytes()
-
-
-@pytest.mark.parametrize(
-    ("name", "encode", "dtype"),
-    [
-        ("a.png", lambda im: _png(im), np.uint8),
-        ("a16.png", lambda im: _png(im.astype(np.uint16) * 257), np.uint16),
-        ("a.jpg", lambda im: cv2.imencode(".jpg", im)[1].tobytes(), np.uint8),
-        ("a.tif", lambda im: _tiff(im.astype(np.uint16) * 257), np.uint16),
-        (
-            "lzw.tif",
-            lambda im: cv2.imencode(".tif", im.astype(np.uint16) * 257)[1].tobytes(),
-            np.uint16,
-        ),
-    ],
-)
-def test_decode_images_keep_pixel_type(name, encode, dtype):
-    img = disc_image()
-    out = classify.decode_upload(name, encode(img))
-    assert isinstance(out, np.ndarray)
-    assert out.dtype == dtype and out.shape == img.shape
-
-
-def _tiff(arr):
-    buf = io.BytesIO()
-    tifffile.imwrite(buf, arr)
-    return buf.getvalue()
-
-
-def test_decode_colour_png_is_rgb():
-    bgr = np.zeros((20, 20, 3), np.uint8)
-    bgr[..., 2] = 255  # red in OpenCV's BGR order
-    out = classify.decode_upload("red.png", _png(bgr))
-    assert out[0, 0].tolist() == [255, 0, 0]
-
-
-@pytest.mark.parametrize("compress", [False, True])
-def test_decode_nifti_volume_and_section(compress):
-    vol = np.zeros((20, 24, 28), np.float32)
-    vol[5:15, 6:18, 7:21] = 1.0
-    raw = nib.Nifti1Image(vol, np.eye(4)).to_bytes()
-    data = gzip.compress(raw) if compress else raw
-    out = classify.decode_upload("scan.nii.gz" if compress else "scan.nii", data)
-    assert isinstance(out, classify.VolumeUpload)
-    assert out.shape == (20, 24, 28)
-    assert out.section(2, 14).shape == (20, 24)
-    with pytest.raises(classify.ClassifyError, match=r"0\.\.27, got 28"):
-        out.section(2, 28)
-
-
-def test_decode_tiff_stack_is_a_volume():
-    stack = np.zeros((5, 30, 40), np.uint16)
-    out = classify.decode_upload("stack.tif", _tiff(stack + 1))
-    assert isinstance(out, classify.VolumeUpload) and out.shape == (40, 30, 5)
-
-
-def _nrrd_bytes(arr, tmp_path, **header):
-    import nrrd
-
-    path = tmp_path / "v.nrrd"
-    nrrd.write(str(path), arr, header)
-    return path.read_bytes()
-
-
-@pytest.mark.parametrize(
-    ("header", "spacing"),
-    [
-        ({"space directions": np.diag([0.005, 0.005, 0.01]), "space units": ["mm"] * 3},
-         (5.0, 5.0, 10.0)),
-        ({"spacings": [0.005] * 3}, None),  # no unit: taken as isotropic, never as mm
-    ],
-)  # fmt: skip
-def test_decode_nrrd_volume(tmp_path, header, spacing):
-    vol = np.zeros((20, 24, 28), np.uint16)
-    vol[5:15, 6:18, 7:21] = 900
-    out = classify.decode_upload("scan.nrrd", _nrrd_bytes(vol, tmp_path, **header))
-    assert isinstance(out, classify.VolumeUpload) and out.shape == (20, 24, 28)
-    assert out.spacing_um == spacing
-    np.testing.assert_array_equal(out.data, vol)  # (x, y, z), as read_volume gives it
-
-
-@pytest.mark.parametrize(
-    ("name", "data", "match"),
-    [
-        ("notes.txt", b"hello world", r"notes\.txt: not a readable image"),
-        ("bad.nrrd", b"NRRD0005\ntype: uint8\nsizes: 4 4\n\nxx", r"bad\.nrrd: not a readable NRRD"),
-        ("empty.png", b"", r"empty\.png: the file is empty"),
-        ("broken.png", b"\x89PNG\r\n\x1a\n" + b"\0" * 40, r"broken\.png: the PNG file is corrupt"),
-        ("bad.nii.gz", gzip.compress(b"x" * 400, mtime=0), r"bad\.nii\.gz: not a readable NIfTI"),
-        ("bad.tif", b"II*\x00" + b"\xff" * 20, r"bad\.tif: not a readable TIFF"),
-    ],
-)
-def test_decode_rejects_non_images(name, data, match):
-    with pytest.raises(classify.UploadError, match=match):
-        classify.decode_upload(name, data)
-
-
-def test_decode_refuses_oversized_upload():
-    with pytest.raises(classify.UploadError, match=r"big\.png: .* too large; the limit is 1 MB"):
-        classify.decode_upload("big.png", b"\x89PNG" + b"\0" * (2 * 2**20), max_bytes=2**20)
 
 
 # --------------------------------------------------------------------------- preprocessing
@@ -293,7 +183,7 @@ def test_preprocess_defaults_from_store_then_params(tmp_path):
 def test_calibration_picks_the_largest_coverage_reaching_the_precision():
     conf = np.array([0.9, 0.85, 0.8, 0.7, 0.6, 0.55, 0.5, 0.4])
     ok = np.array([1, 1, 1, 1, 0, 1, 0, 0], bool)
-    cal = classify.calibrate_threshold(conf, ok, target_precision=0.8, min_support=3)
+    cal = calibrate_threshold(conf, ok, target_precision=0.8, min_support=3)
     # accepting >= 0.55: 5 of 6 right (83 %); >= 0.5: 5 of 7 (71 %)
     assert cal.threshold == 0.55 and cal.reached
     assert cal.precision == pytest.approx(5 / 6) and cal.coverage == pytest.approx(6 / 8)
@@ -303,14 +193,14 @@ def test_calibration_picks_the_largest_coverage_reaching_the_precision():
 def test_calibration_ties_are_taken_together():
     conf = [0.9, 0.7, 0.7, 0.7, 0.2]
     ok = [True, True, False, False, False]
-    cal = classify.calibrate_threshold(conf, ok, target_precision=0.6, min_support=1)
+    cal = calibrate_threshold(conf, ok, target_precision=0.6, min_support=1)
     assert cal.threshold == 0.9  # ">= 0.7" takes all three tied slices: 2 of 4 right
-    cal = classify.calibrate_threshold(conf, ok, target_precision=0.5, min_support=2)
+    cal = calibrate_threshold(conf, ok, target_precision=0.5, min_support=2)
     assert cal.threshold == 0.7 and cal.coverage == pytest.approx(0.8)
 
 
 def test_calibration_unreachable_flags_everything():
-    cal = classify.calibrate_threshold([0.9, 0.8], [False, True], target_precision=0.9)
+    cal = calibrate_threshold([0.9, 0.8], [False, True], target_precision=0.9)
     assert not cal.reached and cal.uncertain(0.99)
 
 
@@ -326,14 +216,14 @@ def test_calibration_unreachable_flags_everything():
 )
 def test_calibration_rejects_bad_input(kwargs, match):
     with pytest.raises(classify.ClassifyError, match=match):
-        classify.calibrate_threshold(**kwargs)
+        calibrate_threshold(**kwargs)
 
 
 def test_calibrate_spec_uses_validation_predictions(workspace):
     from foramlib.evaluation.metrics import load_model_predictions
 
     spec = EnsembleSpec.load(workspace / "results" / "ensemble" / "Top-2.json")
-    cal = classify.calibrate_spec(spec, workspace / "models", target_precision=0.6, min_support=5)
+    cal = calibrate_spec(spec, workspace / "models", target_precision=0.6, min_support=5)
     val = {m: load_model_predictions(workspace / "models" / m, "val") for m in spec.members}
     probs = spec.apply(val)
     conf, ok = probs.max(1), probs.argmax(1) == val["m1"].y_true
@@ -548,14 +438,14 @@ def test_loaded_models_are_compiled_for_prediction_on_jax(workspace, tmp_path, m
 
 
 def test_feature_layer_of_nested_backbone(classifier):
-    assert classify.feature_layer(classifier.models["m1"]).name == "block4_relu"
+    assert feature_layer(classifier.models["m1"]).name == "block4_relu"
 
 
 def test_feature_layer_can_be_finer(classifier):
     from foramlib.learn.models import backbone_of
 
     model = classifier.models["m1"]
-    fine = classify.feature_layer(model, min_side=6)
+    fine = feature_layer(model, min_side=6)
     side = fine.output.shape[1]
     assert side >= 6 and "Padding" not in type(fine).__name__
     # the LAST map that fine: every later spatial layer is coarser
@@ -563,15 +453,15 @@ def test_feature_layer_can_be_finer(classifier):
     later = layers[layers.index(fine) + 1 :]
     assert all(len(x.output.shape) != 4 or x.output.shape[1] < 6 for x in later)
     with pytest.raises(classify.ClassifyError, match="side >= 99"):
-        classify.feature_layer(model, min_side=99)
+        feature_layer(model, min_side=99)
 
 
 def test_classifier_grad_cam_uses_the_finer_map(classifier):
     clean, _ = classifier.prepare(disc_image())
     model = classifier.models["m1"]
     heat = classifier.grad_cam(clean)
-    fine = classify.grad_cam(model, clean.astype(np.float32), min_side=classify.cam_side(SIZE))
-    coarse = classify.grad_cam(model, clean.astype(np.float32))
+    fine = grad_cam(model, clean.astype(np.float32), min_side=cam_side(SIZE))
+    coarse = grad_cam(model, clean.astype(np.float32))
     assert fine.shape[0] > coarse.shape[0]
     expected = cv2.resize(fine, clean.shape[::-1], interpolation=cv2.INTER_LINEAR)
     np.testing.assert_allclose(heat, expected, atol=1e-6)
@@ -584,7 +474,7 @@ def test_grad_cam_follows_the_models_own_forward_pass(classifier):
 
     model = classifier.models["m1"]
     clean, _ = classifier.prepare(disc_image())
-    heat = classify.grad_cam(model, clean.astype(np.float32))
+    heat = grad_cam(model, clean.astype(np.float32))
     assert heat.shape == (SIZE // 8, SIZE // 8) and heat.dtype == np.float32
     assert 0.0 <= heat.min() and heat.max() <= 1.0
     # the wrapper layers it re-applies reproduce the model's output
@@ -609,11 +499,11 @@ def test_grad_cam_depends_on_where_the_fossil_is(classifier):
 
 def test_grad_cam_rejects_wrong_size(classifier):
     with pytest.raises(classify.ClassifyError, match=r"expected an image of shape \(32, 32, 1\)"):
-        classify.grad_cam(classifier.models["m1"], np.zeros((10, 10), np.float32))
+        grad_cam(classifier.models["m1"], np.zeros((10, 10), np.float32))
 
 
 def test_overlay_blends_colour():
-    out = classify.overlay(np.full((8, 8), 100, np.uint8), np.linspace(0, 1, 64).reshape(8, 8))
+    out = overlay(np.full((8, 8), 100, np.uint8), np.linspace(0, 1, 64).reshape(8, 8))
     assert out.shape == (8, 8, 3) and out.dtype == np.uint8
     assert not np.array_equal(out[0, 0], out[-1, -1])
 

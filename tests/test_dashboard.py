@@ -26,6 +26,7 @@ from test_classify import NAMES, SIZE, disc_image, write_workspace
 from foramlib.app import dashboard
 from foramlib.dataset.preprocess import PreprocessConfig
 from foramlib.inference import classify, scan
+from foramlib.inference.calibration import Calibration
 from foramlib.matching.search import Match
 
 
@@ -314,7 +315,7 @@ def test_an_uploaded_stored_slice_gets_the_stored_slices_answer(app, workspace):
 def test_uncertain_notice_follows_the_calibration(app, loaded, monkeypatch):
     app.gallery.value = "S0:00000"
     for threshold, expected in [(1.0, True), (0.0, False)]:
-        cal = classify.Calibration(threshold, 0.8, 0.8, 0.5, 40, True, "rule")
+        cal = Calibration(threshold, 0.8, 0.8, 0.5, 40, True, "rule")
         monkeypatch.setattr(loaded, "calibration", cal)
         app.classify()
         assert visible(app.uncertain) is expected
@@ -566,8 +567,10 @@ def shell_volume(shape=(40, 40, 40), seed=0):
     return (1000 * vol).astype(np.float32)
 
 
-def nifti_bytes(vol, spacing=(1.0, 1.0, 1.0)) -> bytes:
-    return gzip.compress(nib.Nifti1Image(vol, np.diag([*spacing, 1.0])).to_bytes())
+def nifti_bytes(vol, spacing=(1.0, 1.0, 1.0), unit="micron") -> bytes:
+    img = nib.Nifti1Image(vol, np.diag([*spacing, 1.0]))
+    img.header.set_xyzt_units(unit)
+    return gzip.compress(img.to_bytes())
 
 
 def scan_rows(table_html):
@@ -641,9 +644,9 @@ def test_whole_scan_without_specimen_ids_is_flagged_and_says_why(scanned):
 @pytest.mark.parametrize(
     ("cal", "uncertain", "text"),
     [
-        (classify.Calibration(1.0, 0.8, 0.9, 0.1, 9, True, "r"), True, "is below the threshold"),
-        (classify.Calibration(0.0, 0.8, 0.9, 1.0, 9, True, "r"), False, "is at or above"),
-        (classify.Calibration(1.0, 0.8, 0.5, 0.0, 9, False, "r"), True, "no mean probability"),
+        (Calibration(1.0, 0.8, 0.9, 0.1, 9, True, "r"), True, "is below the threshold"),
+        (Calibration(0.0, 0.8, 0.9, 1.0, 9, True, "r"), False, "is at or above"),
+        (Calibration(1.0, 0.8, 0.5, 0.0, 9, False, "r"), True, "no mean probability"),
     ],
 )
 def test_whole_scan_uncertainty_names_the_rule(app, monkeypatch, cal, uncertain, text):
@@ -662,7 +665,7 @@ def test_whole_scan_calibration_is_computed_once(app, monkeypatch):
 
     def fake(spec, models_dir):
         calls.append(models_dir)
-        return classify.Calibration(0.5, 0.8, 0.9, 0.5, 9, True, "r")
+        return Calibration(0.5, 0.8, 0.9, 0.5, 9, True, "r")
 
     monkeypatch.setattr(scan, "calibrate_specimens", fake)
     app.load_upload("fossil.nii.gz", nifti_bytes(shell_volume()))
@@ -711,6 +714,16 @@ def test_anisotropic_scan_is_resampled_and_says_so(app):
     assert app.scan_answer.metadata["shape"] == [40, 40, 40]
     assert "resampled to isotropic from 5×5×10 µm" in app.scan_summary.value
     assert "taken as isotropic" not in app.scan_summary.value
+
+
+def test_anisotropic_scan_without_a_unit_is_resampled_by_its_ratios(app):
+    vol = shell_volume((40, 40, 20))
+    app.load_upload("nounit.nii.gz", nifti_bytes(vol, (5.0, 5.0, 10.0), unit="unknown"))
+    assert app.volume.spacing_um is None  # never guessed as millimetres
+    app.scan_sections.value = 8
+    app.classify_scan()
+    assert app.scan_answer.metadata["shape"] == [40, 40, 40]
+    assert "from the header's 5×5×10 (its unit is not stated" in app.scan_summary.value
 
 
 def test_tiff_stack_scan_is_taken_as_isotropic(app):

@@ -16,6 +16,8 @@ from foramlib.dataset.slicing import SlicingConfig, slice_array
 from foramlib.evaluation.ensemble import EnsembleSpec
 from foramlib.evaluation.metrics import Predictions, specimen_votes
 from foramlib.inference import classify, scan
+from foramlib.inference.calibration import Calibration, calibrate_threshold
+from foramlib.io import uploads
 from foramlib.io.volumes import write_nifti
 from foramlib.tools.cli import main
 
@@ -104,7 +106,7 @@ def test_specimen_calibration_votes_validation_specimens(tmp_path):
     votes = specimen_votes(
         Predictions.from_arrays("v", spec.apply(val), val["m1"].y_true, NAMES, specimen_ids=ids)
     )
-    expected = classify.calibrate_threshold(
+    expected = calibrate_threshold(
         votes["confidence"], votes["true"] == votes["predicted"], target_precision=0.5,
         min_support=2,
     )  # fmt: skip
@@ -156,11 +158,11 @@ def test_load_scan_resamples_anisotropic_voxels(tmp_path):
     path = write_nifti(tmp_path / "a.nii", shell((40, 40, 20)) * 1000, (5.0, 5.0, 10.0))
     data, _, notes = scan.load_scan(path)
     assert data.shape == (40, 40, 40) and notes == {}
-    upload = classify.VolumeUpload("u.nii", shell((40, 40, 20)), 5.0, (5.0, 5.0, 10.0))
+    upload = uploads.VolumeUpload("u.nii", shell((40, 40, 20)), 5.0, (5.0, 5.0, 10.0))
     data, name, notes = scan.load_scan(upload)
     assert name == "u.nii" and data.shape == (40, 40, 40)
     assert notes == {"resampled_from_um": [5.0, 5.0, 10.0]}
-    stack = classify.VolumeUpload("s.tif", shell((40, 40, 20)))  # no voxel size known
+    stack = uploads.VolumeUpload("s.tif", shell((40, 40, 20)))  # no voxel size known
     assert scan.load_scan(stack)[2] == {"assumed_isotropic": True}
 
 
@@ -222,8 +224,8 @@ def test_classify_scan_uses_the_slicer_and_combines_sections(classifier):
 def test_classify_scan_applies_the_specimen_threshold(classifier):
     vol = shell()
     answer = scan.classify_scan(classifier, vol, n_sections=8)
-    sure = classify.Calibration(0.0, 0.8, 0.9, 1.0, 10, True, "rule")
-    never = classify.Calibration(1.0, 0.8, 0.5, 0.0, 10, False, "rule")
+    sure = Calibration(0.0, 0.8, 0.9, 1.0, 10, True, "rule")
+    never = Calibration(1.0, 0.8, 0.5, 0.0, 10, False, "rule")
     assert not scan.classify_scan(classifier, vol, n_sections=8, calibration=sure).uncertain
     assert scan.classify_scan(classifier, vol, n_sections=8, calibration=never).uncertain
     assert "UNCERTAIN: no specimen-level calibration" in scan.format_answer(answer)
@@ -369,13 +371,13 @@ def test_flag_votes_applies_the_rule_and_scores_accepted_votes():
             "confidence": [0.9, 0.8, 0.5, 0.3],
         }
     )
-    cal = classify.Calibration(0.8, 0.8, 1.0, 0.5, 6, True, "rule")
+    cal = Calibration(0.8, 0.8, 1.0, 0.5, 6, True, "rule")
     flagged, summary = scan.flag_votes(votes, cal)
     assert flagged["uncertain"].tolist() == [False, False, True, True]
     assert summary == dict(
         threshold=0.8, reached=True, specimens=4, uncertain=2, accepted=2, accepted_accuracy=0.5
     )
-    unreached = classify.Calibration(1.0, 0.8, 0.4, 0.0, 6, False, "rule")
+    unreached = Calibration(1.0, 0.8, 0.4, 0.0, 6, False, "rule")
     flagged, summary = scan.flag_votes(votes, unreached)
     assert flagged["uncertain"].all() and summary["accepted_accuracy"] is None
     with pytest.raises(scan.ScanError, match=r"lack column\(s\) \['confidence'\]"):

@@ -11,6 +11,7 @@ from foramlib.tools.stagedeps import (
     check_dvc_yaml,
     check_stage_config,
     closure,
+    fix_dvc_yaml,
     module_imports,
     notebook_imports,
     notebook_parameters,
@@ -194,7 +195,7 @@ def test_closure_rejects_an_unknown_module():
 
 def test_the_package_graph_follows_lazy_imports():
     graph = module_imports(REPO / "foramlib")
-    assert "inference.classify" in graph["inference.scan"]
+    assert "evaluation.metrics" in graph["inference.scan"]  # imported inside a function
     assert closure({"tools.stages"}, graph) == {"tools", "tools.stages", "io", "io.atomic"}
 
 
@@ -221,6 +222,51 @@ def test_cli_deps_exits_1_and_prints_each_problem(tmp_path, capsys):
     assert "go: runs foramlib/b.py but its deps do not list it" in out.out
     assert "1 problem(s)" in out.err
     assert cli.main(["deps", "--root", str(REPO)]) == 0
+
+
+def test_cli_deps_fix_rewrites_only_the_stages_code_deps(tmp_path, capsys):
+    root = make_project(
+        tmp_path,
+        {"a": "from foramlib import b\n", "b": "", "c": ""},
+        "from foramlib import a",
+        ["foramlib/a.py", "foramlib/c.py", "data/raw"],
+    )
+    text = (root / "dvc.yaml").read_text().replace("stages:", "# kept comment\nstages:")
+    (root / "dvc.yaml").write_text(text)
+    assert cli.main(["deps", "--root", str(root), "--fix"]) == 0
+    out = capsys.readouterr().out
+    assert "fixed: go: runs foramlib/b.py but its deps do not list it" in out
+    assert "fixed: go: deps list foramlib/c.py, which the stage does not import" in out
+    assert messages(root) == []
+    after = (root / "dvc.yaml").read_text()
+    assert after.startswith("# kept comment\n")
+    deps = yaml.safe_load(after)["stages"]["go"]["deps"]
+    assert deps == ["notebooks/go.py", *RUNNER_DEPS, "foramlib/a.py", "foramlib/b.py", "data/raw"]
+
+
+def test_deps_fix_reaches_a_foreach_stages_do_body(tmp_path):
+    root = make_project(tmp_path, {"a": "from foramlib import b\n", "b": ""},
+                        "from foramlib import a", ["foramlib/a.py"])  # fmt: skip
+    stage = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]["go"]
+    body = {"foreach": {"x": 1}, "do": stage}
+    (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"go": body}}))
+    fixed, remaining = fix_dvc_yaml(root)
+    assert [p.add for p in fixed] == ["foramlib/b.py"] and remaining == []
+    assert (
+        "foramlib/b.py"
+        in yaml.safe_load((root / "dvc.yaml").read_text())["stages"]["go"]["do"]["deps"]
+    )
+
+
+def test_deps_fix_leaves_params_problems_to_a_person(tmp_path):
+    root = make_project(tmp_path, {"a": ""}, "from foramlib import a", ["foramlib/a.py"],
+                        cmd_params="-p x 1 -p nope 2")  # fmt: skip
+    before = (root / "dvc.yaml").read_text()
+    fixed, remaining = fix_dvc_yaml(root)
+    assert fixed == [] and [str(p) for p in remaining] == [
+        "go: -p nope is not a parameter of notebooks/go.py"
+    ]
+    assert (root / "dvc.yaml").read_text() == before  # nothing to fix: not rewritten
 
 
 # --- subpackages ---------------------------------------------------------------------

@@ -50,6 +50,8 @@ from foramlib.app.workspace import (
 )
 from foramlib.dataset.preprocess import PreprocessError
 from foramlib.inference import classify, scan
+from foramlib.inference.calibration import Calibration
+from foramlib.io import uploads
 
 __all__ = ["App", "resolve_workspace", "max_upload_bytes", "SCAN_THUMBNAILS"]
 
@@ -146,9 +148,9 @@ class App(widgets.VBox):
         self.source_name = ""
         self.source_cleaned = False
         self.source_truth: str | None = None
-        self.volume: classify.VolumeUpload | None = None
+        self.volume: uploads.VolumeUpload | None = None
         self.scan_answer: scan.ScanAnswer | None = None
-        self._scan_calibration: tuple[classify.Calibration | None, str | None] | None = None
+        self._scan_calibration: tuple[Calibration | None, str | None] | None = None
         self.cleaned: np.ndarray | None = None
         self.cleaned_info: dict | None = None
         self.prediction: classify.Prediction | None = None
@@ -243,7 +245,7 @@ class App(widgets.VBox):
 
     # ================================================================== classify page
     def _build_classify(self) -> widgets.VBox:
-        accept = ",".join(classify.IMAGE_SUFFIXES + classify.VOLUME_SUFFIXES)
+        accept = ",".join(uploads.UPLOAD_SUFFIXES)
         self.upload = _cls(
             widgets.FileUpload(
                 accept=accept, multiple=False, description="Upload a slice or volume"
@@ -520,8 +522,8 @@ class App(widgets.VBox):
         self._reset_results()
         self._reset_scan()
         try:
-            decoded = classify.decode_upload(name, data, max_bytes=self.max_upload)
-        except classify.UploadError as exc:
+            decoded = uploads.decode_upload(name, data, max_bytes=self.max_upload)
+        except uploads.UploadError as exc:
             self._clear_source()
             self.message.value = render.message("error", str(exc))
             return
@@ -530,7 +532,7 @@ class App(widgets.VBox):
             self.gallery.value = None
         finally:
             self._quiet = False
-        if isinstance(decoded, classify.VolumeUpload):
+        if isinstance(decoded, uploads.VolumeUpload):
             self.volume = decoded
             _hide(self.volume_box, False)
             _hide(self.scan_box, False)
@@ -835,7 +837,7 @@ class App(widgets.VBox):
             )
 
     # ------------------------------------------------------------------ whole scan
-    def scan_calibration(self) -> tuple[classify.Calibration | None, str | None]:
+    def scan_calibration(self) -> tuple[Calibration | None, str | None]:
         """The specimen-level uncertainty rule, computed on first use and kept.
 
         Returns
@@ -883,7 +885,7 @@ class App(widgets.VBox):
         if result is not None:
             self._show_scan(*result)
 
-    def _run_scan(self, volume: classify.VolumeUpload):
+    def _run_scan(self, volume: uploads.VolumeUpload):
         """Run :func:`foramlib.inference.scan.classify_scan` as ``foram classify`` does.
 
         Returns

@@ -435,6 +435,12 @@ def scan_summary_html(answer: scan.ScanAnswer, seconds: float) -> str:
     if md.get("resampled_from_um"):
         sp = "×".join(f"{s:g}" for s in md["resampled_from_um"])
         extra.append(f"voxels resampled to isotropic from {sp} µm")
+    if md.get("resampled_from_unitless"):
+        sp = "×".join(f"{s:g}" for s in md["resampled_from_unitless"])
+        extra.append(
+            f"voxels resampled to isotropic from the header's {sp} (its unit is not stated; "
+            "the ratios are enough)"
+        )
     if md.get("assumed_isotropic"):
         extra.append("voxel size unknown (TIFF stack): voxels taken as isotropic")
     if extra:

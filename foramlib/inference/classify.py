@@ -2,9 +2,8 @@
 
 Everything the dashboard's classification page does, without widgets:
 
-* :func:`decode_upload` turns uploaded bytes into an image (PNG, JPEG, TIFF including
-  16-bit) or a :class:`VolumeUpload` (NIfTI ``.nii``/``.nii.gz`` or a multi-page TIFF
-  stack) from which one section is picked;
+* :func:`foramlib.io.uploads.decode_upload` (not here) turns uploaded bytes into an
+  image or a volume from which one section is picked;
 * :func:`prepare` runs the SAME preprocessing as the slice stage
   (:func:`foramlib.dataset.preprocess.preprocess_slice`), with the store's recorded settings
   (``data/slices/slicing.json``, else ``params.yaml`` ``slice.*``) as defaults, after an
@@ -14,18 +13,15 @@ Everything the dashboard's classification page does, without widgets:
   resized exactly as in training (:func:`foramlib.dataset.preprocess.resize_slice`, float32 in
   [0, 255]), their probabilities combined by the recorded
   :class:`~foramlib.evaluation.ensemble.EnsembleSpec`;
-* :func:`calibrate_threshold` sets the confidence under which a prediction is flagged
-  *uncertain*, on VALIDATION predictions only;
-* :func:`grad_cam` shows which part of the slice drove the main model's decision.
+* the confidence under which a prediction is flagged *uncertain* is set on VALIDATION
+  predictions only (:mod:`foramlib.inference.calibration`);
+* :meth:`Classifier.grad_cam` shows which part of the slice drove the main model's
+  decision (:mod:`foramlib.inference.gradcam`).
 
 Examples
 --------
->>> import numpy as np, cv2
->>> img = np.zeros((64, 64), np.uint16); img[16:48, 20:44] = 40000
->>> ok, png = cv2.imencode(".png", img)
->>> decoded = decode_upload("scan.png", png.tobytes())
->>> decoded.dtype.name, decoded.shape
-('uint16', (64, 64))
+>>> import numpy as np
+>>> decoded = np.zeros((64, 64), np.uint16); decoded[16:48, 20:44] = 40000
 >>> clean, info = prepare(decoded, PrepareOptions(), PreprocessConfig(size=32))
 >>> clean.shape, clean.dtype.name, info["source"]
 ((32, 32), 'uint8', 'preprocessed')
@@ -33,13 +29,10 @@ Examples
 
 from __future__ import annotations
 
-import gzip
-import io
 import json
 import math
-import weakref
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import cv2
@@ -51,289 +44,33 @@ from foramlib.dataset.preprocess import (
     preprocess_slice,
     resize_slice,
 )
+from foramlib.inference.calibration import (
+    DEFAULT_MIN_SUPPORT,
+    DEFAULT_TARGET_PRECISION,
+    Calibration,
+    calibrate_spec,
+)
+from foramlib.inference.errors import RUN_FIRST, ArtefactError, ClassifyError
+from foramlib.inference.gradcam import cam_side, grad_cam
 from foramlib.inference.section_check import SectionCheck, SectionCheckError, Verdict, colourfulness
 from foramlib.learn.tta import check_views, predict_views
 
 __all__ = [
-    "ClassifyError",
-    "UploadError",
-    "ArtefactError",
-    "IMAGE_SUFFIXES",
-    "VOLUME_SUFFIXES",
-    "VolumeUpload",
-    "decode_upload",
     "PrepareOptions",
     "preprocess_defaults",
     "stored_slice",
     "prepare",
     "prepare_upload",
-    "Calibration",
-    "calibrate_threshold",
-    "calibrate_spec",
-    "load_validation",
     "Prediction",
     "Classifier",
     "missing_artefacts",
     "load_section_check",
     "SECTION_CHECK",
     "member_tta_views",
-    "feature_layer",
-    "cam_side",
-    "grad_cam",
-    "overlay",
-    "DEFAULT_TARGET_PRECISION",
-    "DEFAULT_MIN_SUPPORT",
 ]
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
-VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd")
-DEFAULT_TARGET_PRECISION = 0.80
-DEFAULT_MIN_SUPPORT = 20
 MAX_SIDE = 2048
 DEFAULT_CONFIG = PreprocessConfig()
-RUN_FIRST = "run `dvc repro` (or `make demo`) in the workspace first"
-
-
-class ClassifyError(ValueError):
-    """A request the classifier cannot serve (bad options, wrong image, ...)."""
-
-
-class UploadError(ClassifyError):
-    """Uploaded bytes that are not a usable image or volume, or are too large."""
-
-
-class ArtefactError(ClassifyError):
-    """Models, results or data that the pipeline has not produced (yet)."""
-
-
-# --------------------------------------------------------------------------- upload
-
-
-@dataclass
-class VolumeUpload:
-    """An uploaded 3-D scan; :meth:`section` picks the 2-D slice to classify.
-
-    Parameters
-    ----------
-    name : str
-        File name of the upload.
-    data : ndarray
-        float32 volume in ``(x, y, z)`` order (as :func:`foramlib.io.volumes.read_volume`).
-    voxel_size_um : float or None
-        Voxel size from the header, when known.
-    spacing_um : tuple of 3 float or None
-        Voxel size along each axis from the header, when known (anisotropic scans are
-        resampled before a whole-scan classification).
-    """
-
-    name: str
-    data: np.ndarray = field(repr=False)
-    voxel_size_um: float | None = None
-    spacing_um: tuple[float, float, float] | None = None
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        return tuple(int(s) for s in self.data.shape)
-
-    def section(self, axis: int, index: int) -> np.ndarray:
-        """The 2-D section ``index`` along ``axis`` (0, 1 or 2).
-
-        >>> VolumeUpload("v.nii", np.zeros((4, 5, 6), np.float32)).section(1, 2).shape
-        (4, 6)
-        """
-        if axis not in (0, 1, 2):
-            raise ClassifyError(f"{self.name}: axis must be 0, 1 or 2, got {axis!r}")
-        n = self.data.shape[axis]
-        if not isinstance(index, int | np.integer) or not 0 <= index < n:
-            raise ClassifyError(
-                f"{self.name}: section index along axis {axis} must be in 0..{n - 1}, got {index!r}"
-            )
-        return np.take(self.data, int(index), axis=axis)
-
-
-def _kind(name: str, data: bytes) -> str:
-    """'png', 'jpeg', 'tiff', 'nrrd', 'nifti' or 'unknown', from the magic bytes (then
-    the name)."""
-    head = data[:352]
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "png"
-    if head.startswith(b"\xff\xd8\xff"):
-        return "jpeg"
-    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
-        return "tiff"
-    if head.startswith(b"NRRD000"):
-        return "nrrd"
-    if head.startswith(b"\x1f\x8b"):
-        return "nifti"  # gzip: only .nii.gz is accepted compressed
-    if len(head) >= 348 and (
-        int.from_bytes(head[:4], "little") in (348, 540)
-        or int.from_bytes(head[:4], "big") in (348, 540)
-    ):
-        return "nifti"
-    lower = name.lower()
-    if lower.endswith(".nrrd"):
-        return "nrrd"
-    if lower.endswith(VOLUME_SUFFIXES):
-        return "nifti"
-    return "unknown"
-
-
-def _decode_nifti(name: str, data: bytes) -> VolumeUpload:
-    import nibabel as nib
-
-    from foramlib.io.volumes import check_volume_array
-
-    try:
-        raw = gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
-        first = int.from_bytes(raw[:4], "little")
-        first_be = int.from_bytes(raw[:4], "big")
-        cls = nib.Nifti2Image if 540 in (first, first_be) else nib.Nifti1Image
-        img = cls.from_bytes(raw)
-        arr = np.asarray(img.get_fdata(dtype=np.float32))
-        zooms = [float(z) for z in img.header.get_zooms()[:3]]
-    except MemoryError:
-        raise
-    except Exception as exc:  # nibabel raises many types for corrupt headers
-        raise UploadError(
-            f"{name}: not a readable NIfTI volume ({type(exc).__name__}: {exc})"
-        ) from None
-    if arr.ndim == 4 and arr.shape[3] == 1:
-        arr = arr[..., 0]
-    if arr.ndim != 3:
-        raise UploadError(f"{name}: a NIfTI volume must be 3-D, got shape {arr.shape}")
-    try:
-        arr = check_volume_array(arr, name)
-    except ValueError as exc:
-        raise UploadError(str(exc)) from None
-    known = len(zooms) == 3 and all(math.isfinite(z) and z > 0 for z in zooms)
-    size = zooms[0] if known else None
-    return VolumeUpload(
-        name, np.ascontiguousarray(arr, np.float32), size, tuple(zooms) if known else None
-    )
-
-
-def _decode_nrrd(name: str, data: bytes) -> VolumeUpload:
-    import nrrd
-
-    from foramlib.io.volumes import check_volume_array, nrrd_spacing_um
-
-    try:
-        fh = io.BytesIO(data)
-        header = nrrd.read_header(fh)
-        if "data file" in header or "datafile" in header:
-            raise UploadError(
-                f"{name}: a detached NRRD header (its data lives in another file); "
-                "upload a single .nrrd file"
-            )
-        arr = nrrd.read_data(header, fh, None)  # index order "F": (x, y, z)
-    except (UploadError, MemoryError):
-        raise
-    except Exception as exc:  # pynrrd raises several types for corrupt files
-        raise UploadError(
-            f"{name}: not a readable NRRD volume ({type(exc).__name__}: {exc})"
-        ) from None
-    if arr.ndim != 3:
-        raise UploadError(f"{name}: a NRRD volume must be 3-D, got shape {arr.shape}")
-    try:
-        arr = check_volume_array(np.asarray(arr, np.float32), name)
-    except ValueError as exc:
-        raise UploadError(str(exc)) from None
-    spacing, _ = nrrd_spacing_um(header)  # None: taken as isotropic, and said so
-    return VolumeUpload(name, np.ascontiguousarray(arr), min(spacing) if spacing else None, spacing)
-
-
-def _decode_tiff(name: str, data: bytes):
-    import tifffile
-
-    try:
-        arr = tifffile.imread(io.BytesIO(data))
-    except Exception as exc:  # tifffile raises many types for corrupt files
-        # compressions tifffile cannot decode without imagecodecs (LZW, JPEG): OpenCV's
-        # libtiff reads them
-        ok, pages = cv2.imdecodemulti(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-        if not ok or not pages:
-            raise UploadError(
-                f"{name}: not a readable TIFF image ({type(exc).__name__}: {exc})"
-            ) from None
-        pages = [
-            cv2.cvtColor(p, cv2.COLOR_BGR2RGB if p.shape[2] == 3 else cv2.COLOR_BGRA2RGBA)
-            if p.ndim == 3
-            else p
-            for p in pages
-        ]
-        arr = pages[0] if len(pages) == 1 else np.stack(pages)
-    arr = np.squeeze(np.asarray(arr))
-    if arr.ndim == 2 or (arr.ndim == 3 and arr.shape[-1] in (3, 4)):
-        return arr
-    if arr.ndim == 3:  # a stack of pages (z, y, x) → volume in (x, y, z) like read_volume
-        return VolumeUpload(name, np.ascontiguousarray(arr.transpose(2, 1, 0), np.float32))
-    raise UploadError(
-        f"{name}: not a readable TIFF image (it holds an array of shape {arr.shape}, "
-        "neither an image nor a stack of images)"
-    )
-
-
-def decode_upload(name: str, data: bytes, *, max_bytes: int | None = None):
-    """Decode uploaded bytes into an image array or a :class:`VolumeUpload`.
-
-    Parameters
-    ----------
-    name : str
-        The file's name (for messages; ``.nii``/``.nii.gz``/``.nrrd`` marks a volume).
-    data : bytes
-        The file's content.
-    max_bytes : int, optional
-        Refuse larger uploads.
-
-    Returns
-    -------
-    ndarray or VolumeUpload
-        2-D (gray) or 3-D (RGB/RGBA, in RGB order) array with the file's own pixel
-        type (uint8, uint16, float), or a volume for NIfTI and NRRD files and TIFF
-        stacks.
-
-    Raises
-    ------
-    UploadError
-        Empty, too large, or not a PNG/JPEG/TIFF/NIfTI/NRRD the decoders can read; the
-        message names the file.
-
-    Examples
-    --------
-    >>> decode_upload("notes.txt", b"hello")
-    Traceback (most recent call last):
-    ...
-    foramlib.inference.classify.UploadError: notes.txt: not a readable image or volume (expected PNG, JPEG, TIFF, NIfTI or NRRD; the file starts with b'hello')
-    """  # noqa: E501
-    data = bytes(data)
-    if not data:
-        raise UploadError(f"{name}: the file is empty")
-    if max_bytes is not None and len(data) > max_bytes:
-        raise UploadError(
-            f"{name}: {len(data) / 2**20:.1f} MB is too large; the limit is "
-            f"{max_bytes / 2**20:.0f} MB (FORAM_MAX_UPLOAD_MB)"
-        )
-    kind = _kind(name, data)
-    if kind == "nifti":
-        return _decode_nifti(name, data)
-    if kind == "nrrd":
-        return _decode_nrrd(name, data)
-    if kind == "tiff":
-        return _decode_tiff(name, data)
-    # PNG, JPEG, and whatever else OpenCV reads (BMP, WebP, ...)
-    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    if arr is not None:
-        if arr.ndim == 3 and arr.shape[2] == 3:
-            arr = cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
-        elif arr.ndim == 3 and arr.shape[2] == 4:
-            arr = cv2.cvtColor(arr, cv2.COLOR_BGRA2RGBA)
-        return arr
-    if kind in ("png", "jpeg"):
-        raise UploadError(f"{name}: the {kind.upper()} file is corrupt or truncated")
-    raise UploadError(
-        f"{name}: not a readable image or volume (expected PNG, JPEG, TIFF, NIfTI or NRRD; "
-        f"the file starts with {data[:16]!r})"
-    )
 
 
 # --------------------------------------------------------------------------- preprocessing
@@ -432,7 +169,7 @@ def stored_slice(image, base: PreprocessConfig) -> np.ndarray | None:
     Parameters
     ----------
     image : array-like
-        A decoded image (:func:`decode_upload`).
+        A decoded image (:func:`foramlib.io.uploads.decode_upload`).
     base : PreprocessConfig
         The served preprocessing; its ``size`` is the stored slices' edge.
 
@@ -574,170 +311,6 @@ def prepare_upload(
     if stored is None:
         return prepare(image, options, base, name=name)
     return prepare(stored, options, base, cleaned=True, name=name)
-
-
-# --------------------------------------------------------------------------- calibration
-
-
-@dataclass(frozen=True)
-class Calibration:
-    """The confidence threshold under which a prediction is flagged uncertain.
-
-    Attributes
-    ----------
-    threshold : float
-        Predictions whose top probability is below it are uncertain.
-    target_precision : float
-        The validation precision asked for.
-    precision, coverage : float
-        On the validation slices with confidence >= threshold: the share predicted
-        correctly, and the share of all validation slices they are.
-    n_val : int
-        Validation slices used.
-    reached : bool
-        False when no threshold reaches the target (then every prediction is flagged).
-    rule : str
-        The rule in words.
-    """
-
-    threshold: float
-    target_precision: float
-    precision: float
-    coverage: float
-    n_val: int
-    reached: bool
-    rule: str
-
-    def uncertain(self, confidence: float) -> bool:
-        """True when a prediction of this top probability should be flagged."""
-        return (not self.reached) or confidence < self.threshold
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-
-def calibrate_threshold(
-    confidence,
-    correct,
-    *,
-    target_precision: float = DEFAULT_TARGET_PRECISION,
-    min_support: int = DEFAULT_MIN_SUPPORT,
-) -> Calibration:
-    """The lowest confidence threshold whose accepted predictions reach a precision.
-
-    Rule: over the validation slices, accept a prediction when its top probability is
-    at least ``t``; choose the smallest ``t`` (the largest coverage) at which the
-    accepted predictions are correct at least `target_precision` of the time and
-    number at least `min_support`. Predictions below ``t`` are *uncertain*. When no
-    ``t`` qualifies, every prediction is uncertain (``reached=False``).
-
-    Parameters
-    ----------
-    confidence : array of float
-        Top probability of each validation prediction.
-    correct : array of bool
-        Whether each top-1 prediction was right.
-    target_precision : float in (0, 1]
-    min_support : int >= 1
-
-    Examples
-    --------
-    >>> conf = [0.95, 0.9, 0.8, 0.7, 0.6, 0.5]
-    >>> ok = [True, True, True, False, True, False]
-    >>> c = calibrate_threshold(conf, ok, target_precision=0.75, min_support=2)
-    >>> c.threshold, c.precision, round(c.coverage, 3), c.reached
-    (0.6, 0.8, 0.833, True)
-    >>> calibrate_threshold(conf, ok, target_precision=1.0, min_support=4).reached
-    False
-    """
-    conf = np.asarray(confidence, dtype=np.float64).ravel()
-    ok = np.asarray(correct, dtype=bool).ravel()
-    if conf.shape != ok.shape or conf.size == 0:
-        raise ClassifyError(
-            f"confidence and correct must be non-empty and of one length, got "
-            f"{conf.size} and {ok.size}"
-        )
-    if not np.isfinite(conf).all():
-        raise ClassifyError("confidence holds NaN or infinite values")
-    if not 0.0 < float(target_precision) <= 1.0:
-        raise ClassifyError(f"target_precision must be in (0, 1], got {target_precision!r}")
-    if isinstance(min_support, bool) or not isinstance(min_support, int) or min_support < 1:
-        raise ClassifyError(f"min_support must be an integer >= 1, got {min_support!r}")
-    rule = (
-        f"smallest threshold t such that validation predictions with top probability >= t "
-        f"are correct at least {target_precision:.0%} of the time (at least {min_support} "
-        f"of them); below t a prediction is flagged uncertain"
-    )
-    order = np.argsort(-conf, kind="stable")
-    c, k = conf[order], ok[order]
-    hits = np.cumsum(k)
-    n = np.arange(1, len(c) + 1)
-    # accepting "confidence >= t" takes every slice tied at t: only ends of tie runs count
-    ends = np.r_[c[1:] != c[:-1], True]
-    prec = hits / n
-    good = ends & (prec >= target_precision - 1e-12) & (n >= min_support)
-    if not good.any():
-        best = int(np.argmax(np.where(ends & (n >= min(min_support, len(c))), prec, -1)))
-        return Calibration(
-            threshold=1.0,
-            target_precision=float(target_precision),
-            precision=float(prec[best]),
-            coverage=0.0,
-            n_val=int(len(c)),
-            reached=False,
-            rule=rule,
-        )
-    i = int(np.flatnonzero(good)[-1])
-    return Calibration(
-        threshold=float(c[i]),
-        target_precision=float(target_precision),
-        precision=float(prec[i]),
-        coverage=float(n[i] / len(c)),
-        n_val=int(len(c)),
-        reached=True,
-        rule=rule,
-    )
-
-
-def load_validation(spec, models_dir) -> dict:
-    """Each member's validation predictions (``<models_dir>/<member>/predictions_val.csv``).
-
-    Raises
-    ------
-    ArtefactError
-        A member's validation predictions are missing or unreadable.
-    """
-    from foramlib.evaluation.metrics import PredictionError, load_model_predictions
-
-    val = {}
-    for m in spec.members:
-        try:
-            val[m] = load_model_predictions(Path(models_dir) / m, "val")
-        except (PredictionError, FileNotFoundError, OSError) as exc:
-            raise ArtefactError(
-                f"validation predictions of {m!r} are missing or unreadable ({exc}); {RUN_FIRST}"
-            ) from None
-    return val
-
-
-def calibrate_spec(spec, models_dir, **kwargs) -> Calibration:
-    """Calibrate the uncertainty threshold of an ensemble on its members' validation output.
-
-    Reads ``<models_dir>/<member>/predictions_val.csv``, combines them with
-    ``spec.apply`` and calls :func:`calibrate_threshold` (keyword arguments passed on).
-
-    Raises
-    ------
-    ArtefactError
-        A member's validation predictions are missing.
-    """
-    val = load_validation(spec, models_dir)
-    try:
-        probs = spec.apply(val)
-    except ValueError as exc:  # EnsembleError, PredictionError: members that do not align
-        raise ArtefactError(f"cannot combine the validation predictions: {exc}") from None
-    y = val[spec.members[0]].y_true
-    return calibrate_threshold(probs.max(axis=1), probs.argmax(axis=1) == y, **kwargs)
 
 
 # --------------------------------------------------------------------------- workspace
@@ -1161,144 +734,6 @@ class Classifier:
         except ClassifyError:  # no map that fine: the last one
             heat = grad_cam(model, x[0], class_index=index)
         return cv2.resize(heat, cleaned.shape[::-1], interpolation=cv2.INTER_LINEAR)
-
-
-# --------------------------------------------------------------------------- Grad-CAM
-
-
-def feature_layer(model, min_side: int = 1):
-    """The backbone's last layer with a 4-D (spatial) output at least `min_side` wide.
-
-    With the default, the last spatial layer: for ``tiny_cnn`` ``block4_relu``, for the
-    ImageNet backbones the activation after their last convolution (e.g.
-    EfficientNetV2's ``top_activation``). A larger `min_side` picks a deeper-than-early
-    but finer layer (e.g. the last 6×6 map of a 96-px MobileNetV3 instead of its 3×3
-    one): Grad-CAM there shows more of the slice's structure.
-
-    >>> from foramlib.learn.models import build_model
-    >>> feature_layer(build_model("tiny_cnn", input_size=32, n_classes=2)).name
-    'block4_relu'
-    """
-    from foramlib.learn.models import backbone_of
-
-    net = backbone_of(model)
-    for layer in reversed(net.layers):
-        try:
-            shape = layer.output.shape
-        except (AttributeError, ValueError):
-            continue
-        kind = type(layer).__name__
-        if len(shape) != 4 or kind == "InputLayer" or "Padding" in kind:
-            continue  # a padding layer's map has a frame of zeros the slice does not have
-        if shape[1] is None or min(shape[1], shape[2]) >= min_side:
-            return layer
-    raise ClassifyError(
-        f"backbone of {model.name!r} has no layer with a spatial output of side >= {min_side}"
-    )
-
-
-def cam_side(input_size: int) -> int:
-    """The smallest feature-map side the page's Grad-CAM uses for an input size.
-
-    A sixteenth of the input (the stride-16 maps of the ImageNet backbones), at least 6:
-    a 3×3 map (a 96-px MobileNetV3's last) paints a few blocks, not the slice's chambers.
-
-    >>> cam_side(96), cam_side(224), cam_side(48)
-    (6, 14, 6)
-    """
-    return max(6, int(input_size) // 16)
-
-
-_FEATURES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model → {side: model}
-
-
-def grad_cam(model, image, *, class_index: int | None = None, min_side: int = 1) -> np.ndarray:
-    """Grad-CAM (Selvaraju et al. 2017) of a :func:`foramlib.learn.models.build_model` model.
-
-    The gradient of the class score with respect to the backbone's last spatial feature
-    map (:func:`feature_layer`), averaged over space, weights the map's channels; the
-    rectified sum, scaled to [0, 1], is the heat map. The model's wrapper layers are
-    applied around the nested backbone as in the model (gray to RGB, rescaling; the
-    augmentation and dropout are inactive at inference).
-
-    Parameters
-    ----------
-    model : keras.Model
-    image : array, shape (S, S) or (S, S, 1)
-        The model's input: float in [0, 255] at the model's input size.
-    class_index : int, optional
-        Class to explain (default: the model's top-1).
-    min_side : int
-        Explain at the last feature map at least this wide (:func:`feature_layer`).
-
-    Returns
-    -------
-    ndarray of float32 in [0, 1]
-        The heat map at the feature map's resolution (e.g. 3×3 for a 96-px
-        EfficientNet input); resize it for display.
-
-    Raises
-    ------
-    ClassifyError
-        On a backend other than TensorFlow, or an input of the wrong size.
-    """
-    import keras
-
-    if keras.backend.backend() != "tensorflow":
-        raise ClassifyError(
-            f"grad_cam needs the tensorflow backend, not {keras.backend.backend()!r}"
-        )
-    import tensorflow as tf
-
-    from foramlib.learn.models import backbone_of
-
-    size = int(model.input_shape[1])
-    x = np.asarray(image, dtype=np.float32)
-    if x.ndim == 2:
-        x = x[..., None]
-    if x.shape != (size, size, 1):
-        raise ClassifyError(
-            f"grad_cam: expected an image of shape {(size, size, 1)}, got {x.shape}"
-        )
-    cached = _FEATURES.setdefault(model, {})
-    features = cached.get(min_side)
-    if features is None:
-        net = backbone_of(model)
-        layer = feature_layer(model, min_side)
-        features = keras.Model(net.inputs, [layer.output, net.output])
-        cached[min_side] = features
-    names = {layer.name for layer in model.layers}
-    x = tf.convert_to_tensor(x[None])
-    rgb = model.get_layer("gray_to_rgb")([x, x, x])
-    if "preprocess" in names:
-        rgb = model.get_layer("preprocess")(rgb)
-    with tf.GradientTape() as tape:
-        fmap, pooled = features(rgb, training=False)
-        tape.watch(fmap)
-        probs = model.get_layer("predictions")(pooled)
-        k = int(tf.argmax(probs[0])) if class_index is None else int(class_index)
-        score = probs[:, k]
-    grads = tape.gradient(score, fmap)
-    weights = tf.reduce_mean(grads, axis=(1, 2))
-    cam = tf.nn.relu(tf.reduce_sum(fmap * weights[:, None, None, :], axis=-1))[0].numpy()
-    top = float(cam.max())
-    return (cam / top if top > 0 else cam).astype(np.float32)
-
-
-def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.45) -> np.ndarray:
-    """RGB uint8 picture of `heat` (jet colour map) blended over a gray uint8 `image`.
-
-    >>> overlay(np.zeros((8, 8), np.uint8), np.ones((8, 8), np.float32)).shape
-    (8, 8, 3)
-    """
-    from matplotlib import colormaps
-
-    img = np.asarray(image, dtype=np.float32) / 255.0
-    if heat.shape != img.shape:
-        heat = cv2.resize(heat.astype(np.float32), img.shape[::-1])
-    colour = colormaps["jet"](np.clip(heat, 0, 1))[..., :3]
-    out = (1 - alpha) * img[..., None] + alpha * colour
-    return np.round(np.clip(out, 0, 1) * 255).astype(np.uint8)
 
 
 def top_k_table(pairs: Sequence[tuple[str, float]]) -> list[dict]:

@@ -31,16 +31,15 @@ import numpy as np
 import pandas as pd
 
 from foramlib.dataset.slicing import SliceError, SlicingConfig, slice_array, trained_slicing
-from foramlib.inference.classify import (
+from foramlib.inference.calibration import (
     DEFAULT_TARGET_PRECISION,
-    ArtefactError,
     Calibration,
-    ClassifyError,
-    VolumeUpload,
     calibrate_threshold,
     load_validation,
 )
+from foramlib.inference.errors import ArtefactError, ClassifyError
 from foramlib.inference.section_check import features_of
+from foramlib.io.uploads import VolumeUpload
 
 __all__ = [
     "ScanError",
@@ -219,7 +218,8 @@ def load_scan(scan, *, voxel_size_um: float | None = None) -> tuple[np.ndarray, 
     notes: dict = {}
     if isinstance(scan, VolumeUpload):
         data, name = scan.data, scan.name
-        spacing = scan.spacing_um
+        # a header without a unit still gives the axes' ratios (one unit for all three)
+        spacing = scan.spacing_um or scan.relative_spacing
         if spacing is None:
             notes["assumed_isotropic"] = True  # a TIFF stack carries no voxel size
         elif max(spacing) > 1.01 * min(spacing):
@@ -227,7 +227,8 @@ def load_scan(scan, *, voxel_size_um: float | None = None) -> tuple[np.ndarray, 
                 data, _ = resample_isotropic(data, spacing)
             except ValueError as exc:
                 raise ScanError(f"{name}: {exc}") from None
-            notes["resampled_from_um"] = [float(s) for s in spacing]
+            key = "resampled_from_um" if scan.spacing_um else "resampled_from_unitless"
+            notes[key] = [float(s) for s in spacing]
     elif isinstance(scan, np.ndarray):
         name = "array"
         data = scan
@@ -300,7 +301,7 @@ def calibrate_specimens(
     Each validation specimen's slices (members' ``predictions_val.csv``, combined by
     ``spec``) are voted as in :func:`foramlib.evaluation.metrics.specimen_votes`; the winner's mean
     probability and whether it is right feed
-    :func:`foramlib.inference.classify.calibrate_threshold`.
+    :func:`foramlib.inference.calibration.calibrate_threshold`.
 
     Raises
     ------
@@ -353,7 +354,7 @@ def flag_votes(votes: pd.DataFrame, calibration: Calibration) -> tuple[pd.DataFr
     Examples
     --------
     >>> import pandas as pd
-    >>> from foramlib.inference.classify import Calibration
+    >>> from foramlib.inference.calibration import Calibration
     >>> v = pd.DataFrame({"true": ["A", "B", "A"], "predicted": ["A", "A", "A"],
     ...                   "confidence": [0.9, 0.4, 0.7]})
     >>> cal = Calibration(0.6, 0.8, 1.0, 0.5, 4, True, "rule")

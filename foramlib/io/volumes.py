@@ -13,6 +13,8 @@ Array axis order is nibabel's ``(x, y, z)``. TIFF stacks are stored ``(z, y, x)`
 
 from __future__ import annotations
 
+import gzip
+import io
 import math
 import os
 import re
@@ -22,6 +24,7 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import cv2
 import nibabel as nib
@@ -39,6 +42,7 @@ __all__ = [
     "ManifestWarning",
     "Volume",
     "VolumeError",
+    "HeaderRead",
     "check_volume_array",
     "manifest_voxel_size",
     "check_manifest",
@@ -51,6 +55,7 @@ __all__ = [
     "recon_log_voxel_size",
     "nrrd_spacing_um",
     "SLICE_SUFFIXES",
+    "read_volume_bytes",
     "resample_isotropic",
     "write_nifti",
 ]
@@ -325,41 +330,89 @@ def normalize_intensity(arr, low: float = 0.5, high: float = 99.5) -> np.ndarray
     return np.clip(out, 0.0, 1.0, out=out)
 
 
-def _unreadable(name: str, exc: Exception) -> VolumeError:
+def _unreadable(name: str, exc: Exception, kind: str) -> VolumeError:
     return VolumeError(
-        f"{name}: cannot be read: truncated or corrupt file ({type(exc).__name__}: {exc})"
+        f"{name}: cannot be read: truncated or corrupt file, not a readable {kind} "
+        f"{'folder' if kind == 'slice' else 'volume'} ({type(exc).__name__}: {exc})"
     )
 
 
-def _read_nifti(path: Path, name: str) -> tuple[np.ndarray, tuple[float, ...] | None, str]:
+def _nifti_image(source: Path | bytes):
+    """The image and its header as written, from a path or from a file's bytes."""
+    if isinstance(source, bytes):
+        raw = gzip.decompress(source) if source[:2] == b"\x1f\x8b" else source
+        magic = {int.from_bytes(raw[:4], "little"), int.from_bytes(raw[:4], "big")}
+        img = (nib.Nifti2Image if 540 in magic else nib.Nifti1Image).from_bytes(raw)
+        return img, type(img.header).from_fileobj(io.BytesIO(raw), check=False)
+    img = nib.load(source)
+    with nib.openers.ImageOpener(source) as fobj:
+        return img, type(img.header).from_fileobj(fobj, check=False)
+
+
+class HeaderRead(NamedTuple):
+    """A NIfTI or NRRD volume and what its header says of the voxel size.
+
+    Attributes
+    ----------
+    data : ndarray
+        Checked float32 volume in ``(x, y, z)`` order.
+    spacing_um : tuple of 3 float or None
+        The voxel size along each axis in µm, when the header states it in a known
+        unit; None otherwise (never guessed).
+    why : str
+        Why there is no `spacing_um` ("" when there is one).
+    relative : tuple of 3 float or None
+        The header's positive voxel dimensions in its own unit, stated or not: their
+        ratios still say whether the scan is anisotropic (the axes share one unit).
+    """
+
+    data: np.ndarray
+    spacing_um: tuple[float, float, float] | None
+    why: str
+    relative: tuple[float, float, float] | None
+
+
+def _read_nifti(source: Path | bytes, name: str) -> HeaderRead:
     """Checked float32 data, and the header's spacing in µm or why it has none.
 
-    The spacing is taken only from a header that states it: positive finite voxel
-    dimensions in a known spatial unit. nibabel silently turns a zero voxel dimension
-    into 1 and a header without a unit means millimetres to it; a micro-CT export like
-    that would become 1000 µm voxels, so the raw header is read and such a header
-    gives no spacing (the caller asks for ``voxel_size_um``).
+    `source` is the file's path or its content. The spacing is taken only from a header
+    that states it: positive finite voxel dimensions in a known spatial unit. nibabel
+    silently turns a zero voxel dimension into 1 and a header without a unit means
+    millimetres to it; a micro-CT export like that would become 1000 µm voxels, so the
+    raw header is read and such a header gives no spacing (the caller asks for
+    ``voxel_size_um``).
     """
     try:
-        img = nib.load(path)
+        img, header = _nifti_image(source)
         _check_dtype(img.get_data_dtype(), name)
         _check_shape(img.shape, name)
         data = img.get_fdata(dtype=np.float32)  # forces the (lazy) read
-        with nib.openers.ImageOpener(path) as fobj:
-            header = type(img.header).from_fileobj(fobj, check=False)  # as written
         zooms = tuple(float(z) for z in header.get_zooms()[:3])
         unit = header.get_xyzt_units()[0]
     except (VolumeError, MemoryError):
         raise
     except Exception as exc:
-        raise _unreadable(name, exc) from exc
+        raise _unreadable(name, exc, "NIfTI") from exc
     data = check_volume_array(data, name)
     if not all(math.isfinite(z) and z > 0 for z in zooms):
         shown = tuple(round(z, 6) for z in zooms)
-        return data, None, f"the header's voxel size {shown} is not positive and finite"
+        why = f"the header's voxel size {shown} is not positive and finite"
+        return HeaderRead(data, None, why, None)
     if unit not in _UNIT_TO_UM:
-        return data, None, f"the header states no spatial unit (xyzt_units {unit!r})"
-    return data, tuple(z * _UNIT_TO_UM[unit] for z in zooms), ""
+        why = f"the header states no spatial unit (xyzt_units {unit!r})"
+        return HeaderRead(data, None, why, zooms)
+    return HeaderRead(data, tuple(z * _UNIT_TO_UM[unit] for z in zooms), "", zooms)
+
+
+def _nrrd_zooms(header) -> tuple[tuple[float, ...], object, str] | None:
+    """The voxel dimensions a NRRD header gives (in its own unit), that unit and its key."""
+    if header.get("space directions") is not None:
+        rows = np.asarray(header["space directions"], dtype=np.float64)
+        zooms = tuple(float(np.linalg.norm(r)) for r in rows)  # a "none" row is NaN
+        return zooms, header.get("space units"), "space units"
+    if header.get("spacings") is not None:
+        return tuple(float(z) for z in header["spacings"]), header.get("units"), "units"
+    return None
 
 
 def nrrd_spacing_um(header) -> tuple[tuple[float, float, float] | None, str]:
@@ -376,15 +429,10 @@ def nrrd_spacing_um(header) -> tuple[tuple[float, float, float] | None, str]:
     >>> nrrd_spacing_um({"spacings": [0.005] * 3})[1]
     'the header states no spatial unit (units: None)'
     """
-    if header.get("space directions") is not None:
-        rows = np.asarray(header["space directions"], dtype=np.float64)
-        zooms = tuple(float(np.linalg.norm(r)) for r in rows)  # a "none" row is NaN
-        units, key = header.get("space units"), "space units"
-    elif header.get("spacings") is not None:
-        zooms = tuple(float(z) for z in header["spacings"])
-        units, key = header.get("units"), "units"
-    else:
+    found = _nrrd_zooms(header)
+    if found is None:
         return None, "the header states no voxel spacing"
+    zooms, units, key = found
     if len(zooms) != 3 or not all(math.isfinite(z) and z > 0 for z in zooms):
         shown = tuple(round(z, 6) for z in zooms)
         return None, f"the header's voxel size {shown} is not positive and finite"
@@ -394,21 +442,76 @@ def nrrd_spacing_um(header) -> tuple[tuple[float, float, float] | None, str]:
     return tuple(round(z * f, 9) for z, f in zip(zooms, factors, strict=True)), ""
 
 
-def _read_nrrd(path: Path, name: str) -> tuple[np.ndarray, tuple[float, ...] | None, str]:
+def _read_nrrd(source: Path | bytes, name: str) -> HeaderRead:
     """Checked float32 data in ``(x, y, z)`` order, and the spacing in µm or why it has
-    none (:func:`nrrd_spacing_um`)."""
+    none (:func:`nrrd_spacing_um`); `source` is the file's path or its content."""
     import nrrd
 
     try:
-        raw, header = nrrd.read(str(path))  # index order "F": (x, y, z), as nibabel's
-    except MemoryError:
+        if isinstance(source, bytes):
+            fh = io.BytesIO(source)
+            header = nrrd.read_header(fh)
+            if "data file" in header or "datafile" in header:
+                raise VolumeError(
+                    f"{name}: a detached NRRD header (its data lives in another file); "
+                    "give the single-file .nrrd instead"
+                )
+            raw = nrrd.read_data(header, fh, None)
+        else:
+            raw, header = nrrd.read(str(source))  # index order "F": (x, y, z), as nibabel's
+    except (VolumeError, MemoryError):
         raise
     except Exception as exc:
-        raise _unreadable(name, exc) from exc
+        raise _unreadable(name, exc, "NRRD") from exc
     _check_dtype(raw.dtype, name)
     _check_shape(raw.shape, name)
     data = check_volume_array(np.asarray(raw, dtype=np.float32), name)
-    return (data, *nrrd_spacing_um(header))
+    spacing, why = nrrd_spacing_um(header)
+    zooms = (_nrrd_zooms(header) or ((),))[0]
+    usable = len(zooms) == 3 and all(math.isfinite(z) and z > 0 for z in zooms)
+    return HeaderRead(data, spacing, why, zooms if usable else None)
+
+
+def read_volume_bytes(name: str, data: bytes) -> HeaderRead:
+    """Read a NIfTI (``.nii``, ``.nii.gz``) or NRRD file's content, as :func:`read_volume`
+    reads the file (an upload has no path).
+
+    Parameters
+    ----------
+    name : str
+        The file's name, for messages.
+    data : bytes
+        Its content; NRRD is recognised by its magic bytes, anything else is NIfTI.
+
+    Returns
+    -------
+    HeaderRead
+        The checked float32 volume in ``(x, y, z)`` order, the voxel size in µm where
+        the header states it in a known unit (else None, and why), and the header's
+        voxel dimensions in its own unit.
+
+    Raises
+    ------
+    VolumeError
+        Unreadable, not 3-D, constant, non-finite, or a detached NRRD header.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> img = nib.Nifti1Image(np.arange(24.0).reshape(2, 3, 4), np.diag([0.0625] * 3 + [1]))
+    >>> img.header.set_xyzt_units("mm")
+    >>> read = read_volume_bytes("s.nii", img.to_bytes())
+    >>> read.data.shape, read.spacing_um
+    ((2, 3, 4), (62.5, 62.5, 62.5))
+    >>> img.header.set_xyzt_units("unknown")  # no unit: no µm, only the ratios
+    >>> read = read_volume_bytes("s.nii", img.to_bytes())
+    >>> read.spacing_um, read.relative
+    (None, (0.0625, 0.0625, 0.0625))
+    """
+    data = bytes(data)
+    if data.startswith(b"NRRD000"):
+        return _read_nrrd(data, name)
+    return _read_nifti(data, name)
 
 
 @dataclass(frozen=True)
@@ -591,7 +694,7 @@ def _read_slice_folder(path: Path, name: str) -> tuple[np.ndarray, ReconLog | No
     except (VolumeError, MemoryError):
         raise
     except Exception as exc:
-        raise _unreadable(name, exc) from exc
+        raise _unreadable(name, exc, "slice") from exc
     return _zyx_to_xyz(check_volume_array(arr, name)), log
 
 
@@ -605,7 +708,7 @@ def _read_tiff(path: Path, name: str) -> np.ndarray:
     except (VolumeError, MemoryError):
         raise
     except Exception as exc:
-        raise _unreadable(name, exc) from exc
+        raise _unreadable(name, exc, "TIFF") from exc
     return _zyx_to_xyz(check_volume_array(arr, name))  # stored (z, y, x)
 
 
@@ -675,9 +778,9 @@ def read_volume(
                 else "a folder of slices carries none (no SkyScan *_rec.log in it)"
             )
         elif suffix in (".nrrd", ".nhdr"):
-            data, spacing, why = _read_nrrd(path, name)
+            data, spacing, why, _ = _read_nrrd(path, name)
         else:
-            data, spacing, why = _read_nifti(path, name)
+            data, spacing, why, _ = _read_nifti(path, name)
         if voxel_size_um is not None:
             if spacing is not None and any(
                 abs(s - voxel_size_um) > 0.01 * voxel_size_um for s in spacing

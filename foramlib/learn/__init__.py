@@ -5,6 +5,5 @@
 * :mod:`foramlib.learn.augment` and :mod:`foramlib.learn.tta` are training-time and
   test-time augmentation;
 * :mod:`foramlib.learn.training` runs the two-phase transfer learning,
-  :mod:`foramlib.learn.pretraining` the offline pretraining that replaces ImageNet;
-* :mod:`foramlib.learn.baseline` is the classical HOG + logistic-regression model.
+  :mod:`foramlib.learn.pretraining` the offline pretraining that replaces ImageNet.
 """

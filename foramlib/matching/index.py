@@ -344,7 +344,7 @@ def load_collection(index_dir="data/index", workspace=".", *, cache_size: int = 
 def read_image(source, name: str | None = None) -> np.ndarray:
     """Read a query image from a path or from its bytes, keeping its pixel type.
 
-    Decoded by :func:`foramlib.inference.classify.decode_upload`, as the dashboard's uploads are
+    Decoded by :func:`foramlib.io.uploads.decode_upload`, as the dashboard's uploads are
     (tifffile for TIFF, OpenCV ``IMREAD_UNCHANGED`` for the rest); colour comes back in
     RGB(A) order.
 
@@ -362,7 +362,7 @@ def read_image(source, name: str | None = None) -> np.ndarray:
             raise ImageError(f"{name}: file not found")
         data = path.read_bytes()
     # the dashboard's decoder: one reader of image bytes for uploads and the CLI
-    from foramlib.inference.classify import UploadError, VolumeUpload, decode_upload
+    from foramlib.io.uploads import UploadError, VolumeUpload, decode_upload
 
     try:
         image = decode_upload(name, data)

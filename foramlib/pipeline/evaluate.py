@@ -95,9 +95,9 @@ def _section_check(config: EvaluateStageConfig, tables_dir: Path):
     test slices and on the probes; write the check and its table."""
     from foramlib.dataset import slicing
     from foramlib.dataset.preprocess import PreprocessConfig
+    from foramlib.evaluation import baseline
     from foramlib.inference import section_check
     from foramlib.io.atomic import write_csv
-    from foramlib.learn import baseline
     from foramlib.learn import loader as data
 
     index, arrays = slicing.load_slices(config.slices, data.load_split_index(config.split_index))
@@ -128,10 +128,9 @@ def _section_check(config: EvaluateStageConfig, tables_dir: Path):
 def run(config: EvaluateStageConfig) -> EvaluateStageResult:
     """Score every backbone, ensemble and the baseline on the test split and write the
     tables, figures, predictions and ``metrics.json`` (each file atomically)."""
-    from foramlib.evaluation import ensemble, metrics, paper, reference, reports
+    from foramlib.evaluation import baseline, ensemble, metrics, paper, reference, reports
     from foramlib.inference import scan
     from foramlib.io.atomic import write_csv, write_text
-    from foramlib.learn import baseline
     from foramlib.learn import loader as data
     from foramlib.viz import plots
 
@@ -158,7 +157,7 @@ def run(config: EvaluateStageConfig) -> EvaluateStageResult:
         frame[[f"p_{n}" for n in names]] = ensemble_probs[name]
         write_csv(frame, Path(config.predictions_dir) / f"{name}_test.csv")
 
-    # --- the classical baseline on the very same slices (foramlib.learn.baseline's recipe)
+    # --- the classical baseline on the very same slices (foramlib.evaluation.baseline's recipe)
     run_ = baseline.run_baseline(
         data.load_split_index(config.split_index), config.slices, names, seed=config.seed
     )

@@ -230,7 +230,7 @@ def _match(args: argparse.Namespace) -> int:
 
 def _is_scan(path: Path) -> bool:
     """A volume (classified from many sections) rather than one section image."""
-    from foramlib.inference.classify import VolumeUpload, decode_upload
+    from foramlib.io.uploads import VolumeUpload, decode_upload
 
     if path.is_dir() or path.name.lower().endswith((".nii", ".nii.gz", ".nrrd", ".nhdr")):
         return True
@@ -322,9 +322,14 @@ def _classify(args: argparse.Namespace) -> int:
 
 
 def _deps(args: argparse.Namespace) -> int:
-    from foramlib.tools.stagedeps import check_dvc_yaml
+    from foramlib.tools.stagedeps import check_dvc_yaml, fix_dvc_yaml
 
-    problems = check_dvc_yaml(args.root)
+    if args.fix:
+        fixed, problems = fix_dvc_yaml(args.root)
+        for problem in fixed:
+            print(f"fixed: {problem}")
+    else:
+        problems = check_dvc_yaml(args.root)
     for problem in problems:
         print(problem)
     if problems:
@@ -430,6 +435,11 @@ def main(argv: list[str] | None = None) -> int:
         "deps", help="check that dvc.yaml's stages list the code they import and params they read"
     )
     d.add_argument("--root", default=".", help="project folder holding dvc.yaml")
+    d.add_argument(
+        "--fix",
+        action="store_true",
+        help="rewrite each stage's foramlib deps to the code it runs (other problems are listed)",
+    )
     d.set_defaults(func=_deps)
 
     pc = sub.add_parser("params", help="check a parameter file before anything runs")

@@ -52,6 +52,8 @@ class Problem:
 
     stage: str
     message: str
+    add: str = ""  # a module file the stage's deps should list (fixable)
+    drop: str = ""  # a module file its deps list needlessly (fixable)
 
     def __str__(self) -> str:
         return f"{self.stage}: {self.message}"
@@ -262,9 +264,11 @@ def check_stage(name: str, body: dict, root: Path, graph: dict[str, set[str]]) -
     declared = {d for d in deps if d.startswith(PACKAGE + "/") and d.endswith(".py")}
     covered = {n for n in needed if any(n.startswith(d.rstrip("/") + "/") for d in deps)}
     for path in sorted(needed - declared - covered):
-        problems.append(Problem(name, f"runs {path} but its deps do not list it"))
+        problems.append(Problem(name, f"runs {path} but its deps do not list it", add=path))
     for path in sorted(declared - needed):
-        problems.append(Problem(name, f"deps list {path}, which the stage does not import"))
+        problems.append(
+            Problem(name, f"deps list {path}, which the stage does not import", drop=path)
+        )
 
     passed = set(_CMD_PARAM.findall(cmd))
     accepted = notebook_parameters(notebook)
@@ -342,3 +346,66 @@ def check_dvc_yaml(root: str | Path = ".") -> list[Problem]:
         problems.extend(check_stage(name, body, root, graph))
         problems.extend(check_stage_config(name, body))
     return problems
+
+
+def _edit_stage_deps(text: str, stage: str, add: set[str], drop: set[str]) -> str:
+    """`text` (a ``dvc.yaml``) with `add` appended to and `drop` removed from the deps
+    of top-level stage `stage`, every other line (comments, order) kept."""
+    lines = text.split("\n")
+    header = re.compile(rf"^  {re.escape(stage)}:\s*(#.*)?$")
+    start = next((i for i, line in enumerate(lines) if header.match(line)), None)
+    if start is None:
+        raise ValueError(f"dvc.yaml: no top-level stage {stage!r} to fix")
+    end = next(
+        (i for i in range(start + 1, len(lines)) if re.match(r"^ {0,2}\S", lines[i])), len(lines)
+    )
+    deps_at = next((i for i in range(start + 1, end) if re.match(r"^\s+deps:\s*$", lines[i])), None)
+    if deps_at is None:
+        raise ValueError(f"dvc.yaml: stage {stage!r} has no block-style deps list to fix")
+    items = []  # indices of the deps list's "- item" lines
+    for i in range(deps_at + 1, end):
+        if re.match(r"^\s+- ", lines[i]):
+            items.append(i)
+        elif lines[i].strip() and not lines[i].lstrip().startswith("#"):
+            break
+    if not items:
+        raise ValueError(f"dvc.yaml: stage {stage!r} has an empty deps list")
+    indent = lines[items[0]][: len(lines[items[0]]) - len(lines[items[0]].lstrip())]
+    code = [i for i in items if lines[i].strip()[2:].startswith(PACKAGE + "/")]
+    after = (code or items)[-1]
+    new = [f"{indent}- {path}" for path in sorted(add)]
+    out = []
+    for i, line in enumerate(lines):
+        if not (i in items and line.strip()[2:].strip() in drop):
+            out.append(line)
+        if i == after:
+            out.extend(new)
+    return "\n".join(out)
+
+
+def fix_dvc_yaml(root: str | Path = ".") -> tuple[list[Problem], list[Problem]]:
+    """Rewrite the deps of ``root/dvc.yaml`` to the code each stage runs.
+
+    Adds every module file a stage runs but does not list and removes every one it
+    lists but does not run (the import closure of :func:`check_dvc_yaml`); the rest of
+    the file is kept as written. The file is replaced atomically.
+
+    Returns
+    -------
+    fixed, remaining : list of Problem
+        The problems fixed, and those left for a person (``-p`` flags and params).
+    """
+    from foramlib.io.atomic import write_text
+
+    path = Path(root) / "dvc.yaml"
+    problems = check_dvc_yaml(root)
+    fixable = [p for p in problems if p.add or p.drop]
+    if fixable:
+        text = path.read_text(encoding="utf-8")
+        for stage in dict.fromkeys(p.stage for p in fixable):
+            mine = [p for p in fixable if p.stage == stage]
+            text = _edit_stage_deps(
+                text, stage, {p.add for p in mine if p.add}, {p.drop for p in mine if p.drop}
+            )
+        write_text(path, text)
+    return fixable, [p for p in problems if not (p.add or p.drop)]

@@ -1,0 +1,156 @@
+"""foramlib.io.uploads: an uploaded file's bytes to an image or a volume."""
+
+import gzip
+import io
+
+import cv2
+import nibabel as nib
+import numpy as np
+import pytest
+import tifffile
+
+from foramlib.io import uploads
+
+
+def _png(img):
+    return cv2.imencode(".png", img)[1].tobytes()
+
+
+def _disc(shape=(80, 100)):
+    """A bright disc with a dim core on black: a section-like picture."""
+    img = np.zeros(shape, np.uint8)
+    cv2.circle(img, (shape[1] // 2, shape[0] // 2), 25, 200, -1)
+    cv2.circle(img, (shape[1] // 2, shape[0] // 2), 8, 50, -1)
+    return img
+
+
+@pytest.mark.parametrize(
+    ("name", "encode", "dtype"),
+    [
+        ("a.png", lambda im: _png(im), np.uint8),
+        ("a16.png", lambda im: _png(im.astype(np.uint16) * 257), np.uint16),
+        ("a.jpg", lambda im: cv2.imencode(".jpg", im)[1].tobytes(), np.uint8),
+        ("a.tif", lambda im: _tiff(im.astype(np.uint16) * 257), np.uint16),
+        (
+            "lzw.tif",
+            lambda im: cv2.imencode(".tif", im.astype(np.uint16) * 257)[1].tobytes(),
+            np.uint16,
+        ),
+    ],
+)
+def test_decode_images_keep_pixel_type(name, encode, dtype):
+    img = _disc()
+    out = uploads.decode_upload(name, encode(img))
+    assert isinstance(out, np.ndarray)
+    assert out.dtype == dtype and out.shape == img.shape
+
+
+def _tiff(arr):
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, arr)
+    return buf.getvalue()
+
+
+def test_decode_colour_png_is_rgb():
+    bgr = np.zeros((20, 20, 3), np.uint8)
+    bgr[..., 2] = 255  # red in OpenCV's BGR order
+    out = uploads.decode_upload("red.png", _png(bgr))
+    assert out[0, 0].tolist() == [255, 0, 0]
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_decode_nifti_volume_and_section(compress):
+    vol = np.zeros((20, 24, 28), np.float32)
+    vol[5:15, 6:18, 7:21] = 1.0
+    raw = nib.Nifti1Image(vol, np.eye(4)).to_bytes()
+    data = gzip.compress(raw) if compress else raw
+    out = uploads.decode_upload("scan.nii.gz" if compress else "scan.nii", data)
+    assert isinstance(out, uploads.VolumeUpload)
+    assert out.shape == (20, 24, 28)
+    assert out.section(2, 14).shape == (20, 24)
+    with pytest.raises(uploads.UploadError, match=r"0\.\.27, got 28"):
+        out.section(2, 28)
+
+
+def test_decode_tiff_stack_is_a_volume():
+    stack = np.zeros((5, 30, 40), np.uint16)
+    out = uploads.decode_upload("stack.tif", _tiff(stack + 1))
+    assert isinstance(out, uploads.VolumeUpload) and out.shape == (40, 30, 5)
+
+
+def _nrrd_bytes(arr, tmp_path, **header):
+    import nrrd
+
+    path = tmp_path / "v.nrrd"
+    nrrd.write(str(path), arr, header)
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("header", "spacing"),
+    [
+        ({"space directions": np.diag([0.005, 0.005, 0.01]), "space units": ["mm"] * 3},
+         (5.0, 5.0, 10.0)),
+        ({"spacings": [0.005] * 3}, None),  # no unit: taken as isotropic, never as mm
+    ],
+)  # fmt: skip
+def test_decode_nrrd_volume(tmp_path, header, spacing):
+    vol = np.zeros((20, 24, 28), np.uint16)
+    vol[5:15, 6:18, 7:21] = 900
+    out = uploads.decode_upload("scan.nrrd", _nrrd_bytes(vol, tmp_path, **header))
+    assert isinstance(out, uploads.VolumeUpload) and out.shape == (20, 24, 28)
+    assert out.spacing_um == spacing
+    np.testing.assert_array_equal(out.data, vol)  # (x, y, z), as read_volume gives it
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "match"),
+    [
+        ("notes.txt", b"hello world", r"notes\.txt: not a readable image"),
+        ("bad.nrrd", b"NRRD0005\ntype: uint8\nsizes: 4 4\n\nxx", r"bad\.nrrd: .* readable NRRD"),
+        ("empty.png", b"", r"empty\.png: the file is empty"),
+        ("broken.png", b"\x89PNG\r\n\x1a\n" + b"\0" * 40, r"broken\.png: the PNG file is corrupt"),
+        ("bad.nii.gz", gzip.compress(b"x" * 400, mtime=0), r"bad\.nii\.gz: .* readable NIfTI"),
+        ("bad.tif", b"II*\x00" + b"\xff" * 20, r"bad\.tif: not a readable TIFF"),
+    ],
+)
+def test_decode_rejects_non_images(name, data, match):
+    with pytest.raises(uploads.UploadError, match=match):
+        uploads.decode_upload(name, data)
+
+
+def test_decode_refuses_oversized_upload():
+    with pytest.raises(uploads.UploadError, match=r"big\.png: .* too large; the limit is 1 MB"):
+        uploads.decode_upload("big.png", b"\x89PNG" + b"\0" * (2 * 2**20), max_bytes=2**20)
+
+
+@pytest.mark.parametrize(
+    ("unit", "zoom", "expected"),
+    [
+        ("mm", 0.005, (5.0, 5.0, 5.0)),  # the header's unit is honoured: µm, not mm
+        ("micron", 7.0, (7.0, 7.0, 7.0)),
+        ("unknown", 0.005, None),  # no unit: no voxel size, never millimetres
+    ],
+)
+def test_uploaded_nifti_voxel_size_in_micrometres_only_when_stated(unit, zoom, expected):
+    vol = np.zeros((12, 12, 12), np.float32)
+    vol[3:9, 3:9, 3:9] = 1.0
+    img = nib.Nifti1Image(vol, np.diag([zoom] * 3 + [1]))
+    img.header.set_xyzt_units(unit)
+    out = uploads.decode_upload("scan.nii", img.to_bytes())
+    assert out.spacing_um == pytest.approx(expected) if expected else out.spacing_um is None
+    assert out.voxel_size_um == (pytest.approx(expected[0]) if expected else None)
+
+
+def test_a_detached_nrrd_header_is_refused_with_the_fix():
+    data = b"NRRD0004\ntype: uint8\ndimension: 3\nsizes: 4 4 4\nencoding: raw\ndata file: v.raw\n\n"
+    with pytest.raises(
+        uploads.UploadError, match=r"h\.nhdr: a detached NRRD header .* single-file"
+    ):
+        uploads.decode_upload("h.nhdr", data)
+
+
+def test_uploaded_volumes_get_the_file_readers_checks():
+    const = nib.Nifti1Image(np.ones((8, 8, 8), np.float32), np.eye(4)).to_bytes()
+    with pytest.raises(uploads.UploadError, match=r"c\.nii: is constant"):
+        uploads.decode_upload("c.nii", const)
