@@ -18,6 +18,7 @@ split_index: str = "data/split/index.csv"  # the split stage's slice index
 slices: str = "data/slices"  # the slice store
 out_dir: str = "models/tiny_cnn"  # model.keras, history, predictions, summary
 history_figure: str = "results/figures/history_tiny_cnn.png"
+live_dir: str = "results/training/tiny_cnn"  # DVCLive: every epoch, for dvc plots / exp show
 
 # %%
 from IPython.display import Image
@@ -32,6 +33,7 @@ cfg = stage.TrainStageConfig.from_params(
     slices=slices,
     out_dir=out_dir,
     history_figure=history_figure,
+    live_dir=live_dir,
 )
 cfg.train
 

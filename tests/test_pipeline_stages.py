@@ -400,8 +400,10 @@ def test_train_stage_trains_and_predicts_from_its_config(split_run, tmp_path):
         slices=str(tmp_path / "slices"),
         out_dir=str(tmp_path / "models" / "tiny_cnn"),
         history_figure=str(tmp_path / "history.png"),
+        live_dir=str(tmp_path / "live"),
     )
     out = train_stage.run(stage_cfg, progress=None)
+    assert (tmp_path / "live" / "metrics.json").is_file()  # dvc.yaml's metrics and plots
     saved = json.loads((tmp_path / "models" / "tiny_cnn" / "config.json").read_text())
     assert TrainConfig.from_dict(saved) == train
     assert out.history_figure.is_file() and out.result.summary["tta_views"] == 4

@@ -67,7 +67,8 @@ def trained(split_store, tmp_path_factory):
         split_store, mix=lambda x, y, rng: mix_batch(x, y, config.augment, rng)
     )
     out = tmp_path_factory.mktemp("model") / "tiny_cnn"
-    result = training.train_backbone(config, datasets, names, out, progress=None)
+    live = out.parent / "live"
+    result = training.train_backbone(config, datasets, names, out, live_dir=live, progress=None)
     return result, out, datasets, names
 
 
@@ -100,6 +101,25 @@ def test_history_covers_both_phases_with_decaying_rate(trained):
     assert hist["phase"].tolist() == [1, 2]
     assert {"loss", "val_loss", "accuracy", "val_accuracy", "learning_rate"} <= set(hist)
     assert hist["learning_rate"].iloc[0] < QUICK["phase1_lr"]  # cosine decay has begun
+
+
+def test_every_epoch_is_logged_through_dvclive_and_reads_back_as_the_history(trained):
+    result, out, _, _ = trained
+    live = out.parent / "live"
+    logged = training.read_live_history(live)
+    history = result.history.reset_index(drop=True)
+    assert set(logged) == set(history)
+    pd.testing.assert_frame_equal(logged[list(history)], history, check_dtype=False)
+    files = {p.relative_to(live / "plots" / "metrics").as_posix() for p in live.rglob("*.tsv")}
+    assert {"train/loss.tsv", "val/loss.tsv", "train/accuracy.tsv", "phase.tsv"} <= files
+    last = json.loads((live / "metrics.json").read_text())  # what `dvc metrics show` reads
+    assert last["val"]["loss"] == pytest.approx(history["val_loss"].iloc[-1])
+    assert not (live / "dvc.yaml").exists()  # dvc.yaml declares the files, DVCLive does not
+
+
+def test_reading_a_missing_dvclive_log_names_the_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"nowhere: no DVCLive metrics"):
+        training.read_live_history(tmp_path / "nowhere")
 
 
 def test_predictions_are_probabilities_with_provenance(trained):

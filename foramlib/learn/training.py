@@ -255,16 +255,51 @@ class _Strategy:
         return False
 
 
-class _History:
-    """Collects per-epoch logs of both phases with the phase and the learning rate."""
+#: Keras' per-epoch log keys -> the names DVCLive files them under (the rest keep theirs)
+_LIVE_NAMES = {"loss": "train/loss", "accuracy": "train/accuracy"}
 
-    def __init__(self):
+
+def _live_name(key: str) -> str:
+    if key in _LIVE_NAMES:
+        return _LIVE_NAMES[key]
+    return f"val/{key[4:]}" if key.startswith("val_") else key
+
+
+class _History:
+    """Collects per-epoch logs of both phases with the phase and the learning rate.
+
+    With `live_dir`, each epoch is also logged through DVCLive as it ends (one step an
+    epoch; ``dvc plots show`` and ``dvc exp show`` read it, during training too).
+    """
+
+    def __init__(self, live_dir=None):
         self.rows: list[dict] = []
+        self.live = None
+        if live_dir is not None:
+            from dvclive import Live
+
+            # no experiment, no dvc.yaml of its own and no report: dvc.yaml declares
+            # these files as the stage's metrics and plots
+            self.live = Live(str(live_dir), save_dvc_exp=False, dvcyaml=None, report=None)
+
+    def _log(self, row: dict) -> None:
+        self.rows.append(row)
+        if self.live is not None:
+            for key, value in row.items():
+                if key != "epoch":  # DVCLive's step is the epoch, from 0
+                    self.live.log_metric(_live_name(key), value)
+            self.live.next_step()
+
+    def close(self) -> None:
+        """Finish the DVCLive log (its ``metrics.json`` then holds the last epoch)."""
+        if self.live is not None:
+            self.live.end()
+            self.live = None
 
     def callback(self, phase: int):
         import keras
 
-        rows = self.rows
+        log = self._log
 
         class Recorder(keras.callbacks.Callback):
             def on_epoch_begin(self, epoch, logs=None):
@@ -274,7 +309,7 @@ class _History:
                 opt = self.model.optimizer
                 lr = opt.learning_rate
                 lr = float(keras.ops.convert_to_numpy(lr(opt.iterations) if callable(lr) else lr))
-                rows.append(
+                log(
                     dict(
                         epoch=epoch + 1,
                         phase=phase,
@@ -382,6 +417,41 @@ def predictions_frame(probs: np.ndarray, dataset, names: list[str], split: str) 
     return pd.concat([frame, probs_df], axis=1)
 
 
+def read_live_history(live_dir) -> pd.DataFrame:
+    """The per-epoch history a training run logged through DVCLive, as a table.
+
+    Parameters
+    ----------
+    live_dir : path-like
+        The DVCLive folder (``plots/metrics/**.tsv``, one file a metric, one row a step).
+
+    Returns
+    -------
+    DataFrame
+        One row an epoch: ``epoch`` (from 1) and the metrics under the names of
+        :class:`TrainResult.history` (``loss``, ``val_loss``, ``phase``, ...).
+
+    Raises
+    ------
+    FileNotFoundError
+        When `live_dir` holds no DVCLive metrics.
+    """
+    root = Path(live_dir) / "plots" / "metrics"
+    files = sorted(root.rglob("*.tsv"))
+    if not files:
+        raise FileNotFoundError(f"{live_dir}: no DVCLive metrics (plots/metrics/*.tsv)")
+    back = {v: k for k, v in _LIVE_NAMES.items()}
+    columns = {}
+    for path in files:
+        name = path.relative_to(root).with_suffix("").as_posix()
+        key = back.get(name, f"val_{name[4:]}" if name.startswith("val/") else name)
+        frame = pd.read_csv(path, sep="\t")
+        columns[key] = frame.set_index("step").iloc[:, 0]
+    history = pd.DataFrame(columns).sort_index()
+    history.insert(0, "epoch", history.index.to_numpy() + 1)
+    return history.reset_index(drop=True)
+
+
 def history_figure(history: pd.DataFrame, title: str):
     """Loss and accuracy curves of both phases (validation dashed), phase 2 shaded."""
     import matplotlib.pyplot as plt
@@ -411,6 +481,7 @@ def train_backbone(
     names: list[str],
     out_dir,
     *,
+    live_dir=None,
     progress: Callable[[str], None] | None = print,
 ) -> TrainResult:
     """Train `config.backbone` on ``datasets["train"]``, early-stopped on ``"val"``.
@@ -428,6 +499,9 @@ def train_backbone(
         ``history.csv``, ``class_names.json``, ``config.json``, ``summary.json`` and the
         probabilities ``predictions_val.csv`` / ``predictions_test.csv`` (each the mean
         over ``config.tta_views`` views of the slice).
+    live_dir : path-like, optional
+        Also log every epoch through DVCLive there, as it ends (read it back with
+        :func:`read_live_history`).
 
     Returns
     -------
@@ -450,6 +524,7 @@ def train_backbone(
     keras.utils.set_random_seed(config.seed)
     t_start = time.perf_counter()
     say = progress or (lambda s: None)
+    history = _History(live_dir)
     try:
         keras.mixed_precision.set_global_policy(precision)
         with _Strategy(config.distribution) as strategy:
@@ -471,7 +546,6 @@ def train_backbone(
                 else min(len(train), config.max_steps_per_epoch)
             )
             weights = class_weights(train.index, names) if config.class_weights else None
-            history = _History()
             stop = keras.callbacks.EarlyStopping(
                 monitor="val_loss", patience=config.patience, restore_best_weights=True
             )
@@ -536,6 +610,7 @@ def train_backbone(
                 predict_seconds[split] = time.perf_counter() - t0
                 predictions[split] = predictions_frame(probs, datasets[split], names, split)
     finally:
+        history.close()
         keras.mixed_precision.set_global_policy(previous_policy)
 
     summary = dict(

@@ -8,8 +8,8 @@ training settings have one schema (the dataclass) and one reader.
 Examples
 --------
 >>> cfg = TrainStageConfig(backbone="tiny_cnn")
->>> cfg.out_dir, cfg.history_figure
-('models/tiny_cnn', 'results/figures/history_tiny_cnn.png')
+>>> cfg.out_dir, cfg.history_figure, cfg.live_dir
+('models/tiny_cnn', 'results/figures/history_tiny_cnn.png', 'results/training/tiny_cnn')
 >>> TrainStageConfig.params_keys()["train.input_size"]
 'train.backbones.{key}.input_size'
 """
@@ -47,6 +47,10 @@ class TrainStageConfig(BackboneStageConfig):
     out_dir, history_figure : str, optional
         ``models/<backbone>`` and ``results/figures/history_<backbone>.png`` unless
         given.
+    live_dir : str, optional
+        The DVCLive log of every epoch (``metrics.json``, ``plots/metrics/``), which
+        ``dvc.yaml`` declares as the stage's metrics and plots and from which the
+        learning curves are drawn; ``results/training/<backbone>`` unless given.
     """
 
     stage = "train"
@@ -56,6 +60,7 @@ class TrainStageConfig(BackboneStageConfig):
     slices: str = "data/slices"
     out_dir: str | None = None
     history_figure: str | None = None
+    live_dir: str | None = None
 
     def __post_init__(self) -> None:
         if self.train is None:
@@ -70,6 +75,8 @@ class TrainStageConfig(BackboneStageConfig):
             object.__setattr__(
                 self, "history_figure", f"results/figures/history_{self.backbone}.png"
             )
+        if self.live_dir is None:
+            object.__setattr__(self, "live_dir", f"results/training/{self.backbone}")
 
     @classmethod
     def params_keys(cls) -> dict[str, str]:
@@ -112,7 +119,8 @@ def run(
 
     Writes ``model.keras``, the history, the validation and test predictions (mean over
     ``train.tta_views`` views), ``config.json`` and ``summary.json`` to ``out_dir``,
-    and the learning curves to ``history_figure``. The test split is only predicted.
+    every epoch through DVCLive to ``live_dir``, and the learning curves (read back
+    from that log) to ``history_figure``. The test split is only predicted.
     """
     from foramlib.learn import loader as data
     from foramlib.learn import training
@@ -136,8 +144,11 @@ def run(
     counts = {split: ds.n_images for split, ds in datasets.items()}
     if progress:
         progress(f"{counts} slices, {len(names)} classes")
-    result = training.train_backbone(cfg, datasets, names, config.out_dir, progress=progress)
-    fig = training.history_figure(result.history, f"{cfg.backbone} ({cfg.input_size} px)")
+    result = training.train_backbone(
+        cfg, datasets, names, config.out_dir, live_dir=config.live_dir, progress=progress
+    )
+    logged = training.read_live_history(config.live_dir)
+    fig = training.history_figure(logged, f"{cfg.backbone} ({cfg.input_size} px)")
     plots.save_figure(fig, config.history_figure)
     return TrainStageResult(
         result=result, slices=counts, classes=names, history_figure=Path(config.history_figure)

@@ -204,7 +204,9 @@ def training_section(models_dir, figures_dir) -> tuple[str, list[str]]:
             f"\n```{{figure}} _generated/figures/{name}\n:alt: Learning curves of {backbone}\n"
             f":width: 100%\n\nLearning curves of `{backbone}`: loss and accuracy on the "
             f"training (solid) and validation (dashed) splits; the shaded part is phase 2 "
-            f"(fine-tuning).\n```\n"
+            f"(fine-tuning). Drawn from the stage's DVCLive log "
+            f"(`results/training/{backbone}/`), which `dvc plots show` and `dvc exp show` "
+            f"read too.\n```\n"
         )
     return text, figures
 

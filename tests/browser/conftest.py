@@ -184,6 +184,7 @@ def build_workspace(root: Path, *, log=print) -> dict:
                     ),
                     out_dir=f"models/{member}",
                     history_figure=f"results/figures/history_{member}.png",
+                    live_dir=f"results/training/{member}",
                 ),
                 progress=None,
             )
