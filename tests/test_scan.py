@@ -134,6 +134,24 @@ def test_load_scan_reads_every_volume_format(tmp_path):
     assert scan.load_scan(folder)[2] == {"assumed_isotropic": True}  # no size anywhere
 
 
+def test_load_scan_takes_an_ome_zarrs_stated_voxel_size_and_assumes_none_for_a_plain_array(
+    tmp_path,
+):
+    import zarr
+
+    vol = shell((40, 40, 20))  # (x, y, z) with 10 µm steps along z, 5 µm across
+    root = zarr.open_group(str(tmp_path / "s.ome.zarr"), mode="w", zarr_format=2)
+    root.create_array("0", shape=vol.shape[::-1], dtype="float32")[...] = vol.T
+    axes = [{"name": a, "type": "space", "unit": "micrometer"} for a in "zyx"]
+    level = {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [10, 5, 5]}]}
+    root.attrs["multiscales"] = [{"version": "0.4", "axes": axes, "datasets": [level]}]
+    data, name, notes = scan.load_scan(tmp_path / "s.ome.zarr")
+    assert data.shape == (40, 40, 40) and notes == {}  # resampled by its own metadata
+    zarr.save_array(str(tmp_path / "plain.zarr"), vol.T)
+    data, _, notes = scan.load_scan(tmp_path / "plain.zarr")
+    assert data.shape == vol.shape and notes == {"assumed_isotropic": True}
+
+
 def test_load_scan_takes_a_skyscan_folders_voxel_size_and_keeps_a_loaded_scan(tmp_path):
     vol = shell()
     folder = tmp_path / "fossil_Rec"

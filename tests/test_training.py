@@ -112,6 +112,7 @@ def test_every_epoch_is_logged_through_dvclive_and_reads_back_as_the_history(tra
     pd.testing.assert_frame_equal(logged[list(history)], history, check_dtype=False)
     files = {p.relative_to(live / "plots" / "metrics").as_posix() for p in live.rglob("*.tsv")}
     assert {"train/loss.tsv", "val/loss.tsv", "train/accuracy.tsv", "phase.tsv"} <= files
+    assert all(f.startswith(("train/", "val/")) or f[:-4] in training._RUN_KEYS for f in files)
     last = json.loads((live / "metrics.json").read_text())  # what `dvc metrics show` reads
     assert last["val"]["loss"] == pytest.approx(history["val_loss"].iloc[-1])
     assert not (live / "dvc.yaml").exists()  # dvc.yaml declares the files, DVCLive does not

@@ -633,3 +633,93 @@ def test_corrupt_nrrd_is_named(tmp_path):
     path.write_bytes(b"NRRD0005\ntype: uint8\nsizes: 4 4 4\n\nshort")
     with pytest.raises(VolumeError, match=r"c\.nrrd: cannot be read"):
         read_volume(path, voxel_size_um=1.0)
+
+
+# --- Zarr and OME-Zarr ---------------------------------------------------------------
+
+
+def write_ome_zarr(path, zyx, scale=(1.0, 1.0, 1.0), unit="micrometer", *, version="0.4",
+                   axes="zyx", levels=1):  # fmt: skip
+    """An OME-Zarr image as labs export it: ``multiscales`` over levels ``0``, ``1``, ...
+    (each half the last), written by zarr itself; NGFF 0.4 (Zarr v2) or 0.5 (Zarr v3)."""
+    import zarr
+
+    fmt = 2 if version == "0.4" else 3
+    root = zarr.open_group(str(path), mode="w", zarr_format=fmt)
+    datasets, data = [], np.asarray(zyx)
+    for level in range(levels):
+        arr = root.create_array(str(level), shape=data.shape, dtype=data.dtype)
+        arr[...] = data
+        factor = 2.0**level
+        datasets.append({"path": str(level), "coordinateTransformations": [
+            {"type": "scale", "scale": [s * (factor if a in "zyx" else 1) for s, a in
+                                        zip(scale, axes, strict=True)]}]})  # fmt: skip
+        slices = tuple(slice(None, None, 2) if a in "zyx" else slice(None) for a in axes)
+        data = data[slices]
+    axis_list = [
+        {"name": a, "type": "space" if a in "zyx" else ("channel" if a == "c" else "time"),
+         **({"unit": unit} if unit and a in "zyx" else {})}
+        for a in axes
+    ]  # fmt: skip
+    image = {"version": version, "axes": axis_list, "datasets": datasets}
+    if version == "0.4":
+        root.attrs["multiscales"] = [image]
+    else:
+        root.attrs["ome"] = {"version": version, "multiscales": [image]}
+    return path
+
+
+@pytest.mark.parametrize("version", ["0.4", "0.5"])
+def test_ome_zarr_is_read_in_xyz_order_with_its_units(tmp_path, version):
+    zyx = np.arange(4 * 5 * 6, dtype=np.uint16).reshape(4, 5, 6) + 1
+    path = write_ome_zarr(tmp_path / "s.ome.zarr", zyx, (10.0, 5.0, 5.0), version=version)
+    vol = read_volume(path, isotropic=False)
+    np.testing.assert_array_equal(vol.data, zyx.transpose(2, 1, 0))  # (x, y, z)
+    assert vol.spacing_um == (5.0, 5.0, 10.0) and vol.voxel_size_um == 5.0
+
+
+def test_ome_zarr_reads_the_finest_level_and_converts_millimetres(tmp_path):
+    zyx = np.random.default_rng(0).integers(1, 900, (8, 8, 8)).astype(np.uint16)
+    path = write_ome_zarr(tmp_path / "m.zarr", zyx, (0.004,) * 3, "millimeter", levels=3)
+    vol = read_volume(path)
+    assert vol.data.shape == (8, 8, 8) and vol.voxel_size_um == pytest.approx(4.0)
+
+
+def test_ome_zarr_singleton_time_and_channel_axes_are_dropped(tmp_path):
+    tczyx = (np.arange(60, dtype=np.float32) + 1).reshape(1, 1, 3, 4, 5)
+    path = write_ome_zarr(tmp_path / "t.zarr", tczyx, (1, 1, 2.0, 2.0, 2.0), axes="tczyx")
+    vol = read_volume(path)
+    np.testing.assert_array_equal(vol.data, tczyx[0, 0].transpose(2, 1, 0))
+
+
+def test_ome_zarr_with_several_channels_is_refused(tmp_path):
+    czyx = (np.arange(120, dtype=np.float32) + 1).reshape(2, 3, 4, 5)
+    path = write_ome_zarr(tmp_path / "c.zarr", czyx, (1, 2.0, 2.0, 2.0), axes="czyx")
+    with pytest.raises(VolumeError, match=r"c\.zarr: has 2 images along axis 'c'"):
+        read_volume(path)
+
+
+def test_ome_zarr_without_units_needs_the_voxel_size(tmp_path):
+    path = write_ome_zarr(tmp_path / "u.zarr", ramp((4, 5, 6)), (3.0, 3.0, 3.0), unit=None)
+    with pytest.raises(VolumeError, match=r"u\.zarr: voxel size unknown: .*no spatial unit"):
+        read_volume(path)
+    assert read_volume(path, voxel_size_um=3.0).voxel_size_um == 3.0
+
+
+def test_a_plain_zarr_array_is_a_stack_that_needs_the_voxel_size(tmp_path):
+    import zarr
+
+    zyx = ramp((4, 5, 6)).astype(np.float32)
+    zarr.save_array(str(tmp_path / "plain.zarr"), zyx)
+    with pytest.raises(VolumeError, match=r"plain\.zarr: voxel size unknown: .*carries none"):
+        read_volume(tmp_path / "plain.zarr")
+    vol = read_volume(tmp_path / "plain.zarr", voxel_size_um=2.0)
+    np.testing.assert_allclose(vol.data, zyx.transpose(2, 1, 0))
+
+
+def test_a_zarr_group_that_is_not_an_image_is_named(tmp_path):
+    import zarr
+
+    zarr.open_group(str(tmp_path / "g.zarr"), mode="w").attrs["other"] = 1
+    with pytest.raises(VolumeError, match=r"g\.zarr: a Zarr group without OME-NGFF"):
+        read_volume(tmp_path / "g.zarr", voxel_size_um=1.0)

@@ -209,8 +209,8 @@ def load_scan(scan, *, voxel_size_um: float | None = None) -> tuple[np.ndarray, 
         VolumeError,
         check_volume_array,
         read_volume,
-        recon_log_voxel_size,
         resample_isotropic,
+        voxel_size_stated,
     )
 
     if isinstance(scan, LoadedScan):
@@ -235,10 +235,11 @@ def load_scan(scan, *, voxel_size_um: float | None = None) -> tuple[np.ndarray, 
     else:
         path = Path(scan)
         name = path.name or str(path)
+        # sources that may carry no voxel size (a stack, a folder, a plain Zarr array)
         is_tiff = path.is_dir() or path.name.lower().endswith((".tif", ".tiff"))
         size = voxel_size_um
         try:
-            stated = size is not None or recon_log_voxel_size(path) is not None
+            stated = size is not None or voxel_size_stated(path)
             if not stated and is_tiff:
                 size = 1.0
                 notes["assumed_isotropic"] = True

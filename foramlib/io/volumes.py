@@ -47,6 +47,8 @@ __all__ = [
     "manifest_voxel_size",
     "check_manifest",
     "is_volume_path",
+    "is_zarr",
+    "voxel_size_stated",
     "normalize_intensity",
     "read_manifest",
     "read_volume",
@@ -88,6 +90,15 @@ _NRRD_UNIT_TO_UM = {
     "metres": 1e6,
 }
 _TIFF_SUFFIXES = (".tif", ".tiff")
+# OME-NGFF axis units (UDUNITS-2 names) we know as lengths
+_NGFF_UNIT_TO_UM = {
+    "angstrom": 1e-4,
+    "nanometer": 1e-3,
+    "micrometer": 1.0,
+    "millimeter": 1e3,
+    "centimeter": 1e4,
+    "meter": 1e6,
+}
 SLICE_SUFFIXES = (".tif", ".tiff", ".png", ".bmp")  # a folder of reconstructed slices
 
 
@@ -514,6 +525,112 @@ def read_volume_bytes(name: str, data: bytes) -> HeaderRead:
     return _read_nifti(data, name)
 
 
+def is_zarr(path) -> bool:
+    """True for a Zarr store (v2 or v3): a folder with Zarr metadata at its top.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> is_zarr(tempfile.mkdtemp())
+    False
+    """
+    path = Path(path)
+    return path.is_dir() and any(
+        (path / meta).is_file() for meta in ("zarr.json", ".zgroup", ".zarray")
+    )
+
+
+def _ngff_image(attrs: dict, name: str) -> dict:
+    multiscales = (attrs.get("ome") or attrs).get("multiscales")
+    if not multiscales:
+        raise VolumeError(
+            f"{name}: a Zarr group without OME-NGFF 'multiscales' metadata; give its image "
+            "array's folder (e.g. the level '0' inside it) or an OME-Zarr image"
+        )
+    return multiscales[0]
+
+
+def _ngff_scale(image: dict, level: dict, ndim: int) -> tuple[float, ...] | None:
+    """The product of the level's and the image's ``scale`` transformations, or None."""
+    scale = np.ones(ndim)
+    found = False
+    for transforms in (
+        level.get("coordinateTransformations"),
+        image.get("coordinateTransformations"),
+    ):
+        for tr in transforms or []:
+            if tr.get("type") == "scale" and len(tr.get("scale", ())) == ndim:
+                scale *= np.asarray(tr["scale"], dtype=np.float64)
+                found = True
+    return tuple(float(s) for s in scale) if found else None
+
+
+def _read_zarr(path: Path, name: str) -> HeaderRead:
+    """Checked float32 ``(x, y, z)`` data of an OME-Zarr image's finest level (or of a
+    plain Zarr array), and the voxel size its OME-NGFF metadata states in a known unit
+    (else None, and why)."""
+    import zarr
+
+    try:
+        node = zarr.open(str(path), mode="r")
+        if isinstance(node, zarr.Array):
+            array, axes, scale = node, None, None
+        else:
+            image = _ngff_image(node.attrs.asdict(), name)
+            level = image["datasets"][0]  # the finest resolution comes first
+            array = node[level["path"]]
+            axes = image.get("axes")
+            scale = _ngff_scale(image, level, array.ndim)
+        _check_dtype(array.dtype, name)
+        data = np.asarray(array[...])
+    except (VolumeError, MemoryError):
+        raise
+    except Exception as exc:
+        raise _unreadable(name, exc, "Zarr") from exc
+    if axes is None:  # a plain array: stored (z, y, x), as a TIFF stack
+        return HeaderRead(
+            _zyx_to_xyz(check_volume_array(data, name)),
+            None,
+            "a plain Zarr array carries none (no OME-NGFF metadata)",
+            None,
+        )
+    # NGFF 0.3 names the axes; later versions describe them
+    axes = [a if isinstance(a, dict) else {"name": a} for a in axes]
+    if len(axes) != data.ndim:
+        raise VolumeError(f"{name}: its {len(axes)} axes do not match the {data.ndim}-D data")
+    names = [str(a.get("name", "")).lower() for a in axes]
+    space = [
+        i for i, a in enumerate(axes) if a.get("type") == "space" or names[i] in ("x", "y", "z")
+    ]
+    for i in sorted(set(range(data.ndim)) - set(space), reverse=True):
+        if data.shape[i] != 1:
+            raise VolumeError(
+                f"{name}: has {data.shape[i]} images along axis {names[i]!r}; expected one "
+                "3-D volume (save one channel and time point)"
+            )
+        data = data.take(0, axis=i)
+    if len(space) != 3:
+        raise VolumeError(f"{name}: has {len(space)} spatial axes; expected 3")
+    order = [names[i] for i in space]
+    # to (x, y, z), as read_volume returns every volume; unnamed axes are (z, y, x)
+    perm = [order.index(a) for a in "xyz"] if sorted(order) == ["x", "y", "z"] else [2, 1, 0]
+    data = np.ascontiguousarray(check_volume_array(data, name).transpose(perm), dtype=np.float32)
+    if scale is None:
+        return HeaderRead(data, None, "its OME-NGFF metadata states no scale", None)
+    zooms = tuple(scale[space[p]] for p in perm)
+    if not all(math.isfinite(z) and z > 0 for z in zooms):
+        shown = tuple(round(z, 6) for z in zooms)
+        why = f"its OME-NGFF scale {shown} is not positive and finite"
+        return HeaderRead(data, None, why, None)
+    units = [axes[space[p]].get("unit") for p in perm]
+    factors = [_NGFF_UNIT_TO_UM.get(str(u).lower()) if u else None for u in units]
+    if None in factors:
+        why = f"its OME-NGFF axes state no spatial unit (units: {units})"
+        return HeaderRead(data, None, why, zooms)
+    spacing = tuple(round(z * f, 9) for z, f in zip(zooms, factors, strict=True))
+    return HeaderRead(data, spacing, "", zooms)
+
+
 @dataclass(frozen=True)
 class ReconLog:
     """What a Bruker SkyScan reconstruction log (NRecon's ``*_rec.log``) says of its slices.
@@ -584,6 +701,36 @@ def read_recon_log(path) -> ReconLog:
             )
     prefixes = [v for (_, k), v in values.items() if k == "filename prefix" and v]
     return ReconLog(path, voxel, prefixes[0] if prefixes else None)
+
+
+def voxel_size_stated(path) -> bool:
+    """Whether a folder's own metadata states its voxel size: a SkyScan log that gives
+    it, or OME-NGFF metadata with a scale in a known unit (only metadata is read).
+
+    A file's header is not looked at here (:func:`read_volume` reads it); a TIFF stack
+    states none.
+    """
+    path = Path(path)
+    if is_zarr(path):
+        import zarr
+
+        try:
+            node = zarr.open(str(path), mode="r")
+            if isinstance(node, zarr.Array):
+                return False
+            image = _ngff_image(node.attrs.asdict(), path.name)
+            level = image["datasets"][0]
+            scale = _ngff_scale(image, level, len(image.get("axes") or ()))
+        except (VolumeError, KeyError, IndexError, TypeError, OSError, ValueError):
+            return False  # read_volume says what is wrong with it
+        axes = [a for a in image.get("axes") or () if isinstance(a, dict)]
+        units = [a.get("unit") for a in axes if a.get("type") == "space"]
+        return (
+            scale is not None
+            and len(units) == 3
+            and all(str(u).lower() in _NGFF_UNIT_TO_UM for u in units)
+        )
+    return recon_log_voxel_size(path) is not None
 
 
 def recon_log_voxel_size(folder) -> float | None:
@@ -721,16 +868,19 @@ def read_volume(
     ----------
     path : path-like
         A ``.nii``/``.nii.gz`` file, a ``.nrrd``/``.nhdr`` file (3D Slicer's format), a
-        multi-page ``.tif``/``.tiff`` stack, or a folder of reconstructed 2-D slices
-        (TIFF, PNG or BMP, one kind; stacked in natural order of the numbers in their
-        names). A Bruker SkyScan ``*_rec.log`` in the folder gives the voxel size and
-        names the slices (``Filename Prefix``); without one, the slices are the longest
-        series of images numbered alike (a preview is left out).
+        multi-page ``.tif``/``.tiff`` stack, a Zarr store (an OME-Zarr image, NGFF 0.4
+        or 0.5, whose finest level is read; or a plain 3-D Zarr array), or a folder of
+        reconstructed 2-D slices (TIFF, PNG or BMP, one kind; stacked in natural order
+        of the numbers in their names). A Bruker SkyScan ``*_rec.log`` in the folder
+        gives the voxel size and names the slices (``Filename Prefix``); without one,
+        the slices are the longest series of images numbered alike (a preview is left
+        out).
     voxel_size_um : float, optional
-        Isotropic voxel size in µm. Overrides the NIfTI/NRRD header or the SkyScan log (a
-        `ManifestWarning` is emitted when they disagree by more than 1%); required for
-        a TIFF stack, a folder of slices without a log that states it, and a NIfTI or
-        NRRD whose header lacks a spatial unit or a positive voxel size (never guessed).
+        Isotropic voxel size in µm. Overrides the NIfTI/NRRD header, the OME-NGFF
+        metadata or the SkyScan log (a `ManifestWarning` is emitted when they disagree
+        by more than 1%); required for a TIFF stack, a plain Zarr array, a folder of
+        slices without a log that states it, and a NIfTI, NRRD or OME-Zarr that states
+        no spatial unit or no positive voxel size (never guessed).
     isotropic : bool
         Resample anisotropic volumes to the finest spacing (see `resample_isotropic`).
     order : int
@@ -765,11 +915,14 @@ def read_volume(
     suffix = None if path.is_dir() else _volume_suffix(path.name)
     if suffix is None and not path.is_dir():
         raise VolumeError(
-            f"{name}: unsupported file type; expected one of {', '.join(VOLUME_SUFFIXES)} "
-            "or a folder of slices"
+            f"{name}: unsupported file type; expected one of {', '.join(VOLUME_SUFFIXES)}, "
+            "a Zarr store or a folder of slices"
         )
+    zarr_store = is_zarr(path)
     if path.is_dir() or suffix in (".nii", ".nii.gz", ".nrrd", ".nhdr"):
-        if path.is_dir():
+        if zarr_store:
+            data, spacing, why, _ = _read_zarr(path, name)
+        elif path.is_dir():
             data, log = _read_slice_folder(path, name)
             spacing = None if log is None or log.voxel_size_um is None else (log.voxel_size_um,) * 3
             why = (
@@ -787,7 +940,7 @@ def read_volume(
             ):
                 warnings.warn(
                     f"{name}: voxel_size_um={voxel_size_um:g} overrides the "
-                    f"{'log' if path.is_dir() else 'header'}'s voxel "
+                    f"{'log' if path.is_dir() and not zarr_store else 'header'}'s voxel "
                     f"size {tuple(round(s, 6) for s in spacing)} µm",
                     ManifestWarning,
                     stacklevel=2,

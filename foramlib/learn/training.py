@@ -255,14 +255,24 @@ class _Strategy:
         return False
 
 
-#: Keras' per-epoch log keys -> the names DVCLive files them under (the rest keep theirs)
-_LIVE_NAMES = {"loss": "train/loss", "accuracy": "train/accuracy"}
+#: per-epoch values of the run itself; every other key is a metric of a split
+_RUN_KEYS = ("phase", "learning_rate", "seconds")
 
 
 def _live_name(key: str) -> str:
-    if key in _LIVE_NAMES:
-        return _LIVE_NAMES[key]
-    return f"val/{key[4:]}" if key.startswith("val_") else key
+    """The DVCLive name of a history column: ``val_loss`` -> ``val/loss``, ``top3`` ->
+    ``train/top3``, ``phase`` -> ``phase``."""
+    if key in _RUN_KEYS:
+        return key
+    return f"val/{key[4:]}" if key.startswith("val_") else f"train/{key}"
+
+
+def _history_name(live_name: str) -> str:
+    """The inverse of :func:`_live_name`."""
+    split, _, metric = live_name.partition("/")
+    if not metric:
+        return live_name
+    return f"val_{metric}" if split == "val" else metric
 
 
 class _History:
@@ -440,11 +450,9 @@ def read_live_history(live_dir) -> pd.DataFrame:
     files = sorted(root.rglob("*.tsv"))
     if not files:
         raise FileNotFoundError(f"{live_dir}: no DVCLive metrics (plots/metrics/*.tsv)")
-    back = {v: k for k, v in _LIVE_NAMES.items()}
     columns = {}
     for path in files:
-        name = path.relative_to(root).with_suffix("").as_posix()
-        key = back.get(name, f"val_{name[4:]}" if name.startswith("val/") else name)
+        key = _history_name(path.relative_to(root).with_suffix("").as_posix())
         frame = pd.read_csv(path, sep="\t")
         columns[key] = frame.set_index("step").iloc[:, 0]
     history = pd.DataFrame(columns).sort_index()
