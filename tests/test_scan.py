@@ -152,6 +152,31 @@ def test_load_scan_takes_an_ome_zarrs_stated_voxel_size_and_assumes_none_for_a_p
     assert data.shape == vol.shape and notes == {"assumed_isotropic": True}
 
 
+def ome_pyramid(path, vol):
+    """A two-level OME-Zarr (5 µm, then 10 µm voxels) of an ``(x, y, z)`` volume."""
+    import zarr
+
+    root = zarr.open_group(str(path), mode="w", zarr_format=2)
+    datasets = []
+    for k, data in enumerate((vol.T, vol.T[::2, ::2, ::2])):
+        root.create_array(str(k), shape=data.shape, dtype="float32")[...] = data
+        s = 5.0 * 2**k
+        datasets.append({"path": str(k), "coordinateTransformations": [
+            {"type": "scale", "scale": [s, s, s]}]})  # fmt: skip
+    axes = [{"name": a, "type": "space", "unit": "micrometer"} for a in "zyx"]
+    root.attrs["multiscales"] = [{"version": "0.4", "axes": axes, "datasets": datasets}]
+    return path
+
+
+def test_load_scan_reads_a_big_ome_zarr_at_a_coarser_pyramid_level(tmp_path, monkeypatch):
+    path = ome_pyramid(tmp_path / "big.ome.zarr", shell((40, 40, 40)))
+    data, _, notes = scan.load_scan(path)
+    assert data.shape == (40, 40, 40) and notes == {}  # 40 < SCAN_READ_SIDE: the finest
+    monkeypatch.setattr(scan, "SCAN_READ_SIDE", 20)
+    data, _, notes = scan.load_scan(path)
+    assert data.shape == (20, 20, 20) and notes == {"read_level": 1}
+
+
 def test_load_scan_takes_a_skyscan_folders_voxel_size_and_keeps_a_loaded_scan(tmp_path):
     vol = shell()
     folder = tmp_path / "fossil_Rec"
@@ -295,6 +320,15 @@ def test_predict_many_rejects_non_slices(classifier):
 
 
 # --------------------------------------------------------------------------- CLI
+
+
+def test_cli_says_which_pyramid_level_of_an_ome_zarr_it_read(workspace, tmp_path, capsys,
+                                                               monkeypatch):  # fmt: skip
+    path = ome_pyramid(tmp_path / "fossil.ome.zarr", shell((40, 40, 40)))
+    monkeypatch.setattr(scan, "SCAN_READ_SIDE", 20)
+    argv = ["classify", str(path), "--workspace", str(workspace), "--sections", "8"]
+    assert main(argv) == 0
+    assert "note: read at level 1 of the OME-Zarr pyramid" in capsys.readouterr().out
 
 
 def test_cli_classifies_a_scan(workspace, tmp_path, capsys):

@@ -723,3 +723,32 @@ def test_a_zarr_group_that_is_not_an_image_is_named(tmp_path):
     zarr.open_group(str(tmp_path / "g.zarr"), mode="w").attrs["other"] = 1
     with pytest.raises(VolumeError, match=r"g\.zarr: a Zarr group without OME-NGFF"):
         read_volume(tmp_path / "g.zarr", voxel_size_um=1.0)
+
+
+@pytest.mark.parametrize(
+    ("max_side", "level", "side", "voxel"),
+    [(None, 0, 16, 2.0), (100, 0, 16, 2.0), (16, 0, 16, 2.0), (8, 1, 8, 4.0), (5, 1, 8, 4.0),
+     (4, 2, 4, 8.0), (1, 2, 4, 8.0)],
+)  # fmt: skip
+def test_ome_zarr_is_read_at_the_coarsest_level_still_max_side_wide(
+    tmp_path, max_side, level, side, voxel
+):
+    zyx = np.random.default_rng(1).integers(1, 900, (16, 16, 16)).astype(np.uint16)
+    path = write_ome_zarr(tmp_path / "p.zarr", zyx, (2.0,) * 3, levels=3)
+    vol = read_volume(path, max_side=max_side)
+    assert vol.level == level and vol.data.shape == (side,) * 3
+    assert vol.voxel_size_um == pytest.approx(voxel)  # the level's own voxel size
+
+
+def test_a_manifest_voxel_size_is_scaled_to_the_level_read(tmp_path):
+    zyx = np.random.default_rng(2).integers(1, 900, (16, 16, 16)).astype(np.uint16)
+    path = write_ome_zarr(tmp_path / "n.zarr", zyx, (2.0,) * 3, unit=None, levels=2)
+    vol = read_volume(path, voxel_size_um=3.0, max_side=8)  # 3 µm at the finest level
+    assert vol.level == 1 and vol.voxel_size_um == pytest.approx(6.0)
+
+
+@pytest.mark.parametrize("bad", [0, -4, 2.5, True])
+def test_max_side_must_be_a_positive_integer(tmp_path, bad):
+    path = write_ome_zarr(tmp_path / "b.zarr", ramp((4, 4, 4)), (1.0,) * 3)
+    with pytest.raises(ValueError, match=r"b\.zarr: max_side must be an integer >= 1"):
+        read_volume(path, max_side=bad)

@@ -41,7 +41,13 @@ from foramlib.inference.errors import ArtefactError, ClassifyError
 from foramlib.inference.section_check import features_of
 from foramlib.io.uploads import VolumeUpload
 
+#: an OME-Zarr scan is read at the coarsest pyramid level still this many voxels wide:
+#: its sections are cropped to the fossil and resized to the models' 96-384 px anyway,
+#: and a 2048^3 scan read whole would not fit in memory
+SCAN_READ_SIDE = 512
+
 __all__ = [
+    "SCAN_READ_SIDE",
     "ScanError",
     "DEFAULT_SECTIONS",
     "DEFAULT_SPECIMEN_SUPPORT",
@@ -243,10 +249,12 @@ def load_scan(scan, *, voxel_size_um: float | None = None) -> tuple[np.ndarray, 
             if not stated and is_tiff:
                 size = 1.0
                 notes["assumed_isotropic"] = True
-            vol = read_volume(path, voxel_size_um=size)
+            vol = read_volume(path, voxel_size_um=size, max_side=SCAN_READ_SIDE)
         except VolumeError as exc:
             raise ScanError(str(exc)) from None
         data = vol.data  # read_volume resampled anisotropic voxels already
+        if vol.level:
+            notes["read_level"] = vol.level
     if np.ndim(data) != 3:
         raise ScanError(f"{name}: a scan must be a 3-D volume, got shape {np.shape(data)}")
     try:

@@ -137,6 +137,7 @@ class Volume:
     voxel_size_um: float
     path: Path | None = None
     spacing_um: tuple[float, float, float] | None = None
+    level: int = 0  # the pyramid level read (OME-Zarr); 0 is the finest
 
     def __post_init__(self):
         if self.spacing_um is None:
@@ -565,19 +566,34 @@ def _ngff_scale(image: dict, level: dict, ndim: int) -> tuple[float, ...] | None
     return tuple(float(s) for s in scale) if found else None
 
 
-def _read_zarr(path: Path, name: str) -> HeaderRead:
-    """Checked float32 ``(x, y, z)`` data of an OME-Zarr image's finest level (or of a
-    plain Zarr array), and the voxel size its OME-NGFF metadata states in a known unit
-    (else None, and why)."""
+def _pick_level(node, image: dict, max_side: int | None) -> tuple[int, float]:
+    """The coarsest level whose largest side is still at least `max_side` (0 without
+    one), and how many times coarser than the finest it is; levels come finest first,
+    and only their metadata is read."""
+    sides = [max(node[level["path"]].shape[-3:]) for level in image["datasets"]]
+    chosen = 0
+    if max_side is not None:
+        while chosen + 1 < len(sides) and sides[chosen + 1] >= max_side:
+            chosen += 1
+    return chosen, sides[0] / sides[chosen]
+
+
+def _read_zarr(path: Path, name: str, max_side: int | None = None) -> tuple[HeaderRead, int, float]:
+    """Checked float32 ``(x, y, z)`` data of an OME-Zarr image's level (the finest, or
+    the coarsest still `max_side` voxels wide) or of a plain Zarr array, the voxel size
+    its OME-NGFF metadata states for that level in a known unit (else None, and why),
+    the level read and how many times coarser than the finest it is."""
     import zarr
 
+    chosen, coarser = 0, 1.0
     try:
         node = zarr.open(str(path), mode="r")
         if isinstance(node, zarr.Array):
             array, axes, scale = node, None, None
         else:
             image = _ngff_image(node.attrs.asdict(), name)
-            level = image["datasets"][0]  # the finest resolution comes first
+            chosen, coarser = _pick_level(node, image, max_side)
+            level = image["datasets"][chosen]  # the finest resolution comes first
             array = node[level["path"]]
             axes = image.get("axes")
             scale = _ngff_scale(image, level, array.ndim)
@@ -588,11 +604,15 @@ def _read_zarr(path: Path, name: str) -> HeaderRead:
     except Exception as exc:
         raise _unreadable(name, exc, "Zarr") from exc
     if axes is None:  # a plain array: stored (z, y, x), as a TIFF stack
-        return HeaderRead(
-            _zyx_to_xyz(check_volume_array(data, name)),
-            None,
-            "a plain Zarr array carries none (no OME-NGFF metadata)",
-            None,
+        return (
+            HeaderRead(
+                _zyx_to_xyz(check_volume_array(data, name)),
+                None,
+                "a plain Zarr array carries none (no OME-NGFF metadata)",
+                None,
+            ),
+            0,
+            1.0,
         )
     # NGFF 0.3 names the axes; later versions describe them
     axes = [a if isinstance(a, dict) else {"name": a} for a in axes]
@@ -616,19 +636,20 @@ def _read_zarr(path: Path, name: str) -> HeaderRead:
     perm = [order.index(a) for a in "xyz"] if sorted(order) == ["x", "y", "z"] else [2, 1, 0]
     data = np.ascontiguousarray(check_volume_array(data, name).transpose(perm), dtype=np.float32)
     if scale is None:
-        return HeaderRead(data, None, "its OME-NGFF metadata states no scale", None)
+        why = "its OME-NGFF metadata states no scale"
+        return HeaderRead(data, None, why, None), chosen, coarser
     zooms = tuple(scale[space[p]] for p in perm)
     if not all(math.isfinite(z) and z > 0 for z in zooms):
         shown = tuple(round(z, 6) for z in zooms)
         why = f"its OME-NGFF scale {shown} is not positive and finite"
-        return HeaderRead(data, None, why, None)
+        return HeaderRead(data, None, why, None), chosen, coarser
     units = [axes[space[p]].get("unit") for p in perm]
     factors = [_NGFF_UNIT_TO_UM.get(str(u).lower()) if u else None for u in units]
     if None in factors:
         why = f"its OME-NGFF axes state no spatial unit (units: {units})"
-        return HeaderRead(data, None, why, zooms)
+        return HeaderRead(data, None, why, zooms), chosen, coarser
     spacing = tuple(round(z * f, 9) for z, f in zip(zooms, factors, strict=True))
-    return HeaderRead(data, spacing, "", zooms)
+    return HeaderRead(data, spacing, "", zooms), chosen, coarser
 
 
 @dataclass(frozen=True)
@@ -860,7 +881,12 @@ def _read_tiff(path: Path, name: str) -> np.ndarray:
 
 
 def read_volume(
-    path, voxel_size_um: float | None = None, *, isotropic: bool = True, order: int = 1
+    path,
+    voxel_size_um: float | None = None,
+    *,
+    isotropic: bool = True,
+    order: int = 1,
+    max_side: int | None = None,
 ):
     """Read and check a micro-CT volume.
 
@@ -885,11 +911,17 @@ def read_volume(
         Resample anisotropic volumes to the finest spacing (see `resample_isotropic`).
     order : int
         Spline order of that resampling.
+    max_side : int, optional
+        For a multiscale OME-Zarr image, read the coarsest pyramid level whose largest
+        side is still at least this many voxels (the finest level when none is), with
+        that level's voxel size: a large scan is read at the resolution the work needs,
+        not whole. Other formats are read whole. A `voxel_size_um` given is that of the
+        finest level and is scaled to the level read.
 
     Returns
     -------
     Volume
-        float32 data in ``(x, y, z)`` order and the voxel size in µm.
+        float32 data in ``(x, y, z)`` order, the voxel size in µm and the level read.
 
     Raises
     ------
@@ -918,10 +950,17 @@ def read_volume(
             f"{name}: unsupported file type; expected one of {', '.join(VOLUME_SUFFIXES)}, "
             "a Zarr store or a folder of slices"
         )
+    if max_side is not None and (
+        isinstance(max_side, bool) or not isinstance(max_side, int) or max_side < 1
+    ):
+        raise ValueError(f"{name}: max_side must be an integer >= 1, got {max_side!r}")
     zarr_store = is_zarr(path)
+    level = 0
     if path.is_dir() or suffix in (".nii", ".nii.gz", ".nrrd", ".nhdr"):
         if zarr_store:
-            data, spacing, why, _ = _read_zarr(path, name)
+            (data, spacing, why, _), level, coarser = _read_zarr(path, name, max_side)
+            if voxel_size_um is not None:  # given for the finest level
+                voxel_size_um *= coarser
         elif path.is_dir():
             data, log = _read_slice_folder(path, name)
             spacing = None if log is None or log.voxel_size_um is None else (log.voxel_size_um,) * 3
@@ -966,6 +1005,7 @@ def read_volume(
         voxel_size_um=float(min(spacing)),
         path=path,
         spacing_um=tuple(float(s) for s in spacing),
+        level=level,
     )
 
 

@@ -318,6 +318,11 @@ def _classify(args: argparse.Namespace) -> int:
         print(format_answer(answer, top=args.top_k))
         if answer.metadata.get("assumed_isotropic"):
             print("note: no --voxel-size given for a TIFF stack; voxels taken as isotropic")
+        if answer.metadata.get("read_level"):
+            print(
+                f"note: read at level {answer.metadata['read_level']} of the OME-Zarr "
+                "pyramid (the coarsest still wide enough for the sections)"
+            )
     return 0
 
 
