@@ -37,10 +37,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from machine import machine, today  # noqa: E402
 
 from foramlib.dataset.preprocess import PreprocessError, preprocess_slice  # noqa: E402
-from foramlib.dataset.slicing import Plane, extract_slice, plane_axes  # noqa: E402
+from foramlib.dataset.slicing import Plane, plane_axes  # noqa: E402
 from foramlib.io.atomic import write_text  # noqa: E402
 from foramlib.io.volumes import read_volume  # noqa: E402
-from foramlib.matching import registration
+from foramlib.matching import registration, reliability
 from foramlib.matching import search as matching  # noqa: E402
 from foramlib.virtual import collection as virtual  # noqa: E402
 
@@ -149,18 +149,8 @@ EFFORT_SETTINGS = {
 
 
 def draw_query(rng, spec, vol, pv):
-    n = rng.normal(size=3)
-    n /= np.linalg.norm(n)
-    proj = (pv.points - pv.centre) @ n
-    lo, hi = np.percentile(proj, [20, 80])
-    plane = Plane(tuple(n), float(rng.uniform(lo, hi)), float(rng.uniform(0, 360)))
-    sec = extract_slice(vol, plane, size=pv.window)
-    sec = sec + rng.normal(0, 0.05, sec.shape).astype(np.float32)
-    side = int(round(sec.shape[0] * rng.uniform(0.9, 1.1)))
-    sec = cv2.resize(sec, (side, side), interpolation=cv2.INTER_LINEAR)
-    c = rng.integers(0, max(2, side // 12), size=4)  # partial crop, up to ~8 % a side
-    placement = (int(c[0]), int(c[2]), pv.window / side)  # crop top, left; voxels a pixel
-    return plane, sec[c[0] : side - c[1], c[2] : side - c[3]], placement
+    """A held-out query of `spec` (see :func:`foramlib.matching.reliability.draw_query`)."""
+    return reliability.draw_query(rng, vol, pv)
 
 
 def truth_score(index, query, pv, truth: Plane, placement, reading: str) -> float:

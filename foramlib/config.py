@@ -246,6 +246,8 @@ SCHEMA: dict[str, tuple[Callable[[Any], bool], str]] = {
     "match.n_offsets": (_positive_int, "parallel planes per normal in the match index"),
     "match.size": (_int_at_least(16), "edge of the index's stored sections in pixels"),
     "match.descriptor_size": (_int_at_least(8), "side of the coarse-stage silhouette"),
+    "match_check.queries": (_positive_int, "held-out sections matched to set the match limit"),
+    "match_check.keep": (_number_in(0, 1, lo_open=True), "share of them the limit keeps"),
 }
 
 

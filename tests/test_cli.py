@@ -57,8 +57,51 @@ def workspace(tmp_path_factory):
 
 
 def _match(workspace, *extra):
+    # the match limit is the workspace's own (absent unless a test writes it), never the
+    # repository's results/match_check.json
+    extra = (
+        extra
+        if "--match-check" in extra
+        else (*extra, "--match-check", str(workspace / "match_check.json"))
+    )
     return cli.main(["match", str(workspace / "query.png"), "--index", str(workspace / "index"),
                      *extra])  # fmt: skip
+
+
+def test_match_without_a_limit_says_so_and_json_has_no_verdict(workspace, capsys):
+    assert _match(workspace, "--top-k", "1") == 0
+    out = capsys.readouterr().out
+    assert "note: no reliability verdict: " in out and "dvc repro calibrate_match" in out
+    assert _match(workspace, "--json", "--top-k", "2") == 0
+    assert [m["reliable"] for m in json.loads(capsys.readouterr().out)] == [None, None]
+
+
+@pytest.mark.parametrize(
+    "threshold, word, flag", [(0.0, "reliable match: ", True), (1.5, "NO RELIABLE MATCH: ", False)]
+)
+def test_match_gives_the_calibrated_verdict(workspace, tmp_path, capsys, threshold, word, flag):
+    from foramlib.matching.reliability import MatchCheck
+
+    check = MatchCheck(threshold, 0.95, (0.5, 0.9, 1.0), (True, True, True))
+    path = check.save(tmp_path / "c.json")
+    assert _match(workspace, "--top-k", "1", "--match-check", str(path)) == 0
+    lines = capsys.readouterr().out.splitlines()
+    verdict = [line for line in lines if "RELIABLE" in line.upper()]
+    assert len(verdict) == 1 and verdict[0].startswith(word)
+    assert f"{threshold:.2f} kept" in verdict[0] and "of 3 held-out sections" in verdict[0]
+    assert _match(workspace, "--json", "--top-k", "1", "--match-check", str(path)) == 0
+    assert json.loads(capsys.readouterr().out)[0]["reliable"] is flag
+    # an unrefined search scores poses the limit was not set on: no verdict
+    assert _match(workspace, "--no-refine", "--top-k", "1", "--match-check", str(path)) == 0
+    assert "no reliability verdict: the limit is set on refined matches" in capsys.readouterr().out
+
+
+def test_match_refuses_a_broken_limit_file_in_one_line(workspace, tmp_path, capsys):
+    bad = tmp_path / "match_check.json"
+    bad.write_text('{"format": 1, "threshold": "high"}')
+    assert _match(workspace, "--match-check", str(bad)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{bad}: not a match check" in err
 
 
 def test_index_command_reports_what_it_built(workspace, capsys):
@@ -86,7 +129,9 @@ def test_match_prints_a_table_of_the_top_matches(workspace, capsys):
     c = load_collection(workspace / "index")
     image = read_image(workspace / "query.png")
     found = matching.match(c.index, image, top_k=2, volumes=c.volumes)
-    assert len(lines) == 4 + (found[0].reading != "as given")  # + a note on the reading
+    # + a note on the reading, + the note that the workspace has no match limit
+    assert len(lines) == 5 + (found[0].reading != "as given")
+    assert lines[-1].startswith("note: no reliability verdict: ")
     for row, m in zip(lines[2:4], found, strict=True):
         cells = row.split()
         assert cells[:3] == [str(found.index(m) + 1), m.specimen_id, m.species]
@@ -104,7 +149,7 @@ def test_match_says_when_it_matched_another_reading_of_the_image(workspace, caps
 
     monkeypatch.setattr(matching, "match", read_away)
     assert _match(workspace, "--top-k", "1") == 0
-    last = capsys.readouterr().out.splitlines()[-1]
+    last = capsys.readouterr().out.splitlines()[-2]  # then the note on the match limit
     assert last == (
         "note: the image as given matched weakly; these matches are for another reading of it: "
         "brightest class removed"
@@ -120,7 +165,7 @@ def test_match_json_filters_and_no_refine(workspace, capsys):
     assert [m["rank"] for m in found] == [1, 2, 3]
     assert {m["genus"] for m in found} == {"Beta"}
     assert set(found[0]) == {"rank", "specimen_id", "genus", "normal", "offset", "angle_deg",
-                             "scores", "reading"}  # fmt: skip
+                             "scores", "reading", "reliable"}  # fmt: skip
     assert set(found[0]["scores"]) >= {"dice", "ncc", "ssim", "descriptor", "combined"}
     assert _match(workspace, "--json", "--specimens", "A-01", "B-01", "--top-k", "1") == 0
     assert json.loads(capsys.readouterr().out)[0]["specimen_id"] in {"A-01", "B-01"}

@@ -519,6 +519,36 @@ def test_the_message_says_which_reading_of_the_slice_matched(app, monkeypatch):
         assert (said in app.match_message.value) == note, app.match_message.value
 
 
+def test_the_calibrated_match_limit_gives_a_plain_verdict(app, monkeypatch):
+    import foramlib.matching.search as matching
+    from foramlib.matching.reliability import MatchCheck
+
+    scores = dict(dice=0.9, ncc=0.6, ssim=0.7, descriptor=0.6, combined=0.7)
+    found = [Match("S1", "Beta", (0.0, 0.0, 1.0), 1.5, 30.0, scores, np.zeros((32, 32), np.uint8))]
+    monkeypatch.setattr(matching, "match", lambda *a, **k: found)
+    limit = app.workspace / "results" / "match_check.json"
+    app.load_upload("scan.png", png(disc_image()))
+    app.to_match.click()
+    try:
+        app.run_match()  # no limit in the workspace: no verdict
+        assert "reliable match" not in app.match_message.value.lower()
+        for threshold, said, kind in (
+            (0.6, "Reliable", "info"),
+            (0.8, "No reliable", "warn"),
+        ):
+            MatchCheck(threshold, 0.95, (0.5, 0.9, 0.95), (False, True, True)).save(limit)
+            app.run_match()
+            note = app.match_message.value
+            assert f'<div class="foram-msg-{kind}">{said} match' in note, note
+            assert f"the limit {threshold:.2f} that 67% of 3 sections cut at known places" in note
+        limit.write_text("{broken")  # an unreadable limit: no verdict, the page still works
+        app.run_match()
+        assert "reliable match" not in app.match_message.value.lower()
+        assert app.match_results.value
+    finally:
+        limit.unlink(missing_ok=True)
+
+
 def test_match_within_the_predicted_genus(app, recorder):
     app.load_upload("scan.png", png(disc_image()))
     app.to_match.click()

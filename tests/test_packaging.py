@@ -72,10 +72,12 @@ def test_dvc_analytics_are_off(repo_root):
 
 
 def test_stage_notebooks_are_percent_scripts_with_one_parameters_cell(repo_root):
+    from foramlib.pipeline import STAGES
     from foramlib.tools.stages import read_notebook
 
     scripts = sorted((repo_root / "notebooks").glob("*.py"))
-    assert len(scripts) == 10 and not list((repo_root / "notebooks").glob("*.ipynb"))
+    assert [p.stem for p in scripts] == sorted(STAGES)
+    assert not list((repo_root / "notebooks").glob("*.ipynb"))
     for path in scripts:
         nb = read_notebook(path)
         assert nb.cells[0].cell_type == "markdown", f"{path.name}: starts with its title"

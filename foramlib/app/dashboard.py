@@ -1186,6 +1186,10 @@ class App(widgets.VBox):
                 else ""
             ),
         )
+        check = self._match_check()
+        if check is not None:
+            verdict = check.verdict(matches[0].scores["combined"])
+            self.match_message.value += render.match_verdict_html(verdict, check)
         if self.prediction is not None and not (species or specimens):
             final = (self.metrics or {}).get("models", {}).get((self.metrics or {}).get("final"))
             self.match_message.value += render.disagreement_html(
@@ -1205,6 +1209,15 @@ class App(widgets.VBox):
         finally:
             self._quiet = False
         self.show_match(0)
+
+    def _match_check(self):
+        """The workspace's match limit (``calibrate_match`` stage); None without one."""
+        from foramlib.matching.reliability import MatchCheckError, load_match_check
+
+        try:
+            return load_match_check(self.workspace / "results" / "match_check.json")
+        except MatchCheckError:
+            return None  # an unreadable limit gives no verdict rather than a broken page
 
     def _on_match_choice(self, change) -> None:
         if self._quiet or change["new"] is None:

@@ -199,6 +199,40 @@ def message(kind: str, text: str) -> str:
     return f'<div class="foram-msg-{kind}">{html.escape(text)}</div>'
 
 
+def match_verdict_html(verdict, check) -> str:
+    """The match limit's verdict (:mod:`foramlib.matching.reliability`) in plain words.
+
+    >>> from foramlib.matching.reliability import MatchCheck
+    >>> check = MatchCheck(0.8, 0.95, (0.7, 0.85, 0.9), (False, True, True))
+    >>> "No reliable match" in match_verdict_html(check.verdict(0.75), check)
+    True
+    """
+    trials = (
+        f"{check.kept_share():.0%} of {check.n_queries} sections cut at known places from "
+        "specimens of this collection"
+    )
+    if verdict.reliable:
+        precision = check.precision()
+        found = (
+            f"; in those trials a fit this good named the right specimen and plane "
+            f"{precision:.0%} of the time"
+            if precision is not None
+            else ""
+        )
+        return message(
+            "info",
+            f"Reliable match: the best fit (score {verdict.score:.2f}) is at least as good "
+            f"as the limit {verdict.threshold:.2f} that {trials} reach{found}.",
+        )
+    return message(
+        "warn",
+        f"No reliable match: the best fit (score {verdict.score:.2f}) is under the limit "
+        f"{verdict.threshold:.2f} that {trials} reach. The fossil may not be in the "
+        "collection, or the section may be too damaged or noisy to place: read the "
+        "matches below as look-alikes, not as where your section sits.",
+    )
+
+
 def index_hint(exc: Exception) -> str:
     return (
         f"The 3D search index is not available ({exc}). Run `dvc repro index` in the "

@@ -12,7 +12,7 @@ tooling (``foramlib.tools.book``), not science.
 Examples
 --------
 >>> len(STAGES), list(STAGES)[:4]  # in pipeline order
-(10, ['synthesize', 'curate', 'slice', 'split'])
+(11, ['synthesize', 'curate', 'slice', 'split'])
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ STAGES = {
     "ensemble": ("foramlib.pipeline.ensemble", "EnsembleStageConfig"),
     "evaluate": ("foramlib.pipeline.evaluate", "EvaluateStageConfig"),
     "index": ("foramlib.pipeline.index", "IndexStageConfig"),
+    "calibrate_match": ("foramlib.pipeline.calibrate_match", "CalibrateMatchStageConfig"),
 }
 
 
@@ -51,7 +52,7 @@ def stage_config(name: str) -> type[StageConfig]:
     >>> stage_config("nope")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    ValueError: no pipeline module for stage 'nope'; known: ['corpus', 'curate', ...]
+    ValueError: no pipeline module for stage 'nope'; known: ['calibrate_match', 'corpus', ...]
     """
     if name not in STAGES:
         raise ValueError(f"no pipeline module for stage {name!r}; known: {sorted(STAGES)}")

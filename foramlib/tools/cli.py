@@ -155,6 +155,19 @@ def _section_note(image, workspace) -> str | None:
     return None if verdict.looks_like_section else verdict.message
 
 
+def _match_check(args: argparse.Namespace):
+    """The workspace's match limit (``calibrate_match`` stage) and, without one, why."""
+    from foramlib.matching.reliability import load_match_check
+
+    if args.no_refine:
+        return None, "no reliability verdict: the limit is set on refined matches"
+    path = Path(args.match_check or Path(args.workspace) / "results" / "match_check.json")
+    check = load_match_check(path)
+    if check is None:
+        return None, f"no reliability verdict: {path} is missing (`dvc repro calibrate_match`)"
+    return check, None
+
+
 def _match(args: argparse.Namespace) -> int:
     from foramlib.dataset.preprocess import PreprocessError
     from foramlib.matching.index import load_collection, read_image
@@ -178,6 +191,8 @@ def _match(args: argparse.Namespace) -> int:
     except (MatchError, PreprocessError) as exc:
         raise type(exc)(f"{args.image}: {exc}") from None
     t_match = time.perf_counter() - t0 - t_load
+    check, check_note = _match_check(args)
+    verdict = check.verdict(found[0].scores["combined"]) if check and found else None
     note = _section_note(image, args.workspace)
     if note:  # on stderr: the JSON on stdout keeps its shape
         print(f"NOT A FORAMINIFER SECTION? {note}; these are the closest sections anyway",
@@ -193,6 +208,8 @@ def _match(args: argparse.Namespace) -> int:
                 angle_deg=round(m.angle_deg, 3),
                 scores={k: round(v, 6) for k, v in m.scores.items()},
                 reading=m.reading,
+                # null: no calibrated limit (or an unrefined search, not comparable)
+                reliable=None if check is None else m.scores["combined"] >= check.threshold,
             )
             for rank, m in enumerate(found, start=1)
         ]
@@ -209,6 +226,11 @@ def _match(args: argparse.Namespace) -> int:
                 f"note: the image as given matched weakly; these matches are for another "
                 f"reading of it: {found[0].reading}"
             )
+        if verdict is not None:
+            print(("reliable match: " if verdict.reliable else "NO RELIABLE MATCH: ")
+                  + verdict.message.removeprefix("no reliable match: "))  # fmt: skip
+        elif check_note:
+            print(f"note: {check_note}")
     if args.save_figure and found:
         from foramlib.dataset.slicing import Plane
         from foramlib.io.atomic import atomic_path
@@ -417,6 +439,11 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--no-refine", action="store_true", help="skip the 3D refinement")
     m.add_argument("--time-budget", type=float, metavar="S", help="skip refinement after S s")
     m.add_argument("--json", action="store_true", help="print the matches as JSON")
+    m.add_argument(
+        "--match-check",
+        metavar="PATH",
+        help="the match limit (default: WORKSPACE/results/match_check.json)",
+    )
     m.add_argument("--save-figure", metavar="PATH", help="write a 3D view of the best match")
     m.set_defaults(func=_match)
 

@@ -1,0 +1,59 @@
+# %% [markdown]
+# # Calibrate match: when is a 3D match reliable?
+#
+# The matcher always returns its closest sections, even for a section of a fossil that
+# is not in the collection or one it misread. This stage sets the limit under which
+# `foram match` and the dashboard answer *no reliable match*: held-out sections of
+# indexed specimens (random oblique planes that are not the index's candidates,
+# rescaled, noisy and cropped, drawn with a seed stream of their own) are matched, and
+# the limit is the score that keeps `keep` of them (see
+# `foramlib.matching.reliability`). How often inputs that should be refused still pass
+# is measured by `benchmarks/match_check.py`, on other queries.
+
+# %% tags=["parameters"]
+# Parameters: papermill injects the values of params.yaml (see dvc.yaml).
+seed: int = 0  # seed: the calibration queries
+queries: int = 100  # match_check.queries: held-out sections matched
+keep: float = 0.95  # match_check.keep: share of them called reliable
+index_dir: str = "data/index"  # the index folder (index stage)
+out: str = "results/match_check.json"  # the limit, read by foram match and the dashboard
+
+# %%
+from foramlib.pipeline import calibrate_match as stage
+
+cfg = stage.CalibrateMatchStageConfig(
+    seed=seed, queries=queries, keep=keep, index_dir=index_dir, out=out
+)
+steps = []
+
+
+def progress(fraction, message):
+    if int(10 * fraction) > len(steps) or fraction >= 1:  # about every 10 %
+        steps.append(message)
+        print(f"[{fraction:4.0%}] {message}", flush=True)
+
+
+result = stage.run(cfg, progress=progress)
+
+# %% [markdown]
+# ## The limit
+
+# %%
+check = result.check
+precision = check.precision()
+print(
+    f"limit {check.threshold:.3f} on the best match's combined score: "
+    f"{check.kept_share():.0%} of {check.n_queries} held-out queries at or above it "
+    f"(target {check.keep:.0%}); matched in {result.seconds:.0f} s.\n"
+    f"true specimen and pose among the queries called reliable: "
+    + ("n/a" if precision is None else f"{precision:.0%}")
+)
+
+# %% [markdown]
+# ## Every calibration query
+#
+# `recovered`: the best match is the query's own specimen with its plane within 10° and
+# 3 voxels of the truth.
+
+# %%
+result.queries.sort_values("score")
