@@ -92,8 +92,10 @@ def test_match_gives_the_calibrated_verdict(workspace, tmp_path, capsys, thresho
     assert _match(workspace, "--json", "--top-k", "1", "--match-check", str(path)) == 0
     assert json.loads(capsys.readouterr().out)[0]["reliable"] is flag
     # an unrefined search scores poses the limit was not set on: no verdict
-    assert _match(workspace, "--no-refine", "--top-k", "1", "--match-check", str(path)) == 0
-    assert "no reliability verdict: the limit is set on refined matches" in capsys.readouterr().out
+    for unrefined in (["--no-refine"], ["--time-budget", "0"]):
+        assert _match(workspace, *unrefined, "--top-k", "1", "--match-check", str(path)) == 0
+        said = capsys.readouterr().out
+        assert "no reliability verdict: the limit is set on refined matches" in said
 
 
 def test_match_refuses_a_broken_limit_file_in_one_line(workspace, tmp_path, capsys):

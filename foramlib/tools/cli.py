@@ -159,7 +159,7 @@ def _match_check(args: argparse.Namespace):
     """The workspace's match limit (``calibrate_match`` stage) and, without one, why."""
     from foramlib.matching.reliability import load_match_check
 
-    if args.no_refine:
+    if args.no_refine or args.time_budget == 0:  # a zero budget registers nothing either
         return None, "no reliability verdict: the limit is set on refined matches"
     path = Path(args.match_check or Path(args.workspace) / "results" / "match_check.json")
     check = load_match_check(path)
