@@ -56,6 +56,7 @@ MIN_MODELS = 3  # tiny preset: four genera with three specimens pass, Dictyoconu
 MEMBERS = {"tiny_cnn": 0, "tiny_cnn_b": 1}
 EPOCHS = 16
 MATCH = {"n_orientations": 60, "n_offsets": 5, "size": 48, "descriptor_size": 32}
+MATCH_CHECK_QUERIES = 6  # held-out sections setting the match limit (calibrate_match)
 
 
 # ------------------------------------------------------------------ browser availability
@@ -115,12 +116,13 @@ def workspace_params() -> dict:
     params["train"]["augment"]["enabled"] = False
     params["ensemble"].update(max_k=2, n_weak=1)
     params.setdefault("match", {}).update(MATCH)
+    params["match_check"] = {"queries": MATCH_CHECK_QUERIES, "keep": 0.95}
     return params
 
 
 def build_workspace(root: Path, *, log=print) -> dict:
     """Run synthesize -> curate -> slice -> split -> train x2 -> ensemble -> evaluate ->
-    index into `root` through the stages' ``foramlib.pipeline`` modules, as their
+    index -> calibrate_match into `root` through the stages' ``foramlib.pipeline`` modules, as their
     notebooks run them; return a summary."""
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     from foramlib import config
@@ -140,6 +142,7 @@ def build_workspace(root: Path, *, log=print) -> dict:
     # all paths relative to the workspace, as dvc runs the stages
     with contextlib.chdir(root):
         # every stage through its foramlib.pipeline module, as its notebook runs it
+        from foramlib.pipeline import calibrate_match as calibrate_stage
         from foramlib.pipeline import curate as curate_stage
         from foramlib.pipeline import ensemble as ensemble_stage
         from foramlib.pipeline import evaluate as evaluate_stage
@@ -191,7 +194,7 @@ def build_workspace(root: Path, *, log=print) -> dict:
             names = trained.classes
             done(f"train@{member}", t0)
 
-        # ensemble, evaluate, index
+        # ensemble, evaluate, index, calibrate_match
         t0 = time.perf_counter()
         ensemble_stage.run(ensemble_stage.EnsembleStageConfig.from_params(params))
         done("ensemble", t0)
@@ -205,6 +208,9 @@ def build_workspace(root: Path, *, log=print) -> dict:
         t0 = time.perf_counter()
         index_stage.run(index_stage.IndexStageConfig.from_params(params))
         done("index", t0)
+        t0 = time.perf_counter()
+        calibrate_stage.run(calibrate_stage.CalibrateMatchStageConfig.from_params(params))
+        done("calibrate_match", t0)
 
     return {
         "names": names,

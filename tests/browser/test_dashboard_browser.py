@@ -254,5 +254,8 @@ def test_matching_finds_the_source_specimen(page, match_query, screenshot):
         page, ".foram-match-results tr.foram-match-1", ".foram-match-message .foram-msg-error"
     )
     assert match_query.specimen_id in best, (best, match_query)
+    # the workspace's calibrated match limit gives a verdict in words
+    verdict = page.locator(".foram-match-message").inner_text()
+    assert re.search(r"(Reliable|No reliable) match: the best fit \(score ", verdict), verdict
     wait_image(page, ".foram-match-view")
     screenshot(page, "match")
