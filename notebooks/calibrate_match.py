@@ -44,7 +44,8 @@ precision = check.precision()
 print(
     f"limit {check.threshold:.3f} on the best match's combined score: "
     f"{check.kept_share():.0%} of {check.n_queries} held-out queries at or above it "
-    f"(target {check.keep:.0%}); matched in {result.seconds:.0f} s.\n"
+    f"(target {check.keep:.0%}); matched in {result.seconds:.0f} s; "
+    f"{check.refused} refused by the matcher (left out).\n"
     f"true specimen and pose among the queries called reliable: "
     + ("n/a" if precision is None else f"{precision:.0%}")
 )

@@ -134,3 +134,26 @@ def test_calibrate_matches_held_out_queries_and_fits_the_limit(collection):
     assert check.seed == 2 and len(check.recovered) == 3
     with pytest.raises(MatchCheckError, match="n_queries must be an integer >= 1, got 0"):
         reliability.calibrate(collection, 0)
+
+
+def test_calibrate_leaves_refused_queries_out_and_counts_them(collection, monkeypatch, tmp_path):
+    from foramlib.dataset.preprocess import PreprocessError
+
+    real, calls = matching.match, []
+
+    def every_other(*args, **kwargs):
+        calls.append(1)
+        if len(calls) % 2:
+            raise PreprocessError("query: no fossil found")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(matching, "match", every_other)
+    check, rows = reliability.calibrate(collection, 4, seed=2, refine_k=2)
+    assert [r["refused"] for r in rows[::2]] == ["query: no fossil found"] * 2
+    assert all(r["refused"] is None for r in rows[1::2])
+    assert check.refused == 2 and check.n_queries == 2
+    assert reliability.load_match_check(check.save(tmp_path / "c.json")) == check
+    monkeypatch.setattr(matching, "match", lambda *a, **k: (_ for _ in ()).throw(
+        PreprocessError("query: blank")))  # fmt: skip
+    with pytest.raises(MatchCheckError, match=r"refused all 3 calibration queries \(first: query"):
+        reliability.calibrate(collection, 3)

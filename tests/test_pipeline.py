@@ -48,6 +48,7 @@ OVERRIDES = {
     },
     "ensemble": {"max_k": 2},
     "match": {"n_orientations": 20, "n_offsets": 3, "size": 32, "descriptor_size": 16},
+    "match_check": {"queries": 12},
 }
 
 
@@ -121,6 +122,7 @@ def test_dvc_repro_runs_every_stage_then_nothing(scratch_repo):
         "ensemble",
         "evaluate",
         "index",
+        "calibrate_match",
         "book",
     ):
         assert f"Running stage '{stage}'" in first
@@ -133,12 +135,16 @@ def test_dvc_repro_runs_every_stage_then_nothing(scratch_repo):
     meta = json.loads((repo / "data" / "index" / "index.json").read_text())
     assert meta["specimens"] == 12 and meta["repeat_scans_skipped"] == ["V-CHRY-01_scan2.nii.gz"]
     assert (repo / "results" / "figures" / "match_example.png").exists()
+    # the match limit, set on the tiny index's own held-out sections (sections too small
+    # to read are left out and counted)
+    limit = json.loads((repo / "results" / "match_check.json").read_text())
+    assert len(limit["scores"]) + limit["refused"] == 12 and limit["keep"] == 0.95
     # the backbones start from the weights pretrained on the corpus of other shells
     for b in ("tiny_cnn", "mobilenetv3_small"):
         assert (repo / "models" / "pretrain" / b / "backbone.weights.h5").exists()
         config = json.loads((repo / "models" / b / "config.json").read_text())
         assert config["weights"] == "models/pretrain/{backbone}/backbone.weights.h5"
-    for nb in ("synthesize", "curate", "index"):
+    for nb in ("synthesize", "curate", "index", "calibrate_match"):
         assert (
             repo / "book" / "_build" / "html" / "_generated" / "reports" / f"{nb}.html"
         ).exists()

@@ -94,6 +94,9 @@ class MatchCheck:
         (normal within 10°, offset within 3 voxels), in the order of `scores`.
     seed : int
         The seed the queries were drawn with.
+    refused : int
+        Calibration queries the matcher could not read (no fossil found in the
+        section): not among `scores`.
     """
 
     threshold: float
@@ -101,6 +104,7 @@ class MatchCheck:
     scores: tuple[float, ...]
     recovered: tuple[bool, ...] = ()
     seed: int = 0
+    refused: int = 0
 
     @property
     def n_queries(self) -> int:
@@ -212,6 +216,7 @@ def load_match_check(path) -> MatchCheck | None:
             scores=tuple(float(s) for s in raw["scores"]),
             recovered=tuple(bool(r) for r in raw.get("recovered", ())),
             seed=int(raw.get("seed", 0)),
+            refused=int(raw.get("refused", 0)),
         )
     except MatchCheckError:
         raise
@@ -292,9 +297,19 @@ def calibrate(
     Returns
     -------
     MatchCheck, list of dict
-        The check, and one row per query (specimen, best match, score, recovered).
+        The check, and one row per query (specimen, best match, score, recovered; a
+        query the matcher refused, e.g. a section too small to show the fossil, has no
+        match and its reason under ``refused``, and is left out of the fit).
+
+    Raises
+    ------
+    MatchCheckError
+        If `n_queries` is not a positive integer, or the matcher refused every query.
     """
-    from foramlib.matching.search import match
+    from dataclasses import replace
+
+    from foramlib.dataset.preprocess import PreprocessError
+    from foramlib.matching.search import MatchError, match
 
     if not isinstance(n_queries, int | np.integer) or n_queries < 1:
         raise MatchCheckError(f"n_queries must be an integer >= 1, got {n_queries!r}")
@@ -306,17 +321,33 @@ def calibrate(
         spec = specimens[int(rng.integers(len(specimens)))]
         truth, image, _ = draw_query(rng, collection.volume(spec), collection.prepared(spec))
         volumes = collection.volumes
-        best = match(collection.index, image, volumes=volumes, top_k=1, **match_kwargs)[0]
+        try:
+            best = match(collection.index, image, volumes=volumes, top_k=1, **match_kwargs)[0]
+        except (MatchError, PreprocessError) as err:
+            rows.append(dict(specimen_id=spec, matched=None, score=None, recovered=False,
+                             refused=str(err)))  # fmt: skip
+            report((i + 1) / n_queries, f"query {i + 1}/{n_queries}: {spec} refused ({err})")
+            continue
         rows.append(
             dict(
                 specimen_id=spec,
                 matched=best.specimen_id,
                 score=round(float(best.scores["combined"]), 6),
                 recovered=pose_recovered(best, spec, truth),
+                refused=None,
             )
         )
         report((i + 1) / n_queries, f"query {i + 1}/{n_queries}: {spec} -> {best.specimen_id}")
+    answered = [r for r in rows if r["refused"] is None]
+    if not answered:
+        raise MatchCheckError(
+            f"the matcher refused all {n_queries} calibration queries "
+            f"(first: {rows[0]['refused']}); is the index built from these volumes?"
+        )
     check = fit_match_check(
-        [r["score"] for r in rows], keep, recovered=[r["recovered"] for r in rows], seed=seed
+        [r["score"] for r in answered],
+        keep,
+        recovered=[r["recovered"] for r in answered],
+        seed=seed,
     )
-    return check, rows
+    return replace(check, refused=len(rows) - len(answered)), rows
