@@ -22,6 +22,11 @@ fresh Voila kernel):
 ``--preheat N`` serves with N preheated kernels (``foramlib.app.serve``): the first
 session(s) then get a kernel that has already run the app and loaded the models.
 
+``--screenshots DIR`` also saves what the first session showed: ``landing.png``,
+``classify.png`` (its gallery test slice classified) and ``match.png`` (that slice
+found in 3D), whole-app PNGs at the benchmark's window width. On a finished ``make
+demo`` workspace these are the book's *Dashboard* pictures of a real run.
+
 Writes benchmarks/results/dashboard_browser.json.
 """
 
@@ -137,9 +142,34 @@ def click_until(page, button: str, target: str, error: str | None = None) -> flo
     return float(value)
 
 
-def session(browser, url: str, *, act: bool, has_index: bool) -> dict:
+IMAGE_READY = """sel => { const i = document.querySelector(sel);
+    return i && i.complete && i.naturalWidth > 0; }"""
+
+
+def save_screenshot(page, folder: Path | None, name: str) -> None:
+    """A PNG of the whole app (Voila scrolls inside the page: the window grows to it)."""
+    if folder is None:
+        return
+    size = page.viewport_size
+    bottom = page.evaluate(
+        "() => document.querySelector('.foram-app').getBoundingClientRect().bottom"
+    )
+    page.set_viewport_size(
+        {"width": size["width"], "height": int(min(max(size["height"], bottom + 24), 4000))}
+    )
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(folder / f"{name}.png"))
+    finally:
+        page.set_viewport_size(size)
+
+
+def session(
+    browser, url: str, *, act: bool, has_index: bool, screenshots: Path | None = None
+) -> dict:
     context, page, landing = open_page(browser, url)
     out = {"landing_ms": round(landing, 1)}
+    save_screenshot(page, screenshots if act else None, "landing")
     out["classify_page_ms"] = round(
         click_until(page, ".foram-nav-classify", ".foram-page-classify"), 1
     )
@@ -165,6 +195,10 @@ def session(browser, url: str, *, act: bool, has_index: bool) -> dict:
             1,
         )
         out["top1"] = page.inner_text(".foram-top5 tr.foram-rank-1").split("\t")
+        if screenshots is not None:
+            for image in (".foram-gradcam", ".foram-probabilities"):
+                page.wait_for_function(IMAGE_READY, arg=image)
+            save_screenshot(page, screenshots, "classify")
         if has_index:
             page.click(".foram-to-match")
             page.locator(".foram-page-match").wait_for(state="visible")
@@ -177,6 +211,9 @@ def session(browser, url: str, *, act: bool, has_index: bool) -> dict:
                 ),
                 1,
             )
+            if screenshots is not None:
+                page.wait_for_function(IMAGE_READY, arg=".foram-match-view")
+                save_screenshot(page, screenshots, "match")
     return {"context": context, "page": page, **out}
 
 
@@ -264,6 +301,7 @@ def main(argv=None) -> int:
     ap.add_argument("--concurrent", type=int, default=0, help="then K sessions at once")
     ap.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
     ap.add_argument("--out", default=str(REPO / "benchmarks/results/dashboard_browser.json"))
+    ap.add_argument("--screenshots", type=Path, help="save the first session's pages as PNGs here")
     args = ap.parse_args(argv)
     from playwright.sync_api import sync_playwright
 
@@ -298,7 +336,9 @@ def main(argv=None) -> int:
             )
             for i in range(args.sessions):
                 before = set(children(proc.pid))
-                s = session(browser, url, act=i == 0, has_index=has_index)
+                s = session(
+                    browser, url, act=i == 0, has_index=has_index, screenshots=args.screenshots
+                )
                 if i == 0:  # memory with this one session open, after its classification
                     kernels = [p for p in children(proc.pid) if p not in before]
                     kernels = [p for p in kernels if "ipykernel" in cmdline(p)] or kernels

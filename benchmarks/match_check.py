@@ -45,11 +45,11 @@ from section_check import share  # noqa: E402
 
 from foramlib.dataset.preprocess import PreprocessError  # noqa: E402
 from foramlib.inference import section_check  # noqa: E402
+from foramlib.inference.classify import section_refusal  # noqa: E402
 from foramlib.io.atomic import write_text  # noqa: E402
 from foramlib.matching import index as indexing  # noqa: E402
 from foramlib.matching import reliability  # noqa: E402
 from foramlib.matching.search import MatchError, match  # noqa: E402
-from foramlib.tools.cli import _section_note  # noqa: E402
 
 STREAM = 0xBE7C  # the benchmark's queries: a stream apart from the calibration's
 
@@ -105,7 +105,7 @@ def main() -> None:
         t0 = time.perf_counter()
         best = best_match(collection, image)
         seconds.append(time.perf_counter() - t0)
-        section_ok = _section_note(image, ws) is None
+        section_ok = section_refusal(image, ws) is None
         present.append(dict(
             reliable=best is not None and check.verdict(best.scores["combined"]).reliable,
             recovered=best is not None and reliability.pose_recovered(best, spec, truth),
@@ -149,7 +149,7 @@ def main() -> None:
                 t["n"] += 1
                 t["refused"] += best is None
                 t["reliable"] += reliable
-                t["and_section"] += reliable and _section_note(image, ws) is None
+                t["and_section"] += reliable and section_refusal(image, ws) is None
             print(family, t, flush=True)
     out["not_sections"] = {
         f: {"called_reliable": share(t["reliable"], t["n"]),

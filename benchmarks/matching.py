@@ -170,16 +170,16 @@ def truth_score(index, query, pv, truth: Plane, placement, reading: str) -> floa
     u, v = plane_axes(truth.normal, truth.angle)
     origin = pv.centre + truth.offset * np.asarray(truth.normal) + r * v + c * u
     start = registration.SectionPose(origin, np.stack([u, v]), k)
-    levels = len(matching.REGISTRATION_LEVELS)
+    levels = len(q.tuning.registration_levels)
     pose = registration.register(
         pv.data,
         pv.background,
         start,
         q.templates[:levels],
-        texture_weight=matching.SEARCH_WEIGHTS["texture"],
+        texture_weight=q.tuning.texture_weight,
     )[0]
     tex, ncc = registration.pose_scores(pv.data, pv.background, [pose], q.templates[levels - 1])
-    w = matching.SEARCH_WEIGHTS
+    w = q.tuning.weights
     return float(w["texture"] * tex[0] + w["ncc"] * ncc[0])
 
 

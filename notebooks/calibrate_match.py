@@ -20,19 +20,12 @@ out: str = "results/match_check.json"  # the limit, read by foram match and the 
 
 # %%
 from foramlib.pipeline import calibrate_match as stage
+from foramlib.tools.stages import progress_printer
 
 cfg = stage.CalibrateMatchStageConfig(
     seed=seed, queries=queries, keep=keep, index_dir=index_dir, out=out
 )
-steps = []
-
-
-def progress(fraction, message):
-    if int(10 * fraction) > len(steps) or fraction >= 1:  # about every 10 %
-        steps.append(message)
-        print(f"[{fraction:4.0%}] {message}", flush=True)
-
-
+progress = progress_printer()  # a line about every 10 % of the work, and at the end
 result = stage.run(cfg, progress=progress)
 
 # %% [markdown]

@@ -30,6 +30,7 @@ dense_factor: float = 2.2  # slice.dense_factor (None keeps dense inclusions)
 from IPython.display import Image
 
 from foramlib.pipeline import index as stage
+from foramlib.tools.stages import progress_printer
 
 cfg = stage.IndexStageConfig(
     seed=seed,
@@ -47,15 +48,7 @@ cfg = stage.IndexStageConfig(
 )
 
 # %%
-steps = []
-
-
-def progress(fraction, message):
-    if int(10 * fraction) > len(steps) or fraction >= 1:  # about every 10 %
-        steps.append(message)
-        print(f"[{fraction:4.0%}] {message}", flush=True)
-
-
+progress = progress_printer()  # a line about every 10 % of the work, and at the end
 result = stage.run(cfg, progress=progress)
 
 # %% [markdown]

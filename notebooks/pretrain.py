@@ -13,6 +13,7 @@ params_file: str = "params.yaml"  # seed, pretrain.*, train.weights/batch_size/b
 backbone: str = "tiny_cnn"  # the stage's backbone (pretrain@<backbone>)
 corpus: str = "data/pretrain"  # the corpus stage's store
 out_dir: str = "models/pretrain/tiny_cnn"  # backbone.weights.h5, history, summary
+live_dir: str = "results/pretraining/tiny_cnn"  # DVCLive: every epoch, for dvc plots / exp show
 
 # %%
 from IPython.display import display
@@ -22,7 +23,11 @@ from foramlib.learn import training
 from foramlib.pipeline import pretrain as stage
 
 cfg = stage.PretrainStageConfig.from_params(
-    config.load_params(params_file), backbone=backbone, corpus=corpus, out_dir=out_dir
+    config.load_params(params_file),
+    backbone=backbone,
+    corpus=corpus,
+    out_dir=out_dir,
+    live_dir=live_dir,
 )
 result = stage.run(cfg)
 result.summary

@@ -278,14 +278,14 @@ def test_a_pose_half_a_turn_off_is_tried_the_other_way_round(monkeypatch):
     pv = index.prepared("disc", volumes)
     truth = Plane((0.0, 0.0, 1.0), 2.0, 0.0)
     q, origin, u, v = _true_pose(index, pv, volumes["disc"], truth)
+    # only the turned pose: no parallel section holds the fossil this far away
+    q.tuning = matching.SearchTuning(neighbour_offsets=(60.0,))
     turned = SectionPose(origin, -np.stack([u, v]), 1.0)
     poses = [matching._Pose("disc", "Discus", turned, 0.0, pv.centre)]
     never = lambda: False  # noqa: E731
     matching._register_all(index, q, poses, volumes, slice(0, 2), 400, never, lambda f: None)
     stuck = poses[0]
     assert np.dot(stuck.pose.axes[0], u) < -0.9  # the registration alone
-    # only the turned pose: no parallel section holds the fossil this far away
-    monkeypatch.setattr(matching, "NEIGHBOUR_OFFSETS", (60.0,))
     found = matching._neighbours(index, q, [stuck], volumes, never)
     assert found, "nothing registered"
     best = max(found, key=lambda p: p.score)
@@ -403,9 +403,9 @@ def test_a_mounting_stem_in_the_query_is_read_away(index, specimens, prepared, m
     best = matching.match(index, q, volumes=prepared)[0]
     assert best.reading == "brightest class removed"
     assert best.specimen_id == spec and recovered(best)
-    monkeypatch.setattr(matching, "RETRY_SCORE", -1.0)  # never retry
+    never_retry = matching.SearchTuning(retry_score=-1.0)
     monkeypatch.setattr(matching, "bright_class_hides_fossil", lambda *a: False)
-    first = matching.match(index, q, volumes=prepared)[0]
+    first = matching.match(index, q, volumes=prepared, tuning=never_retry)[0]
     assert first.reading == "as given" and not recovered(first)
     assert first.scores["combined"] < best.scores["combined"]
 
@@ -419,9 +419,11 @@ def test_a_stem_hiding_the_fossil_is_read_away_whatever_the_first_score(
     spec, normal, offset, angle, scale = QUERIES[2]
     truth, q = _query(specimens, prepared, spec, normal, offset, angle, scale)
     q[:8, -9:] = 3.0 * np.percentile(q, 99.9)
-    monkeypatch.setattr(matching, "RETRY_SCORE", -1.0)  # no answer counts as weak
+    tuning = matching.SearchTuning(retry_score=-1.0)  # no answer counts as weak
     seen = []
-    best = matching.match(index, q, volumes=prepared, progress=lambda f, m: seen.append(m))[0]
+    best = matching.match(
+        index, q, volumes=prepared, tuning=tuning, progress=lambda f, m: seen.append(m)
+    )[0]
     again = [m for m in seen if "searching again" in m]
     assert again == [
         "a bright stem may hide the fossil: searching again, query read as "
@@ -431,7 +433,9 @@ def test_a_stem_hiding_the_fossil_is_read_away_whatever_the_first_score(
     # a query without a stem is not searched again
     seen.clear()
     _, plain = _query(specimens, prepared, spec, normal, offset, angle, scale)
-    matching.match(index, plain, volumes=prepared, progress=lambda f, m: seen.append(m))
+    matching.match(
+        index, plain, volumes=prepared, tuning=tuning, progress=lambda f, m: seen.append(m)
+    )
     assert not any("searching again" in m for m in seen)
 
 
@@ -441,9 +445,11 @@ def test_other_readings_are_searched_only_after_a_weak_answer(
     index, specimens, prepared, monkeypatch, retry_score, retried
 ):
     truth, q = _query(specimens, prepared, *QUERIES[0])
-    monkeypatch.setattr(matching, "RETRY_SCORE", retry_score)
+    tuning = matching.SearchTuning(retry_score=retry_score)
     seen = []
-    found = matching.match(index, q, volumes=prepared, progress=lambda f, m: seen.append(m))
+    found = matching.match(
+        index, q, volumes=prepared, tuning=tuning, progress=lambda f, m: seen.append(m)
+    )
     again = [m for m in seen if "searching again" in m]
     names = [r.name for r in matching.READINGS[1:]]
     assert len(again) == (len(names) if retried else 0)
@@ -451,7 +457,10 @@ def test_other_readings_are_searched_only_after_a_weak_answer(
     assert found[0].reading in (names + ["as given"] if retried else ["as given"])
     # refine=False returns screened poses, whose scores are not comparable: no retry
     seen.clear()
-    matching.match(index, q, volumes=prepared, refine=False, progress=lambda f, m: seen.append(m))
+    matching.match(
+        index, q, volumes=prepared, refine=False, tuning=tuning,
+        progress=lambda f, m: seen.append(m),
+    )  # fmt: skip
     assert not any("searching again" in m for m in seen)
 
 
@@ -463,12 +472,11 @@ def test_a_query_weak_on_every_reading_gets_a_wider_search(
     index, specimens, prepared, monkeypatch, retry_score, wide_search, widened
 ):
     """Still weak after every reading: its best reading and the smoothed outline are
-    searched once more with WIDE_SEARCH times the candidates at each stage (and
-    WIDE_AROUND times the poses whose neighbours and turns are tried), and a wider
+    searched once more with wide_search times the candidates at each stage (and
+    wide_around times the poses whose neighbours and turns are tried), and a wider
     answer is kept only where it scores higher."""
     truth, q = _query(specimens, prepared, *QUERIES[0])
-    monkeypatch.setattr(matching, "RETRY_SCORE", retry_score)
-    monkeypatch.setattr(matching, "WIDE_SEARCH", wide_search)
+    tuning = matching.SearchTuning(retry_score=retry_score, wide_search=wide_search)
     calls = []
     search = matching._search
 
@@ -479,7 +487,7 @@ def test_a_query_weak_on_every_reading_gets_a_wider_search(
     monkeypatch.setattr(matching, "_search", spy)
     seen = []
     best = matching.match(
-        index, q, volumes=prepared, coarse_k=50, screen_k=4, refine_k=2,
+        index, q, volumes=prepared, coarse_k=50, screen_k=4, refine_k=2, tuning=tuning,
         progress=lambda f, m: seen.append(m),
     )[0]  # fmt: skip
     wider = [m for m in seen if "a wider search" in m]
@@ -493,10 +501,12 @@ def test_a_query_weak_on_every_reading_gets_a_wider_search(
     assert len(wider) in (1, 2) and "'smoothed outline'" in wider[-1]
     wide = {k: v * wide_search for k, v in narrow.items()}
     assert all({k: c[k] for k in wide} == wide for c in calls[-len(wider) :])
-    assert all(c["around_factor"] == matching.WIDE_AROUND > 1 for c in calls[-len(wider) :])
+    assert all(c["around_factor"] == tuning.wide_around > 1 for c in calls[-len(wider) :])
     # the wider search can only improve the answer
-    monkeypatch.setattr(matching, "WIDE_SEARCH", 1)
-    first = matching.match(index, q, volumes=prepared, coarse_k=50, screen_k=4, refine_k=2)[0]
+    narrow_only = matching.SearchTuning(retry_score=retry_score, wide_search=1)
+    first = matching.match(
+        index, q, volumes=prepared, coarse_k=50, screen_k=4, refine_k=2, tuning=narrow_only
+    )[0]
     assert best.scores["combined"] >= first.scores["combined"] - 1e-6
 
 
@@ -617,3 +627,37 @@ def test_plane_error_treats_flipped_planes_as_one(a, b, offsets, expected):
     angle, offset = plane_error(a, b, *offsets)
     assert angle == pytest.approx(expected[0], abs=1e-6)
     assert offset == pytest.approx(expected[1], abs=1e-9)
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (dict(short_evals=0), r"short_evals = 0 is invalid: expected an integer >= 1"),
+        (dict(wide_search=2.5), r"wide_search = 2.5 is invalid"),
+        (dict(registration_threads=True), r"registration_threads = True is invalid"),
+        (dict(texture_weight=0.5), r"texture_weight \+ ncc_weight = 0.8 is invalid"),
+        (dict(ncc_weight=-0.1, texture_weight=1.1), r"texture_weight = 1.1 is invalid"),
+        (dict(coarse_descriptor_weight=2), r"coarse_descriptor_weight = 2 is invalid"),
+        (dict(registration_levels=()), r"registration_levels = \(\) is invalid"),
+        (dict(registration_levels=((4, 1.0),)), r"registration_levels = .* is invalid"),
+        (dict(axis_turn_step=0.0), r"axis_turn_step = 0.0"),
+    ],
+)
+def test_search_tuning_rejects_bad_values_naming_them(change, message):
+    with pytest.raises(ValueError, match=message):
+        matching.SearchTuning(**change)
+
+
+def test_search_tuning_is_what_the_search_reads(index, specimens, prepared):
+    """The query carries the tuning it is searched with; the default is TUNING; a
+    non-SearchTuning is refused before any work."""
+    truth, q = _query(specimens, prepared, *QUERIES[0])
+    assert matching._prepare_query(index, q).tuning is matching.TUNING
+    levels = ((24, 2.0), (48, 1.5), (64, 1.0))
+    tuned = matching._prepare_query(
+        index, q, tuning=matching.SearchTuning(registration_levels=levels)
+    )
+    # the pyramid follows the tuning: its levels, then the fine_size grid
+    assert [t.shape[0] for t in tuned.templates] == [24, 48, 64, index.config.fine_size]
+    with pytest.raises(MatchError, match="tuning must be a SearchTuning, got dict"):
+        matching.match(index, q, volumes=prepared, tuning={"retry_score": 0.5})

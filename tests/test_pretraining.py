@@ -121,9 +121,16 @@ def test_pretrain_then_fine_tune_starts_from_the_pretrained_backbone(corpus, tmp
 
     out = tmp_path / "pretrain" / "tiny_cnn"
     config = pretraining.PretrainConfig("tiny_cnn", input_size=32, batch_size=8, epochs=2)
-    summary = pretraining.pretrain_backbone(config, corpus, out, progress=None)
+    live = tmp_path / "results" / "pretraining" / "tiny_cnn"
+    summary = pretraining.pretrain_backbone(config, corpus, out, progress=None, live_dir=live)
     assert summary["pseudo_taxa"] == 3 and summary["epochs_run"] >= 1
     assert 0 <= summary["val_accuracy_held_out_specimens"] <= 1
+    # every epoch went through DVCLive, and reads back as the history the stage keeps
+    logged = training.read_live_history(live)
+    kept = pd.read_csv(out / "history.csv")
+    assert len(logged) == summary["epochs_run"] == len(kept)
+    np.testing.assert_allclose(logged["val_loss"], kept["val_loss"], rtol=1e-6)
+    assert json.loads((live / "metrics.json").read_text())["step"] == len(kept) - 1
     template = str(tmp_path / "pretrain" / "{backbone}" / "backbone.weights.h5")
     assert pretraining.uses_pretraining(template, out, "tiny_cnn")
 
@@ -173,10 +180,17 @@ def test_pretrain_then_fine_tune_starts_from_the_pretrained_backbone(corpus, tmp
 
 def test_the_stage_skips_pretraining_when_weights_point_elsewhere(corpus, tmp_path):
     out = tmp_path / "models" / "pretrain" / "tiny_cnn"
+    live = tmp_path / "results" / "pretraining" / "tiny_cnn"
+    stale = live / "plots" / "metrics" / "val" / "loss.tsv"  # a log of an earlier run
+    stale.parent.mkdir(parents=True)
+    stale.write_text("step\tloss\n0\t1.0\n")
     config = pretraining.PretrainConfig("tiny_cnn", input_size=32, epochs=1)
-    summary = pretraining.run_pretrain_stage(config, corpus, out, "imagenet")
+    summary = pretraining.run_pretrain_stage(config, corpus, out, "imagenet", live_dir=live)
     assert "skipped" in summary and not (out / "backbone.weights.h5").exists()
     assert json.loads((out / "summary.json").read_text())["skipped"].startswith("train.weights")
+    # the declared metrics and plots exist, and hold no epoch of the earlier run
+    assert json.loads((live / "metrics.json").read_text()) == {}
+    assert (live / "plots" / "metrics").is_dir() and not stale.exists()
 
 
 class _FakeOptimizer:

@@ -158,6 +158,8 @@ class App(widgets.VBox):
         self.match_query_name = ""
         self.matches: list = []
         self._quiet = False
+        # the match limit as last read, keyed by its file's stat (see _match_check)
+        self._match_check_read: tuple[tuple[int, int, int], object] | None = None
 
         self.nav = {
             "home": widgets.Button(description="Home", icon="home"),
@@ -1211,13 +1213,30 @@ class App(widgets.VBox):
         self.show_match(0)
 
     def _match_check(self):
-        """The workspace's match limit (``calibrate_match`` stage); None without one."""
+        """The workspace's match limit (``calibrate_match`` stage); None without one.
+
+        Read again only when the file changed (another inode, time or size), so a search
+        does not reread it while a rerun of the stage still shows without a restart.
+        """
         from foramlib.matching.reliability import MatchCheckError, load_match_check
 
+        path = self.workspace / "results" / "match_check.json"
         try:
-            return load_match_check(self.workspace / "results" / "match_check.json")
-        except MatchCheckError:
-            return None  # an unreadable limit gives no verdict rather than a broken page
+            st = path.stat()
+        except OSError:
+            return None  # no limit (yet): nothing to verdict with
+        # the inode too: the stage writes the file atomically (a new inode), so a rewrite
+        # within the file system's timestamp granularity and of the same size still shows
+        key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        if self._match_check_read is not None and self._match_check_read[0] == key:
+            return self._match_check_read[1]
+        try:
+            check = load_match_check(path)
+        except (MatchCheckError, OSError):
+            check = None  # an unreadable limit gives no verdict rather than a broken page
+        # stat before reading: a file replaced in between is read again on the next call
+        self._match_check_read = (key, check)
+        return check
 
     def _on_match_choice(self, change) -> None:
         if self._quiet or change["new"] is None:

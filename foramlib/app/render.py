@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 
 from foramlib.inference import classify, scan
+from foramlib.io.volumes import stretch
 
 __all__ = [
     "STYLE",
@@ -114,7 +115,16 @@ def png_bytes(image: np.ndarray) -> bytes:
 
 
 def display_uint8(image: np.ndarray) -> np.ndarray:
-    """Any section → uint8 gray (or RGB) for display, stretched between 0.5/99.5 %."""
+    """Any section → uint8 gray (or RGB) for display, stretched between 0.5/99.5 %.
+
+    Shares :func:`foramlib.io.volumes.stretch` with the pipeline, but never refuses an
+    image: an empty one stays empty, and one whose percentiles coincide is shown with
+    that value black (the window widened by one grey level, not the min/max fallback
+    of :func:`~foramlib.io.volumes.percentile_window`).
+
+    >>> display_uint8(np.array([[0.0, 1.0, 2.0, 4.0]])).tolist()
+    [[0, 64, 128, 255]]
+    """
     arr = np.asarray(image)
     if arr.ndim == 3 and arr.shape[2] == 4:
         arr = arr[..., :3]
@@ -122,7 +132,7 @@ def display_uint8(image: np.ndarray) -> np.ndarray:
     lo, hi = np.percentile(arr, [0.5, 99.5]) if arr.size else (0.0, 1.0)
     if hi <= lo:
         hi = lo + 1.0
-    return np.round(np.clip((arr - lo) / (hi - lo), 0, 1) * 255).astype(np.uint8)
+    return np.round(stretch(arr, lo, hi, np.float64) * 255).astype(np.uint8)
 
 
 def thumbnail(image: np.ndarray, side: int = 256) -> np.ndarray:

@@ -28,6 +28,8 @@ import numpy as np
 from scipy import ndimage
 from skimage import color, exposure, filters, morphology, restoration
 
+from foramlib.io.volumes import VolumeError, percentile_window, stretch
+
 __all__ = [
     "PREPROCESS_VERSION",
     "PreprocessError",
@@ -150,13 +152,32 @@ class SliceInfo:
 
 
 def to_gray_float(image, name: str = "image") -> np.ndarray:
-    """Any 2D image (gray, RGB, RGBA; integer or float) → float32 grayscale in [0, 1].
+    """Any 2D image (gray, RGB, RGBA; integer or float) → grayscale in [0, 1].
+
+    The image (RGB and RGBA through :func:`skimage.color.rgb2gray`) is stretched between
+    its 0.5 and 99.5 percentiles, clipping outliers
+    (:func:`foramlib.io.volumes.percentile_window` and
+    :func:`~foramlib.io.volumes.stretch`).
+
+    Returns
+    -------
+    numpy.ndarray
+        **float64** in general; **float32** when the two percentiles coincide (an image
+        almost all one value) and its minimum and maximum are the window instead. The
+        dtype and every bit of the values are as they have always been: stored slices,
+        the 3D match index and cached pipeline outputs are built through here.
 
     Raises
     ------
     PreprocessError
         For non-numeric data, wrong dimensions, images under 16×16 pixels, non-finite
         values, or a constant image.
+
+    Examples
+    --------
+    >>> out = to_gray_float(np.tile(np.arange(32, dtype=np.uint8), (32, 1)))
+    >>> out.dtype, out.min(), out.max()
+    (dtype('float64'), np.float64(0.0), np.float64(1.0))
     """
     arr = np.asarray(image)
     if arr.dtype.kind not in "uifb":
@@ -178,12 +199,15 @@ def to_gray_float(image, name: str = "image") -> np.ndarray:
     arr = arr.astype(np.float32)
     if not np.isfinite(arr).all():
         raise PreprocessError(f"{name}: contains NaN or infinite values")
-    lo, hi = np.percentile(arr, [0.5, 99.5])
-    if hi <= lo:
-        lo, hi = float(arr.min()), float(arr.max())
-    if hi <= lo:
-        raise PreprocessError(f"{name}: image is blank (all pixels equal {lo:g})")
-    return np.clip((arr - lo) / (hi - lo), 0.0, 1.0)
+    try:
+        lo, hi, minmax = percentile_window(arr, 0.5, 99.5, name)
+    except VolumeError as exc:  # not empty, all finite (checked above): constant
+        raise PreprocessError(
+            f"{name}: image is blank (all pixels equal {float(arr.min()):g})"
+        ) from exc
+    # The percentiles (float64) stretched in float64, the min/max window in float32:
+    # what this always did (NumPy 2 promotion), kept bit for bit.
+    return stretch(arr, lo, hi, np.float32 if minmax else np.float64)
 
 
 def otsu_threshold(values) -> float:

@@ -65,6 +65,7 @@ __all__ = [
     "Classifier",
     "missing_artefacts",
     "load_section_check",
+    "section_refusal",
     "SECTION_CHECK",
     "member_tta_views",
 ]
@@ -339,6 +340,49 @@ def load_section_check(workspace, preprocess: PreprocessConfig) -> tuple[Section
             "slices; rerun the evaluate stage"
         )
     return check, SECTION_CHECK
+
+
+def section_refusal(image, workspace) -> str | None:
+    """The workspace's section check's refusal of a query image, in words.
+
+    ``foram match`` warns with it that a 3D match of the image may mean nothing, and
+    ``benchmarks/match_check.py`` counts the inputs it lets through. The check is the
+    workspace's (:data:`SECTION_CHECK`, written by the evaluate stage), applied to the
+    image prepared as its models' slices were (:func:`preprocess_defaults`,
+    :func:`prepare_upload`).
+
+    Parameters
+    ----------
+    image : array-like
+        A decoded query image (any pixel type, grey or colour).
+    workspace : path-like
+        The folder holding the pipeline's ``results/``.
+
+    Returns
+    -------
+    str or None
+        Why the image does not look like a foraminifer section
+        (:attr:`foramlib.inference.section_check.Verdict.message`); None when it passes,
+        when the workspace has no usable check (missing, unreadable or stale: see
+        :func:`load_section_check`), or when the image cannot be prepared (the matcher
+        reads the image its own way and reports its own errors).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> section_refusal(np.zeros((40, 40)), tempfile.mkdtemp()) is None  # no check here
+    True
+    """
+    base, _ = preprocess_defaults(workspace)
+    check, _ = load_section_check(workspace, base)
+    if check is None:
+        return None
+    try:
+        cleaned, info = prepare_upload(image, base, name="query")
+    except PreprocessError:
+        return None  # the matcher reads the image its own way and reports its own errors
+    verdict = check.verdict(cleaned, colour=info["colourfulness"])
+    return None if verdict.looks_like_section else verdict.message
 
 
 def _final_name(ws: Path) -> str:

@@ -43,6 +43,7 @@ __all__ = [
     "Volume",
     "VolumeError",
     "HeaderRead",
+    "IntensityWindow",
     "check_volume_array",
     "manifest_voxel_size",
     "check_manifest",
@@ -50,6 +51,8 @@ __all__ = [
     "is_zarr",
     "voxel_size_stated",
     "normalize_intensity",
+    "percentile_window",
+    "stretch",
     "read_manifest",
     "read_volume",
     "ReconLog",
@@ -303,10 +306,117 @@ def resample_isotropic(arr, spacing_um, order: int = 1) -> tuple[np.ndarray, flo
     return out, finest
 
 
+class IntensityWindow(NamedTuple):
+    """The intensities a contrast stretch maps to 0 and 1 (see :func:`percentile_window`).
+
+    Attributes
+    ----------
+    lo, hi : float
+        The window, ``lo < hi``.
+    minmax : bool
+        True when the two percentiles coincided and the window is the array's minimum
+        and maximum instead.
+    """
+
+    lo: float
+    hi: float
+    minmax: bool = False
+
+
+def percentile_window(
+    arr, low: float = 0.5, high: float = 99.5, name: str = "volume"
+) -> IntensityWindow:
+    """The intensity window between two percentiles, for a contrast stretch.
+
+    This is the one place the project's percentile stretches take their window from
+    (:func:`normalize_intensity`, :func:`foramlib.dataset.preprocess.to_gray_float`);
+    :func:`stretch` maps it onto ``[0, 1]``. When the percentiles coincide (an image
+    that is almost all one value) the window falls back to the minimum and maximum.
+
+    Parameters
+    ----------
+    arr : array_like
+        Intensities (any shape); the percentiles are taken of its values as they are.
+    low, high : float
+        Percentiles mapped to 0 and 1; ``0 <= low < high <= 100``.
+    name : str
+        Name used at the start of error messages.
+
+    Returns
+    -------
+    IntensityWindow
+        ``(lo, hi, minmax)`` as Python floats, ``lo < hi``.
+
+    Raises
+    ------
+    ValueError
+        If `low` and `high` are out of order or outside ``[0, 100]``.
+    VolumeError
+        If the array is empty, a percentile is NaN or infinite, or every value is equal.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> percentile_window(np.array([0.0, 5.0, 10.0, 1000.0]), 0, 50)
+    IntensityWindow(lo=0.0, hi=7.5, minmax=False)
+    >>> percentile_window(np.r_[np.zeros(999), 4.0])
+    IntensityWindow(lo=0.0, hi=4.0, minmax=True)
+    """
+    if not (0 <= low < high <= 100):
+        raise ValueError(f"need 0 <= low < high <= 100, got low={low!r}, high={high!r}")
+    arr = np.asarray(arr)
+    if arr.size == 0:
+        raise VolumeError(f"{name}: is empty (shape {arr.shape}); nothing to normalise")
+    lo, hi = (float(v) for v in np.percentile(arr, [low, high]))
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise VolumeError(f"{name}: contains NaN or infinite values; cannot normalise")
+    if hi > lo:
+        return IntensityWindow(lo, hi)
+    lo, hi = float(arr.min()), float(arr.max())
+    if hi <= lo:
+        raise VolumeError(f"{name}: is constant (every voxel equals {lo!r}); cannot normalise")
+    return IntensityWindow(lo, hi, minmax=True)
+
+
+def stretch(arr, lo: float, hi: float, dtype=np.float32) -> np.ndarray:
+    """Map the window ``[lo, hi]`` linearly onto ``[0, 1]``, clipping what lies outside.
+
+    Computed in `dtype`: ``(arr - lo) / (hi - lo)`` with `arr`, `lo` and ``hi - lo``
+    each converted to `dtype` first (``hi - lo`` is taken in double precision). The
+    window usually comes from :func:`percentile_window`.
+
+    Parameters
+    ----------
+    arr : array_like
+        Intensities (any shape); not modified.
+    lo, hi : float
+        The window, ``lo < hi``.
+    dtype : floating dtype
+        The dtype of the computation and of the result.
+
+    Returns
+    -------
+    numpy.ndarray
+        A new array of `dtype` with values in ``[0, 1]``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> stretch(np.array([-5, 0, 5, 10, 20]), 0.0, 10.0).tolist()
+    [0.0, 0.0, 0.5, 1.0, 1.0]
+    """
+    dtype = np.dtype(dtype)
+    out = np.asarray(arr).astype(dtype)  # a copy, worked on in place
+    np.subtract(out, dtype.type(lo), out=out)
+    np.divide(out, dtype.type(hi - lo), out=out)
+    return np.clip(out, 0.0, 1.0, out=out)
+
+
 def normalize_intensity(arr, low: float = 0.5, high: float = 99.5) -> np.ndarray:
     """Scale intensities to float32 ``[0, 1]`` between two percentiles, clipping outliers.
 
-    Falls back to the minimum and maximum when the percentiles coincide.
+    Falls back to the minimum and maximum when the percentiles coincide
+    (:func:`percentile_window`, then :func:`stretch`).
 
     Parameters
     ----------
@@ -318,7 +428,7 @@ def normalize_intensity(arr, low: float = 0.5, high: float = 99.5) -> np.ndarray
     Raises
     ------
     VolumeError
-        If the array is constant or not finite.
+        If the array is empty or constant, or a percentile is not finite.
 
     Examples
     --------
@@ -326,20 +436,8 @@ def normalize_intensity(arr, low: float = 0.5, high: float = 99.5) -> np.ndarray
     >>> normalize_intensity(np.array([0.0, 5.0, 10.0, 1000.0]), 0, 50).tolist()
     [0.0, 0.6666666865348816, 1.0, 1.0]
     """
-    if not (0 <= low < high <= 100):
-        raise ValueError(f"need 0 <= low < high <= 100, got low={low!r}, high={high!r}")
-    arr = np.asarray(arr)
-    if arr.size == 0:
-        raise VolumeError(f"volume: is empty (shape {arr.shape}); nothing to normalise")
-    lo, hi = (float(v) for v in np.percentile(arr, [low, high]))
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        raise VolumeError("volume: contains NaN or infinite values; cannot normalise")
-    if hi <= lo:
-        lo, hi = float(arr.min()), float(arr.max())
-    if hi <= lo:
-        raise VolumeError(f"volume: is constant (every voxel equals {lo!r}); cannot normalise")
-    out = (arr.astype(np.float32) - np.float32(lo)) / np.float32(hi - lo)
-    return np.clip(out, 0.0, 1.0, out=out)
+    lo, hi, _ = percentile_window(arr, low, high)
+    return stretch(arr, lo, hi, np.float32)
 
 
 def _unreadable(name: str, exc: Exception, kind: str) -> VolumeError:

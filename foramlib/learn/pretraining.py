@@ -353,6 +353,7 @@ def pretrain_backbone(
     *,
     progress: Callable[[str], None] | None = print,
     time_budget_s: float | None = None,
+    live_dir=None,
 ) -> dict:
     """Train `config.backbone` from scratch to tell the corpus's pseudo-taxa apart.
 
@@ -366,6 +367,10 @@ def pretrain_backbone(
     elapsed share of the budget, and training stops before an epoch that would overrun
     it (``config.epochs`` remains the maximum). The pipeline stage uses epochs, which
     make the weights repeatable; a budgeted run records its epochs and wall time.
+
+    With `live_dir`, every epoch is also logged through DVCLive there as it ends (as
+    the ``train`` stages do: ``dvc plots show`` and ``dvc exp show`` read it, and
+    :func:`foramlib.learn.training.read_live_history` reads it back).
 
     Returns
     -------
@@ -394,6 +399,7 @@ def pretrain_backbone(
     precision = resolve_precision(config.precision)
     previous = keras.mixed_precision.global_policy().name
     keras.utils.set_random_seed(config.seed)
+    history = _History(live_dir)
     t0 = time.perf_counter()
     steps = (
         len(train)
@@ -419,7 +425,6 @@ def pretrain_backbone(
         else:
             schedule, callbacks = config.lr, [_time_budget(config.lr, time_budget_s)]
         _compile_with(model, schedule, config.weight_decay, config.label_smoothing)
-        history = _History()
         stop = keras.callbacks.EarlyStopping(
             monitor="val_loss", patience=config.patience, restore_best_weights=True
         )
@@ -440,6 +445,7 @@ def pretrain_backbone(
         probs = np.asarray(model.predict(val, verbose=0))
     finally:
         keras.mixed_precision.set_global_policy(previous)
+        history.close()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     hist = pd.DataFrame(history.rows)
@@ -491,14 +497,16 @@ def uses_pretraining(weights, out_dir, backbone: str) -> bool:
     return path.resolve().parent == Path(out_dir).resolve()
 
 
-def run_pretrain_stage(config: PretrainConfig, corpus_dir, out_dir, weights) -> dict:
+def run_pretrain_stage(config: PretrainConfig, corpus_dir, out_dir, weights, live_dir=None) -> dict:
     """The ``pretrain@<backbone>`` stage: pretrain when ``train.weights`` asks for it.
 
-    Otherwise (``imagenet``, ``null`` or another file) nothing is trained and `out_dir`
-    only gets a ``summary.json`` saying why, so the paper profile pays nothing.
+    Otherwise (``imagenet``, ``null`` or another file) nothing is trained: `out_dir`
+    only gets a ``summary.json`` saying why, so the paper profile pays nothing, and
+    `live_dir` (if given) an empty DVCLive log, so the stage's declared metrics and
+    plots exist and hold no stale epochs.
     """
     if uses_pretraining(weights, out_dir, config.backbone):
-        return pretrain_backbone(config, corpus_dir, out_dir)
+        return pretrain_backbone(config, corpus_dir, out_dir, live_dir=live_dir)
     summary = dict(
         backbone=config.backbone,
         skipped=f"train.weights = {weights!r} does not use this stage's weights",
@@ -507,6 +515,11 @@ def run_pretrain_stage(config: PretrainConfig, corpus_dir, out_dir, weights) -> 
     out.mkdir(parents=True, exist_ok=True)
     for stale in ("backbone.weights.h5", "history.csv"):
         (out / stale).unlink(missing_ok=True)
+    if live_dir is not None:
+        from foramlib.learn.training import _History
+
+        _History(live_dir).close()  # DVCLive clears the old log: metrics.json is {}
+        (Path(live_dir) / "plots" / "metrics").mkdir(parents=True, exist_ok=True)
     write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
 

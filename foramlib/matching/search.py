@@ -43,26 +43,31 @@ Matching a query runs in six stages:
    turn in its plane. Sections of a shell a few voxels apart can look alike (lens and
    spindle shapes, regularly repeated chamberlets), a near-symmetric section fits
    both ways round, and registration alone stays where it started;
-6. **axis turns**: the best ``AXIS_TURN_POSES`` refined poses are turned about each
+6. **axis turns**: the best ``axis_turn_poses`` refined poses are turned about each
    principal axis of their specimen, through its centroid, in steps of 30°; the best
-   ``AXIS_TURN_STARTS`` turned poses of each are registered too. A shell that is
+   ``axis_turn_starts`` turned poses of each are registered too. A shell that is
    nearly a solid of revolution (a cone, a spindle, a lens) shows nearly the same
    section all the way round its axis, and only its chambers tell the true turn.
 
-When the best match is weak (``combined`` under ``RETRY_SCORE``), the query may have
+When the best match is weak (``combined`` under ``retry_score``), the query may have
 been misread rather than be absent: the search runs again on other *readings* of it
 (``READINGS``: its outline segmented after more smoothing, for a faint fossil in a
 noisy matrix; its brightest class removed, for a mounting stem or a dense inclusion
 cut across) and the reading whose best match scores highest is kept. A query still
 weak on every reading is searched once more, on its best reading and on the smoothed
-outline, with ``WIDE_SEARCH`` times the candidates at the coarse, screen and refine
-stages and ``WIDE_AROUND`` times the poses whose neighbours and turns are tried: a
+outline, with ``wide_search`` times the candidates at the coarse, screen and refine
+stages and ``wide_around`` times the poses whose neighbours and turns are tried: a
 faint or broken outline misleads the silhouette descriptors and the start poses,
 which then rank the true pose's neighbourhood too low for the usual numbers (such
 queries take two to three times as long). A query whose bright stem hid the fossil
 from the segmentation (:func:`foramlib.dataset.preprocess.bright_class_hides_fossil`) is
 searched without its brightest class whatever its first score: the stem alone can
 match well.
+
+Every number of the search named above (weights, registration effort, neighbours,
+turns, retries) is a field of :class:`SearchTuning`, with the reason for its default;
+``match(..., tuning=SearchTuning(...))`` searches differently without rebuilding the
+index. The descriptor's own constants are part of the index format.
 
 A plane and its flipped normal give the same section, mirrored: a match reports the
 normal, offset and in-plane angle for which ``extract_slice(volume, Plane(normal,
@@ -128,6 +133,8 @@ __all__ = [
     "Match",
     "Reading",
     "READINGS",
+    "SearchTuning",
+    "TUNING",
     "prepare_volume",
     "describe",
     "build_index",
@@ -139,41 +146,180 @@ __all__ = [
 # segmented on its own threshold, as a query is; 5: volumes prepared with dense
 # inclusions measured against the walls (preprocess.dense_inclusion_mask)
 INDEX_FORMAT = 5
-N_RADII = 24  # polar resampling: radii from 0.1 to RHO_MAX radii of gyration
-N_ANGLES = 64
-RHO_MAX = 2.6
-N_HARMONICS = 8
-COARSE_WEIGHTS = {"descriptor": 0.5, "dice": 0.5}
-# `texture` (NCC of the high-passed images: chamber walls, septa, pores) is what tells
-# two poses of one shell apart; plain NCC (and silhouette Dice) are near 1 for both
-SEARCH_WEIGHTS = {"texture": 0.7, "ncc": 0.3}
-# registration pyramid: (grid side, high-pass sigma in grid pixels), coarse to fine;
-# the coarse level's similarity changes slowly with the pose (a wide basin)
-REGISTRATION_LEVELS = ((32, 2.0), (64, 1.5))
-TEXTURE_SIGMA = 3.0  # high-pass sigma of the fine_size grid (the matched image)
-SHORT_EVALS = 80  # poses scored by the short registration of each screened start
-FULL_EVALS = 400  # poses scored by the full registration of each refined start
-REGISTRATION_THREADS = 2  # registrations run side by side (the interpolation frees the GIL)
-REGISTRATION_CHUNK = 8  # poses each thread registers in lock step (a budget check between)
-# sections parallel to the best poses, this many voxels either side, are tried as new
-# starts: a shell's sections a few voxels apart look alike (lens- and spindle-shaped
-# shells, regular chamberlets), and registration does not cross from one to the next
-NEIGHBOUR_OFFSETS = (-18.0, -13.5, -9.0, -4.5, 4.5, 9.0, 13.5, 18.0)
-NEIGHBOUR_POSES = 4  # best registered poses whose neighbours are tried
-NEIGHBOUR_STARTS = 2  # best screened neighbour starts of each, registered in full
-NEIGHBOUR_EVALS = 200
-AXIS_TURN_POSES = 4  # best refined poses turned about their specimen's principal axes
-AXIS_TURN_STEP = 30.0  # degrees between the turns
-AXIS_TURN_STARTS = 6  # best screened turned starts of each, registered (NEIGHBOUR_EVALS)
-RETRY_SCORE = 0.85  # a best combined score under this sends the query through other readings
-# a query still weak on every reading is searched once more on its best reading (and
-# WIDE_READINGS), with this many times the coarse candidates, screened and refined poses
-WIDE_SEARCH = 3
-_WIDENED = ("coarse_k", "screen_k", "refine_k")
-WIDE_AROUND = 2  # ... and this many times the poses whose neighbours and turns are tried
-DESCRIPTOR_DIMS = 64  # principal components kept in the index
+
+# The descriptor's layout. These are part of the index format: an index built with
+# other values cannot be searched, so changing one means bumping INDEX_FORMAT. How
+# hard the search works on an index is SearchTuning's business, below.
+N_RADII = 24  # polar resampling: radii from 0.1 to RHO_MAX radii of gyration ...
+RHO_MAX = 2.6  # ... far enough to reach the last whorl of an elongate shell
+N_ANGLES = 64  # angular samples: about 6° apart, finer than a chamber
+N_HARMONICS = 8  # outline harmonics kept: the lobes of chambers, not pixel noise
+DESCRIPTOR_DIMS = 64  # principal components kept: the index stays small as it grows
+# block weights after each block is standardised: texture (the walls and chambers, what
+# tells genera of similar outline apart) counts more than the outline blocks
 _BLOCK_WEIGHTS = (("hu", 1.0), ("radial", 1.0), ("fourier", 1.0), ("texture", 1.5))
 DESCRIBE_TEXTURE_SIGMA = 1.0  # high-pass of the texture block (pixels at the index size)
+_WIDENED = ("coarse_k", "screen_k", "refine_k")  # the settings a wide search multiplies
+
+
+@dataclass(frozen=True)
+class SearchTuning:
+    """How hard :func:`match` searches an index, each value with the reason for it.
+
+    The defaults were set on held-out oblique sections of the virtual collection
+    (``benchmarks/matching.py``; the book's *3D matching* chapter gives the runs that
+    chose them). Pass another ``SearchTuning`` to :func:`match` to trade time for
+    recall without touching the index. The ``calibrate_match`` stage's limit was set
+    on ``combined`` scores of the default weights: with other weights its verdict no
+    longer applies.
+
+    Attributes
+    ----------
+    texture_weight, ncc_weight : float
+        Weights of the ``combined`` score that ranks the matches (non-negative, sum 1).
+        ``texture`` (correlation of the high-passed images: chamber walls, septa,
+        pores) is what tells two poses of one shell apart; plain NCC (and silhouette
+        Dice) are near 1 for both, so texture counts most.
+    coarse_descriptor_weight : float
+        Weight of the descriptor cosine in the coarse ranking of the index's
+        sections, the rest going to the Dice of the canonical silhouettes: the
+        descriptor sees texture, the silhouette the outline, neither alone suffices.
+    registration_levels : tuple of (int, float)
+        The registration pyramid, coarse to fine: (grid side, high-pass sigma in grid
+        pixels). The coarse level's similarity changes slowly with the pose, a wide
+        basin that lets a rough start converge.
+    texture_sigma : float
+        High-pass sigma on the ``fine_size`` grid (the matched image): keeps walls
+        and septa, drops the shading across the shell.
+    short_evals : int
+        Poses scored by the short registration of each screened start: enough to sort
+        the starts, cheap enough for ``screen_k`` of them.
+    full_evals : int
+        Poses scored by the full registration of each refined start.
+    neighbour_offsets : tuple of float
+        Sections parallel to the best poses, this many voxels either side, tried as
+        new starts: a shell's sections a few voxels apart look alike (lens- and
+        spindle-shaped shells, regular chamberlets), and registration does not cross
+        from one to the next.
+    neighbour_poses : int
+        Best registered poses whose neighbours are tried.
+    neighbour_starts : int
+        Best screened neighbour starts of each, registered (``neighbour_evals``).
+    neighbour_evals : int
+        Poses scored by the registration of a neighbour or turned start (it starts
+        close to a good pose, so fewer than ``full_evals``).
+    axis_turn_poses : int
+        Best refined poses turned about their specimen's principal axes: many shells
+        are nearly solids of revolution, whose sections turned about the axis look
+        alike and trap the registration.
+    axis_turn_step : float
+        Degrees between those turns (30°: a turn a chamber or two apart).
+    axis_turn_starts : int
+        Best screened turned starts of each, registered (``neighbour_evals``).
+    retry_score : float
+        A best ``combined`` score under this sends the query through its other
+        readings (``READINGS``); genuine registered matches of the virtual collection
+        mostly score above it, so most queries pay nothing.
+    wide_search : int
+        A query still weak on every reading is searched once more on its best reading
+        (and ``WIDE_READINGS``) with this many times ``coarse_k``, ``screen_k`` and
+        ``refine_k``: a faint or broken outline misleads the coarse stage and the
+        screen, which then rank the true pose's neighbourhood too low. 1: never.
+    wide_around : int
+        ... and this many times the poses whose neighbours and turns are tried.
+    registration_threads : int
+        Registrations run side by side (the interpolation frees the GIL): two use both
+        cores of a small machine.
+    registration_chunk : int
+        Poses each thread registers in lock step; the time budget is checked between
+        chunks, so a smaller chunk stops closer to the budget.
+
+    Examples
+    --------
+    >>> SearchTuning().weights
+    {'texture': 0.7, 'ncc': 0.3}
+    >>> SearchTuning(wide_search=1).wide_search  # never widen a weak search
+    1
+    >>> SearchTuning(texture_weight=0.9)
+    Traceback (most recent call last):
+    ...
+    ValueError: SearchTuning: texture_weight + ncc_weight = 1.2 is invalid: expected 1
+    """
+
+    texture_weight: float = 0.7
+    ncc_weight: float = 0.3
+    coarse_descriptor_weight: float = 0.5
+    registration_levels: tuple[tuple[int, float], ...] = ((32, 2.0), (64, 1.5))
+    texture_sigma: float = 3.0
+    short_evals: int = 80
+    full_evals: int = 400
+    neighbour_offsets: tuple[float, ...] = (-18.0, -13.5, -9.0, -4.5, 4.5, 9.0, 13.5, 18.0)
+    neighbour_poses: int = 4
+    neighbour_starts: int = 2
+    neighbour_evals: int = 200
+    axis_turn_poses: int = 4
+    axis_turn_step: float = 30.0
+    axis_turn_starts: int = 6
+    retry_score: float = 0.85
+    wide_search: int = 3
+    wide_around: int = 2
+    registration_threads: int = 2
+    registration_chunk: int = 8
+
+    def __post_init__(self) -> None:
+        for name in _TUNING_COUNTS:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(
+                    f"SearchTuning: {name} = {v!r} is invalid: expected an integer >= 1"
+                )
+        for name in ("texture_weight", "ncc_weight", "coarse_descriptor_weight"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v <= 1:
+                raise ValueError(
+                    f"SearchTuning: {name} = {getattr(self, name)!r} is invalid: "
+                    "expected a number in [0, 1]"
+                )
+        total = self.texture_weight + self.ncc_weight
+        if abs(total - 1.0) > 1e-9:
+            raise ValueError(
+                f"SearchTuning: texture_weight + ncc_weight = {total:g} is invalid: expected 1"
+            )
+        levels = self.registration_levels
+        if not levels or any(
+            len(level) != 2 or int(level[0]) < 8 or not level[1] > 0 for level in levels
+        ):
+            raise ValueError(
+                f"SearchTuning: registration_levels = {levels!r} is invalid: expected "
+                "(grid side >= 8, sigma > 0) pairs, coarse to fine"
+            )
+        if not self.texture_sigma > 0 or not 0 < self.axis_turn_step < 360:
+            raise ValueError(
+                f"SearchTuning: texture_sigma = {self.texture_sigma!r} and axis_turn_step = "
+                f"{self.axis_turn_step!r}: expected sigma > 0 and a step in (0, 360) degrees"
+            )
+
+    @property
+    def weights(self) -> dict[str, float]:
+        """The ``combined`` score's weights, by score name."""
+        return {"texture": self.texture_weight, "ncc": self.ncc_weight}
+
+
+_TUNING_COUNTS = (
+    "short_evals",
+    "full_evals",
+    "neighbour_poses",
+    "neighbour_starts",
+    "neighbour_evals",
+    "axis_turn_poses",
+    "axis_turn_starts",
+    "wide_search",
+    "wide_around",
+    "registration_threads",
+    "registration_chunk",
+)
+#: the tuning :func:`match` uses unless given another
+TUNING = SearchTuning()
 
 
 @dataclass(frozen=True)
@@ -851,7 +997,7 @@ class Match:
 
     ``scores`` holds ``texture`` (correlation of the high-passed images: chamber walls
     and septa) and ``ncc`` (correlation of the intensities), which the registration
-    maximises, their weighted sum ``combined`` (``SEARCH_WEIGHTS``, what ranks the
+    maximises, their weighted sum ``combined`` (``SearchTuning.weights``, what ranks the
     matches), and for information ``dice`` (silhouettes), ``ssim`` and
     ``descriptor`` (cosine in the index's descriptor space). ``image`` is the matched
     section, preprocessed, in the query's frame (same turn, shift and scale).
@@ -879,6 +1025,7 @@ class _Query:
     silhouette: np.ndarray  # (fine_size, fine_size) on the last template's grid
     crop: np.ndarray  # query intensities on that grid, NaN outside the image
     box: tuple  # the crop's (row0, row1, col0, col1) in the image
+    tuning: SearchTuning  # how hard it is searched (the pyramid above follows it)
 
 
 @dataclass
@@ -896,7 +1043,9 @@ class _Pose:
         return self.pose.plane(self.centre)
 
 
-def _prepare_query(index: MatchIndex, image, reading: Reading = READINGS[0]) -> _Query:
+def _prepare_query(
+    index: MatchIndex, image, reading: Reading = READINGS[0], tuning: SearchTuning = TUNING
+) -> _Query:
     arr = np.asarray(image)
     if arr.dtype == object or arr.dtype.kind not in "uifb":
         raise MatchError(f"query must be a numeric image array, got dtype {arr.dtype}")
@@ -926,7 +1075,7 @@ def _prepare_query(index: MatchIndex, image, reading: Reading = READINGS[0]) -> 
     centroid = (np.asarray(f.centroid) + 0.5) * k - 0.5
     sil = silhouette(img).astype(np.float32)
     sil = cv2.resize(sil, (side, side), interpolation=cv2.INTER_LINEAR) > 0.5
-    levels = [*REGISTRATION_LEVELS, (cfg.fine_size, TEXTURE_SIGMA)]
+    levels = [*tuning.registration_levels, (cfg.fine_size, tuning.texture_sigma)]
     try:
         templates = [make_template(crop, sil, centroid, g, sigma) for g, sigma in levels]
     except ValueError as exc:
@@ -943,6 +1092,7 @@ def _prepare_query(index: MatchIndex, image, reading: Reading = READINGS[0]) -> 
         fine.inside.reshape(fine.shape),
         np.where(fine.valid.reshape(fine.shape), fine_crop, np.nan),
         info.box,
+        tuning,
     )
 
 
@@ -963,14 +1113,16 @@ def _select(index: MatchIndex, specimens, species) -> np.ndarray:
 
 
 def _coarse(index: MatchIndex, q: _Query, rows: np.ndarray, coarse_k: int):
-    """Top `coarse_k` rows by 0.5·descriptor cosine + 0.5·canonical-silhouette Dice."""
+    """Top `coarse_k` rows by descriptor cosine and canonical-silhouette Dice
+    (``SearchTuning.coarse_descriptor_weight``)."""
     cos = index.descriptors[rows] @ q.descriptor
     short = rows[np.argsort(-cos)[: max(8 * coarse_k, 400)]]
     cos_s = index.descriptors[short] @ q.descriptor
     can = index.canonical_masks(short)
     inter = can @ q.canon.T  # (m, 4)
     dice = (2 * inter / (can.sum(1)[:, None] + q.canon.sum(1)[None, :] + 1e-9)).max(axis=1)
-    score = COARSE_WEIGHTS["descriptor"] * cos_s + COARSE_WEIGHTS["dice"] * dice
+    w = q.tuning.coarse_descriptor_weight
+    score = w * cos_s + (1.0 - w) * dice
     order = np.argsort(-score)[:coarse_k]
     return short[order]
 
@@ -1064,7 +1216,7 @@ def _distinct(poses: list[_Pose], limit: int | None = None) -> list[_Pose]:
 def _scored_poses(q: _Query, pv, spec, species, origin, axes, scale) -> list[_Pose]:
     """Poses given as arrays (see ``_start_poses``), scored at the coarsest level."""
     tex, ncc = batch_scores(pv.data, pv.background, origin, axes, scale, q.templates[0])
-    score = SEARCH_WEIGHTS["texture"] * tex + SEARCH_WEIGHTS["ncc"] * ncc
+    score = q.tuning.texture_weight * tex + q.tuning.ncc_weight * ncc
     return [
         _Pose(spec, species, SectionPose(origin[i], axes[i], float(scale[i])), s, pv.centre)
         for i, s in enumerate(score.tolist())
@@ -1096,7 +1248,7 @@ def _section_geometry(pv: PreparedVolume, normal, offsets, config: IndexConfig):
 def _neighbours(index, q: _Query, poses, volumes, spent) -> list[_Pose]:
     """Register start poses on the sections parallel to `poses`, a few voxels away.
 
-    For each pose, the parallel sections at ``NEIGHBOUR_OFFSETS`` are measured and
+    For each pose, the parallel sections at ``neighbour_offsets`` are measured and
     screened like index candidates; the best few distinct starts are registered in
     full, and so is the pose itself turned by 180° in its plane (a near-symmetric
     section registers to a local optimum that way round, and the earlier stages keep
@@ -1108,24 +1260,24 @@ def _neighbours(index, q: _Query, poses, volumes, spent) -> list[_Pose]:
         pv = index.prepared(p.specimen_id, volumes)
         plane = p.plane
         offsets, geometry = _section_geometry(
-            pv, plane.normal, plane.offset + np.asarray(NEIGHBOUR_OFFSETS), index.config
+            pv, plane.normal, plane.offset + np.asarray(q.tuning.neighbour_offsets), index.config
         )
         if not len(offsets):
             continue
         normals = np.repeat(np.asarray(plane.normal)[None], len(offsets), axis=0)
         screened = _screened_starts(q, pv, p.specimen_id, p.species, normals, offsets, geometry)
-        starts += _distinct(screened, NEIGHBOUR_STARTS)
+        starts += _distinct(screened, q.tuning.neighbour_starts)
     return _registered_starts(index, q, starts, volumes, spent)
 
 
 def _registered_starts(index, q: _Query, starts: list[_Pose], volumes, spent) -> list[_Pose]:
-    """`starts` registered over the pyramid (``NEIGHBOUR_EVALS``); those the time budget
+    """`starts` registered over the pyramid (``neighbour_evals``); those the time budget
     left unregistered are dropped (their scores are on the coarse level: not
     comparable)."""
     unregistered = list(starts)
     _register_all(
-        index, q, starts, volumes, slice(0, len(REGISTRATION_LEVELS)), NEIGHBOUR_EVALS, spent,
-        lambda f: None,
+        index, q, starts, volumes, slice(0, len(q.tuning.registration_levels)),
+        q.tuning.neighbour_evals, spent, lambda f: None,
     )  # fmt: skip
     return [p for p, s in zip(starts, unregistered, strict=True) if p is not s]
 
@@ -1137,12 +1289,13 @@ def _axis_turns(index, q: _Query, poses, volumes, spent) -> list[_Pose]:
     about the axis of revolution, through the shell's centroid, cuts nearly the same
     outline and chambers, so it is a local optimum the registration does not leave,
     and only the chambers' irregularities tell the true turn. Each pose is turned by
-    every multiple of ``AXIS_TURN_STEP`` about each of the three principal axes (the
+    every multiple of ``axis_turn_step`` about each of the three principal axes (the
     axis of revolution of a squat cone is not the one with the odd moment of
     inertia), the turned poses are scored on the coarse level and the best
-    ``AXIS_TURN_STARTS`` distinct ones registered.
+    ``axis_turn_starts`` distinct ones registered.
     """
-    angles = np.deg2rad(np.arange(AXIS_TURN_STEP, 360.0, AXIS_TURN_STEP))
+    step = q.tuning.axis_turn_step
+    angles = np.deg2rad(np.arange(step, 360.0, step))
     starts = []
     for p in poses:
         pv = index.prepared(p.specimen_id, volumes)
@@ -1153,7 +1306,7 @@ def _axis_turns(index, q: _Query, poses, volumes, spent) -> list[_Pose]:
         axes = np.einsum("kij,aj->kai", turn, p.pose.axes)
         scale = np.full(len(turn), p.pose.scale)
         turned = _scored_poses(q, pv, p.specimen_id, p.species, origin, axes, scale)
-        starts += _distinct(turned, AXIS_TURN_STARTS)
+        starts += _distinct(turned, q.tuning.axis_turn_starts)
     return _registered_starts(index, q, starts, volumes, spent)
 
 
@@ -1170,15 +1323,15 @@ def _screen(index, q: _Query, rows, volumes) -> list[_Pose]:
             q, pv, spec, species, index.normals[mine], index.offsets[mine], index.geometry[mine]
         )
 
-    with ThreadPoolExecutor(max_workers=REGISTRATION_THREADS) as pool:
+    with ThreadPoolExecutor(max_workers=q.tuning.registration_threads) as pool:
         return [p for poses in pool.map(one, specs) for p in poses]
 
 
 def _register_all(index, q: _Query, poses, volumes, levels: slice, max_evals: int, spent, report):
     """Register `poses` (in place) on the `levels` of the query's pyramid.
 
-    Poses are registered in lock step (:func:`register_many`), ``REGISTRATION_CHUNK``
-    at a time in each of ``REGISTRATION_THREADS`` threads (the sampling releases the
+    Poses are registered in lock step (:func:`register_many`), ``registration_chunk``
+    at a time in each of ``registration_threads`` threads (the sampling releases the
     GIL, so two threads use both cores of a small machine). Poses not started before
     `spent()` is true keep their screened pose.
     """
@@ -1190,7 +1343,7 @@ def _register_all(index, q: _Query, poses, volumes, levels: slice, max_evals: in
             [prepared[i].background for i in rows],
             [poses[i].pose for i in rows],
             q.templates[levels],
-            texture_weight=SEARCH_WEIGHTS["texture"],
+            texture_weight=q.tuning.texture_weight,
             max_evals=max_evals,
         )
         return [
@@ -1198,13 +1351,14 @@ def _register_all(index, q: _Query, poses, volumes, levels: slice, max_evals: in
             for i, (pose, score, _) in zip(rows, done, strict=True)
         ]
 
-    take = REGISTRATION_CHUNK * REGISTRATION_THREADS
-    with ThreadPoolExecutor(max_workers=REGISTRATION_THREADS) as pool:
+    threads = q.tuning.registration_threads
+    take = q.tuning.registration_chunk * threads
+    with ThreadPoolExecutor(max_workers=threads) as pool:
         pending = list(range(len(poses)))
         while pending and not spent():
             batch, pending = pending[:take], pending[take:]
             # the round's poses dealt evenly to the threads
-            parts = [batch[k::REGISTRATION_THREADS] for k in range(REGISTRATION_THREADS)]
+            parts = [batch[k::threads] for k in range(threads)]
             for done in pool.map(chunk, [part for part in parts if part]):
                 for i, p in done:
                     poses[i] = p
@@ -1242,7 +1396,7 @@ def _to_match(index: MatchIndex, q: _Query, p: _Pose, volumes) -> Match:
         ),
         descriptor=cos,
     )
-    scores["combined"] = float(sum(w * scores[k] for k, w in SEARCH_WEIGHTS.items()))
+    scores["combined"] = float(sum(w * scores[k] for k, w in q.tuning.weights.items()))
     plane = p.plane
     return Match(p.specimen_id, p.species, plane.normal, plane.offset, plane.angle, scores, image)
 
@@ -1264,9 +1418,11 @@ def _search(
 ) -> list[_Pose]:
     """The six stages for one reading of the query: poses, best first.
 
-    `around_factor` multiplies the refined poses whose neighbours (``NEIGHBOUR_POSES``)
-    and axis turns (``AXIS_TURN_POSES``) are tried.
+    `around_factor` multiplies the refined poses whose neighbours (``neighbour_poses``)
+    and axis turns (``axis_turn_poses``) are tried.
     """
+    tuning = q.tuning
+    pyramid = slice(0, len(tuning.registration_levels))
     report(0.0, f"coarse search over {len(rows)} candidate sections")
     cand = _coarse(index, q, rows, coarse_k)
     report(0.1, f"screening {len(_AMBIGUITIES) * len(cand)} start poses")
@@ -1275,20 +1431,24 @@ def _search(
     if not refine:
         return found
     _register_all(
-        index, q, found, volumes, slice(0, 1), SHORT_EVALS, spent,
+        index, q, found, volumes, slice(0, 1), tuning.short_evals, spent,
         lambda f: report(0.2 + 0.3 * f, "aligning the best start poses"),
     )  # fmt: skip
     found = _distinct(found)
     best = found[:refine_k]
     _register_all(
-        index, q, best, volumes, slice(0, len(REGISTRATION_LEVELS)), FULL_EVALS, spent,
+        index, q, best, volumes, pyramid, tuning.full_evals, spent,
         lambda f: report(0.5 + 0.35 * f, f"refining the best {len(best)} poses"),
     )  # fmt: skip
     refined = _distinct(best)
     report(0.85, "trying the sections next to the best poses")
-    nearby = _neighbours(index, q, refined[: NEIGHBOUR_POSES * around_factor], volumes, spent)
+    nearby = _neighbours(
+        index, q, refined[: tuning.neighbour_poses * around_factor], volumes, spent
+    )
     report(0.93, "turning the best poses about the shell's axes")
-    turned = _axis_turns(index, q, refined[: AXIS_TURN_POSES * around_factor], volumes, spent)
+    turned = _axis_turns(
+        index, q, refined[: tuning.axis_turn_poses * around_factor], volumes, spent
+    )
     return _distinct(refined + nearby + turned) + found[refine_k:]
 
 
@@ -1306,6 +1466,7 @@ def match(
     refine: bool = True,
     time_budget_s: float | None = None,
     progress=None,
+    tuning: SearchTuning = TUNING,
 ) -> list[Match]:
     """Where `image` sits in the indexed volumes; best first.
 
@@ -1331,11 +1492,12 @@ def match(
         Best of those registered at every level (the full pose search).
     refine : bool
         Run the registrations, and after a weak answer (best ``combined`` under
-        ``RETRY_SCORE``) the whole search again on the query's other ``READINGS``
+        ``tuning.retry_score``) the whole search again on the query's other ``READINGS``
         (and on the reading without the brightest class, whatever the answer, where
-        a bright stem hid the fossil), and if still weak a wider search (``WIDE_SEARCH``
-        times `coarse_k`, `screen_k` and `refine_k`, ``WIDE_AROUND`` times the poses
-        whose neighbours and turns are tried) on the best reading and the smoothed
+        a bright stem hid the fossil), and if still weak a wider search
+        (``tuning.wide_search`` times `coarse_k`, `screen_k` and `refine_k`,
+        ``tuning.wide_around`` times the poses whose neighbours and turns are tried)
+        on the best reading and the smoothed
         outline; without, the screened start poses of the image as given are
         returned (fast, but only as precise as the index's grid).
     time_budget_s : float, optional
@@ -1344,6 +1506,9 @@ def match(
     progress : callable, optional
         Called as ``progress(fraction, message)`` as the search advances (for a
         progress bar); `fraction` goes from 0 to 1.
+    tuning : SearchTuning, optional
+        How hard to search (registration effort, neighbours, turns, retries), each
+        default with its reason; :data:`TUNING` unless given.
 
     Returns
     -------
@@ -1367,7 +1532,9 @@ def match(
     report = progress or (lambda fraction, message: None)
     rows = _select(index, specimens, species)
     report(0.0, "preprocessing the query")
-    q = _prepare_query(index, image)
+    if not isinstance(tuning, SearchTuning):
+        raise MatchError(f"tuning must be a SearchTuning, got {type(tuning).__name__}")
+    q = _prepare_query(index, image, tuning=tuning)
     if volumes is None:
         raise MatchError(
             "matching needs the specimen volumes (volumes={specimen_id: array}): the "
@@ -1387,7 +1554,7 @@ def match(
     # a weak first answer: every other reading is searched, the best one kept; a bright
     # stem that hid the fossil from the segmentation: the reading without it, however
     # well the stem alone was matched
-    weak, hidden = first < RETRY_SCORE, False
+    weak, hidden = first < tuning.retry_score, False
     if refine and not weak:
         gray = to_gray_float(image, "query")
         hidden = bright_class_hides_fossil(gray, index.config.preprocess.sensitivity)
@@ -1398,7 +1565,7 @@ def match(
         nonlocal q, found, reading, best
         report(at, message)
         try:
-            q2 = q if other == reading else _prepare_query(index, image, other)
+            q2 = q if other == reading else _prepare_query(index, image, other, tuning)
         except (MatchError, PreprocessError):
             return  # nothing to read this way
         again = _search(index, q2, rows, volumes, spent, lambda f, m: None, **how)
@@ -1412,12 +1579,11 @@ def match(
         why = f"weak match ({first:.2f})" if weak else "a bright stem may hide the fossil"
         message = f"{why}: searching again, query read as {other.name!r}"
         search_again(other, 0.9, message, **settings)
-    if refine and best < RETRY_SCORE and WIDE_SEARCH > 1 and not spent():
+    if refine and best < tuning.retry_score and tuning.wide_search > 1 and not spent():
         # still weak on every reading: the best one (and WIDE_READINGS) once more, with a
-        # wider net (a faint or broken outline misleads the coarse stage and the screen,
-        # which then rank the true pose's neighbourhood too low); WIDE_SEARCH=1: never
-        wide = dict(settings, **{k: settings[k] * WIDE_SEARCH for k in _WIDENED})
-        wide.update(around_factor=WIDE_AROUND)
+        # wider net (see SearchTuning.wide_search)
+        wide = dict(settings, **{k: settings[k] * tuning.wide_search for k in _WIDENED})
+        wide.update(around_factor=tuning.wide_around)
         for other in dict.fromkeys([reading, *WIDE_READINGS]):
             if spent():
                 break

@@ -8,8 +8,8 @@ pseudo-taxa apart, validated on specimens it never saw, and its headless weights
 Examples
 --------
 >>> cfg = PretrainStageConfig(backbone="tiny_cnn")
->>> cfg.out_dir, cfg.pretrain.backbone
-('models/pretrain/tiny_cnn', 'tiny_cnn')
+>>> cfg.out_dir, cfg.live_dir, cfg.pretrain.backbone
+('models/pretrain/tiny_cnn', 'results/pretraining/tiny_cnn', 'tiny_cnn')
 >>> PretrainStageConfig.params_keys()["pretrain.input_size"]
 'train.backbones.{key}.input_size'
 """
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -57,6 +56,11 @@ class PretrainStageConfig(BackboneStageConfig):
         ``train.weights``: the stage trains only when it points at ``out_dir``.
     corpus, out_dir : str
         The corpus store in; ``models/pretrain/<backbone>`` unless given.
+    live_dir : str, optional
+        The DVCLive log of every epoch (``metrics.json``, ``plots/metrics/``), which
+        ``dvc.yaml`` declares as the stage's metrics and plots and from which the
+        learning curves are drawn; empty when the stage is skipped;
+        ``results/pretraining/<backbone>`` unless given.
     """
 
     stage = "pretrain"
@@ -65,6 +69,7 @@ class PretrainStageConfig(BackboneStageConfig):
     weights: str | None = None
     corpus: str = "data/pretrain"
     out_dir: str | None = None
+    live_dir: str | None = None
 
     def __post_init__(self) -> None:
         if self.pretrain is None:
@@ -75,6 +80,8 @@ class PretrainStageConfig(BackboneStageConfig):
             )
         if self.out_dir is None:
             object.__setattr__(self, "out_dir", f"models/pretrain/{self.backbone}")
+        if self.live_dir is None:
+            object.__setattr__(self, "live_dir", f"results/pretraining/{self.backbone}")
 
     @classmethod
     def params_keys(cls) -> dict[str, str]:
@@ -99,16 +106,19 @@ class PretrainStageResult:
     """The stage's outputs, for display."""
 
     summary: dict  # summary.json: held-out accuracy and timing, or why it was skipped
-    history: pd.DataFrame | None  # per-epoch curves (None when skipped)
+    history: pd.DataFrame | None  # per-epoch curves, from the DVCLive log (None when skipped)
 
 
 def run(config: PretrainStageConfig) -> PretrainStageResult:
-    """Pretrain the backbone when ``train.weights`` asks for it, else record why not."""
-    from foramlib.learn import pretraining
+    """Pretrain the backbone when ``train.weights`` asks for it, else record why not.
+
+    Every epoch is logged through DVCLive to ``live_dir``; the learning curves are
+    read back from that log, so the report shows what ``dvc plots show`` shows.
+    """
+    from foramlib.learn import pretraining, training
 
     summary = pretraining.run_pretrain_stage(
-        config.pretrain, config.corpus, config.out_dir, config.weights
+        config.pretrain, config.corpus, config.out_dir, config.weights, live_dir=config.live_dir
     )
-    history_csv = Path(config.out_dir) / "history.csv"
-    history = pd.read_csv(history_csv) if history_csv.exists() else None
+    history = None if "skipped" in summary else training.read_live_history(config.live_dir)
     return PretrainStageResult(summary=summary, history=history)

@@ -135,26 +135,6 @@ def format_matches(matches) -> str:
     return "\n".join([line(head), *(line(r) for r in rows)])
 
 
-def _section_note(image, workspace) -> str | None:
-    """The section check's refusal of a query, in words (None: passed, or no check).
-
-    The check is the workspace's (``results/section_check.npz``, the evaluate stage's),
-    with the preprocessing its models were trained with."""
-    from foramlib.dataset.preprocess import PreprocessError
-    from foramlib.inference.classify import load_section_check, prepare_upload, preprocess_defaults
-
-    base, _ = preprocess_defaults(workspace)
-    check, _ = load_section_check(workspace, base)
-    if check is None:
-        return None
-    try:
-        cleaned, info = prepare_upload(image, base, name="query")
-    except PreprocessError:
-        return None  # the matcher reads the image its own way and reports its own errors
-    verdict = check.verdict(cleaned, colour=info["colourfulness"])
-    return None if verdict.looks_like_section else verdict.message
-
-
 def _match_check(args: argparse.Namespace):
     """The workspace's match limit (``calibrate_match`` stage) and, without one, why."""
     from foramlib.matching.reliability import load_match_check
@@ -170,6 +150,7 @@ def _match_check(args: argparse.Namespace):
 
 def _match(args: argparse.Namespace) -> int:
     from foramlib.dataset.preprocess import PreprocessError
+    from foramlib.inference.classify import section_refusal
     from foramlib.matching.index import load_collection, read_image
     from foramlib.matching.search import READINGS, MatchError, match
 
@@ -193,7 +174,7 @@ def _match(args: argparse.Namespace) -> int:
     t_match = time.perf_counter() - t0 - t_load
     check, check_note = _match_check(args)
     verdict = check.verdict(found[0].scores["combined"]) if check and found else None
-    note = _section_note(image, args.workspace)
+    note = section_refusal(image, args.workspace)
     if note:  # on stderr: the JSON on stdout keeps its shape
         print(f"NOT A FORAMINIFER SECTION? {note}; these are the closest sections anyway",
               file=sys.stderr)  # fmt: skip

@@ -19,9 +19,13 @@ papermill, and the executed report is an ordinary ``.ipynb``.
 from __future__ import annotations
 
 import argparse
+import math
+import numbers
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TextIO
 
 import yaml
 
@@ -31,6 +35,7 @@ __all__ = [
     "add_run_arguments",
     "main",
     "parse_parameter",
+    "progress_printer",
     "read_notebook",
     "run_from_arguments",
     "run_notebook",
@@ -158,6 +163,61 @@ def run_notebook(
     if failed.exists():
         failed.unlink()
     return output
+
+
+def progress_printer(
+    every: float = 0.1, stream: TextIO | None = None
+) -> Callable[[float, str], None]:
+    """A ``progress(fraction, message)`` callback that prints a line about every `every`.
+
+    The stage notebooks hand it to their stage's ``run(cfg, progress=...)``: papermill
+    logs what a cell prints, so a long stage (the index, the match calibration) shows
+    ``[ 40%] message`` lines while it runs, one each time a further `every` of the work
+    is done (not one per specimen or query) and always one at the end
+    (``fraction >= 1``).
+
+    Parameters
+    ----------
+    every : float
+        The share of the work between two lines, in (0, 1].
+    stream : file-like, optional
+        Where the lines go; by default ``sys.stdout`` as it is when a line is printed
+        (papermill and pytest replace it).
+
+    Returns
+    -------
+    callable
+        ``progress(fraction, message)``, `fraction` being the share of the work done.
+
+    Raises
+    ------
+    ValueError
+        If `every` is not in (0, 1].
+
+    Examples
+    --------
+    >>> progress = progress_printer(every=0.25)
+    >>> for done in range(1, 9):
+    ...     progress(done / 8, f"specimen {done} of 8")
+    [ 25%] specimen 2 of 8
+    [ 50%] specimen 4 of 8
+    [ 75%] specimen 6 of 8
+    [100%] specimen 8 of 8
+    """
+    if not (isinstance(every, numbers.Real) and 0 < every <= 1):  # NaN fails the test too
+        raise ValueError(f"every must be a share of the work in (0, 1], got {every!r}")
+    printed = 0  # the last step of `every` that got a line
+
+    def progress(fraction: float, message: str) -> None:
+        nonlocal printed
+        # the tolerance counts 0.3 as three steps of 0.1 (0.3 / 0.1 is 2.9999999999999996)
+        step = math.floor(fraction / every + 1e-9)
+        if step > printed or fraction >= 1:
+            printed = max(printed, step)
+            out = sys.stdout if stream is None else stream
+            print(f"[{fraction:4.0%}] {message}", file=out, flush=True)
+
+    return progress
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
