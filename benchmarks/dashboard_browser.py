@@ -33,6 +33,7 @@ Writes benchmarks/results/dashboard_browser.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -144,6 +145,8 @@ def click_until(page, button: str, target: str, error: str | None = None) -> flo
 
 IMAGE_READY = """sel => { const i = document.querySelector(sel);
     return i && i.complete && i.naturalWidth > 0; }"""
+SPECIMEN_CHECKED = """() => { const t = document.querySelector('.foram-match-message').innerText;
+    return !/Reliable match/.test(t) || /(It is|But is it) this specimen/.test(t); }"""
 
 
 def save_screenshot(page, folder: Path | None, name: str) -> None:
@@ -167,6 +170,8 @@ def save_screenshot(page, folder: Path | None, name: str) -> None:
 def session(
     browser, url: str, *, act: bool, has_index: bool, screenshots: Path | None = None
 ) -> dict:
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
     context, page, landing = open_page(browser, url)
     out = {"landing_ms": round(landing, 1)}
     save_screenshot(page, screenshots if act else None, "landing")
@@ -213,6 +218,10 @@ def session(
             )
             if screenshots is not None:
                 page.wait_for_function(IMAGE_READY, arg=".foram-match-view")
+                # a reliable match is then compared with the other specimens: wait for it
+                # (a workspace without a margin limit never says: the picture is taken anyway)
+                with contextlib.suppress(PlaywrightTimeout):
+                    page.wait_for_function(SPECIMEN_CHECKED, timeout=120_000)
                 save_screenshot(page, screenshots, "match")
     return {"context": context, "page": page, **out}
 

@@ -8,9 +8,13 @@ that ``foram match`` also applies (``results/section_check.npz``), on
   stream apart from the calibration's (goal: >= 95 % called reliable), and how often a
   query called reliable has its true specimen and pose;
 * the same sections searched **without their own specimen** (``specimens=`` every other
-  one): a fossil absent from the collection. The limit is not meant to catch these
-  (a look-alike section of another specimen of the genus can fit well); the row says
-  how often it does, and how often the genus of the best match is still right;
+  one): a fossil absent from the collection. The score limit is not meant to catch
+  these (a look-alike section of another specimen of the genus can fit well); the
+  **specimen margin** is: a reliable match is searched again among the other specimens
+  (:func:`foramlib.matching.reliability.runner_up`), and one whose specimen does not
+  fit clearly better than the next (under the margin limit) "may be a specimen not in
+  the collection". The rows say how often each answer is given, for genuine and absent
+  specimens, and how often the genus of the best match is still right;
 * inputs that are **not foraminifer sections**
   (:func:`foramlib.inference.section_check.probe_sets`: noise, crops of the pictures
   bundled with scikit-image, sections of unrelated virtual volumes; goal: <= 5 % let
@@ -63,6 +67,39 @@ def best_match(collection, image, specimens=None):
         return None
 
 
+def margin_of(collection, check, image, best, specimens=None):
+    """The specimen margin of a reliable `best` (None: not reliable, or no other specimen)."""
+    if best is None or not check.verdict(best.scores["combined"]).reliable:
+        return None
+    if check.margin_threshold is None:
+        return None
+    try:
+        other = reliability.runner_up(collection.index, image, best,
+                                      volumes=collection.volumes, specimens=specimens)  # fmt: skip
+    except (MatchError, PreprocessError):
+        return None
+    return reliability.specimen_margin(best, other)
+
+
+def margin_tradeoff(check, present, absent) -> list[dict]:
+    """For margin limits kept at other shares of the calibration's margins: how many
+    genuine and absent-specimen queries each would call "this specimen"."""
+    rows = []
+    for keep in (0.95, 0.9, 0.85, 0.8, 0.7):
+        limit = reliability.limit_keeping(check.margins, keep)
+        rows.append({
+            "margin_keep": keep,
+            "margin_limit": round(limit, 4),
+            "genuine_called_this_specimen": share(
+                sum(r["margin"] is not None and r["margin"] >= limit for r in present),
+                len(present)),
+            "absent_called_this_specimen": share(
+                sum(r["margin"] is not None and r["margin"] >= limit for r in absent),
+                len(absent)),
+        })  # fmt: skip
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workspace", default=".")
@@ -88,6 +125,8 @@ def main() -> None:
         "machine": machine(),
         "date": today(),
         "check": {"threshold": round(check.threshold, 4), "keep": check.keep,
+                  "margin_threshold": None if check.margin_threshold is None
+                  else round(check.margin_threshold, 4),
                   "calibration_queries": check.n_queries, "seed": check.seed},
         "goals": {"genuine_kept": ">= 0.95", "other_inputs_accepted": "<= 0.05"},
         "settings": {"queries": args.queries, "seed": args.seed, "probe_seeds": args.probe_seeds},
@@ -106,15 +145,23 @@ def main() -> None:
         best = best_match(collection, image)
         seconds.append(time.perf_counter() - t0)
         section_ok = section_refusal(image, ws) is None
+        margin = margin_of(collection, check, image, best)
+        sure = None if margin is None else margin >= check.margin_threshold
         present.append(dict(
             reliable=best is not None and check.verdict(best.scores["combined"]).reliable,
             recovered=best is not None and reliability.pose_recovered(best, spec, truth),
+            right_specimen=best is not None and best.specimen_id == spec,
+            specimen_sure=bool(sure), specimen_unsure=sure is False, margin=margin,
             section_ok=section_ok,
         ))  # fmt: skip
-        other = best_match(collection, image, [s for s in specimens if s != spec])
+        others = [s for s in specimens if s != spec]
+        other = best_match(collection, image, others)
+        margin = margin_of(collection, check, image, other, others)
+        sure = None if margin is None else margin >= check.margin_threshold
         absent.append(dict(
             reliable=other is not None and check.verdict(other.scores["combined"]).reliable,
             genus_ok=other is not None and genus[other.specimen_id] == genus[spec],
+            specimen_sure=bool(sure), specimen_unsure=sure is False, margin=margin,
             section_ok=section_ok,
         ))  # fmt: skip
         print(f"query {i + 1}/{args.queries}: {present[-1]} absent {absent[-1]}", flush=True)
@@ -128,13 +175,27 @@ def main() -> None:
         "called_reliable_and_a_section": count(present, "reliable", "section_ok"),
         "true_pose_when_reliable": count(kept, "recovered"),
         "true_pose_all": count(present, "recovered"),
+        # reliable and this specimen (goal: most genuine queries; each limit keeps 95 %)
+        "called_this_specimen": count(present, "specimen_sure"),
+        "called_maybe_not_in_collection": count(present, "specimen_unsure"),
+        "right_specimen_when_called_this_specimen": count(
+            [r for r in present if r["specimen_sure"]], "right_specimen"
+        ),
         "seconds_p50": round(float(np.median(seconds)), 2) if seconds else None,
     }
     out["absent_specimen"] = {
         "called_reliable": count(absent, "reliable"),
+        # the wrong answer for an absent specimen: a reliable fit named as its specimen
+        "called_this_specimen": count(absent, "specimen_sure"),
+        "called_maybe_not_in_collection": count(absent, "specimen_unsure"),
         "genus_right": count(absent, "genus_ok"),
         "genus_right_when_reliable": count([r for r in absent if r["reliable"]], "genus_ok"),
+        "genus_right_when_maybe_not_in_collection": count(
+            [r for r in absent if r["specimen_unsure"]], "genus_ok"
+        ),
     }
+    if check.margins:
+        out["specimen_margin_tradeoff"] = margin_tradeoff(check, present, absent)
     print(json.dumps({k: out[k] for k in ("genuine", "absent_specimen")}, indent=1), flush=True)
     save()
 

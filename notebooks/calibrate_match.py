@@ -7,8 +7,11 @@
 # indexed specimens (random oblique planes that are not the index's candidates,
 # rescaled, noisy and cropped, drawn with a seed stream of their own) are matched, and
 # the limit is the score that keeps `keep` of them (see
-# `foramlib.matching.reliability`). How often inputs that should be refused still pass
-# is measured by `benchmarks/match_check.py`, on other queries.
+# `foramlib.matching.reliability`). Each query is also searched among the *other*
+# specimens: a second limit, on how much better the best specimen fits than any other,
+# set the same way, tells "this specimen" from "a look-alike: maybe a specimen not in
+# the collection". How often inputs that should be refused still pass is measured by
+# `benchmarks/match_check.py`, on other queries.
 
 # %% tags=["parameters"]
 # Parameters: papermill injects the values of params.yaml (see dvc.yaml).
@@ -42,12 +45,20 @@ print(
     f"true specimen and pose among the queries called reliable: "
     + ("n/a" if precision is None else f"{precision:.0%}")
 )
+if check.margin_threshold is not None:
+    print(
+        f"specimen margin limit {check.margin_threshold:.3f}: the best specimen fits at "
+        f"least this much better than any other in {check.margin_kept_share():.0%} of "
+        f"{len(check.margins)} queries; a reliable match under it 'may be a specimen not "
+        "in the collection'"
+    )
 
 # %% [markdown]
 # ## Every calibration query
 #
 # `recovered`: the best match is the query's own specimen with its plane within 10° and
-# 3 voxels of the truth.
+# 3 voxels of the truth. `runner_up`: the best match among the other specimens;
+# `margin`: how much better the best specimen fits than it (`combined`).
 
 # %%
 result.queries.sort_values("score")

@@ -98,6 +98,59 @@ def test_match_gives_the_calibrated_verdict(workspace, tmp_path, capsys, thresho
         assert "no reliability verdict: the limit is set on refined matches" in said
 
 
+@pytest.mark.parametrize(
+    "margin_limit, sure, words",
+    [(-10.0, True, "better than the next specimen ("), (10.0, False, "not in the collection")],
+)
+def test_match_says_whether_the_specimen_is_clear(
+    workspace, tmp_path, capsys, margin_limit, sure, words
+):
+    """With a margin limit, a reliable match is searched again among the other
+    specimens; the verdict says whether the best one fits clearly better."""
+    from foramlib.matching.reliability import MatchCheck
+
+    check = MatchCheck(0.0, 0.95, (0.5, 0.9), margin_threshold=margin_limit, margins=(0.1, 0.2))
+    path = check.save(tmp_path / "c.json")
+    assert _match(workspace, "--top-k", "1", "--match-check", str(path)) == 0
+    out = capsys.readouterr().out
+    verdict = [line for line in out.splitlines() if line.startswith("reliable match: ")]
+    assert len(verdict) == 1 and words in verdict[0], out
+    assert "s comparing the other specimens)" in out.splitlines()[0]
+    # an unclear specimen: what the two best specimens' genera say
+    genus = [g for g in out.splitlines() if re.match(r"note: (both are|they are of two)", g)]
+    assert len(genus) == (0 if sure else 1), out
+    assert _match(workspace, "--json", "--top-k", "2", "--match-check", str(path)) == 0
+    first, second = json.loads(capsys.readouterr().out)
+    assert first["specimen_sure"] is sure and second["specimen_sure"] is None
+    other = first["runner_up"]
+    assert other["specimen_id"] in {"A-01", "A-02", "B-01"} - {first["specimen_id"]}
+    assert other["margin"] == pytest.approx(
+        first["scores"]["combined"] - other["combined"], abs=1e-5
+    )
+    assert second["runner_up"] is None
+    # skipped on request, and where no other specimen is in reach: nothing said
+    for extra in (["--no-specimen-check"], ["--specimens", "A-01"]):
+        assert _match(workspace, "--json", "--top-k", "1", "--match-check", str(path),
+                      *extra) == 0  # fmt: skip
+        found = json.loads(capsys.readouterr().out)[0]
+        assert found["specimen_sure"] is None and found["runner_up"] is None
+
+
+def test_margin_keep_sets_the_specimen_limit_from_the_stored_margins(workspace, tmp_path, capsys):
+    from foramlib.matching.reliability import MatchCheck
+
+    # calibrated: every margin clears the limit; kept at 100 % of margins of 100: none does
+    check = MatchCheck(0.0, 0.95, (0.5,), margin_threshold=-10.0, margins=(-10.0, 100.0))
+    path = check.save(tmp_path / "c.json")
+    args = ("--json", "--top-k", "1", "--match-check", str(path))
+    assert _match(workspace, *args) == 0
+    assert json.loads(capsys.readouterr().out)[0]["specimen_sure"] is True
+    assert _match(workspace, *args, "--margin-keep", "0.5") == 0
+    assert json.loads(capsys.readouterr().out)[0]["specimen_sure"] is False
+    assert _match(workspace, *args, "--margin-keep", "0") == 2
+    assert "--margin-keep with " in capsys.readouterr().err
+
+
 def test_match_refuses_a_broken_limit_file_in_one_line(workspace, tmp_path, capsys):
     bad = tmp_path / "match_check.json"
     bad.write_text('{"format": 1, "threshold": "high"}')
@@ -167,7 +220,8 @@ def test_match_json_filters_and_no_refine(workspace, capsys):
     assert [m["rank"] for m in found] == [1, 2, 3]
     assert {m["genus"] for m in found} == {"Beta"}
     assert set(found[0]) == {"rank", "specimen_id", "genus", "normal", "offset", "angle_deg",
-                             "scores", "reading", "reliable"}  # fmt: skip
+                             "scores", "reading", "reliable", "specimen_sure",
+                             "runner_up"}  # fmt: skip
     assert set(found[0]["scores"]) >= {"dice", "ncc", "ssim", "descriptor", "combined"}
     assert _match(workspace, "--json", "--specimens", "A-01", "B-01", "--top-k", "1") == 0
     assert json.loads(capsys.readouterr().out)[0]["specimen_id"] in {"A-01", "B-01"}

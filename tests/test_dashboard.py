@@ -549,6 +549,66 @@ def test_the_calibrated_match_limit_gives_a_plain_verdict(app, monkeypatch):
         limit.unlink(missing_ok=True)
 
 
+@pytest.mark.parametrize(
+    "other_genus, other_score, said, kind",
+    [
+        (
+            "Beta",
+            0.70,
+            "It is this specimen: no other fits as well (the next best, S2 (Beta)",
+            "info",
+        ),
+        ("Beta", 0.89, "But is it this specimen? The next best, S2 (Beta), fits nearly", "warn"),
+        ("Gamma", 0.89, "They are of two genera (Beta and Gamma)", "warn"),
+    ],
+)
+def test_the_specimen_margin_says_whether_it_is_this_specimen(
+    app, monkeypatch, other_genus, other_score, said, kind
+):
+    """After the matches are shown, the other specimens are searched: the verdict then
+    says whether the best specimen fits clearly better than any other."""
+    import foramlib.matching.reliability as reliability
+    import foramlib.matching.search as matching
+    from foramlib.matching.reliability import MatchCheck
+
+    scores = dict(dice=0.9, ncc=0.6, ssim=0.7, descriptor=0.6, combined=0.9)
+    img = np.zeros((32, 32), np.uint8)
+    best = Match("S1", "Beta", (0.0, 0.0, 1.0), 1.5, 30.0, scores, img)
+    other = Match(
+        "S2", other_genus, (0.0, 1.0, 0.0), 0.0, 0.0, dict(scores, combined=other_score), img
+    )
+    asked = []
+    monkeypatch.setattr(matching, "match", lambda *a, **k: [best])
+
+    def runner_up(index, image, first, **kwargs):
+        asked.append(dict(first=first.specimen_id, **kwargs))
+        return other
+
+    monkeypatch.setattr(reliability, "runner_up", runner_up)
+    limit = app.workspace / "results" / "match_check.json"
+    MatchCheck(0.6, 0.95, (0.7, 0.9), margin_threshold=0.05, margins=(0.02, 0.1, 0.2)).save(limit)
+    app.load_upload("scan.png", png(disc_image()))
+    app.to_match.click()
+    try:
+        app.run_match()
+        note = app.match_message.value
+        assert f'<div class="foram-msg-{kind}">Reliable match' in note, note
+        assert said in note, note
+        assert "the margin 0.05 that 67% of those sections clear" in note
+        assert asked[-1]["first"] == "S1" and asked[-1]["specimens"] is None
+        assert "other specimens compared in" in app.match_status.value
+        assert app.match_results.value  # the matches stay on screen
+        # a weak best match: no second search, nothing said about the specimen
+        MatchCheck(0.95, 0.95, (0.7, 0.9), margin_threshold=0.05, margins=(0.1,)).save(limit)
+        n = len(asked)
+        app.run_match()
+        weak = app.match_message.value
+        assert len(asked) == n and "No reliable match" in weak
+        assert "this specimen" not in weak
+    finally:
+        limit.unlink(missing_ok=True)
+
+
 def test_match_within_the_predicted_genus(app, recorder):
     app.load_upload("scan.png", png(disc_image()))
     app.to_match.click()

@@ -139,11 +139,18 @@ def test_dvc_repro_runs_every_stage_then_nothing(scratch_repo):
     # to read are left out and counted)
     limit = json.loads((repo / "results" / "match_check.json").read_text())
     assert len(limit["scores"]) + limit["refused"] == 12 and limit["keep"] == 0.95
+    # ... and the specimen margin's limit, on the same queries searched among the others
+    assert limit["format"] == 2 and len(limit["margins"]) == len(limit["scores"])
+    assert min(limit["margins"]) <= limit["margin_threshold"] <= max(limit["margins"])
     # the backbones start from the weights pretrained on the corpus of other shells
     for b in ("tiny_cnn", "mobilenetv3_small"):
         assert (repo / "models" / "pretrain" / b / "backbone.weights.h5").exists()
         config = json.loads((repo / "models" / b / "config.json").read_text())
         assert config["weights"] == "models/pretrain/{backbone}/backbone.weights.h5"
+        # every pretraining epoch went through DVCLive, the stage's metrics and plots
+        summary = json.loads((repo / "models" / "pretrain" / b / "summary.json").read_text())
+        live = json.loads((repo / "results" / "pretraining" / b / "metrics.json").read_text())
+        assert live["step"] == summary["epochs_run"] - 1 and "loss" in live["val"]
     for nb in ("synthesize", "curate", "index", "calibrate_match"):
         assert (
             repo / "book" / "_build" / "html" / "_generated" / "reports" / f"{nb}.html"

@@ -1176,7 +1176,7 @@ class App(widgets.VBox):
             where.append("genera " + ", ".join(species))
         if specimens:
             where.append("specimens " + ", ".join(specimens))
-        self.match_message.value = render.message(
+        head = render.message(
             "info",
             f"{len(matches)} best matches in {seconds:.1f} s"
             + (f" (within {'; '.join(where)})" if where else " (whole collection)")
@@ -1189,17 +1189,26 @@ class App(widgets.VBox):
             ),
         )
         check = self._match_check()
-        if check is not None:
-            verdict = check.verdict(matches[0].scores["combined"])
-            self.match_message.value += render.match_verdict_html(verdict, check)
+        verdict = None if check is None else check.verdict(matches[0].scores["combined"])
+        disagreement = ""
         if self.prediction is not None and not (species or specimens):
             final = (self.metrics or {}).get("models", {}).get((self.metrics or {}).get("final"))
-            self.match_message.value += render.disagreement_html(
+            disagreement = render.disagreement_html(
                 self.prediction.genus,
                 self.prediction.confidence,
                 matches,
                 final.get("accuracy") if final else None,
             )
+
+        def say(verdict, other=None) -> None:
+            shown = (
+                ""
+                if verdict is None
+                else render.match_verdict_html(verdict, check, matches[0], other)
+            )
+            self.match_message.value = head + shown + disagreement
+
+        say(verdict)
         self.match_results.value = render.matches_html(self.match_query, matches)
         self._quiet = True
         try:
@@ -1211,6 +1220,43 @@ class App(widgets.VBox):
         finally:
             self._quiet = False
         self.show_match(0)
+        if verdict is not None and verdict.reliable and check.margin_threshold is not None:
+            # the matches are on screen; now, is it this specimen or a look-alike?
+            self._check_specimen(col, matches[0], check, say, specimens, species)
+
+    def _check_specimen(self, col, best, check, say, specimens, species) -> None:
+        """Search the other specimens in reach; word the specimen margin's verdict."""
+        from foramlib.matching import reliability
+        from foramlib.matching import search as matching
+
+        self.match_status.value = (
+            "<span class='foram-muted'>checking whether another specimen fits as well…</span>"
+        )
+        self.match_progress.value = 0.0
+        t0 = time.perf_counter()
+        try:
+            other = reliability.runner_up(
+                col.index,
+                self.match_query,
+                best,
+                volumes=col.volumes,
+                specimens=specimens,
+                species=species,
+                time_budget_s=MATCH_TIME_BUDGET_S,
+                progress=lambda f, m: setattr(self.match_progress, "value", float(f)),
+            )
+        except (matching.MatchError, PreprocessError):
+            other = None  # nothing else to compare with: the verdict stays as it was
+        self.match_progress.value = 1.0
+        self.match_status.value = (
+            f"<span class='foram-muted'>other specimens compared in "
+            f"{time.perf_counter() - t0:.1f} s</span>"
+            if other is not None
+            else ""
+        )
+        if other is not None:
+            margin = reliability.specimen_margin(best, other)
+            say(check.verdict(best.scores["combined"], margin, other.specimen_id), other)
 
     def _match_check(self):
         """The workspace's match limit (``calibrate_match`` stage); None without one.

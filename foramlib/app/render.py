@@ -209,8 +209,12 @@ def message(kind: str, text: str) -> str:
     return f'<div class="foram-msg-{kind}">{html.escape(text)}</div>'
 
 
-def match_verdict_html(verdict, check) -> str:
-    """The match limit's verdict (:mod:`foramlib.matching.reliability`) in plain words.
+def match_verdict_html(verdict, check, best=None, other=None) -> str:
+    """The match limits' verdict (:mod:`foramlib.matching.reliability`) in plain words.
+
+    `best` is the best match and `other` the best among the other specimens (when it
+    was searched): with them, a reliable verdict also says whether the specimen itself
+    is clear, and what the two say about the genus when it is not.
 
     >>> from foramlib.matching.reliability import MatchCheck
     >>> check = MatchCheck(0.8, 0.95, (0.7, 0.85, 0.9), (False, True, True))
@@ -221,25 +225,47 @@ def match_verdict_html(verdict, check) -> str:
         f"{check.kept_share():.0%} of {check.n_queries} sections cut at known places from "
         "specimens of this collection"
     )
-    if verdict.reliable:
-        precision = check.precision()
-        found = (
-            f"; in those trials a fit this good named the right specimen and plane "
-            f"{precision:.0%} of the time"
-            if precision is not None
-            else ""
+    if not verdict.reliable:
+        return message(
+            "warn",
+            f"No reliable match: the best fit (score {verdict.score:.2f}) is under the limit "
+            f"{verdict.threshold:.2f} that {trials} reach. The fossil may not be in the "
+            "collection, or the section may be too damaged or noisy to place: read the "
+            "matches below as look-alikes, not as where your section sits.",
         )
+    precision = check.precision()
+    found = (
+        f"; in those trials a fit this good named the right specimen and plane "
+        f"{precision:.0%} of the time"
+        if precision is not None
+        else ""
+    )
+    reliable = (
+        f"Reliable match: the best fit (score {verdict.score:.2f}) is at least as good "
+        f"as the limit {verdict.threshold:.2f} that {trials} reach{found}."
+    )
+    if verdict.specimen_sure is None or other is None or best is None:
+        return message("info", reliable)
+    next_one = f"{html.escape(other.specimen_id)} ({html.escape(other.species)})"
+    margin_trials = (
+        f"the margin {verdict.margin_threshold:.2f} that {check.margin_kept_share():.0%} of "
+        f"those sections clear"
+    )
+    if verdict.specimen_sure:
         return message(
             "info",
-            f"Reliable match: the best fit (score {verdict.score:.2f}) is at least as good "
-            f"as the limit {verdict.threshold:.2f} that {trials} reach{found}.",
+            f"{reliable} It is this specimen: no other fits as well (the next best, "
+            f"{next_one}, scores {verdict.margin:.2f} lower, at least {margin_trials}).",
         )
+    from foramlib.matching.reliability import genus_note
+
+    note = genus_note(best.species, other.species)
+    genus = html.escape(note[0].upper() + note[1:]) + "."
     return message(
         "warn",
-        f"No reliable match: the best fit (score {verdict.score:.2f}) is under the limit "
-        f"{verdict.threshold:.2f} that {trials} reach. The fossil may not be in the "
-        "collection, or the section may be too damaged or noisy to place: read the "
-        "matches below as look-alikes, not as where your section sits.",
+        f"{reliable} But is it this specimen? The next best, {next_one}, fits nearly as well "
+        f"({verdict.margin:+.2f}, under {margin_trials}): the section may come from a "
+        f"specimen that is not in the collection, a look-alike of these. {genus}",
     )
 
 

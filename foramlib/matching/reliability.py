@@ -13,14 +13,23 @@ misread, still gets a "best" specimen and pose. This module gives the separate a
   benchmark's), matches them and sets the limit at the ``1 - keep`` quantile of their
   best ``combined`` scores, so about `keep` of genuine sections of indexed specimens
   are called reliable;
-* :class:`MatchCheck`: the limit with what it was set on, saved as JSON; its
+* :func:`runner_up`: the best match among the *other* specimens, once the best one is
+  known; the *specimen margin* is how much better the best specimen fits than any
+  other;
+* :class:`MatchCheck`: the limits with what they were set on, saved as JSON; its
   :meth:`~MatchCheck.verdict` words the answer.
 
-What the limit does not do: a section of a fossil absent from the collection often
-finds a look-alike section of another specimen of its genus that scores above the
-limit (measured in ``benchmarks/match_check.py``); the check tells weak matches from
-strong ones, not whether the specimen itself is in the collection. Inputs that are not
-foraminifer sections at all are the section check's
+Two limits, two claims. The score limit says whether the fit is genuine at all. A
+section of a fossil absent from the collection often finds a look-alike section of
+another specimen of its genus that scores above it, so the score cannot say whether
+*this specimen* is the one: the margin limit can, where the calibration's own
+specimens fit clearly better than their look-alikes. A reliable fit whose margin is
+under the margin limit is reported as "may be a specimen not in the collection" (and
+its genus still named). In ``benchmarks/match_check.py`` (virtual collection, 40 + 40
+queries) the default limit flagged 10 of the 33 absent-specimen sections that the score
+limit called reliable and none of the genuine ones; a stricter limit set from the
+stored margins (:meth:`MatchCheck.with_margin_keep`) trades genuine ones for more.
+Inputs that are not foraminifer sections at all are the section check's
 (:mod:`foramlib.inference.section_check`).
 
 Examples
@@ -37,7 +46,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import cv2
@@ -54,11 +63,18 @@ __all__ = [
     "calibrate",
     "draw_query",
     "fit_match_check",
+    "genus_note",
+    "limit_keeping",
     "load_match_check",
+    "runner_up",
+    "specimen_margin",
 ]
 
 DEFAULT_KEEP = 0.95
-FORMAT = 1
+# 1: the score limit; 2: + the specimen margin's limit (a format-1 file still reads, with
+# no margin limit: its verdicts say nothing about the specimen)
+FORMAT = 2
+READABLE_FORMATS = (1, 2)
 # a stream of its own: calibration queries never repeat the benchmark's (seeds 0..k)
 _STREAM = 0x3A7C
 
@@ -69,12 +85,21 @@ class MatchCheckError(ValueError):
 
 @dataclass(frozen=True)
 class MatchVerdict:
-    """The answer for one query: ``reliable`` and a sentence saying why."""
+    """The answer for one query: ``reliable`` and a sentence saying why.
+
+    ``specimen_sure`` is None when the specimen was not checked (no margin limit, no
+    other specimen to compare with, or no reliable fit to begin with); otherwise
+    whether the best specimen fits clearly better than every other one (``margin``
+    at or above ``margin_threshold``).
+    """
 
     reliable: bool
     score: float
     threshold: float
     message: str
+    specimen_sure: bool | None = None
+    margin: float | None = None
+    margin_threshold: float | None = None
 
 
 @dataclass(frozen=True)
@@ -97,6 +122,13 @@ class MatchCheck:
     refused : int
         Calibration queries the matcher could not read (no fossil found in the
         section): not among `scores`.
+    margin_threshold : float or None
+        A reliable best match whose specimen leads every other specimen's best match
+        by less than this (``combined``) "may be a specimen not in the collection";
+        None: not calibrated (a format-1 file).
+    margins : tuple of float
+        The calibration queries' specimen margins (sorted), where another specimen
+        could be searched.
     """
 
     threshold: float
@@ -105,20 +137,49 @@ class MatchCheck:
     recovered: tuple[bool, ...] = ()
     seed: int = 0
     refused: int = 0
+    margin_threshold: float | None = None
+    margins: tuple[float, ...] = ()
 
     @property
     def n_queries(self) -> int:
         return len(self.scores)
 
-    def verdict(self, score: float) -> MatchVerdict:
-        """The verdict on a best match scoring `score` (its ``combined``)."""
+    def verdict(
+        self, score: float, margin: float | None = None, runner_up: str | None = None
+    ) -> MatchVerdict:
+        """The verdict on a best match scoring `score` (its ``combined``).
+
+        With `margin` (:func:`specimen_margin`: the best score minus the best score of
+        any other specimen, `runner_up`) and a margin limit, a reliable verdict also
+        says whether the specimen itself is clear.
+        """
         score = float(score)
         basis = (
             f"the limit {self.threshold:.2f} kept {self.kept_share():.0%} of "
             f"{self.n_queries} held-out sections of indexed specimens"
         )
         if score >= self.threshold:
-            return MatchVerdict(True, score, self.threshold, f"best score {score:.2f}; {basis}")
+            message = f"best score {score:.2f}; {basis}"
+            if margin is None or self.margin_threshold is None:
+                return MatchVerdict(True, score, self.threshold, message)
+            margin = float(margin)
+            other = f"the next specimen ({runner_up})" if runner_up else "the next specimen"
+            kept = (
+                f"the margin limit {self.margin_threshold:.2f} kept "
+                f"{self.margin_kept_share():.0%} of {len(self.margins)} held-out sections"
+            )
+            sure = margin >= self.margin_threshold
+            if sure:
+                message += f"; it fits {margin:.2f} better than {other} ({kept})"
+            else:
+                message += (
+                    f"; but {other} fits nearly as well ({margin:+.2f}, under {kept}): the "
+                    "section may come from a specimen that is not in the collection, a "
+                    "look-alike of these"
+                )
+            return MatchVerdict(
+                True, score, self.threshold, message, sure, margin, self.margin_threshold
+            )
         return MatchVerdict(
             False,
             score,
@@ -128,9 +189,30 @@ class MatchCheck:
             "noisy or unlike a micro-CT section to place",
         )
 
+    def with_margin_keep(self, keep: float) -> MatchCheck:
+        """The same check with its margin limit set to keep `keep` of the calibration's
+        margins instead: a lab that would rather hear "maybe a specimen not in the
+        collection" more often (a lower `keep`) chooses without calibrating again.
+
+        >>> check = MatchCheck(0.5, 0.95, (0.9,), margin_threshold=0.1, margins=(0.1, 0.2, 0.3))
+        >>> check.with_margin_keep(0.6).margin_threshold
+        0.2
+        """
+        if not (isinstance(keep, int | float) and 0 < keep <= 1):
+            raise MatchCheckError(f"margin keep must be a share in (0, 1], got {keep!r}")
+        if not self.margins:
+            raise MatchCheckError("this match check has no specimen margins to set a limit on")
+        return replace(self, margin_threshold=limit_keeping(self.margins, keep))
+
     def kept_share(self) -> float:
         """Share of the calibration queries the limit calls reliable."""
         return float(np.mean(np.asarray(self.scores) >= self.threshold))
+
+    def margin_kept_share(self) -> float | None:
+        """Share of the calibration queries whose specimen margin clears its limit."""
+        if self.margin_threshold is None or not self.margins:
+            return None
+        return float(np.mean(np.asarray(self.margins) >= self.margin_threshold))
 
     def precision(self) -> float | None:
         """Share of the calibration queries called reliable whose pose was right."""
@@ -153,15 +235,18 @@ def fit_match_check(
     *,
     recovered: Sequence[bool] = (),
     seed: int = 0,
+    margins: Sequence[float] = (),
 ) -> MatchCheck:
     """The limit that keeps `keep` of the genuine queries' best `scores`.
 
-    The limit is the highest score with at least `keep` of `scores` at or above it.
+    The limit is the highest score with at least `keep` of `scores` at or above it;
+    given the queries' specimen `margins`, the margin limit is set the same way on
+    them.
 
     Raises
     ------
     MatchCheckError
-        For `keep` outside (0, 1], no scores, a score that is not finite, or
+        For `keep` outside (0, 1], no scores, a score or margin that is not finite, or
         `recovered` of another length.
 
     Examples
@@ -184,12 +269,28 @@ def fit_match_check(
         raise MatchCheckError(
             f"recovered has {len(recovered)} entries for {arr.size} scores; give one per query"
         )
-    order = np.argsort(arr, kind="stable")[::-1]  # best first
+    threshold = limit_keeping(arr, keep)
+    order = np.argsort(arr, kind="stable")
+    rec = tuple(bool(recovered[i]) for i in order) if recovered else ()
+    check = MatchCheck(threshold, float(keep), tuple(float(arr[i]) for i in order), rec, seed)
+    gaps = np.asarray(margins, dtype=float)
+    if gaps.size == 0:
+        return check
+    if not np.all(np.isfinite(gaps)):
+        raise MatchCheckError(f"specimen margins must be finite numbers, got {gaps.tolist()}")
+    return replace(check, margin_threshold=limit_keeping(gaps, keep), margins=tuple(np.sort(gaps)))
+
+
+def limit_keeping(values, keep: float) -> float:
+    """The highest value with at least `keep` of `values` at or above it.
+
+    >>> limit_keeping([0.5, 0.7, 0.9, 0.8], 0.75)
+    0.7
+    """
+    best_first = np.sort(np.asarray(values, dtype=float))[::-1]
     # the k-th best, k the fewest queries that make `keep` of them
-    k = max(1, math.ceil(keep * arr.size - 1e-9))
-    threshold = float(arr[order[k - 1]])
-    rec = tuple(bool(recovered[i]) for i in order[::-1]) if recovered else ()
-    return MatchCheck(threshold, float(keep), tuple(float(arr[i]) for i in order[::-1]), rec, seed)
+    k = max(1, math.ceil(keep * best_first.size - 1e-9))
+    return float(best_first[k - 1])
 
 
 def load_match_check(path) -> MatchCheck | None:
@@ -205,11 +306,12 @@ def load_match_check(path) -> MatchCheck | None:
         return None
     try:
         raw = json.loads(path.read_text())
-        if raw.get("format") != FORMAT:
+        if raw.get("format") not in READABLE_FORMATS:
             raise MatchCheckError(
-                f"{path}: match check format {raw.get('format')!r}, expected {FORMAT}; "
-                "rerun the calibrate_match stage"
+                f"{path}: match check format {raw.get('format')!r}, expected one of "
+                f"{list(READABLE_FORMATS)}; rerun the calibrate_match stage"
             )
+        margin_limit = raw.get("margin_threshold")
         check = MatchCheck(
             threshold=float(raw["threshold"]),
             keep=float(raw["keep"]),
@@ -217,6 +319,8 @@ def load_match_check(path) -> MatchCheck | None:
             recovered=tuple(bool(r) for r in raw.get("recovered", ())),
             seed=int(raw.get("seed", 0)),
             refused=int(raw.get("refused", 0)),
+            margin_threshold=None if margin_limit is None else float(margin_limit),
+            margins=tuple(float(m) for m in raw.get("margins", ())),
         )
     except MatchCheckError:
         raise
@@ -224,7 +328,76 @@ def load_match_check(path) -> MatchCheck | None:
         raise MatchCheckError(f"{path}: not a match check ({err})") from None
     if not (math.isfinite(check.threshold) and check.scores):
         raise MatchCheckError(f"{path}: the match check has no finite limit or no scores")
+    if check.margin_threshold is not None and not (
+        math.isfinite(check.margin_threshold) and check.margins
+    ):
+        raise MatchCheckError(f"{path}: the specimen margin's limit is not finite or has no data")
     return check
+
+
+def runner_up(index, image, best, *, volumes, specimens=None, species=None, **match_kwargs):
+    """The best match of `image` among the specimens other than `best`'s.
+
+    Parameters
+    ----------
+    index : foramlib.matching.search.MatchIndex
+    image : array-like
+        The query, as given to :func:`~foramlib.matching.search.match`.
+    best : foramlib.matching.search.Match
+        Its best match.
+    volumes : mapping
+        As for :func:`~foramlib.matching.search.match`.
+    specimens, species : sequence of str, optional
+        The restriction the first search ran under (None: every specimen).
+    **match_kwargs
+        The first search's settings (``refine``, ``time_budget_s``, ...).
+
+    Returns
+    -------
+    Match or None
+        None when no other specimen is in reach, or the search finds nothing.
+    """
+    from foramlib.matching.search import match
+
+    table = dict(zip(index.specimen.tolist(), index.species.tolist(), strict=True))
+    allowed = set(table) if specimens is None else set(specimens)
+    if species is not None:
+        allowed &= {s for s, g in table.items() if g in set(species)}
+    others = sorted(allowed - {best.specimen_id})
+    if not others:
+        return None
+    found = match(index, image, volumes=volumes, top_k=1, specimens=others, **match_kwargs)
+    return found[0] if found else None
+
+
+def genus_note(best_genus: str, other_genus: str) -> str:
+    """What the two best specimens' genera say when the specimen itself is unclear.
+
+    >>> genus_note("Alveolina", "Alveolina")
+    'both are Alveolina: the genus is likelier right than the specimen'
+    >>> genus_note("Alveolina", "Fallotia")
+    'they are of two genera (Alveolina and Fallotia): neither the specimen nor the genus is sure'
+    """
+    if best_genus == other_genus:
+        return f"both are {best_genus}: the genus is likelier right than the specimen"
+    return (
+        f"they are of two genera ({best_genus} and {other_genus}): neither the specimen nor "
+        "the genus is sure"
+    )
+
+
+def specimen_margin(best, other) -> float | None:
+    """How much better `best` fits than the best of another specimen (``combined``).
+
+    >>> from types import SimpleNamespace as M
+    >>> specimen_margin(M(scores={"combined": 0.9}), M(scores={"combined": 0.8}))
+    0.1
+    >>> specimen_margin(M(scores={"combined": 0.9}), None) is None
+    True
+    """
+    if other is None:
+        return None
+    return round(float(best.scores["combined"]) - float(other.scores["combined"]), 6)
 
 
 def draw_query(rng: np.random.Generator, volume: np.ndarray, prepared):
@@ -297,17 +470,16 @@ def calibrate(
     Returns
     -------
     MatchCheck, list of dict
-        The check, and one row per query (specimen, best match, score, recovered; a
-        query the matcher refused, e.g. a section too small to show the fossil, has no
-        match and its reason under ``refused``, and is left out of the fit).
+        The check, and one row per query (specimen, best match, score, recovered, the
+        best other specimen and the specimen margin; a query the matcher refused, e.g.
+        a section too small to show the fossil, has no match and its reason under
+        ``refused``, and is left out of the fit).
 
     Raises
     ------
     MatchCheckError
         If `n_queries` is not a positive integer, or the matcher refused every query.
     """
-    from dataclasses import replace
-
     from foramlib.dataset.preprocess import PreprocessError
     from foramlib.matching.search import MatchError, match
 
@@ -325,15 +497,21 @@ def calibrate(
             best = match(collection.index, image, volumes=volumes, top_k=1, **match_kwargs)[0]
         except (MatchError, PreprocessError) as err:
             rows.append(dict(specimen_id=spec, matched=None, score=None, recovered=False,
-                             refused=str(err)))  # fmt: skip
+                             runner_up=None, margin=None, refused=str(err)))  # fmt: skip
             report((i + 1) / n_queries, f"query {i + 1}/{n_queries}: {spec} refused ({err})")
             continue
+        try:
+            other = runner_up(collection.index, image, best, volumes=volumes, **match_kwargs)
+        except (MatchError, PreprocessError):
+            other = None
         rows.append(
             dict(
                 specimen_id=spec,
                 matched=best.specimen_id,
                 score=round(float(best.scores["combined"]), 6),
                 recovered=pose_recovered(best, spec, truth),
+                runner_up=None if other is None else other.specimen_id,
+                margin=specimen_margin(best, other),
                 refused=None,
             )
         )
@@ -349,5 +527,6 @@ def calibrate(
         keep,
         recovered=[r["recovered"] for r in answered],
         seed=seed,
+        margins=[r["margin"] for r in answered if r["margin"] is not None],
     )
     return replace(check, refused=len(rows) - len(answered)), rows

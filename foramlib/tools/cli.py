@@ -145,7 +145,42 @@ def _match_check(args: argparse.Namespace):
     check = load_match_check(path)
     if check is None:
         return None, f"no reliability verdict: {path} is missing (`dvc repro calibrate_match`)"
+    if args.margin_keep is not None:
+        from foramlib.matching.reliability import MatchCheckError
+
+        try:
+            check = check.with_margin_keep(args.margin_keep)
+        except MatchCheckError as err:
+            raise MatchCheckError(f"--margin-keep with {path}: {err}") from None
     return check, None
+
+
+def _specimen_verdict(args, collection, image, found, check, verdict):
+    """The verdict with the specimen margin, and the best match among the other specimens.
+
+    Only a reliable match under a check with a margin limit is searched again (among
+    the other specimens the first search could reach, with its time budget); otherwise,
+    or with ``--no-specimen-check``, the verdict is returned as it is, with None.
+    """
+    from foramlib.dataset.preprocess import PreprocessError
+    from foramlib.matching.reliability import runner_up, specimen_margin
+    from foramlib.matching.search import MatchError
+
+    if args.no_specimen_check or verdict is None or not verdict.reliable:
+        return verdict, None
+    if check.margin_threshold is None:
+        return verdict, None
+    best = found[0]
+    try:
+        other = runner_up(collection.index, image, best, volumes=collection.volumes,
+                          specimens=args.specimens, species=args.species,
+                          time_budget_s=args.time_budget)  # fmt: skip
+    except (MatchError, PreprocessError):
+        return verdict, None  # nothing else to compare with: no word on the specimen
+    if other is None:
+        return verdict, None
+    margin = specimen_margin(best, other)
+    return check.verdict(best.scores["combined"], margin, other.specimen_id), other
 
 
 def _match(args: argparse.Namespace) -> int:
@@ -174,6 +209,9 @@ def _match(args: argparse.Namespace) -> int:
     t_match = time.perf_counter() - t0 - t_load
     check, check_note = _match_check(args)
     verdict = check.verdict(found[0].scores["combined"]) if check and found else None
+    t1 = time.perf_counter()
+    verdict, other = _specimen_verdict(args, collection, image, found, check, verdict)
+    t_other = time.perf_counter() - t1
     note = section_refusal(image, args.workspace)
     if note:  # on stderr: the JSON on stdout keeps its shape
         print(f"NOT A FORAMINIFER SECTION? {note}; these are the closest sections anyway",
@@ -191,6 +229,17 @@ def _match(args: argparse.Namespace) -> int:
                 reading=m.reading,
                 # null: no calibrated limit (or an unrefined search, not comparable)
                 reliable=None if check is None else m.scores["combined"] >= check.threshold,
+                # the best match only: does its specimen fit clearly better than any other
+                # (null: not checked); and the best match among the other specimens
+                specimen_sure=verdict.specimen_sure if rank == 1 and verdict else None,
+                runner_up=None
+                if rank > 1 or other is None
+                else dict(
+                    specimen_id=other.specimen_id,
+                    genus=other.species,
+                    combined=round(other.scores["combined"], 6),
+                    margin=round(verdict.margin, 6),
+                ),
             )
             for rank, m in enumerate(found, start=1)
         ]
@@ -200,6 +249,7 @@ def _match(args: argparse.Namespace) -> int:
             f"{args.image}: top {len(found)} of {len(collection.index)} candidate sections "
             f"({len(collection.specimens)} specimens); index loaded in {t_load:.1f} s, "
             f"matched in {t_match:.1f} s"
+            + (f" (+ {t_other:.1f} s comparing the other specimens)" if other else "")
         )
         print(format_matches(found))
         if found and found[0].reading != READINGS[0].name:
@@ -210,6 +260,10 @@ def _match(args: argparse.Namespace) -> int:
         if verdict is not None:
             print(("reliable match: " if verdict.reliable else "NO RELIABLE MATCH: ")
                   + verdict.message.removeprefix("no reliable match: "))  # fmt: skip
+            if verdict.specimen_sure is False:
+                from foramlib.matching.reliability import genus_note
+
+                print(f"note: {genus_note(found[0].species, other.species)}")
         elif check_note:
             print(f"note: {check_note}")
     if args.save_figure and found:
@@ -424,6 +478,20 @@ def main(argv: list[str] | None = None) -> int:
         "--match-check",
         metavar="PATH",
         help="the match limit (default: WORKSPACE/results/match_check.json)",
+    )
+    m.add_argument(
+        "--margin-keep",
+        type=float,
+        metavar="SHARE",
+        help="set the specimen margin's limit to keep this share of the calibration's "
+        "margins (lower: 'maybe a specimen not in the collection' more often; default: "
+        "the calibrated limit)",
+    )
+    m.add_argument(
+        "--no-specimen-check",
+        action="store_true",
+        help="skip the second search, among the other specimens, that tells whether the best "
+        "match's specimen is clear (about doubles the time)",
     )
     m.add_argument("--save-figure", metavar="PATH", help="write a 3D view of the best match")
     m.set_defaults(func=_match)

@@ -257,5 +257,10 @@ def test_matching_finds_the_source_specimen(page, match_query, screenshot):
     # the workspace's calibrated match limit gives a verdict in words
     verdict = page.locator(".foram-match-message").inner_text()
     assert re.search(r"(Reliable|No reliable) match: the best fit \(score ", verdict), verdict
+    if "Reliable match" in verdict:  # then the other specimens are compared, and it says
+        page.wait_for_function(
+            "() => /(It is|But is it) this specimen/"
+            ".test(document.querySelector('.foram-match-message').innerText)"
+        )
     wait_image(page, ".foram-match-view")
     screenshot(page, "match")
