@@ -69,16 +69,12 @@ def best_match(collection, image, specimens=None):
 
 def margin_of(collection, check, image, best, specimens=None):
     """The specimen margin of a reliable `best` (None: not reliable, or no other specimen)."""
-    if best is None or not check.verdict(best.scores["combined"]).reliable:
+    if best is None:
         return None
-    if check.margin_threshold is None:
-        return None
-    try:
-        other = reliability.runner_up(collection.index, image, best,
-                                      volumes=collection.volumes, specimens=specimens)  # fmt: skip
-    except (MatchError, PreprocessError):
-        return None
-    return reliability.specimen_margin(best, other)
+    verdict, _ = reliability.specimen_verdict(
+        check, collection.index, image, best, volumes=collection.volumes, specimens=specimens
+    )
+    return verdict.margin
 
 
 def margin_tradeoff(check, present, absent) -> list[dict]:

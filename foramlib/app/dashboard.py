@@ -1227,26 +1227,23 @@ class App(widgets.VBox):
     def _check_specimen(self, col, best, check, say, specimens, species) -> None:
         """Search the other specimens in reach; word the specimen margin's verdict."""
         from foramlib.matching import reliability
-        from foramlib.matching import search as matching
 
         self.match_status.value = (
             "<span class='foram-muted'>checking whether another specimen fits as well…</span>"
         )
         self.match_progress.value = 0.0
         t0 = time.perf_counter()
-        try:
-            other = reliability.runner_up(
-                col.index,
-                self.match_query,
-                best,
-                volumes=col.volumes,
-                specimens=specimens,
-                species=species,
-                time_budget_s=MATCH_TIME_BUDGET_S,
-                progress=lambda f, m: setattr(self.match_progress, "value", float(f)),
-            )
-        except (matching.MatchError, PreprocessError):
-            other = None  # nothing else to compare with: the verdict stays as it was
+        verdict, other = reliability.specimen_verdict(
+            check,
+            col.index,
+            self.match_query,
+            best,
+            volumes=col.volumes,
+            specimens=specimens,
+            species=species,
+            time_budget_s=MATCH_TIME_BUDGET_S,
+            progress=lambda f, m: setattr(self.match_progress, "value", float(f)),
+        )
         self.match_progress.value = 1.0
         self.match_status.value = (
             f"<span class='foram-muted'>other specimens compared in "
@@ -1254,9 +1251,8 @@ class App(widgets.VBox):
             if other is not None
             else ""
         )
-        if other is not None:
-            margin = reliability.specimen_margin(best, other)
-            say(check.verdict(best.scores["combined"], margin, other.specimen_id), other)
+        if other is not None:  # else nothing to compare with: the verdict stays as it was
+            say(verdict, other)
 
     def _match_check(self):
         """The workspace's match limit (``calibrate_match`` stage); None without one.

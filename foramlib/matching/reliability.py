@@ -68,6 +68,7 @@ __all__ = [
     "load_match_check",
     "runner_up",
     "specimen_margin",
+    "specimen_verdict",
 ]
 
 DEFAULT_KEEP = 0.95
@@ -368,6 +369,36 @@ def runner_up(index, image, best, *, volumes, specimens=None, species=None, **ma
         return None
     found = match(index, image, volumes=volumes, top_k=1, specimens=others, **match_kwargs)
     return found[0] if found else None
+
+
+def specimen_verdict(check, index, image, best, *, volumes, specimens=None, species=None,
+                     **match_kwargs):  # fmt: skip
+    """`check`'s verdict on `best`, with the specimen margin where it applies.
+
+    Only a reliable `best` under a check with a margin limit is compared with the other
+    specimens in reach (:func:`runner_up`, same arguments); otherwise, or when none can
+    be searched, the verdict on the score alone is returned, with None.
+
+    Returns
+    -------
+    MatchVerdict, Match or None
+        The verdict, and the best match among the other specimens.
+    """
+    from foramlib.dataset.preprocess import PreprocessError
+    from foramlib.matching.search import MatchError
+
+    score = best.scores["combined"]
+    verdict = check.verdict(score)
+    if not verdict.reliable or check.margin_threshold is None:
+        return verdict, None
+    try:
+        other = runner_up(index, image, best, volumes=volumes, specimens=specimens,
+                          species=species, **match_kwargs)  # fmt: skip
+    except (MatchError, PreprocessError):
+        return verdict, None  # nothing else to compare with: no word on the specimen
+    if other is None:
+        return verdict, None
+    return check.verdict(score, specimen_margin(best, other), other.specimen_id), other
 
 
 def genus_note(best_genus: str, other_genus: str) -> str:

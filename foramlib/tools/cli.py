@@ -155,34 +155,6 @@ def _match_check(args: argparse.Namespace):
     return check, None
 
 
-def _specimen_verdict(args, collection, image, found, check, verdict):
-    """The verdict with the specimen margin, and the best match among the other specimens.
-
-    Only a reliable match under a check with a margin limit is searched again (among
-    the other specimens the first search could reach, with its time budget); otherwise,
-    or with ``--no-specimen-check``, the verdict is returned as it is, with None.
-    """
-    from foramlib.dataset.preprocess import PreprocessError
-    from foramlib.matching.reliability import runner_up, specimen_margin
-    from foramlib.matching.search import MatchError
-
-    if args.no_specimen_check or verdict is None or not verdict.reliable:
-        return verdict, None
-    if check.margin_threshold is None:
-        return verdict, None
-    best = found[0]
-    try:
-        other = runner_up(collection.index, image, best, volumes=collection.volumes,
-                          specimens=args.specimens, species=args.species,
-                          time_budget_s=args.time_budget)  # fmt: skip
-    except (MatchError, PreprocessError):
-        return verdict, None  # nothing else to compare with: no word on the specimen
-    if other is None:
-        return verdict, None
-    margin = specimen_margin(best, other)
-    return check.verdict(best.scores["combined"], margin, other.specimen_id), other
-
-
 def _match(args: argparse.Namespace) -> int:
     from foramlib.dataset.preprocess import PreprocessError
     from foramlib.inference.classify import section_refusal
@@ -208,9 +180,23 @@ def _match(args: argparse.Namespace) -> int:
         raise type(exc)(f"{args.image}: {exc}") from None
     t_match = time.perf_counter() - t0 - t_load
     check, check_note = _match_check(args)
-    verdict = check.verdict(found[0].scores["combined"]) if check and found else None
+    verdict = other = None
     t1 = time.perf_counter()
-    verdict, other = _specimen_verdict(args, collection, image, found, check, verdict)
+    if check and found and args.no_specimen_check:
+        verdict = check.verdict(found[0].scores["combined"])
+    elif check and found:  # a reliable match is compared with the other specimens too
+        from foramlib.matching.reliability import specimen_verdict
+
+        verdict, other = specimen_verdict(
+            check,
+            collection.index,
+            image,
+            found[0],
+            volumes=collection.volumes,
+            specimens=args.specimens,
+            species=args.species,
+            time_budget_s=args.time_budget,
+        )
     t_other = time.perf_counter() - t1
     note = section_refusal(image, args.workspace)
     if note:  # on stderr: the JSON on stdout keeps its shape
