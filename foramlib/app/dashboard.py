@@ -781,7 +781,8 @@ class App(widgets.VBox):
         self.probabilities.value = render.probability_chart(
             pred.probabilities, highlight=pred.genus
         )
-        # one box above the result: "not a foraminifer section" outranks "uncertain"
+        # "not a foraminifer section" outranks the others; "maybe not one of these
+        # genera" and "uncertain" can both apply
         self.uncertain.value = render.verdict_html(pred)
         _hide(self.uncertain, not self.uncertain.value)
         try:
@@ -809,6 +810,12 @@ class App(widgets.VBox):
                 "warn",
                 f"Classified {self.source_name} in {waited}, but it does not look "
                 "like a foraminifer section (see the red box).",
+            )
+        elif pred.maybe_unknown_genus:
+            self.message.value = render.message(
+                "warn",
+                f"Classified {self.source_name} in {waited}, but it may not be one of these "
+                f"genera (see the purple box).{truth}",
             )
         else:
             self.message.value = render.message(

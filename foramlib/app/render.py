@@ -38,6 +38,7 @@ __all__ = [
     "gradcam_png",
     "upload_label_css",
     "not_a_section_html",
+    "unknown_genus_html",
     "verdict_html",
     "scan_table_html",
     "scan_uncertain_html",
@@ -65,6 +66,8 @@ STYLE = """
   padding: 8px; border-radius: 4px; }
 .foram-not-section-box { color: #7a0000; background: #fde8e8; border: 1px solid #c0392b;
   padding: 8px; border-radius: 4px; }
+.foram-unknown-genus-box { color: #4a2a6b; background: #f3ecfb; border: 1px solid #8e5cc2;
+  padding: 8px; border-radius: 4px; margin-bottom: 4px; }
 .foram-muted { color: #666; font-size: 90%; }
 .foram-app .foram-upload { font-size: 0; }
 .foram-app .foram-upload i { font-size: 13px; margin-right: 6px; }
@@ -372,11 +375,44 @@ def not_a_section_html(pred: classify.Prediction) -> str:
     )
 
 
+def _unknown_genus_box(what: str, keep: float) -> str:
+    return (
+        '<div class="foram-unknown-genus-box"><b>? Maybe not one of these genera</b> — '
+        f"{html.escape(what)} It may be a foraminifer of a genus the models were not "
+        "trained on: they can only name their own genera. The check lets through "
+        f"{pct(keep)} of the validation sections of new specimens of the known genera, but "
+        "also most sections of unknown taxa (see the book's Results chapter), so a passed "
+        "check is no proof of a known genus.</div>"
+    )
+
+
+def unknown_genus_html(pred: classify.Prediction) -> str:
+    """The genus check's warning (:mod:`foramlib.inference.genus_check`), or "" when it
+    passed or there is none.
+
+    >>> from foramlib.inference.genus_check import GenusVerdict
+    >>> pred = classify.Prediction([("A", 0.9)], {"A": 0.9}, False, None, {},
+    ...                            novelty=GenusVerdict(False, 0.7, 0.5, 0.95))
+    >>> "Maybe not one of these genera" in unknown_genus_html(pred)
+    True
+    """
+    if not pred.maybe_unknown_genus:
+        return ""
+    v = pred.novelty
+    return _unknown_genus_box(
+        f"the model's features of this section are farther from every training slice "
+        f"(novelty {v.novelty:.3f}, limit {v.threshold:.3f}) than sections of new specimens "
+        "of the known genera usually are.",
+        v.keep,
+    )
+
+
 def verdict_html(pred: classify.Prediction) -> str:
-    """The box above a result: not a section, else uncertain, else nothing ("")."""
+    """The boxes above a result: not a section; else maybe an unknown genus and/or
+    uncertain; else nothing ("")."""
     if pred.not_a_section:
         return not_a_section_html(pred)
-    return uncertain_html(pred) if pred.uncertain else ""
+    return unknown_genus_html(pred) + (uncertain_html(pred) if pred.uncertain else "")
 
 
 def scan_table_html(ranking, top: int = 5) -> str:
@@ -416,6 +452,21 @@ def scan_table_html(ranking, top: int = 5) -> str:
 
 
 def scan_uncertain_html(answer: scan.ScanAnswer, note: str | None = None) -> str:
+    """The boxes above a whole-scan answer: the genus check's warning (when it fired),
+    then which uncertainty rule applies (:func:`_scan_uncertainty_html`)."""
+    box = ""
+    if answer.maybe_unknown_genus:
+        check = answer.metadata["genus_check"]
+        box = _unknown_genus_box(
+            f"{check['flagged']} of its {check['sections']} sections are farther from every "
+            f"training slice than sections of new specimens of the known genera usually are "
+            f"(median novelty {check['median_novelty']:.3f}, limit {check['threshold']:.3f}).",
+            check["keep"],
+        )
+    return box + _scan_uncertainty_html(answer, note)
+
+
+def _scan_uncertainty_html(answer: scan.ScanAnswer, note: str | None = None) -> str:
     """Which uncertainty rule applies to a whole-scan answer, in the page's words.
 
     Parameters
@@ -548,6 +599,17 @@ def _on_off(flag) -> str:
     return "on" if flag else "off"
 
 
+def _genus_txt(check: dict | None) -> str:
+    if not check:
+        return "none in this workspace (the evaluate stage writes it)"
+    verdict = "passed" if check["known"] else "maybe not one of these genera"
+    return (
+        f"{verdict}: novelty {check['novelty']:.3f} against the limit {check['threshold']:.3f} "
+        f"(distance to the nearest training slices in the main model's feature space; the "
+        f"limit keeps {pct(check['keep'])} of validation sections)"
+    )
+
+
 def _section_txt(check: dict | None) -> str:
     if not check:
         return "none in this workspace (the evaluate stage writes it)"
@@ -614,6 +676,7 @@ def metadata_html(pred: classify.Prediction, seconds: float, cam_note: str) -> s
         ("Training settings from", html.escape(md["sources"].get("preprocessing", "?"))),
         ("Uncertainty threshold", cal_txt),
         ("Section check", _section_txt(md.get("section_check"))),
+        ("Genus check", _genus_txt(md.get("genus_check"))),
         ("Heat map", html.escape(cam_note)),
         ("Time", f"{seconds:.2f} s (all members + combination)"),
     ]

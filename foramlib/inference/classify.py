@@ -51,6 +51,15 @@ from foramlib.inference.calibration import (
     calibrate_spec,
 )
 from foramlib.inference.errors import RUN_FIRST, ArtefactError, ClassifyError
+from foramlib.inference.genus_check import (
+    GenusCheck,
+    GenusCheckError,
+    GenusVerdict,
+    embed,
+    feature_model,
+    file_digest,
+    main_member,
+)
 from foramlib.inference.gradcam import cam_side, grad_cam
 from foramlib.inference.section_check import SectionCheck, SectionCheckError, Verdict, colourfulness
 from foramlib.learn.tta import check_views, predict_views
@@ -342,6 +351,37 @@ def load_section_check(workspace, preprocess: PreprocessConfig) -> tuple[Section
     return check, SECTION_CHECK
 
 
+GENUS_CHECK = "results/genus_check.npz"  # written by the evaluate stage
+
+
+def load_genus_check(workspace, member: str, size: int) -> tuple[GenusCheck | None, str]:
+    """The workspace's genus check (evaluate stage) for `member`, or None and why not.
+
+    A check fitted on another member, on another training of it (the model file's
+    digest differs) or on slices of another size is stale and not used: its features
+    would not be the served model's.
+    """
+    ws = Path(workspace)
+    path = ws / GENUS_CHECK
+    if not path.is_file():
+        return None, f"none ({GENUS_CHECK} missing; the evaluate stage writes it)"
+    try:
+        check = GenusCheck.load(path)
+    except GenusCheckError as exc:
+        return None, f"unusable: {exc}"
+    model = ws / "models" / member / "model.keras"
+    if check.member != member:
+        return None, f"stale: fitted on {check.member!r}, the main model is {member!r}"
+    if not model.is_file() or check.info.get("model_sha256") != file_digest(model):
+        return None, f"stale: models/{member} was trained again since; rerun the evaluate stage"
+    if int(check.info.get("size", size)) != size:
+        return None, (
+            f"stale: fitted on {check.info['size']}-px slices, the models see {size}-px "
+            "slices; rerun the evaluate stage"
+        )
+    return check, GENUS_CHECK
+
+
 def section_refusal(image, workspace) -> str | None:
     """The workspace's section check's refusal of a query image, in words.
 
@@ -490,6 +530,9 @@ class Prediction:
     section : Verdict or None
         Does the input look like a foraminifer section at all
         (:mod:`foramlib.inference.section_check`)? None when the workspace has no section check.
+    novelty : GenusVerdict or None
+        Is it one of these genera (:mod:`foramlib.inference.genus_check`)? None when the
+        workspace has no usable genus check.
     """
 
     top5: list[tuple[str, float]]
@@ -499,11 +542,18 @@ class Prediction:
     metadata: dict
     member_probabilities: dict[str, list[float]] = field(default_factory=dict)
     section: Verdict | None = None
+    novelty: GenusVerdict | None = None
 
     @property
     def not_a_section(self) -> bool:
         """The section check refused the input (a photo, noise, another material)."""
         return self.section is not None and not self.section.looks_like_section
+
+    @property
+    def maybe_unknown_genus(self) -> bool:
+        """The genus check found the section farther from every training slice than new
+        specimens of the known genera usually are (and it is a section at all)."""
+        return not self.not_a_section and self.novelty is not None and not self.novelty.known
 
     @property
     def genus(self) -> str:
@@ -536,6 +586,9 @@ class Classifier:
     section_check : SectionCheck, optional
         Says whether an input looks like a foraminifer section at all (default: no
         check; predictions then carry ``section=None``).
+    genus_check : GenusCheck, optional
+        Says whether a section may be of a genus outside the class list, from the main
+        member's features (default: no check; predictions carry ``novelty=None``).
     """
 
     def __init__(
@@ -549,6 +602,7 @@ class Classifier:
         sources: dict | None = None,
         tta_views: Mapping[str, int] | None = None,
         section_check: SectionCheck | None = None,
+        genus_check: GenusCheck | None = None,
     ):
         from foramlib.evaluation.ensemble import check_members
 
@@ -573,11 +627,18 @@ class Classifier:
             raise ArtefactError(f"tta_views names models outside the ensemble: {unknown}")
         self.tta_views = {m: check_views(views.get(m, 1), f"tta_views[{m!r}]") for m in self.models}
         self.section_check = section_check
+        if genus_check is not None and genus_check.member not in (None, self.main):
+            raise ArtefactError(
+                f"the genus check reads {genus_check.member!r}'s features, the main model is "
+                f"{self.main!r}"
+            )
+        self.genus_check = genus_check
+        self._features = None
 
     @property
     def main(self) -> str:
         """The main member: the PatchEnsemble's main model, else the best-ranked member."""
-        return self.spec.main if self.spec.kind == "patch" else self.spec.members[0]
+        return main_member(self.spec)
 
     @classmethod
     def from_workspace(
@@ -632,6 +693,8 @@ class Classifier:
         except ArtefactError:
             calibration = None
         section_check, check_source = load_section_check(ws, config)
+        main = main_member(spec)
+        genus_check, genus_source = load_genus_check(ws, main, config.size)
         return cls(
             spec,
             models,
@@ -642,9 +705,11 @@ class Classifier:
                 "ensemble": spec_source,
                 "preprocessing": pp_source,
                 "section_check": check_source,
+                "genus_check": genus_source,
             },
             tta_views=views,
             section_check=section_check,
+            genus_check=genus_check,
         )
 
     # ------------------------------------------------------------------ inference
@@ -674,6 +739,14 @@ class Classifier:
                 f"expected a cleaned 2-D uint8 slice (see prepare), got {img.dtype} {img.shape}"
             )
         return resize_slice(img, size).astype(np.float32)[None, :, :, None]
+
+    def features(self, cleaned) -> np.ndarray:
+        """The main member's L2-normalised features of cleaned slices, shape (N, D)
+        (what :mod:`foramlib.inference.genus_check` compares)."""
+        if self._features is None:
+            self._features = feature_model(self.models[self.main])
+        stack = np.asarray(cleaned)
+        return embed(self._features, stack[None] if stack.ndim == 2 else stack)
 
     def member_probabilities(self, cleaned: np.ndarray) -> dict[str, np.ndarray]:
         """Each member's (1, C) probabilities for one cleaned slice."""
@@ -732,6 +805,9 @@ class Classifier:
         if self.section_check is not None:
             colour = float((preprocessing or {}).get("colourfulness", 0.0))
             section = self.section_check.verdict(cleaned, colour=colour)
+        novelty = None
+        if self.genus_check is not None:
+            novelty = self.genus_check.verdict(self.features(cleaned)[0])
         metadata = {
             "ensemble": self.name,
             "kind": self.spec.kind,
@@ -746,6 +822,7 @@ class Classifier:
             "sources": dict(self.sources),
             "calibration": None if self.calibration is None else self.calibration.as_dict(),
             "section_check": None if section is None else section.as_dict(),
+            "genus_check": None if novelty is None else novelty.as_dict(),
         }
         if self.spec.kind == "patch":
             rule = self.spec.rule()
@@ -760,6 +837,7 @@ class Classifier:
             metadata=metadata,
             member_probabilities={m: p[0].tolist() for m, p in members.items()},
             section=section,
+            novelty=novelty,
         )
 
     def grad_cam(self, cleaned: np.ndarray, class_name: str | None = None) -> np.ndarray:

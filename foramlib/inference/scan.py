@@ -141,6 +141,14 @@ class ScanAnswer:
         return bool(check) and check["passed"] < 0.5 * check["sections"]
 
     @property
+    def maybe_unknown_genus(self) -> bool:
+        """The median section is farther from every training slice than sections of new
+        specimens of the known genera usually are (:mod:`foramlib.inference.genus_check`):
+        the specimen may belong to a genus outside the class list."""
+        check = self.metadata.get("genus_check")
+        return bool(check) and not check["known"] and not self.not_a_section
+
+    @property
     def confidence(self) -> float:
         return self.ranking[0].probability
 
@@ -152,6 +160,7 @@ class ScanAnswer:
             genus=self.genus,
             confidence=round(self.confidence, 6),
             uncertain=self.uncertain,
+            maybe_unknown_genus=self.maybe_unknown_genus,
             ranking=[
                 dict(
                     genus=g.genus,
@@ -465,6 +474,12 @@ def classify_scan(
         passed = check.accepts(features_of(images))
         sections["looks_like_section"] = passed
         check_summary = dict(passed=int(passed.sum()), sections=int(len(passed)), keep=check.keep)
+    genus_check = getattr(classifier, "genus_check", None)
+    genus_summary = None
+    if genus_check is not None:
+        novelty = genus_check.novelty(classifier.features(images))
+        sections["novelty"] = novelty.round(4)
+        genus_summary = genus_check.scan_verdict(novelty)
     uncertain = True if calibration is None else calibration.uncertain(ranking[0].probability)
     metadata = dict(
         ensemble=classifier.name,
@@ -484,6 +499,7 @@ def classify_scan(
         rule="mean probability over sections (the evaluate stage's specimen vote)",
         seconds=dict(cut=round(t_cut, 3), total=round(time.perf_counter() - t0, 3)),
         section_check=check_summary,
+        genus_check=genus_summary,
         **notes,
     )
     say(1.0, "done")
@@ -536,6 +552,15 @@ def format_answer(answer: ScanAnswer, top: int = 5) -> str:
         head += (
             f"\nNOT A FORAMINIFER? only {check['passed']} of {check['sections']} sections look "
             "like foraminifer sections; the genera below mean little"
+        )
+    elif answer.maybe_unknown_genus:
+        check = answer.metadata["genus_check"]
+        head += (
+            f"\nNOT ONE OF THESE GENERA? {check['flagged']} of {check['sections']} sections are "
+            "farther from every training slice than sections of new specimens of the known "
+            f"genera usually are (median novelty {check['median_novelty']:.3f}, limit "
+            f"{check['threshold']:.3f}); the specimen may belong to a genus the models were "
+            "not trained on"
         )
     rows = [("rank", "genus", "probability", "sd", "top-1 share")]
     rows += [

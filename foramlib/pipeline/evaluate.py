@@ -30,7 +30,10 @@ class EvaluateStageConfig(StageConfig):
     source : str
         ``data.source``: labels the figures (virtual data is always labelled virtual).
     seed : int
-        The classical baseline's ``random_state``.
+        The classical baseline's ``random_state``; also the genus check's probes.
+    probe_shape, probe_supersample : int
+        ``virtual.shape`` and ``virtual.supersample``: the genus check's unknown-taxon
+        probes are rendered like the virtual collection's scans.
     models_dir, ensembles_dir, split_index, slices, reference_dir : str
         Inputs: the backbones' predictions, the ensemble stage's choices, the split, the
         slice store (the baseline's features) and the authors' released reports.
@@ -40,19 +43,27 @@ class EvaluateStageConfig(StageConfig):
         Output: the check "does this look like a foraminifer section?"
         (:mod:`foramlib.inference.section_check`), fitted on the training slices, its threshold
         set on the validation slices; the dashboard and ``foram classify`` load it.
+    genus_check : str
+        Output: the check "is this one of these genera?"
+        (:mod:`foramlib.inference.genus_check`) on the final model's main member's
+        features, its threshold set on the validation slices, measured on the test
+        slices and on sections of virtual pseudo-taxa the collection lacks.
 
     Examples
     --------
     >>> cfg = EvaluateStageConfig.from_params(
-    ...     {"seed": 1, "data": {"source": "virtual"}, "train": {"backbones": {"a": {}}}})
-    >>> cfg.backbones, cfg.metrics_json
-    (('a',), 'results/metrics.json')
+    ...     {"seed": 1, "data": {"source": "virtual"}, "train": {"backbones": {"a": {}}},
+    ...      "virtual": {"shape": 64, "supersample": 2}})
+    >>> cfg.backbones, cfg.metrics_json, cfg.probe_shape
+    (('a',), 'results/metrics.json', 64)
     """
 
     stage = "evaluate"
     backbones: tuple[str, ...] = params_field("train.backbones", normalize=backbone_names)
     source: str = params_field("data.source", default="virtual")
     seed: int = params_field("seed", default=0)
+    probe_shape: int = params_field("virtual.shape", default=128)
+    probe_supersample: int = params_field("virtual.supersample", default=2)
     models_dir: str = "models"
     ensembles_dir: str = "results/ensemble"
     split_index: str = "data/split/index.csv"
@@ -63,6 +74,7 @@ class EvaluateStageConfig(StageConfig):
     predictions_dir: str = "results/predictions"
     metrics_json: str = "results/metrics.json"
     section_check: str = "results/section_check.npz"
+    genus_check: str = "results/genus_check.npz"
 
 
 @dataclass(frozen=True)
@@ -81,6 +93,8 @@ class EvaluateStageResult:
     comparison: pd.DataFrame  # final model vs baseline, slices and specimens
     section_check: pd.DataFrame  # genuine sections kept, other inputs let through
     section_line: str  # one line on how the section check was fitted
+    genus_check: pd.DataFrame  # known genera kept, unknown taxa let through
+    genus_line: str  # one line on how the genus check was fitted
     figures: dict[str, Path] = field(default_factory=dict)
 
 
@@ -90,37 +104,93 @@ def _write_table(table: pd.DataFrame, path: Path) -> None:
     write_csv(table.reset_index() if table.index.name else table, path)
 
 
-def _section_check(config: EvaluateStageConfig, tables_dir: Path):
-    """Fit the section check (train), set its threshold (validation), measure it on the
-    test slices and on the probes; write the check and its table."""
+def _split_images(config: EvaluateStageConfig):
+    """The train, validation and test slices (and their index rows), and the slicing
+    settings the store was cut with."""
     from foramlib.dataset import slicing
     from foramlib.dataset.preprocess import PreprocessConfig
     from foramlib.evaluation import baseline
-    from foramlib.inference import section_check
-    from foramlib.io.atomic import write_csv
     from foramlib.learn import loader as data
 
     index, arrays = slicing.load_slices(config.slices, data.load_split_index(config.split_index))
     images = {s: baseline.split_images(index, arrays, s) for s in ("train", "val", "test")}
+    record = Path(config.slices) / Path(slicing.STORE_RECORD).name  # how the store was cut
+    if record.is_file():
+        cut = slicing.SlicingConfig.from_record(json.loads(record.read_text("utf-8")))
+    else:
+        size = int(images["test"][0].shape[-1])
+        cut = slicing.SlicingConfig(preprocess=PreprocessConfig(size=size))
+    return images, cut
+
+
+def _section_check(config: EvaluateStageConfig, tables_dir: Path, images, cut):
+    """Fit the section check (train), set its threshold (validation), measure it on the
+    test slices and on the probes; write the check and its table."""
+    from foramlib.inference import section_check
+    from foramlib.io.atomic import write_csv
+
     check = section_check.fit_section_check(
         images["train"][0], images["val"][0], seed=config.seed, n_jobs=2
     )
     check.save(config.section_check)
     test, rows = images["test"]
-    record = Path(config.slices) / Path(slicing.STORE_RECORD).name  # how the store was cut
-    if record.is_file():
-        base = slicing.SlicingConfig.from_record(json.loads(record.read_text("utf-8"))).preprocess
-    else:
-        base = PreprocessConfig(size=int(test.shape[-1]))
-    table = section_check.measure(
-        check, test, rows["species"].to_numpy(), section_check.probe_sets(config.seed), base
-    )
+    probes = section_check.probe_sets(config.seed)
+    table = section_check.measure(check, test, rows["species"].to_numpy(), probes, cut.preprocess)
     write_csv(table, tables_dir / "section_check.csv")
     line = (
         f"mixture of {check.info['components']} Gaussians over "
         f"{len(section_check.FEATURE_NAMES)} descriptors of {check.info['n_train']} training "
         f"slices; threshold {check.threshold:.1f} keeps {check.keep:.0%} of the "
         f"{check.info['n_val']} validation slices"
+    )
+    return check, table, line
+
+
+def _genus_check(config: EvaluateStageConfig, tables_dir: Path, images, cut, spec):
+    """Fit the genus check on the final model's main member (training features, the
+    threshold on validation), measure it on the test slices and on unknown pseudo-taxa;
+    write the check and its table."""
+    import keras
+
+    from foramlib.inference import genus_check as gc
+    from foramlib.io.atomic import write_csv
+
+    member = gc.main_member(spec)
+    path = Path(config.models_dir) / member / "model.keras"
+    features = gc.feature_model(keras.saving.load_model(path, compile=False))
+    feats = {s: gc.embed(features, images[s][0]) for s in images}
+    train_rows = images["train"][1]
+    check = gc.fit_genus_check(
+        feats["train"],
+        feats["val"],
+        labels=train_rows["species"].to_numpy(),
+        seed=config.seed,
+        member=member,
+        model_sha256=gc.file_digest(path),
+        size=int(images["train"][0].shape[-1]),
+    )
+    check.save(config.genus_check)
+    probes, probe_rows = gc.unknown_taxa_sections(
+        cut,
+        seed=config.seed,
+        shape=config.probe_shape,
+        supersample=config.probe_supersample,
+        n_jobs=2,
+    )
+    table = gc.measure(
+        check,
+        feats["test"],
+        images["test"][1]["specimen_id"].to_numpy(),
+        gc.embed(features, probes),
+        probe_rows["specimen_id"].to_numpy(),
+    )
+    write_csv(table, tables_dir / "genus_check.csv")
+    line = (
+        f"distance to the {check.k}th nearest of {check.info['n_reference']} training slices "
+        f"in {member}'s feature space; threshold {check.threshold:.3f} keeps {check.keep:.0%} "
+        f"of the {check.info['n_val']} validation slices; probes: "
+        f"{probe_rows['specimen_id'].nunique()} virtual scans of "
+        f"{probe_rows['taxon'].nunique()} pseudo-taxa"
     )
     return check, table, line
 
@@ -232,7 +302,10 @@ def run(config: EvaluateStageConfig) -> EvaluateStageResult:
     write_csv(comparison, tables_dir / "baseline_comparison.csv")
 
     # --- "does this look like a foraminifer section?" (train fits, validation sets)
-    check, check_table, check_line = _section_check(config, tables_dir)
+    images, cut = _split_images(config)
+    check, check_table, check_line = _section_check(config, tables_dir, images, cut)
+    # --- "is it one of these genera?" (the final model's features; validation sets)
+    genus, genus_table, genus_line = _genus_check(config, tables_dir, images, cut, final_spec)
 
     # --- figures
     label = plots.data_label(config.source)
@@ -290,6 +363,13 @@ def run(config: EvaluateStageConfig) -> EvaluateStageResult:
             **check.info,
             "accepted": check_table.set_index("family")["accepted"].to_dict(),
         },
+        "genus_check": {
+            "keep": genus.keep,
+            "k": genus.k,
+            "threshold": round(genus.threshold, 4),
+            **{k: v for k, v in genus.info.items() if k != "model_sha256"},
+            "accepted": genus_table.set_index("family")["accepted"].to_dict(),
+        },
     }
     write_text(config.metrics_json, json.dumps(summary, indent=2) + "\n")
     return EvaluateStageResult(
@@ -305,5 +385,7 @@ def run(config: EvaluateStageConfig) -> EvaluateStageResult:
         comparison=comparison,
         section_check=check_table,
         section_line=check_line,
+        genus_check=genus_table,
+        genus_line=genus_line,
         figures=written,
     )

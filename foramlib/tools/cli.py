@@ -320,6 +320,8 @@ def _classify(args: argparse.Namespace) -> int:
                 confidence=round(pred.confidence, 6),
                 uncertain=pred.uncertain,
                 section_check=section,  # null: the workspace has no section check
+                genus_check=None if pred.novelty is None else pred.novelty.as_dict(),
+                maybe_unknown_genus=pred.maybe_unknown_genus,
                 top5=[[g, round(p, 6)] for g, p in pred.top5],
             )
             print(json.dumps(out, indent=2))
@@ -330,6 +332,8 @@ def _classify(args: argparse.Namespace) -> int:
             if pred.not_a_section:
                 print(f"NOT A FORAMINIFER SECTION? {pred.section.message}")
                 print("the genera below are what the models say anyway; do not trust them")
+            elif pred.maybe_unknown_genus:
+                print(f"NOT ONE OF THESE GENERA? {pred.novelty.message}")
             for rank, (genus, prob) in enumerate(pred.top5, start=1):
                 print(f"{rank:>4}  {genus:<20} {prob:.3f}")
         return 0
