@@ -161,6 +161,11 @@ SCHEMA: dict[str, tuple[Callable[[Any], bool], str]] = {
     ),
     "data.raw_dir": (_nonempty_str, "folder holding the volumes the manifest lists"),
     "data.manifest": (_nonempty_str, "manifest CSV (file, specimen_id, species, ...)"),
+    "data.max_side": (
+        _int_at_least(64),
+        "a volume with a larger side is averaged by blocks as it is read (curate, slice, "
+        "index), to the coarsest size still this wide: a 2048^3 scan fits in memory",
+    ),
     "virtual.preset": (_one_of("paper", "tiny"), "which virtual collection to generate"),
     "virtual.shape": (_int_at_least(16), "edge length of each virtual volume in voxels"),
     "virtual.supersample": (_positive_int, "build resolution factor for partial volume"),

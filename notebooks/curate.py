@@ -15,6 +15,7 @@ min_models: int = 4  # curate.min_models: specimens per kept taxon
 out_dir: str = "data/curated"  # curated manifest + per-volume checks
 taxa_table: str = "results/tables/taxa.csv"  # per-taxon counts and the kept flag
 figure: str = "results/figures/figure2_collection.png"  # Figure-2-like overview
+max_side: int = 512  # data.max_side: larger volumes are binned as they are read
 
 # %%
 from IPython.display import Image
@@ -26,6 +27,7 @@ cfg = stage.CurateStageConfig(
     raw_dir=raw_dir,
     manifest=manifest,
     min_models=min_models,
+    max_side=max_side,
     out_dir=out_dir,
     taxa_table=taxa_table,
     figure=figure,

@@ -25,6 +25,7 @@ size: int = 64  # match.size: stored section edge (pixels)
 descriptor_size: int = 32  # match.descriptor_size: coarse-stage silhouette side
 smooth_sigma: float = 0.8  # slice.smooth_sigma: volume denoising, as for slicing
 dense_factor: float = 2.2  # slice.dense_factor (None keeps dense inclusions)
+max_side: int = 512  # data.max_side: larger volumes are binned as they are read
 
 # %%
 from IPython.display import Image
@@ -42,6 +43,7 @@ cfg = stage.IndexStageConfig(
     descriptor_size=descriptor_size,
     smooth_sigma=smooth_sigma,
     dense_factor=dense_factor,
+    max_side=max_side,
     curated=curated,
     out_dir=out_dir,
     figure=figure,

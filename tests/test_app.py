@@ -246,3 +246,40 @@ def test_match_table_speaks_plainly():
     assert "across axis 2 (tilted 37° from it), 5.1 voxels from the centre" in table
     assert 'title="normal (0.600, 0.000, 0.800), offset -5.14 voxels' in table
     assert "What the scores mean" in table and "<td>0.95</td>" in table
+    assert table.count('class="foram-plane-icon"') == 1  # a picture of the plane per row
+
+
+@pytest.mark.parametrize(
+    "normal, corners", [((0, 0, 1), 4), ((0, 2, 0), 4), ((1, 1, 0), 4), ((1, -1, 0), 4),
+                        ((1, 1, 1), 6), ((0.6, 0.0, 0.8), 4), ((1, 2, 2.5), 6), ((1, 2, 3), 4)],
+)  # fmt: skip
+def test_plane_polygon_is_the_cut_through_the_cube(normal, corners):
+    poly = render.plane_polygon(normal)
+    n = np.asarray(normal, float) / np.linalg.norm(normal)
+    assert poly.shape == (corners, 3)
+    np.testing.assert_allclose(poly @ n, 0, atol=1e-9)  # on the plane
+    assert np.abs(poly).max() == pytest.approx(1.0)  # on the cube's surface
+    # in order round a convex polygon: every turn has the same sense
+    turns = [np.cross(poly[i] - poly[i - 1], poly[(i + 1) % corners] - poly[i]) @ n
+             for i in range(corners)]  # fmt: skip
+    assert all(t > 0 for t in turns) or all(t < 0 for t in turns)
+
+
+@pytest.mark.parametrize("normal", [(0, 0, 0), (1, 0), (np.nan, 0, 1)])
+def test_plane_polygon_rejects_bad_normals(normal):
+    with pytest.raises(ValueError, match="normal must be 3 finite numbers"):
+        render.plane_polygon(normal)
+
+
+def test_plane_icon_shows_which_way_the_cut_runs():
+    import cv2
+
+    flat, upright, flipped = (render.plane_icon(n) for n in [(0, 0, 1), (1, 0, 0), (0, 0, -1)])
+    assert flat.shape == (72, 72, 3) and flat.dtype == np.uint8
+    hsv = cv2.cvtColor(flat, cv2.COLOR_RGB2HSV)
+    blue = (hsv[..., 0] > 95) & (hsv[..., 0] < 115) & (hsv[..., 1] > 60)
+    assert blue.sum() > 100  # the plane is drawn
+    assert np.abs(flat.astype(int) - upright).sum() > 72 * 72  # another plane, another picture
+    assert not np.array_equal(flat, flipped)  # the normal's arrow turns round
+    with pytest.raises(ValueError, match="side must be an integer >= 24"):
+        render.plane_icon((0, 0, 1), side=8)

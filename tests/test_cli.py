@@ -350,22 +350,28 @@ def test_index_reads_the_index_stage_settings_from_params(workspace, tmp_path, c
 
 def test_index_flags_override_params_and_no_params_means_library_defaults(tmp_path, monkeypatch):
     params = _params_file(tmp_path / "p.yaml")
-    ns = argparse.Namespace(params=str(params), orientations=7, offsets=None, size=None)
-    config, source = cli._index_config(ns)
+    ns = argparse.Namespace(
+        params=str(params), orientations=7, offsets=None, size=None, max_side=None
+    )
+    config, source, max_side = cli._index_config(ns)
     assert (config.n_orientations, config.n_offsets, config.preprocess.size) == (7, 3, 32)
-    assert source == str(params)
+    assert source == str(params) and max_side == 512  # data.max_side of the file
+    ns.max_side = 300
+    assert cli._index_config(ns)[2] == 300  # the flag wins
     monkeypatch.chdir(tmp_path)  # no params.yaml here
-    ns = argparse.Namespace(params=None, orientations=None, offsets=None, size=48)
-    config, source = cli._index_config(ns)
+    ns = argparse.Namespace(params=None, orientations=None, offsets=None, size=48, max_side=None)
+    config, source, max_side = cli._index_config(ns)
     assert config == replace(matching.IndexConfig(), preprocess=PreprocessConfig(size=48))
-    assert "IndexConfig defaults" in source
+    assert "IndexConfig defaults" in source and max_side == cli.DEFAULT_MAX_SIDE
 
 
 def test_the_projects_index_stage_and_foram_index_agree(monkeypatch):
     monkeypatch.chdir(REPO)
-    ns = argparse.Namespace(params=None, orientations=None, offsets=None, size=None)
-    config, source = cli._index_config(ns)
-    match = yaml.safe_load((REPO / "params.yaml").read_text())["match"]
+    ns = argparse.Namespace(params=None, orientations=None, offsets=None, size=None, max_side=None)
+    config, source, max_side = cli._index_config(ns)
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    match = params["match"]
+    assert max_side == params["data"]["max_side"]
     assert source == "params.yaml"
     assert (config.n_orientations, config.n_offsets) == (
         match["n_orientations"], match["n_offsets"]

@@ -153,3 +153,22 @@ def test_a_clean_collection_passes_with_its_checks(tmp_path):
     listed, checks = curation.check_collection(manifest)
     assert listed["file"].tolist() == ["a.nii.gz", "b.nii.gz"]
     assert checks["shape"].tolist() == ["9x9x9", "10x9x8"]
+
+
+def test_a_large_volume_is_checked_binned_as_the_stages_read_it(tmp_path):
+    rng = np.random.default_rng(3)
+    manifest = _collection(
+        tmp_path,
+        [("big.nii.gz", "B", "S"), ("small.nii.gz", "A", "S")],
+        {"big.nii.gz": rng.random((40, 36, 32)), "small.nii.gz": rng.random((16, 16, 16))},
+    )
+    _, checks = curation.check_collection(manifest, max_side=16)
+    assert checks["shape"].tolist() == ["20x18x16", "16x16x16"]  # the big one by 2
+    assert checks["voxel_size_um"].tolist() == [10.0, 5.0]
+    # binning does not hide a volume too thin for the stages
+    (tmp_path / "other").mkdir()
+    manifest = _collection(
+        tmp_path / "other", [("flat.nii.gz", "F", "S")], {"flat.nii.gz": rng.random((64, 64, 12))}
+    )
+    with pytest.raises(curation.CollectionError, match=r"flat\.nii\.gz: shape \(16, 16, 3\)"):
+        curation.check_collection(manifest, max_side=16)

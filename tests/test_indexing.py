@@ -248,3 +248,26 @@ def test_read_image_refuses_non_images(tmp_path, content, message):
 def test_read_image_missing_file(tmp_path):
     with pytest.raises(indexing.ImageError, match=r"nope.png: file not found"):
         indexing.read_image(tmp_path / "nope.png")
+
+
+def test_a_large_volume_is_indexed_binned_and_matched_the_same_way(collection_dir, tmp_path):
+    root = collection_dir
+    out = indexing.build_collection_index(
+        root / "curated" / "manifest.csv", root / "raw", tmp_path / "binned", SMALL, max_side=16
+    )
+    meta = json.loads((out / "index.json").read_text())
+    assert meta["read_max_side"] == 16 and meta["binned"] == {"A-01": 2, "A-02": 2, "B-01": 2}
+    collection = indexing.load_collection(out)
+    assert collection.max_side == 16
+    assert collection.volume("A-01").shape == (16, 16, 16)  # read as the index read it
+    # no volume over the limit: the index is what it always was, byte for byte
+    plain = indexing.build_collection_index(
+        root / "curated" / "manifest.csv", root / "raw", tmp_path / "plain", SMALL, max_side=64
+    )
+    assert "read_max_side" not in json.loads((plain / "index.json").read_text())
+    assert indexing.load_collection(plain).max_side is None
+    reference = indexing.build_collection_index(
+        root / "curated" / "manifest.csv", root / "raw", tmp_path / "ref", SMALL
+    )
+    for name in ("index.npz", "index.json"):
+        assert (plain / name).read_bytes() == (reference / name).read_bytes(), name

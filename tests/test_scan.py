@@ -177,6 +177,13 @@ def test_load_scan_reads_a_big_ome_zarr_at_a_coarser_pyramid_level(tmp_path, mon
     assert data.shape == (20, 20, 20) and notes == {"read_level": 1}
 
 
+def test_load_scan_bins_a_big_scan_of_another_format_as_it_reads_it(tmp_path, monkeypatch):
+    path = write_nifti(tmp_path / "big.nii.gz", shell((40, 40, 40)), 5.0)
+    monkeypatch.setattr(scan, "SCAN_READ_SIDE", 20)
+    data, _, notes = scan.load_scan(path)
+    assert data.shape == (20, 20, 20) and notes == {"binned": 2}
+
+
 def test_load_scan_takes_a_skyscan_folders_voxel_size_and_keeps_a_loaded_scan(tmp_path):
     vol = shell()
     folder = tmp_path / "fossil_Rec"

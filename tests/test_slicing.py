@@ -267,3 +267,18 @@ def test_the_store_record_gives_back_the_settings_it_was_cut_with(store):
     assert SlicingConfig.from_record(record) == CONFIG
     with pytest.raises(ValueError, match="needs a 'preprocess' mapping"):
         SlicingConfig.from_record({"jitter_deg": 1})
+
+
+def test_a_large_volume_is_sliced_binned_and_the_store_says_so(store, tmp_path):
+    manifest, out, index = store
+    binned = slicing.build_slice_store(
+        manifest.iloc[:2], tmp_path / "binned", CONFIG, seed=1, max_side=16, progress=None
+    )
+    meta = json.loads((tmp_path / "binned" / "slicing.json").read_text())
+    assert {v.get("binned") for v in meta["volumes"].values()} == {2}  # 32-voxel scans by 2
+    assert len(binned) > 0 and binned["file"].isin(manifest["file"].iloc[:2]).all()
+    # volumes no larger than max_side: the store of before, byte for byte
+    same = slicing.build_slice_store(manifest, tmp_path / "same", CONFIG, seed=1, max_side=512,
+                                     progress=None)  # fmt: skip
+    pd.testing.assert_frame_equal(index, same)
+    assert (tmp_path / "same" / "slicing.json").read_bytes() == (out / "slicing.json").read_bytes()

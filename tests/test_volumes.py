@@ -752,3 +752,97 @@ def test_max_side_must_be_a_positive_integer(tmp_path, bad):
     path = write_ome_zarr(tmp_path / "b.zarr", ramp((4, 4, 4)), (1.0,) * 3)
     with pytest.raises(ValueError, match=r"b\.zarr: max_side must be an integer >= 1"):
         read_volume(path, max_side=bad)
+
+
+# --- large scans: binned while they are read -----------------------------------------
+
+
+def block_mean(arr, f):
+    """The reference: f×f×f block means, the remainders at the far edges left out."""
+    a, b, c = (s // f * f for s in arr.shape)
+    blocks = np.asarray(arr[:a, :b, :c], np.float64).reshape(a // f, f, b // f, f, c // f, f)
+    return blocks.mean(axis=(1, 3, 5))
+
+
+def _write_as(kind, path, xyz, voxel=5.0):
+    """`xyz` written in one of the formats read_volume bins; returns what to read."""
+    import zarr
+
+    zyx = np.ascontiguousarray(np.asarray(xyz).transpose(2, 1, 0))
+    if kind in ("nii", "nii.gz"):
+        return write_nifti(path / f"v.{kind}", xyz, voxel)
+    if kind == "tif":
+        tifffile.imwrite(path / "v.tif", zyx)
+        return path / "v.tif"
+    if kind == "folder":
+        folder = path / "slices"
+        folder.mkdir()
+        for i, plane in enumerate(zyx):
+            cv2.imwrite(str(folder / f"s_{i:04d}.png"), plane)
+        return folder
+    if kind == "nrrd":
+        nrrd.write(str(path / "v.nrrd"), np.asarray(xyz),
+                   {"spacings": [voxel / 1000] * 3, "units": ["mm"] * 3})  # fmt: skip
+        return path / "v.nrrd"
+    store = zarr.open_array(str(path / "v.zarr"), mode="w", shape=zyx.shape, dtype=zyx.dtype,
+                            chunks=(4, 16, 16))  # fmt: skip
+    store[...] = zyx
+    return path / "v.zarr"
+
+
+@pytest.mark.parametrize("kind", ["nii", "nii.gz", "tif", "folder", "nrrd", "zarr"])
+def test_a_large_scan_is_binned_as_it_is_read(tmp_path, kind):
+    xyz = np.random.default_rng(0).integers(0, 60000, (38, 33, 41)).astype(np.uint16)
+    path = _write_as(kind, tmp_path, xyz)
+    full = read_volume(path, voxel_size_um=5.0)
+    binned = read_volume(path, voxel_size_um=5.0, max_side=10)  # 41 // 10: blocks of 4
+    assert full.binned == 1 and binned.binned == 4
+    assert binned.data.shape == (9, 8, 10) and binned.data.dtype == np.float32
+    np.testing.assert_allclose(binned.data, block_mean(full.data, 4), rtol=1e-6)
+    assert binned.voxel_size_um == pytest.approx(20.0)
+    # a scan no larger than asked is read as it is
+    same = read_volume(path, voxel_size_um=5.0, max_side=41)
+    assert same.binned == 1 and np.array_equal(same.data, full.data)
+
+
+def test_a_binned_header_voxel_size_is_scaled_too(tmp_path):
+    path = write_nifti(tmp_path / "v.nii.gz", ramp((20, 24, 22)), (2.0, 2.0, 2.0))
+    vol = read_volume(path, max_side=8)  # 24 // 8 = 3
+    assert vol.binned == 3 and vol.voxel_size_um == pytest.approx(6.0)
+    assert vol.data.shape == (6, 8, 7)
+
+
+def test_binning_reads_one_slab_at_a_time():
+    from foramlib.io import volumes
+
+    asked = []
+    planes = np.arange(7 * 6 * 5, dtype=np.float32).reshape(7, 6, 5)
+
+    def slab(start, stop):
+        asked.append((start, stop))
+        return planes[start:stop]
+
+    out = volumes._binned(slab, len(planes), 3)
+    assert asked == [(0, 3), (3, 6)]  # the 7th plane is the remainder, never read
+    assert out.flags.c_contiguous  # in (x, y, z) order: the slowest axis last
+    np.testing.assert_allclose(out, np.moveaxis(block_mean(planes, 3), 0, -1))
+
+
+def test_binning_keeps_the_scaling_of_a_nifti_and_its_checks(tmp_path):
+    scaled = write_nifti(tmp_path / "s.nii", ramp((16, 16, 16), -2.0, 3.0), 5.0)
+    full = read_volume(scaled)
+    np.testing.assert_allclose(read_volume(scaled, max_side=8).data, block_mean(full.data, 2),
+                               rtol=1e-5, atol=1e-6)  # fmt: skip
+    bad = np.ones((16, 16, 16), np.float32)
+    bad[3, 4, 5] = np.nan
+    nib.save(nib.Nifti1Image(bad, np.eye(4)), tmp_path / "nan.nii")
+    with pytest.raises(VolumeError, match="nan.nii: contains 1 NaN"):
+        read_volume(tmp_path / "nan.nii", voxel_size_um=5.0, max_side=8)
+
+
+def test_a_4d_nifti_of_one_volume_is_binned_too(tmp_path):
+    data = ramp((12, 12, 12)).astype(np.float32)
+    nib.save(nib.Nifti1Image(data[..., None], np.eye(4)), tmp_path / "one.nii")
+    vol = read_volume(tmp_path / "one.nii", voxel_size_um=3.0, max_side=6)
+    assert vol.binned == 2 and vol.voxel_size_um == pytest.approx(6.0)
+    np.testing.assert_allclose(vol.data, block_mean(data, 2), rtol=1e-5, atol=1e-6)

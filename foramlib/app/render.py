@@ -46,6 +46,8 @@ __all__ = [
     "scan_sections_html",
     "metadata_html",
     "matches_html",
+    "plane_polygon",
+    "plane_icon",
     "plane_words",
     "MATCH_SCORES",
 ]
@@ -722,12 +724,117 @@ def plane_words(normal, offset: float, angle: float) -> str:
     return f"across axis {axis} (tilted {tilt:.0f}° from it), {where}"
 
 
+_CUBE = np.array([[x, y, z] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)], np.float64)
+_CUBE_EDGES = [(i, j) for i in range(8) for j in range(i + 1, 8)
+               if np.abs(_CUBE[i] - _CUBE[j]).sum() == 2]  # fmt: skip
+
+
+def plane_polygon(normal) -> np.ndarray:
+    """Where a plane through the centre of the cube [-1, 1]³ cuts it: its corners, in order.
+
+    Parameters
+    ----------
+    normal : sequence of 3 float
+        The plane's normal in the volume's axes (0, 1, 2); need not be unit length.
+
+    Returns
+    -------
+    ndarray, shape (k, 3)
+        The polygon's corners (k = 4 to 6), going round it.
+
+    Examples
+    --------
+    >>> plane_polygon((0, 0, 1)).shape, plane_polygon((1, 1, 1)).shape
+    ((4, 3), (6, 3))
+    """
+    n = np.asarray(normal, np.float64)
+    if n.shape != (3,) or not np.isfinite(n).all() or not np.linalg.norm(n) > 0:
+        raise ValueError(f"normal must be 3 finite numbers, not all 0, got {normal!r}")
+    n = n / np.linalg.norm(n)
+    d = _CUBE @ n
+    points = []
+    for i, j in _CUBE_EDGES:
+        points.extend(_CUBE[k] for k in (i, j) if abs(d[k]) < 1e-12)  # a corner on the plane
+        if d[i] * d[j] < 0:
+            t = d[i] / (d[i] - d[j])
+            points.append(_CUBE[i] + t * (_CUBE[j] - _CUBE[i]))
+    pts = np.unique(np.round(np.array(points), 9), axis=0)
+    # go round the polygon: angles in a basis of the plane
+    u = np.cross(n, [1.0, 0, 0] if abs(n[0]) < 0.9 else [0, 1.0, 0])
+    u /= np.linalg.norm(u)
+    v = np.cross(n, u)
+    return pts[np.argsort(np.arctan2(pts @ v, pts @ u))]
+
+
+def _project(points: np.ndarray, side: int) -> np.ndarray:
+    """Pixel positions of cube points in the plane icon's fixed view (axis 2 up, as in
+    the 3D view of :mod:`foramlib.viz.view3d`)."""
+    # matplotlib's view_init(elev=22, azim=-60), the 3D view's: screen right and up
+    az, el = np.radians(-60.0), np.radians(22.0)
+    right = np.array([-np.sin(az), np.cos(az), 0.0])
+    up = np.array([-np.sin(el) * np.cos(az), -np.sin(el) * np.sin(az), np.cos(el)])
+    scale = side * 0.24
+    x = 0.57 * side + scale * (points @ right)  # the cube a little up and right, the
+    y = 0.45 * side - scale * (points @ up)  # lower left corner free for the axes
+    return np.stack([x, y], axis=-1)
+
+
+def plane_icon(normal, side: int = 72) -> np.ndarray:
+    """A small picture of a plane's orientation in the specimen: the scan's volume as a
+    wire cube (axis 2 up, as in the 3D view; the axes' directions in a corner), the plane through
+    its centre in blue, its normal as a red arrow.
+
+    The offset of the plane is not drawn (the words beside it give it); the picture
+    answers what a normal vector does not tell at a glance: which way the cut runs.
+
+    Returns
+    -------
+    ndarray of uint8, shape (side, side, 3), RGB
+
+    Examples
+    --------
+    >>> plane_icon((0, 0, 1)).shape
+    (72, 72, 3)
+    """
+    if isinstance(side, bool) or not isinstance(side, int) or side < 24:
+        raise ValueError(f"side must be an integer >= 24, got {side!r}")
+    big = 4 * side  # drawn large, then shrunk: smooth lines without anti-aliasing calls
+    canvas = np.full((big, big, 3), 255, np.uint8)
+    corners = _project(_CUBE, big)
+    poly = _project(plane_polygon(normal), big)
+    fill = canvas.copy()
+    cv2.fillPoly(fill, [np.round(poly).astype(np.int32)], (74, 120, 168))
+    canvas = cv2.addWeighted(fill, 0.55, canvas, 0.45, 0)
+    for i, j in _CUBE_EDGES:
+        a, b = np.round(corners[[i, j]]).astype(int)
+        cv2.line(canvas, tuple(a), tuple(b), (120, 120, 120), 4)
+    cv2.polylines(canvas, [np.round(poly).astype(np.int32)], True, (31, 61, 102), 6)
+    # the normal as a short arrow: it still shows the way the cut faces when the plane
+    # is seen edge-on
+    n = np.asarray(normal, np.float64) / np.linalg.norm(normal)
+    tail, head = _project(np.stack([np.zeros(3), 0.9 * n]), big)
+    cv2.arrowedLine(canvas, tuple(np.round(tail).astype(int)), tuple(np.round(head).astype(int)),
+                    (178, 34, 34), 6, tipLength=0.3)  # fmt: skip
+    # the axes as a small triad in the lower left corner, labelled 0, 1, 2
+    base = np.array([0.12 * big, 0.86 * big])
+    ends = _project(np.eye(3), big) - _project(np.zeros((1, 3)), big)
+    for axis, step in enumerate(ends):
+        tip = base + 0.7 * step
+        cv2.line(canvas, tuple(np.round(base).astype(int)), tuple(np.round(tip).astype(int)),
+                 (60, 60, 60), 4)  # fmt: skip
+        at = np.clip(tip + 0.25 * step - [0.025 * big, -0.03 * big], 0, 0.95 * big)
+        cv2.putText(canvas, str(axis), tuple(np.round(at).astype(int)),
+                    cv2.FONT_HERSHEY_SIMPLEX, big / 240, (60, 60, 60), 5, cv2.LINE_AA)  # fmt: skip
+    return cv2.resize(canvas, (side, side), interpolation=cv2.INTER_AREA)
+
+
 def matches_html(query: np.ndarray, matches) -> str:
     """The match table in plain words, with a legend of the scores.
 
     Each score column says in words what it measures (its tooltip gives the technical
     name); the plane is given as a tilt from the nearest scan axis and a distance from
-    the specimen's centre (its exact normal in the tooltip; the 3D view below shows it).
+    the specimen's centre, beside a small picture of its orientation (:func:`plane_icon`;
+    the exact normal in the tooltip; the 3D view below shows the plane in the specimen).
     """
     q = data_uri(thumbnail(display_uint8(query), 96))
     rows = []
@@ -743,8 +850,9 @@ def matches_html(query: np.ndarray, matches) -> str:
             f'<tr class="foram-match-{i}"><td>{i}</td><td>{html.escape(m.specimen_id)}</td>'
             f"<td>{html.escape(m.species)}</td>"
             f'<td><img src="{q}" width="72"> <img src="{img}" width="72"></td>{cells}'
-            f'<td title="{exact}">{html.escape(plane_words(m.normal, m.offset, m.angle_deg))}'
-            "</td></tr>"
+            f'<td title="{exact}"><img class="foram-plane-icon" width="54" '
+            f'src="{data_uri(plane_icon(m.normal))}" alt="the cut in the scan\'s volume"> '
+            f"{html.escape(plane_words(m.normal, m.offset, m.angle_deg))}</td></tr>"
         )
     heads = "".join(
         f'<th title="{html.escape(what)}">{label}</th>' for _, label, what in MATCH_SCORES

@@ -141,12 +141,16 @@ def curate(manifest: pd.DataFrame, min_models: int = 4) -> tuple[pd.DataFrame, p
     return curated, taxa
 
 
-def volume_checks(manifest: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+def volume_checks(
+    manifest: pd.DataFrame, max_side: int | None = None
+) -> tuple[pd.DataFrame, list[str]]:
     """Read every volume the manifest lists: its vital statistics, and every problem.
 
     A volume is a problem when it cannot be read (see
     :func:`~foramlib.io.volumes.read_volume`) or has fewer than :data:`MIN_EDGE_VOXELS`
-    voxels along an axis. Every file is read, so one bad scan does not hide another.
+    voxels along an axis. Every file is read, so one bad scan does not hide another. A
+    volume with a side over `max_side` is checked as the later stages read it: binned
+    while it is read (``read_volume``'s `max_side`), so memory stays bounded.
 
     Returns
     -------
@@ -160,7 +164,7 @@ def volume_checks(manifest: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     for row in manifest.itertuples(index=False):
         voxel = manifest_voxel_size(row)
         try:
-            vol = read_volume(row.path, voxel_size_um=voxel)
+            vol = read_volume(row.path, voxel_size_um=voxel, max_side=max_side)
         except VolumeError as exc:
             problems.append(str(exc))
             continue
@@ -207,7 +211,9 @@ def inspect_volumes(manifest: pd.DataFrame) -> pd.DataFrame:
     return checks
 
 
-def check_collection(manifest, data_dir=None) -> tuple[pd.DataFrame, pd.DataFrame]:
+def check_collection(
+    manifest, data_dir=None, *, max_side: int | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Check a collection's manifest and every volume it lists, in one pass.
 
     The volumes of the manifest's readable rows are read even when the manifest has
@@ -219,6 +225,8 @@ def check_collection(manifest, data_dir=None) -> tuple[pd.DataFrame, pd.DataFram
         The manifest CSV (see :func:`foramlib.io.volumes.read_manifest`).
     data_dir : path-like, optional
         Folder that relative ``file`` entries are resolved against.
+    max_side : int, optional
+        See :func:`volume_checks`.
 
     Returns
     -------
@@ -239,7 +247,9 @@ def check_collection(manifest, data_dir=None) -> tuple[pd.DataFrame, pd.DataFram
     if listed is not None and {"file", "path"} <= set(listed.columns):
         usable = [bool(p) and Path(p).exists() and is_volume_path(p) for p in listed["path"]]
         readable = listed[usable]
-    checks, volume_problems = volume_checks(readable) if len(readable) else (pd.DataFrame(), [])
+    checks, volume_problems = (
+        volume_checks(readable, max_side) if len(readable) else (pd.DataFrame(), [])
+    )
     if manifest_problems or volume_problems:
         raise CollectionError(manifest, manifest_problems, volume_problems, len(readable))
     return listed, checks

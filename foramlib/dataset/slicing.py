@@ -492,8 +492,12 @@ def slice_volume(
     seed: int,
     voxel_size_um: float | None = None,
     name: str | None = None,
+    max_side: int | None = None,
 ):
     """Cut, filter and preprocess the sections of one volume.
+
+    A volume with a side over `max_side` is binned as it is read
+    (:func:`foramlib.io.volumes.read_volume`); ``stats["binned"]`` then gives the block size.
 
     Returns
     -------
@@ -504,8 +508,11 @@ def slice_volume(
         Candidates, kept, dropped as low-content, seconds.
     """
     name = name or str(path)
-    vol = read_volume(path, voxel_size_um=voxel_size_um)
-    return slice_array(vol.data, n_slices, config, seed, name=name)
+    vol = read_volume(path, voxel_size_um=voxel_size_um, max_side=max_side)
+    images, rows, stats = slice_array(vol.data, n_slices, config, seed, name=name)
+    if vol.binned > 1:  # only then: a store of volumes read as they are stays as it was
+        stats["binned"] = vol.binned
+    return images, rows, stats
 
 
 def slice_array(volume: np.ndarray, n_slices: int, config: SlicingConfig, seed: int, name="volume"):
@@ -568,8 +575,8 @@ def slice_array(volume: np.ndarray, n_slices: int, config: SlicingConfig, seed: 
 
 
 def _slice_job(args):
-    path, n, config, seed, voxel, name = args
-    return slice_volume(path, n, config, seed, voxel, name)
+    path, n, config, seed, voxel, name, max_side = args
+    return slice_volume(path, n, config, seed, voxel, name, max_side)
 
 
 def _array_name(file: str) -> str:
@@ -588,9 +595,13 @@ def build_slice_store(
     *,
     seed: int = 0,
     n_jobs: int = 1,
+    max_side: int | None = None,
     progress: Callable[[str], None] | None = print,
 ) -> pd.DataFrame:
     """Slice every volume of a curated manifest into a slice store, atomically.
+
+    A volume with a side over `max_side` is binned as it is read (its statistics in
+    ``slicing.json`` then say by how much).
 
     Writes ``<volume>.npy`` (uint8, n × size × size) per volume, ``index.csv`` (one row
     per slice, see ``INDEX_COLUMNS``) and ``slicing.json`` (settings, preprocessing
@@ -616,7 +627,7 @@ def build_slice_store(
     for i, row in enumerate(manifest.itertuples(index=False)):
         voxel = manifest_voxel_size(row)
         vol_seed = int(np.random.SeedSequence([seed, i]).generate_state(1)[0])
-        jobs.append((row.path, int(counts.iloc[i]), config, vol_seed, voxel, row.file))
+        jobs.append((row.path, int(counts.iloc[i]), config, vol_seed, voxel, row.file, max_side))
     results, problems = [], []
     pool = ProcessPoolExecutor(int(n_jobs)) if n_jobs > 1 else None
     try:

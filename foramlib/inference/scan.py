@@ -41,9 +41,10 @@ from foramlib.inference.errors import ArtefactError, ClassifyError
 from foramlib.inference.section_check import features_of
 from foramlib.io.uploads import VolumeUpload
 
-#: an OME-Zarr scan is read at the coarsest pyramid level still this many voxels wide:
-#: its sections are cropped to the fossil and resized to the models' 96-384 px anyway,
-#: and a 2048^3 scan read whole would not fit in memory
+#: a scan is read at the coarsest resolution still this many voxels wide (an OME-Zarr
+#: pyramid level, any other format binned as it is read): its sections are cropped to
+#: the fossil and resized to the models' 96-384 px anyway, and a 2048^3 scan read whole
+#: would not fit in memory
 SCAN_READ_SIDE = 512
 
 __all__ = [
@@ -264,6 +265,8 @@ def load_scan(scan, *, voxel_size_um: float | None = None) -> tuple[np.ndarray, 
         data = vol.data  # read_volume resampled anisotropic voxels already
         if vol.level:
             notes["read_level"] = vol.level
+        if vol.binned > 1:
+            notes["binned"] = vol.binned
     if np.ndim(data) != 3:
         raise ScanError(f"{name}: a scan must be a 3-D volume, got shape {np.shape(data)}")
     try:

@@ -43,6 +43,7 @@ __all__ = [
     "Volume",
     "VolumeError",
     "HeaderRead",
+    "binning_factor",
     "IntensityWindow",
     "check_volume_array",
     "manifest_voxel_size",
@@ -141,6 +142,7 @@ class Volume:
     path: Path | None = None
     spacing_um: tuple[float, float, float] | None = None
     level: int = 0  # the pyramid level read (OME-Zarr); 0 is the finest
+    binned: int = 1  # block size it was averaged by on read (read_volume's max_side)
 
     def __post_init__(self):
         if self.spacing_um is None:
@@ -440,6 +442,50 @@ def normalize_intensity(arr, low: float = 0.5, high: float = 99.5) -> np.ndarray
     return stretch(arr, lo, hi, np.float32)
 
 
+def binning_factor(shape, max_side: int | None) -> int:
+    """The block size that brings a volume's largest side down to the coarsest size still
+    at least `max_side` (1: read as it is), as an OME-Zarr pyramid level is chosen.
+
+    >>> binning_factor((2048, 2048, 1900), 512), binning_factor((1000, 600, 600), 512)
+    (4, 1)
+    >>> binning_factor((2048, 2048, 2048), None)
+    1
+    """
+    if max_side is None:
+        return 1
+    return max(1, int(max(shape)) // int(max_side))
+
+
+def _block_mean(slab: np.ndarray, f: int) -> np.ndarray:
+    """The mean of each f×f×f block of a slab (f, A, B) → (A // f, B // f), float32; the
+    last A % f rows and B % f columns (under f voxels of the volume's edge) are left out."""
+    a, b = slab.shape[1] // f * f, slab.shape[2] // f * f
+    blocks = np.asarray(slab[:, :a, :b], dtype=np.float32).reshape(len(slab), a // f, f, b // f, f)
+    return blocks.mean(axis=(0, 2, 4), dtype=np.float64).astype(np.float32)
+
+
+def _binned(read_slab, n: int, f: int, *, zyx: bool = False) -> np.ndarray:
+    """A volume averaged by f×f×f blocks while it is read slab by slab along its slowest
+    axis, as a C-ordered float32 ``(x, y, z)`` array: only one slab and the binned result
+    are ever in memory (no reordering copy at the end).
+
+    `read_slab(start, stop)` gives planes ``start:stop`` of the slowest axis as an
+    (f, A, B) array: ``(f, x, y)`` of an ``(x, y, z)`` volume (NIfTI, NRRD), or with
+    `zyx` ``(f, y, x)`` of a stack stored ``(z, y, x)`` (TIFF, slices, Zarr). The last
+    ``n % f`` planes are left out, as the other axes' remainders are."""
+    out = None
+    for k in range(n // f):
+        plane = _block_mean(read_slab(k * f, (k + 1) * f), f)
+        if zyx:
+            plane = plane.T
+        if out is None:
+            out = np.empty((*plane.shape, n // f), np.float32)
+        out[:, :, k] = plane
+    if out is None or 0 in out.shape:
+        raise VolumeError(f"binning by {f} leaves nothing of a volume {n} planes deep")
+    return out
+
+
 def _unreadable(name: str, exc: Exception, kind: str) -> VolumeError:
     return VolumeError(
         f"{name}: cannot be read: truncated or corrupt file, not a readable {kind} "
@@ -454,7 +500,9 @@ def _nifti_image(source: Path | bytes):
         magic = {int.from_bytes(raw[:4], "little"), int.from_bytes(raw[:4], "big")}
         img = (nib.Nifti2Image if 540 in magic else nib.Nifti1Image).from_bytes(raw)
         return img, type(img.header).from_fileobj(io.BytesIO(raw), check=False)
-    img = nib.load(source)
+    # one file handle for every read of the image: a gzipped volume read slab by slab
+    # then decompresses once, forwards, instead of from its start for every slab
+    img = nib.load(source, keep_file_open=True)
     with nib.openers.ImageOpener(source) as fobj:
         return img, type(img.header).from_fileobj(fobj, check=False)
 
@@ -474,18 +522,24 @@ class HeaderRead(NamedTuple):
     relative : tuple of 3 float or None
         The header's positive voxel dimensions in its own unit, stated or not: their
         ratios still say whether the scan is anisotropic (the axes share one unit).
+    binned : int
+        The block size the data was averaged by as it was read (1: full resolution);
+        `spacing_um` and `relative` are those of the binned data.
     """
 
     data: np.ndarray
     spacing_um: tuple[float, float, float] | None
     why: str
     relative: tuple[float, float, float] | None
+    binned: int = 1
 
 
-def _read_nifti(source: Path | bytes, name: str) -> HeaderRead:
+def _read_nifti(source: Path | bytes, name: str, max_side: int | None = None) -> HeaderRead:
     """Checked float32 data, and the header's spacing in µm or why it has none.
 
-    `source` is the file's path or its content. The spacing is taken only from a header
+    `source` is the file's path or its content. From a path, a volume larger than
+    `max_side` is binned while it is read (:func:`binning_factor`), slab by slab along z,
+    and its spacing scaled to match. The spacing is taken only from a header
     that states it: positive finite voxel dimensions in a known spatial unit. nibabel
     silently turns a zero voxel dimension into 1 and a header without a unit means
     millimetres to it; a micro-CT export like that would become 1000 µm voxels, so the
@@ -495,9 +549,18 @@ def _read_nifti(source: Path | bytes, name: str) -> HeaderRead:
     try:
         img, header = _nifti_image(source)
         _check_dtype(img.get_data_dtype(), name)
-        _check_shape(img.shape, name)
-        data = img.get_fdata(dtype=np.float32)  # forces the (lazy) read
-        zooms = tuple(float(z) for z in header.get_zooms()[:3])
+        shape = _check_shape(img.shape, name)
+        f = 1 if isinstance(source, bytes) else binning_factor(shape, max_side)
+        if f == 1:
+            data = img.get_fdata(dtype=np.float32)  # forces the (lazy) read
+        else:
+            extra = (0,) * (len(img.shape) - 3)  # a 4-D file of one volume
+
+            def slab(start, stop):  # (x, y, z) on disk, z slowest: planes z first
+                return np.moveaxis(np.asarray(img.dataobj[:, :, start:stop, *extra]), 2, 0)
+
+            data = _binned(slab, shape[2], f)
+        zooms = tuple(float(z) * f for z in header.get_zooms()[:3])
         unit = header.get_xyzt_units()[0]
     except (VolumeError, MemoryError):
         raise
@@ -507,11 +570,11 @@ def _read_nifti(source: Path | bytes, name: str) -> HeaderRead:
     if not all(math.isfinite(z) and z > 0 for z in zooms):
         shown = tuple(round(z, 6) for z in zooms)
         why = f"the header's voxel size {shown} is not positive and finite"
-        return HeaderRead(data, None, why, None)
+        return HeaderRead(data, None, why, None, f)
     if unit not in _UNIT_TO_UM:
         why = f"the header states no spatial unit (xyzt_units {unit!r})"
-        return HeaderRead(data, None, why, zooms)
-    return HeaderRead(data, tuple(z * _UNIT_TO_UM[unit] for z in zooms), "", zooms)
+        return HeaderRead(data, None, why, zooms, f)
+    return HeaderRead(data, tuple(z * _UNIT_TO_UM[unit] for z in zooms), "", zooms, f)
 
 
 def _nrrd_zooms(header) -> tuple[tuple[float, ...], object, str] | None:
@@ -552,9 +615,10 @@ def nrrd_spacing_um(header) -> tuple[tuple[float, float, float] | None, str]:
     return tuple(round(z * f, 9) for z, f in zip(zooms, factors, strict=True)), ""
 
 
-def _read_nrrd(source: Path | bytes, name: str) -> HeaderRead:
+def _read_nrrd(source: Path | bytes, name: str, max_side: int | None = None) -> HeaderRead:
     """Checked float32 data in ``(x, y, z)`` order, and the spacing in µm or why it has
-    none (:func:`nrrd_spacing_um`); `source` is the file's path or its content."""
+    none (:func:`nrrd_spacing_um`); `source` is the file's path or its content. A volume
+    larger than `max_side` is binned after it is read (pynrrd reads a file whole)."""
     import nrrd
 
     try:
@@ -574,12 +638,18 @@ def _read_nrrd(source: Path | bytes, name: str) -> HeaderRead:
     except Exception as exc:
         raise _unreadable(name, exc, "NRRD") from exc
     _check_dtype(raw.dtype, name)
-    _check_shape(raw.shape, name)
+    shape = _check_shape(raw.shape, name)
+    f = binning_factor(shape, max_side)
+    if f > 1:
+        raw = raw.reshape(shape)
+        raw = _binned(lambda a, b: np.moveaxis(raw[:, :, a:b], 2, 0), shape[2], f)
     data = check_volume_array(np.asarray(raw, dtype=np.float32), name)
     spacing, why = nrrd_spacing_um(header)
-    zooms = (_nrrd_zooms(header) or ((),))[0]
+    if spacing is not None:
+        spacing = tuple(v * f for v in spacing)
+    zooms = tuple(z * f for z in (_nrrd_zooms(header) or ((),))[0])
     usable = len(zooms) == 3 and all(math.isfinite(z) and z > 0 for z in zooms)
-    return HeaderRead(data, spacing, why, zooms if usable else None)
+    return HeaderRead(data, spacing, why, zooms if usable else None, f)
 
 
 def read_volume_bytes(name: str, data: bytes) -> HeaderRead:
@@ -696,21 +766,27 @@ def _read_zarr(path: Path, name: str, max_side: int | None = None) -> tuple[Head
             axes = image.get("axes")
             scale = _ngff_scale(image, level, array.ndim)
         _check_dtype(array.dtype, name)
-        data = np.asarray(array[...])
+        f = binning_factor(array.shape, max_side) if axes is None and array.ndim == 3 else 1
+        if f > 1:  # a plain 3-D array without a pyramid: binned as it is read
+            data = _binned(lambda a, b: array[a:b], array.shape[0], f, zyx=True)
+        else:
+            data = np.asarray(array[...])
     except (VolumeError, MemoryError):
         raise
     except Exception as exc:
         raise _unreadable(name, exc, "Zarr") from exc
-    if axes is None:  # a plain array: stored (z, y, x), as a TIFF stack
+    if axes is None:  # a plain array: stored (z, y, x), as a TIFF stack (binned: in order)
         return (
             HeaderRead(
-                _zyx_to_xyz(check_volume_array(data, name)),
+                check_volume_array(data, name)
+                if f > 1
+                else _zyx_to_xyz(check_volume_array(data, name)),
                 None,
                 "a plain Zarr array carries none (no OME-NGFF metadata)",
                 None,
             ),
             0,
-            1.0,
+            float(f),
         )
     # NGFF 0.3 names the axes; later versions describe them
     axes = [a if isinstance(a, dict) else {"name": a} for a in axes]
@@ -942,40 +1018,72 @@ def _read_plane(p: Path, name: str) -> np.ndarray:
     return plane
 
 
-def _read_slice_folder(path: Path, name: str) -> tuple[np.ndarray, ReconLog | None]:
-    """A folder of reconstructed slices, stacked along z, and its SkyScan log if any."""
+def _read_slice_folder(
+    path: Path, name: str, max_side: int | None = None
+) -> tuple[np.ndarray, ReconLog | None, int]:
+    """A folder of reconstructed slices, stacked along z, its SkyScan log if any, and the
+    block size it was binned by as it was read (:func:`binning_factor`)."""
     try:
         log = _find_recon_log(path, name)
         slices = _slice_files(path, name, log)
-        planes = []
-        for p in slices:
-            plane = _read_plane(p, name)
-            if planes and plane.shape != planes[0].shape:
+        first = _read_plane(slices[0], name)
+
+        def plane(i):
+            image = first if i == 0 else _read_plane(slices[i], name)
+            if image.shape != first.shape:
                 raise VolumeError(
-                    f"{name}: slice {p.name} has shape {plane.shape} but "
-                    f"{slices[0].name} has shape {planes[0].shape}"
+                    f"{name}: slice {slices[i].name} has shape {image.shape} but "
+                    f"{slices[0].name} has shape {first.shape}"
                 )
-            planes.append(plane)
-        arr = np.stack(planes)
+            return image
+
+        f = binning_factor((len(slices), *first.shape), max_side)
+        if f == 1:
+            arr = np.stack([plane(i) for i in range(len(slices))])
+        else:
+
+            def stack(start, stop):
+                return np.stack([plane(i) for i in range(start, stop)])
+
+            arr = _binned(stack, len(slices), f, zyx=True)
     except (VolumeError, MemoryError):
         raise
     except Exception as exc:
         raise _unreadable(name, exc, "slice") from exc
-    return _zyx_to_xyz(check_volume_array(arr, name)), log
+    arr = check_volume_array(arr, name)
+    return (arr if f > 1 else _zyx_to_xyz(arr)), log, f  # binned: in (x, y, z) order
 
 
 def _zyx_to_xyz(arr: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(arr.transpose(2, 1, 0), dtype=np.float32)
 
 
-def _read_tiff(path: Path, name: str) -> np.ndarray:
+def _read_tiff(path: Path, name: str, max_side: int | None = None) -> tuple[np.ndarray, int]:
+    """A multi-page TIFF stack in ``(x, y, z)`` order and the block size it was binned by
+    (:func:`binning_factor`): a stack of one 2-D image per page is then read a few pages
+    at a time."""
     try:
-        arr = tifffile.imread(path)
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            shape = tuple(series.shape)
+            f = binning_factor(shape, max_side) if len(shape) == 3 else 1
+            paged = len(tif.pages) == shape[0] and tif.pages[0].shape == shape[1:]
+            if f > 1 and paged:
+                _check_dtype(series.dtype, name)
+
+                def pages(start, stop):
+                    return tif.asarray(key=range(start, stop)).reshape(stop - start, *shape[1:])
+
+                arr = _binned(pages, shape[0], f, zyx=True)
+            else:
+                f = 1
+                arr = tif.asarray()
     except (VolumeError, MemoryError):
         raise
     except Exception as exc:
         raise _unreadable(name, exc, "TIFF") from exc
-    return _zyx_to_xyz(check_volume_array(arr, name))  # stored (z, y, x)
+    arr = check_volume_array(arr, name)
+    return (arr if f > 1 else _zyx_to_xyz(arr)), f  # stored (z, y, x); binned: in order
 
 
 def read_volume(
@@ -1010,16 +1118,22 @@ def read_volume(
     order : int
         Spline order of that resampling.
     max_side : int, optional
-        For a multiscale OME-Zarr image, read the coarsest pyramid level whose largest
-        side is still at least this many voxels (the finest level when none is), with
-        that level's voxel size: a large scan is read at the resolution the work needs,
-        not whole. Other formats are read whole. A `voxel_size_um` given is that of the
-        finest level and is scaled to the level read.
+        Read a large scan at the resolution the work needs, not whole: for a multiscale
+        OME-Zarr image, the coarsest pyramid level whose largest side is still at least
+        this many voxels (the finest level when none is), with that level's voxel size;
+        any other volume larger than that is **binned** while it is read: averaged by
+        blocks of f×f×f voxels (:func:`binning_factor`: the largest f that keeps the
+        largest side at least `max_side`), slab by slab, so that memory holds one slab
+        and the binned volume (a NIfTI file, a TIFF stack of one image per page, a
+        folder of slices, a plain Zarr array; a NRRD file is read whole first). Under f
+        voxels at the far edge of each axis are left out. A `voxel_size_um` given is
+        that of the full-resolution scan and is scaled to the data returned.
 
     Returns
     -------
     Volume
-        float32 data in ``(x, y, z)`` order, the voxel size in µm and the level read.
+        float32 data in ``(x, y, z)`` order, the voxel size in µm, the level read and
+        the block size it was binned by.
 
     Raises
     ------
@@ -1053,24 +1167,33 @@ def read_volume(
     ):
         raise ValueError(f"{name}: max_side must be an integer >= 1, got {max_side!r}")
     zarr_store = is_zarr(path)
-    level = 0
+    level, binned = 0, 1
     if path.is_dir() or suffix in (".nii", ".nii.gz", ".nrrd", ".nhdr"):
         if zarr_store:
-            (data, spacing, why, _), level, coarser = _read_zarr(path, name, max_side)
+            read, level, coarser = _read_zarr(path, name, max_side)
+            data, spacing, why = read.data, read.spacing_um, read.why
+            if level == 0 and coarser > 1:  # a plain array, binned as it was read
+                binned = int(coarser)
             if voxel_size_um is not None:  # given for the finest level
                 voxel_size_um *= coarser
         elif path.is_dir():
-            data, log = _read_slice_folder(path, name)
-            spacing = None if log is None or log.voxel_size_um is None else (log.voxel_size_um,) * 3
+            data, log, binned = _read_slice_folder(path, name, max_side)
+            spacing = (
+                None
+                if log is None or log.voxel_size_um is None
+                else (log.voxel_size_um * binned,) * 3
+            )
             why = (
                 f"{log.path.name} states no [Reconstruction] Pixel Size (um)"
                 if log is not None
                 else "a folder of slices carries none (no SkyScan *_rec.log in it)"
             )
-        elif suffix in (".nrrd", ".nhdr"):
-            data, spacing, why, _ = _read_nrrd(path, name)
         else:
-            data, spacing, why, _ = _read_nifti(path, name)
+            reader = _read_nrrd if suffix in (".nrrd", ".nhdr") else _read_nifti
+            read = reader(path, name, max_side)
+            data, spacing, why, binned = read.data, read.spacing_um, read.why, read.binned
+        if voxel_size_um is not None and not zarr_store:
+            voxel_size_um *= binned  # given for the full-resolution scan
         if voxel_size_um is not None:
             if spacing is not None and any(
                 abs(s - voxel_size_um) > 0.01 * voxel_size_um for s in spacing
@@ -1089,12 +1212,12 @@ def read_volume(
                 "voxel_size_um column, or --voxel-size on the command line)"
             )
     else:
-        data = _read_tiff(path, name)
+        data, binned = _read_tiff(path, name, max_side)
         if voxel_size_um is None:
             raise VolumeError(
                 f"{name}: voxel size unknown; the manifest must give voxel_size_um for TIFF stacks"
             )
-        spacing = (voxel_size_um,) * 3
+        spacing = (voxel_size_um * binned,) * 3
     if isotropic:
         data, vox = resample_isotropic(data, spacing, order=order)
         spacing = (vox,) * 3
@@ -1104,6 +1227,7 @@ def read_volume(
         path=path,
         spacing_um=tuple(float(s) for s in spacing),
         level=level,
+        binned=binned,
     )
 
 

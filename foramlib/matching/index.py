@@ -98,9 +98,16 @@ def build_collection_index(
     out_dir,
     config: IndexConfig,
     *,
+    max_side: int | None = None,
     progress: Callable[[float, str], None] | None = None,
 ) -> Path:
     """Index one scan of every curated specimen and write the index folder atomically.
+
+    A volume with a side over `max_side` is binned as it is read
+    (:func:`foramlib.io.volumes.read_volume`); ``index.json`` then records `max_side`
+    (``read_max_side``) and each binned specimen's block size, and the
+    :class:`Collection` reads the volumes the same way, so that its planes fall where
+    the index's were cut.
 
     Parameters
     ----------
@@ -113,6 +120,7 @@ def build_collection_index(
     out_dir : path-like
         The index folder; replaced as a whole only once everything is written.
     config : IndexConfig
+    max_side : int, optional
     progress : callable, optional
         ``progress(fraction, message)`` before each volume and at the end.
 
@@ -131,11 +139,14 @@ def build_collection_index(
     first = manifest.drop_duplicates("specimen_id", keep="first").reset_index(drop=True)
     skipped = manifest.loc[manifest.duplicated("specimen_id", keep="first"), "file"].tolist()
     n = len(first)
+    binned = {}
 
     def volumes() -> Iterator[tuple[str, str, np.ndarray]]:
         for i, row in enumerate(first.itertuples(index=False)):
             report(i / n, f"indexing {row.specimen_id} ({i + 1}/{n})")
-            vol = read_volume(row.path, voxel_size_um=manifest_voxel_size(row))
+            vol = read_volume(row.path, voxel_size_um=manifest_voxel_size(row), max_side=max_side)
+            if vol.binned > 1:
+                binned[row.specimen_id] = vol.binned
             yield row.specimen_id, row.species, vol.data
 
     index = build_index(volumes(), config)
@@ -161,6 +172,8 @@ def build_collection_index(
             "index_bytes": (tmp / INDEX_FILE).stat().st_size,
             "repeat_scans_skipped": skipped,
         }
+        if binned:  # only then: an index of volumes read as they are stays as it was
+            meta.update(read_max_side=int(max_side), binned=binned)
         write_text(tmp / META_FILE, json.dumps(meta, indent=2, sort_keys=True) + "\n")
     report(1.0, f"{len(index)} candidate sections of {n} specimens")
     return out_dir
@@ -225,12 +238,16 @@ class Collection:
         the query with sections of most specimens, so keep it at least the number of
         specimens when memory allows (the default collection's 71 fit in ~600 MB);
         raw volumes (for 3D views) are kept for the last few.
+    max_side : int or None
+        The `max_side` the index read its volumes with (``index.json``'s
+        ``read_max_side``): the volumes are read the same way here.
     """
 
     index: MatchIndex
     specimens: pd.DataFrame
     workspace: Path = Path(".")
     cache_size: int = 96
+    max_side: int | None = None
     _raw: _LRU = field(init=False, repr=False)
     _prep: _LRU = field(init=False, repr=False)
     _rows: dict = field(init=False, repr=False)
@@ -268,7 +285,8 @@ class Collection:
         row = self._row(specimen_id)
 
         def read():
-            return read_volume(self.path(specimen_id), manifest_voxel_size(row)).data
+            path = self.path(specimen_id)
+            return read_volume(path, manifest_voxel_size(row), max_side=self.max_side).data
 
         return self._raw.get(specimen_id, read)
 
@@ -338,7 +356,9 @@ def load_collection(index_dir="data/index", workspace=".", *, cache_size: int = 
             f"{index_dir / SPECIMENS_FILE} does not list indexed specimen(s) "
             f"{sorted(indexed - listed)[:5]}; rebuild the index (`dvc repro index`)"
         )
-    return Collection(index, specimens, Path(workspace), cache_size)
+    meta = index_dir / META_FILE
+    max_side = json.loads(meta.read_text("utf-8")).get("read_max_side") if meta.is_file() else None
+    return Collection(index, specimens, Path(workspace), cache_size, max_side)
 
 
 def read_image(source, name: str | None = None) -> np.ndarray:

@@ -3,10 +3,11 @@
 Examples
 --------
 >>> cfg = CurateStageConfig.from_params(
-...     {"data": {"source": "virtual", "raw_dir": "raw", "manifest": "raw/manifest.csv"},
+...     {"data": {"source": "virtual", "raw_dir": "raw", "manifest": "raw/manifest.csv",
+...               "max_side": 512},
 ...      "curate": {"min_models": 4}})
->>> cfg.min_models, cfg.out_dir
-(4, 'data/curated')
+>>> cfg.min_models, cfg.max_side, cfg.out_dir
+(4, 512, 'data/curated')
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ class CurateStageConfig(StageConfig):
         The folder of the volumes and the manifest CSV listing them.
     min_models : int
         Keep taxa with at least this many distinct specimens (paper: 4).
+    max_side : int
+        ``data.max_side``: larger volumes are binned as they are read.
     out_dir, taxa_table, figure : str
         The curated manifest and per-volume checks; the per-taxon counts; a
         Figure-2-like overview of the kept taxa.
@@ -43,6 +46,7 @@ class CurateStageConfig(StageConfig):
     raw_dir: str = params_field("data.raw_dir", default="data/virtual")
     manifest: str = params_field("data.manifest", default="data/virtual/manifest.csv")
     min_models: int = params_field("curate.min_models", default=4)
+    max_side: int = params_field("data.max_side", default=512)
     out_dir: str = "data/curated"
     taxa_table: str = "results/tables/taxa.csv"
     figure: str = "results/figures/figure2_collection.png"
@@ -66,7 +70,9 @@ def run(config: CurateStageConfig) -> CurateStageResult:
     from foramlib.io.atomic import write_csv
     from foramlib.viz import plots
 
-    listed, checks = curation.check_collection(config.manifest, config.raw_dir)
+    listed, checks = curation.check_collection(
+        config.manifest, config.raw_dir, max_side=config.max_side
+    )
     curated, taxa = curation.curate(listed, min_models=config.min_models)
     summary = (
         f"{len(listed)} volumes of {listed['specimen_id'].nunique()} specimens over "
@@ -79,7 +85,9 @@ def run(config: CurateStageConfig) -> CurateStageResult:
 
     examples = curation.one_scan_per_taxon(curated, taxa)
     sections = [
-        volumes.read_volume(row.path, volumes.manifest_voxel_size(row)).data
+        volumes.read_volume(
+            row.path, volumes.manifest_voxel_size(row), max_side=config.max_side
+        ).data
         for row in examples.itertuples()
     ]
     fig = plots.collection_figure(

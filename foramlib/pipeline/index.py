@@ -32,12 +32,15 @@ class IndexStageConfig(StageConfig):
         ``match.*``: the lattice of candidate sections and their sizes.
     smooth_sigma, dense_factor : float
         ``slice.*``: the volume preparation, the same as for the slice dataset.
+    max_side : int
+        ``data.max_side``: larger volumes are binned as they are read (recorded in
+        ``index.json``, so that matching reads them the same way).
     curated, out_dir, figure : str
         The curated manifest in; the index folder and the example figure out.
 
     Examples
     --------
-    >>> params = {"seed": 0, "data": {"raw_dir": "raw", "source": "virtual"},
+    >>> params = {"seed": 0, "data": {"raw_dir": "raw", "source": "virtual", "max_side": 512},
     ...           "match": {"n_orientations": 20, "n_offsets": 3, "size": 32,
     ...                     "descriptor_size": 16},
     ...           "slice": {"smooth_sigma": 0.5, "dense_factor": None}}
@@ -55,6 +58,7 @@ class IndexStageConfig(StageConfig):
     descriptor_size: int = params_field("match.descriptor_size", default=32)
     smooth_sigma: float = params_field("slice.smooth_sigma", default=0.8)
     dense_factor: float | None = params_field("slice.dense_factor", default=2.2)
+    max_side: int = params_field("data.max_side", default=512)
     curated: str = "data/curated/manifest.csv"
     out_dir: str = "data/index"
     figure: str = "results/figures/match_example.png"
@@ -127,7 +131,12 @@ def run(
 
     t0 = time.perf_counter()
     indexing.build_collection_index(
-        config.curated, config.raw_dir, config.out_dir, config.index_config(), progress=progress
+        config.curated,
+        config.raw_dir,
+        config.out_dir,
+        config.index_config(),
+        max_side=config.max_side,
+        progress=progress,
     )
     build_s = time.perf_counter() - t0
     meta = json.loads((Path(config.out_dir) / indexing.META_FILE).read_text())
@@ -174,7 +183,9 @@ def run(
     repeat_lines = []
     if not repeats.empty:
         row = repeats.iloc[0]
-        rep = read_volume(row["path"], voxel_size_um=manifest_voxel_size(row)).data
+        rep = read_volume(
+            row["path"], voxel_size_um=manifest_voxel_size(row), max_side=config.max_side
+        ).data
         n = rng.normal(size=3)
         # a square inside the volume's inscribed sphere: a section with no padding
         # outside the field of view, as a user's image would be

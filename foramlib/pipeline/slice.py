@@ -47,6 +47,8 @@ class SliceStageConfig(StageConfig):
         ``slice.*``: sections per taxon, orientations, preprocessing.
     n_jobs : int
         ``slice.n_jobs``: worker processes.
+    max_side : int
+        ``data.max_side``: larger volumes are binned as they are read.
     curated, out_dir, gallery : str
         The curated manifest in; the slice store (``<volume>.npy``, ``index.csv``,
         ``slicing.json``) and a gallery of sample slices per taxon out.
@@ -58,6 +60,7 @@ class SliceStageConfig(StageConfig):
     source: str = params_field("data.source", default="virtual")
     slicing: SlicingConfig = nested_field(SlicingConfig)
     n_jobs: int = params_field("slice.n_jobs", default=1)
+    max_side: int = params_field("data.max_side", default=512)
     curated: str = "data/curated/manifest.csv"
     out_dir: str = "data/slices"
     gallery: str = "results/figures/slice_gallery.png"
@@ -89,6 +92,7 @@ def run(
         config.slicing,
         seed=config.seed,
         n_jobs=config.n_jobs,
+        max_side=config.max_side,
         progress=progress,
     )
     seconds = time.perf_counter() - t0

@@ -19,6 +19,10 @@ from pathlib import Path
 __all__ = ["main"]
 
 
+# data.max_side's default: volumes wider than this are binned as they are read
+DEFAULT_MAX_SIDE = 512
+
+
 def _profile(args: argparse.Namespace) -> int:
     from foramlib.config import available_profiles, use_profile
 
@@ -56,19 +60,24 @@ def _index_config(args: argparse.Namespace):
         args.params = "params.yaml"
     if args.params is None:  # outside a project: the library's (paper profile's) defaults
         config, source = IndexConfig(), "IndexConfig defaults (no params.yaml here)"
+        max_side = DEFAULT_MAX_SIDE
     else:
-        config, source = IndexConfig.from_params(load_params(args.params)), args.params
+        params = load_params(args.params)
+        config, source = IndexConfig.from_params(params), args.params
+        max_side = params.get("data", {}).get("max_side", DEFAULT_MAX_SIDE)
+    if args.max_side is not None:
+        max_side = args.max_side
     flags = dict(n_orientations=args.orientations, n_offsets=args.offsets)
     config = dataclasses.replace(config, **{k: v for k, v in flags.items() if v is not None})
     if args.size is not None:
         config = dataclasses.replace(config, preprocess=PreprocessConfig(size=args.size))
-    return config, source
+    return config, source, max_side
 
 
 def _index(args: argparse.Namespace) -> int:
     from foramlib.matching.index import META_FILE, build_collection_index
 
-    config, source = _index_config(args)
+    config, source, max_side = _index_config(args)
     print(
         f"{config.n_orientations} orientations x {config.n_offsets} offsets per specimen, "
         f"{config.preprocess.size} px sections (settings: {source})",
@@ -80,6 +89,7 @@ def _index(args: argparse.Namespace) -> int:
         args.raw_dir,
         args.out,
         config,
+        max_side=max_side,
         progress=lambda fraction, message: print(f"[{fraction:4.0%}] {message}", flush=True),
     )
     meta = json.loads((out / META_FILE).read_text(encoding="utf-8"))
@@ -370,6 +380,12 @@ def _classify(args: argparse.Namespace) -> int:
                 f"note: read at level {answer.metadata['read_level']} of the OME-Zarr "
                 "pyramid (the coarsest still wide enough for the sections)"
             )
+        if answer.metadata.get("binned"):
+            f = answer.metadata["binned"]
+            print(
+                f"note: a large scan, read averaged by blocks of {f}×{f}×{f} voxels (still "
+                "wide enough for the sections)"
+            )
     return 0
 
 
@@ -452,6 +468,12 @@ def main(argv: list[str] | None = None) -> int:
     i.add_argument("--orientations", type=int, help="plane normals (match.n_orientations)")
     i.add_argument("--offsets", type=int, help="parallel planes per normal (match.n_offsets)")
     i.add_argument("--size", type=int, help="side of the stored sections in px (match.size)")
+    i.add_argument(
+        "--max-side",
+        type=int,
+        help="bin larger volumes as they are read, to the coarsest size still this wide "
+        f"(data.max_side; default {DEFAULT_MAX_SIDE})",
+    )
     i.set_defaults(func=_index)
 
     m = sub.add_parser("match", help="where does a section image sit in the specimen volumes?")
