@@ -10,12 +10,15 @@ per process):
   the scan binned by blocks while it is read, slab by slab;
 * ``read+slice``: the same, then 48 sections cut by the slice stage's slicer
   (:func:`foramlib.dataset.slicing.slice_array`) from the binned volume;
+* ``read+index``: the same, then the volume indexed for 3D matching
+  (:func:`foramlib.matching.search.build_index`, the quick profile's 200 orientations ×
+  7 offsets of 64-px sections), as the ``index`` stage does for each specimen;
 * ``whole`` (only with ``--whole``): the scan read whole, as every stage reads a volume
   today, for comparison.
 
 The stages that read volumes (curate, slice, index) read them this way, with
-``data.max_side``; this measures the reader and the slicer they use, not the whole
-stages (the index stage's own working copies are not measured).
+``data.max_side``; this measures what they do with one volume (curate's checks are
+the read), not the whole stages.
 
     python benchmarks/large_volume.py                 # 1024^3 (2 GB per file)
     python benchmarks/large_volume.py --side 2048     # 16 GB per file; needs ~35 GB of disk
@@ -119,6 +122,14 @@ if task == "read+slice":
     images, rows, stats = slice_array(vol.data, 48, SlicingConfig(), 0, name="scan")
     out.update(slice_seconds=round(time.perf_counter() - t0, 2), sections=len(images),
                candidates=int(stats["candidates"]))
+if task == "read+index":
+    from foramlib.dataset.preprocess import PreprocessConfig
+    from foramlib.matching.search import IndexConfig, build_index
+    config = IndexConfig(n_orientations=200, n_offsets=7, descriptor_size=32,
+                         preprocess=PreprocessConfig(size=64))
+    t0 = time.perf_counter()
+    index = build_index([("scan", "virtual", vol.data)], config)
+    out.update(index_seconds=round(time.perf_counter() - t0, 2), indexed=len(index))
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 out.update(peak_rss_gb=round(peak / 2**20, 3), after_imports_rss_gb=round(base / 2**20, 3))
 print(json.dumps(out))
@@ -158,7 +169,7 @@ def main() -> None:
         "side": args.side,
         "max_side": args.max_side,
         "goal": "peak RSS <= 4 GB for a 2048^3 scan",
-        "note": "the reader and the slicer the stages use (with data.max_side), not the stages",
+        "note": "what the stages do with one volume (with data.max_side), not whole stages",
     }
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         files = write_scan(Path(tmp), args.side, args.formats)
@@ -166,7 +177,7 @@ def main() -> None:
             k: {kk: v for kk, v in f.items() if kk != "path"} for k, f in files.items()
         }
         print("written", result["files"], flush=True)
-        tasks = ["read", "read+slice"] + (["whole"] if args.whole else [])
+        tasks = ["read", "read+slice", "read+index"] + (["whole"] if args.whole else [])
         for fmt, f in files.items():
             for task in tasks:
                 row = measure(f["path"], task, args.max_side)

@@ -846,3 +846,27 @@ def test_a_4d_nifti_of_one_volume_is_binned_too(tmp_path):
     vol = read_volume(tmp_path / "one.nii", voxel_size_um=3.0, max_side=6)
     assert vol.binned == 2 and vol.voxel_size_um == pytest.approx(6.0)
     np.testing.assert_allclose(vol.data, block_mean(data, 2), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "encoding, detached, streamed",
+    [("raw", False, True), ("gzip", False, True), ("raw", True, True), ("bzip2", False, False),
+     ("ascii", False, False)],
+)  # fmt: skip
+def test_a_large_nrrd_is_binned_as_it_is_read_where_its_encoding_allows(
+    tmp_path, monkeypatch, encoding, detached, streamed
+):
+    from foramlib.io import volumes
+
+    xyz = np.random.default_rng(4).integers(0, 4000, (21, 17, 19)).astype(np.int16)
+    path = tmp_path / ("v.nhdr" if detached else "v.nrrd")
+    nrrd.write(str(path), xyz, {"spacings": [0.005] * 3, "units": ["mm"] * 3,
+                                "encoding": encoding}, detached_header=detached)  # fmt: skip
+    used = []
+    real = volumes._nrrd_slabs
+    monkeypatch.setattr(volumes, "_nrrd_slabs", lambda *a: used.append(real(*a)) or used[-1])
+    vol = read_volume(path, max_side=10)  # 21 // 10: blocks of 2
+    assert (used[0] is not None) is streamed  # else binned after a whole read
+    assert vol.binned == 2 and vol.voxel_size_um == pytest.approx(10.0)
+    np.testing.assert_allclose(vol.data, block_mean(xyz, 2), rtol=1e-6)
+    np.testing.assert_array_equal(read_volume(path).data, xyz.astype(np.float32))

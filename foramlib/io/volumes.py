@@ -615,12 +615,75 @@ def nrrd_spacing_um(header) -> tuple[tuple[float, float, float] | None, str]:
     return tuple(round(z * f, 9) for z, f in zip(zooms, factors, strict=True)), ""
 
 
+def _nrrd_slabs(path: Path, header: dict, offset: int, shape: tuple[int, int, int], opened):
+    """``read_slab(start, stop)`` over the z planes of a NRRD file's raw or gzip data,
+    read in order without the rest of the volume; None where it cannot be streamed
+    (another encoding, skipped lines or bytes, more than 3 axes). Files it opens are
+    closed with `opened` (a :class:`contextlib.ExitStack`)."""
+    import gzip as gz
+
+    import nrrd.reader
+
+    encoding = str(header.get("encoding", "")).lower()
+    skips = [header.get(k, 0) for k in ("lineskip", "line skip", "byteskip", "byte skip")]
+    if encoding not in ("raw", "gzip", "gz") or any(skips) or len(header["sizes"]) != 3:
+        return None
+    dtype = nrrd.reader._determine_datatype(header)  # the NRRD type and endianness
+    detached = header.get("data file", header.get("datafile"))
+    if detached is not None:
+        data_path, offset = Path(detached), 0
+        if not data_path.is_absolute():
+            data_path = path.parent / data_path
+    else:
+        data_path = path
+    plane = shape[0] * shape[1]  # NRRD data: x fastest, z slowest, as NIfTI's
+    if encoding == "raw":
+        data = np.memmap(data_path, dtype, "r", offset, shape=(shape[2], shape[1], shape[0]))
+        return lambda start, stop: np.asarray(data[start:stop]).transpose(0, 2, 1)
+    stream = opened.enter_context(open(data_path, "rb"))
+    stream.seek(offset)
+    unzipped = opened.enter_context(gz.GzipFile(fileobj=stream))
+
+    def read_slab(start, stop):  # the slabs come in order: just read on
+        raw = unzipped.read((stop - start) * plane * dtype.itemsize)
+        planes = np.frombuffer(raw, dtype).reshape(stop - start, shape[1], shape[0])
+        return planes.transpose(0, 2, 1)
+
+    return read_slab
+
+
+def _read_nrrd_path(path: Path, name: str, max_side: int | None):
+    """A NRRD file's data (binned to `max_side`, streamed where :func:`_nrrd_slabs` can),
+    its header and the block size; the data type and shape are checked first."""
+    import contextlib
+
+    import nrrd
+    import nrrd.reader
+
+    with open(path, "rb") as fh, contextlib.ExitStack() as opened:
+        header = nrrd.read_header(fh)
+        offset = fh.tell()
+        _check_dtype(nrrd.reader._determine_datatype(header), name)
+        shape = _check_shape(tuple(int(v) for v in header["sizes"]), name)
+        f = binning_factor(shape, max_side)
+        slabs = _nrrd_slabs(path, header, offset, shape, opened) if f > 1 else None
+        if slabs is not None:
+            return _binned(slabs, shape[2], f), header, f
+        raw = nrrd.read_data(header, fh, str(path))  # index order "F": (x, y, z)
+    if f > 1:  # an encoding that cannot be read in part: binned after a whole read
+        raw = raw.reshape(shape)
+        raw = _binned(lambda a, b: np.moveaxis(raw[:, :, a:b], 2, 0), shape[2], f)
+    return raw, header, f
+
+
 def _read_nrrd(source: Path | bytes, name: str, max_side: int | None = None) -> HeaderRead:
     """Checked float32 data in ``(x, y, z)`` order, and the spacing in µm or why it has
-    none (:func:`nrrd_spacing_um`); `source` is the file's path or its content. A volume
-    larger than `max_side` is binned after it is read (pynrrd reads a file whole)."""
+    none (:func:`nrrd_spacing_um`); `source` is the file's path or its content. From a
+    path, a volume larger than `max_side` is binned while it is read, slab by slab along
+    z, when its data are raw or gzip (the usual encodings), else after a whole read."""
     import nrrd
 
+    f = 1
     try:
         if isinstance(source, bytes):
             fh = io.BytesIO(source)
@@ -632,17 +695,13 @@ def _read_nrrd(source: Path | bytes, name: str, max_side: int | None = None) -> 
                 )
             raw = nrrd.read_data(header, fh, None)
         else:
-            raw, header = nrrd.read(str(source))  # index order "F": (x, y, z), as nibabel's
+            raw, header, f = _read_nrrd_path(source, name, max_side)
     except (VolumeError, MemoryError):
         raise
     except Exception as exc:
         raise _unreadable(name, exc, "NRRD") from exc
     _check_dtype(raw.dtype, name)
-    shape = _check_shape(raw.shape, name)
-    f = binning_factor(shape, max_side)
-    if f > 1:
-        raw = raw.reshape(shape)
-        raw = _binned(lambda a, b: np.moveaxis(raw[:, :, a:b], 2, 0), shape[2], f)
+    _check_shape(raw.shape, name)
     data = check_volume_array(np.asarray(raw, dtype=np.float32), name)
     spacing, why = nrrd_spacing_um(header)
     if spacing is not None:
@@ -1125,7 +1184,8 @@ def read_volume(
         blocks of f×f×f voxels (:func:`binning_factor`: the largest f that keeps the
         largest side at least `max_side`), slab by slab, so that memory holds one slab
         and the binned volume (a NIfTI file, a TIFF stack of one image per page, a
-        folder of slices, a plain Zarr array; a NRRD file is read whole first). Under f
+        folder of slices, a plain Zarr array, a raw or gzip NRRD file; a NRRD file of
+        another encoding is read whole first). Under f
         voxels at the far edge of each axis are left out. A `voxel_size_um` given is
         that of the full-resolution scan and is scaled to the data returned.
 
