@@ -97,11 +97,9 @@ def workspace_params() -> dict:
     params = copy.deepcopy(yaml.safe_load((REPO / "params.yaml").read_text()))
     params["profile"] = "custom"
     params["seed"] = SEED
-    params["data"] = {
-        "source": "virtual",
-        "raw_dir": "data/virtual",
-        "manifest": "data/virtual/manifest.csv",
-    }
+    params["data"].update(
+        source="virtual", raw_dir="data/virtual", manifest="data/virtual/manifest.csv"
+    )
     params["virtual"].update(preset="tiny", shape=SHAPE, supersample=1, n_jobs=1)
     params["curate"]["min_models"] = MIN_MODELS
     params["slice"].update(slices_per_taxon=SLICES_PER_TAXON, size=SLICE_SIZE, n_jobs=1)
