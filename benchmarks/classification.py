@@ -18,8 +18,15 @@ the training split: a fraction of the slices of every training specimen, and at 
 *n* training specimens per genus, and records test accuracy for each, with the
 classical baseline refitted on the same subset; ``--difficulty`` also scores the
 baseline on test specimens half of whose slices it has seen (a diagnostic of how much
-of the difficulty is new specimens). The learning curves are drawn next to the JSON
-(same name, ``.png``).
+of the difficulty is new specimens). ``--no-reserve`` trains on the ordinary slices only
+(without the training reserve of ``slice.train_factor``), and ``--phase2-epochs`` sets the
+length of phase 2, so that the reserve can be measured against training as long without
+it:
+
+    python benchmarks/classification.py --backbones mobilenetv3_small --seeds 2024 \
+        --no-reserve --phase2-epochs 75 --out benchmarks/results/classification_no_reserve.json
+
+The learning curves are drawn next to the JSON (same name, ``.png``).
 
 Writes ``benchmarks/results/classification.json`` naming the machine. Accuracy numbers
 are on the VIRTUAL collection: they test the pipeline, not real fossils.
@@ -196,6 +203,15 @@ def main() -> None:
         help="also score the baseline with half of each test specimen's slices seen in training",
     )
     parser.add_argument(
+        "--no-reserve",
+        action="store_true",
+        help="train on the ordinary slices only: leave out the training reserve "
+        "(slice.train_factor) that the split added, to measure what it brings",
+    )
+    parser.add_argument(
+        "--phase2-epochs", type=int, help="override train.phase2_epochs (e.g. equal compute)"
+    )
+    parser.add_argument(
         "--out", default=str(Path(__file__).parent / "results" / "classification.json")
     )
     parser.add_argument(
@@ -214,6 +230,12 @@ def main() -> None:
             "(--from-run); list only other seeds"
         )
     index = data.load_split_index(args.index)
+    if args.no_reserve:
+        from foramlib.dataset.slicing import RESERVE_SUFFIX
+
+        index = index[~index["array"].str.endswith(RESERVE_SUFFIX)].reset_index(drop=True)
+    if args.phase2_epochs is not None:
+        params["train"]["phase2_epochs"] = args.phase2_epochs
     names = data.class_names(index)
     backbones = list(params["train"]["backbones"])
     if args.backbones:
@@ -272,6 +294,8 @@ def main() -> None:
             weights=params["train"]["weights"],
             phases=[params["train"]["phase1_epochs"], params["train"]["phase2_epochs"]],
             slices_per_taxon=params["slice"]["slices_per_taxon"],
+            train_factor=1 if args.no_reserve else params["slice"].get("train_factor", 1),
+            train_slices=int((index["split"] == "train").sum()),
         ),
         test_slices=int((index["split"] == "test").sum()),
         test_specimens=int(index.loc[index["split"] == "test", "specimen_id"].nunique()),

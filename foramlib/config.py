@@ -187,6 +187,11 @@ SCHEMA: dict[str, tuple[Callable[[Any], bool], str]] = {
     "slice.smooth_sigma": (_number_in(0, 5), "3D Gaussian denoising before cutting (voxels)"),
     "slice.dense_factor": (_dense_factor, "remove voxels this much denser than the fossil"),
     "slice.n_jobs": (_positive_int, "worker processes for slicing"),
+    "slice.train_factor": (
+        _positive_int,
+        "training specimens are cut this many times as densely (a reserve the split adds "
+        "to training; validation and test keep slices_per_taxon)",
+    ),
     "split.fractions": (_fractions, "target share of slices in train, val, test"),
     "split.max_exhaustive": (_positive_int, "largest joint search space searched exhaustively"),
     "split.restarts": (_positive_int, "starts of the coordinate-descent fallback"),

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import operator
 import re
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -253,41 +255,54 @@ def test_curate_reports_manifest_and_volume_problems_in_one_run(tiny_collection,
     assert not (tmp_path / "curated").exists()  # nothing written from a broken collection
 
 
-@pytest.fixture
-def slice_run(curated_run, tiny_collection, tmp_path):
-    """The slice stage on the curated tiny collection."""
+def _slice(curated_run, raw_dir, out: Path, train_factor: int = 1):
+    """The slice stage on the curated tiny collection, into `out`."""
     from foramlib.pipeline import slice as slice_stage
 
     cfg, _ = curated_run
     return slice_stage.run(
         slice_stage.SliceStageConfig(
-            raw_dir=str(tiny_collection),
+            raw_dir=str(raw_dir),
             slicing=SlicingConfig(
                 slices_per_taxon=12, offsets_per_orientation=2, preprocess=PreprocessConfig(size=32)
             ),
+            train_factor=train_factor,
             curated=str(Path(cfg.out_dir) / "manifest.csv"),
-            out_dir=str(tmp_path / "slices"),
-            gallery=str(tmp_path / "gallery.png"),
+            out_dir=str(out),
+            gallery=str(out.parent / f"{out.name}_gallery.png"),
         ),
         progress=None,
     )
 
 
-@pytest.fixture
-def split_run(curated_run, slice_run, tiny_collection, tmp_path):
-    """The split stage run on the slices of the curated tiny collection."""
+def _split(curated_run, raw_dir, slices: Path, out: Path, tables: Path):
+    """The split stage on a slice store of the curated tiny collection, into `out`."""
     from foramlib.pipeline import split
 
     cfg, _ = curated_run
     return split.run(
         split.SplitStageConfig(
-            raw_dir=str(tiny_collection),
+            raw_dir=str(raw_dir),
             curated=str(Path(cfg.out_dir) / "manifest.csv"),
-            slices=str(tmp_path / "slices"),
-            out_dir=str(tmp_path / "split"),
-            tables_dir=str(tmp_path / "tables"),
+            slices=str(slices),
+            out_dir=str(out),
+            tables_dir=str(tables),
             restarts=2,
         )
+    )
+
+
+@pytest.fixture
+def slice_run(curated_run, tiny_collection, tmp_path):
+    """The slice stage on the curated tiny collection."""
+    return _slice(curated_run, tiny_collection, tmp_path / "slices")
+
+
+@pytest.fixture
+def split_run(curated_run, slice_run, tiny_collection, tmp_path):
+    """The split stage run on the slices of the curated tiny collection."""
+    return _split(
+        curated_run, tiny_collection, tmp_path / "slices", tmp_path / "split", tmp_path / "tables"
     )
 
 
@@ -380,6 +395,33 @@ def test_split_puts_each_specimen_in_one_split(split_run, tmp_path):
         assert (tmp_path / "split" / name).is_file()
     for name in ("table2", "table3", "table2_paper", "table3_paper"):
         assert (tmp_path / "tables" / f"{name}.csv").is_file()
+
+
+def test_a_training_reserve_adds_training_slices_only(
+    curated_run, split_run, tiny_collection, tmp_path
+):
+    dense = _slice(curated_run, tiny_collection, tmp_path / "dense_slices", train_factor=3)
+    assert "Training reserve (slice.train_factor = 3)" in dense.summary
+    out = _split(
+        curated_run,
+        tiny_collection,
+        tmp_path / "dense_slices",
+        tmp_path / "dense_split",
+        tmp_path / "dense_tables",
+    )
+    # the same split, searched on the ordinary slices; only training grows
+    pd.testing.assert_frame_equal(out.assignment, split_run.assignment)
+    pd.testing.assert_frame_equal(out.table2, split_run.table2)
+    before = split_run.index.groupby("split").size()
+    after = out.index.groupby("split").size()
+    assert after["val"] == before["val"] and after["test"] == before["test"]
+    assert after["train"] > 2 * before["train"]
+    ordinary = len(split_run.index)
+    pd.testing.assert_frame_equal(out.index.iloc[:ordinary], split_run.index)
+    record = json.loads((tmp_path / "dense_split" / "split.json").read_text())
+    assert record["train_reserve_slices"] == len(out.index) - ordinary
+    assert "reserve sections added to training" in out.summary
+    assert "train_reserve_slices" not in json.loads((tmp_path / "split" / "split.json").read_text())
 
 
 @pytest.mark.slow

@@ -282,3 +282,40 @@ def test_a_large_volume_is_sliced_binned_and_the_store_says_so(store, tmp_path):
                                      progress=None)  # fmt: skip
     pd.testing.assert_frame_equal(index, same)
     assert (tmp_path / "same" / "slicing.json").read_bytes() == (out / "slicing.json").read_bytes()
+
+
+# --------------------------------------------------------------------------- training reserve
+
+
+def test_a_training_reserve_leaves_the_ordinary_slices_as_they_were(store, tmp_path):
+    manifest, out, index = store
+    dense = tmp_path / "dense"
+    again = slicing.build_slice_store(
+        manifest, dense, CONFIG, seed=1, train_factor=3, progress=None
+    )
+    pd.testing.assert_frame_equal(index, again)
+    for name in index["array"].unique():
+        assert (out / name).read_bytes() == (dense / name).read_bytes()
+    assert slicing.load_reserve(out) is None and not (out / slicing.RESERVE_INDEX).exists()
+    reserve = slicing.load_reserve(dense)
+    assert list(reserve.columns) == list(slicing.INDEX_COLUMNS)
+    assert reserve["array"].str.endswith(slicing.RESERVE_SUFFIX).all()
+    assert not set(reserve["slice_id"]) & set(index["slice_id"])
+    # about twice as many sections again per volume, from other planes
+    per_file = reserve.groupby("file").size() / index.groupby("file").size()
+    assert per_file.between(1.2, 3.0).all(), per_file
+    planes = ["normal_x", "normal_y", "normal_z", "offset_vox", "angle_deg"]
+    assert not reserve[planes].merge(index[planes]).shape[0]
+    _, arrays = slicing.load_slices(dense, reserve)
+    assert sum(len(a) for a in arrays.values()) == len(reserve)
+    meta = json.loads((dense / "slicing.json").read_text())
+    assert meta["train_factor"] == 3 and meta["n_reserve"] == len(reserve)
+    assert "train_factor" not in json.loads((out / "slicing.json").read_text())
+
+
+@pytest.mark.parametrize("factor", [0, 1.5, True, "2"])
+def test_a_bad_train_factor_is_named(store, tmp_path, factor):
+    manifest, _, _ = store
+    with pytest.raises(ValueError, match=r"slice.train_factor must be an integer >= 1, got"):
+        slicing.build_slice_store(manifest, tmp_path / "s", CONFIG, train_factor=factor)
+    assert not (tmp_path / "s").exists()

@@ -510,3 +510,43 @@ def test_split_slices_species_mismatch_is_named():
     index = pd.DataFrame({"specimen_id": ["s1"], "species": ["B"]})
     with pytest.raises(sp.SplitError, match="specimen 's1': slice species 'B'"):
         sp.split_slices(index, a)
+
+
+# ----------------------------------------------------------------------------- training reserve
+
+
+def _split_index():
+    return pd.DataFrame(
+        {
+            "slice_id": ["a:0", "a:1", "b:0", "c:0"],
+            "specimen_id": ["A", "A", "B", "C"],
+            "species": ["X", "X", "X", "Y"],
+            "split": ["train", "train", "val", "test"],
+        }
+    )
+
+
+def test_only_the_training_specimens_reserve_joins_as_training_slices():
+    reserve = pd.DataFrame(
+        {
+            "slice_id": ["a.r:0", "b.r:0", "c.r:0", "a.r:1"],
+            "specimen_id": ["A", "B", "C", "A"],
+            "species": ["X", "X", "Y", "X"],
+        }
+    )
+    out = sp.add_training_reserve(_split_index(), reserve)
+    assert out["slice_id"].tolist() == ["a:0", "a:1", "b:0", "c:0", "a.r:0", "a.r:1"]
+    assert out["split"].tolist() == ["train"] * 2 + ["val", "test"] + ["train"] * 2
+    assert sp.add_training_reserve(_split_index(), None) is not None
+
+
+@pytest.mark.parametrize(
+    "reserve, match",
+    [
+        (pd.DataFrame({"slice_id": ["z:0"], "specimen_id": ["Z"]}), r"specimen\(s\) \['Z'\]"),
+        (pd.DataFrame({"slice_id": ["a:0"], "specimen_id": ["A"]}), r"both ordinary and reserve"),
+    ],
+)
+def test_a_reserve_that_does_not_fit_the_split_is_refused(reserve, match):
+    with pytest.raises(sp.SplitError, match=match):
+        sp.add_training_reserve(_split_index(), reserve)

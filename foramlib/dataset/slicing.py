@@ -67,6 +67,11 @@ __all__ = [
     "load_slices",
 ]
 
+# The training reserve (see build_slice_store): more sections of each volume, of which
+# the split stage adds the training specimens' to the training split.
+RESERVE_SUFFIX = ".reserve.npy"
+RESERVE_INDEX = "reserve.csv"
+
 INDEX_COLUMNS = (
     "slice_id",
     "file",
@@ -575,8 +580,16 @@ def slice_array(volume: np.ndarray, n_slices: int, config: SlicingConfig, seed: 
 
 
 def _slice_job(args):
-    path, n, config, seed, voxel, name, max_side = args
-    return slice_volume(path, n, config, seed, voxel, name, max_side)
+    """One volume read once: its slices, and its training reserve when asked for."""
+    path, n, config, seed, voxel, name, max_side, n_reserve, reserve_seed = args
+    vol = read_volume(path, voxel_size_um=voxel, max_side=max_side)
+    images, rows, stats = slice_array(vol.data, n, config, seed, name=name)
+    if vol.binned > 1:  # only then: a store of volumes read as they are stays as it was
+        stats["binned"] = vol.binned
+    reserve = None
+    if n_reserve:
+        reserve = slice_array(vol.data, n_reserve, config, reserve_seed, name=name)
+    return (images, rows, stats), reserve
 
 
 def _array_name(file: str) -> str:
@@ -596,12 +609,21 @@ def build_slice_store(
     seed: int = 0,
     n_jobs: int = 1,
     max_side: int | None = None,
+    train_factor: int = 1,
     progress: Callable[[str], None] | None = print,
 ) -> pd.DataFrame:
     """Slice every volume of a curated manifest into a slice store, atomically.
 
     A volume with a side over `max_side` is binned as it is read (its statistics in
     ``slicing.json`` then say by how much).
+
+    With ``train_factor > 1`` every volume is also cut into a **training reserve** of
+    ``(train_factor - 1)`` times its candidate sections, planes drawn from a separate
+    random stream (so the ordinary slices are the same whatever the factor), stored as
+    ``<volume>.reserve.npy`` and listed in ``reserve.csv`` (same columns as
+    ``index.csv``). The split stage adds the reserve of the *training* specimens to the
+    training split: training sees more sections of its specimens, while the split's
+    shares, the validation and the test slices stay those of ``index.csv``.
 
     Writes ``<volume>.npy`` (uint8, n × size × size) per volume, ``index.csv`` (one row
     per slice, see ``INDEX_COLUMNS``) and ``slicing.json`` (settings, preprocessing
@@ -616,6 +638,9 @@ def build_slice_store(
     """
     if int(n_jobs) < 1:
         raise ValueError(f"n_jobs must be >= 1, got {n_jobs!r}")
+    if isinstance(train_factor, bool) or int(train_factor) != train_factor or train_factor < 1:
+        raise ValueError(f"slice.train_factor must be an integer >= 1, got {train_factor!r}")
+    train_factor = int(train_factor)
     need = {"file", "specimen_id", "species", "path"}
     if need - set(manifest.columns):
         raise ValueError(f"manifest lacks column(s) {sorted(need - set(manifest.columns))}")
@@ -627,28 +652,25 @@ def build_slice_store(
     for i, row in enumerate(manifest.itertuples(index=False)):
         voxel = manifest_voxel_size(row)
         vol_seed = int(np.random.SeedSequence([seed, i]).generate_state(1)[0])
-        jobs.append((row.path, int(counts.iloc[i]), config, vol_seed, voxel, row.file, max_side))
-    results, problems = [], []
-    pool = ProcessPoolExecutor(int(n_jobs)) if n_jobs > 1 else None
-    try:
-        futures = [pool.submit(_slice_job, j) for j in jobs] if pool else None
-        for i, job in enumerate(jobs):
-            try:
-                res = futures[i].result() if pool else _slice_job(job)
-            except SliceError as exc:
-                problems.append(str(exc))
-                results.append(None)
-                continue
-            results.append(res)
-            if progress:
-                st = res[2]
-                progress(
-                    f"[{i + 1}/{len(jobs)}] {job[5]}: {st['kept']}/{st['candidates']} "
-                    f"slices kept ({st['low_content']} low-content), {st['seconds']:.1f} s"
-                )
-    finally:
-        if pool:
-            pool.shutdown(cancel_futures=True)
+        # the reserve has its own stream: the ordinary slices do not depend on the factor
+        res_seed = int(np.random.SeedSequence([seed, i, 1]).generate_state(1)[0])
+        n = int(counts.iloc[i])
+        jobs.append(
+            (
+                row.path,
+                n,
+                config,
+                vol_seed,
+                voxel,
+                row.file,
+                max_side,
+                n * (train_factor - 1),
+                res_seed,
+            )
+        )
+    both, problems = _run_slice_jobs(jobs, n_jobs, progress)
+    results = [None if b is None else b[0] for b in both]
+    reserve = [None if b is None else b[1] for b in both] if train_factor > 1 else []
     kept = pd.Series([0 if r is None else len(r[0]) for r in results], index=manifest.index)
     per_specimen = kept.groupby(manifest["specimen_id"]).sum()
     for spec in per_specimen[per_specimen == 0].index:
@@ -662,23 +684,14 @@ def build_slice_store(
         raise SliceError(
             f"{len(problems)} problem(s) while slicing:\n" + "\n".join(f"  - {p}" for p in problems)
         )
-    frames = []
     with atomic_dir(out_dir) as tmp:
-        for row, name, (images, prov, _) in zip(
-            manifest.itertuples(index=False), names, results, strict=True
-        ):
-            np.save(Path(tmp) / name, images)
-            prov.insert(0, "row", np.arange(len(prov)))
-            prov.insert(0, "array", name)
-            prov.insert(0, "species", row.species)
-            prov.insert(0, "specimen_id", row.specimen_id)
-            prov.insert(0, "file", row.file)
-            prov.insert(0, "slice_id", [f"{name[:-4]}:{r:05d}" for r in prov["row"]])
-            voxel = getattr(row, "voxel_size_um", np.nan)
-            prov["voxel_size_um"] = voxel
-            frames.append(prov)
-        index = pd.concat(frames, ignore_index=True)[list(INDEX_COLUMNS)]
+        index = _store_arrays(tmp, manifest, names, results)
         index.to_csv(Path(tmp) / "index.csv", index=False)
+        if reserve:
+            names = [f"{n[:-4]}{RESERVE_SUFFIX}" for n in names]
+            _store_arrays(tmp, manifest, names, reserve).to_csv(
+                Path(tmp) / RESERVE_INDEX, index=False
+            )
         meta = dict(
             preprocess=config.preprocess.as_dict(),
             slices_per_taxon=config.slices_per_taxon,
@@ -696,8 +709,69 @@ def build_slice_store(
                 for row, res in zip(manifest.itertuples(index=False), results, strict=True)
             },
         )
+        if reserve:  # only then: a store without a reserve stays byte-identical
+            meta["train_factor"] = train_factor
+            meta["n_reserve"] = int(sum(len(r[0]) for r in reserve))
         (Path(tmp) / "slicing.json").write_text(json.dumps(meta, indent=2) + "\n")
     return index
+
+
+def _run_slice_jobs(jobs, n_jobs: int, progress):
+    """Run slicing jobs (in worker processes when `n_jobs` > 1); results and problems."""
+    results, problems = [], []
+    pool = ProcessPoolExecutor(int(n_jobs)) if n_jobs > 1 else None
+    try:
+        futures = [pool.submit(_slice_job, j) for j in jobs] if pool else None
+        for i, job in enumerate(jobs):
+            try:
+                res = futures[i].result() if pool else _slice_job(job)
+            except SliceError as exc:
+                problems.append(str(exc))
+                results.append(None)
+                continue
+            results.append(res)
+            if progress:
+                st = res[0][2]
+                extra = f", reserve {len(res[1][0])}" if res[1] is not None else ""
+                progress(
+                    f"[{i + 1}/{len(jobs)}] {job[5]}: {st['kept']}/{st['candidates']} "
+                    f"slices kept ({st['low_content']} low-content){extra}, "
+                    f"{st['seconds']:.1f} s"
+                )
+    finally:
+        if pool:
+            pool.shutdown(cancel_futures=True)
+    return results, problems
+
+
+def _store_arrays(folder, manifest: pd.DataFrame, names, results) -> pd.DataFrame:
+    """Save each volume's slices as ``names[i]`` in `folder`; their index rows."""
+    frames = []
+    for row, name, (images, prov, _) in zip(
+        manifest.itertuples(index=False), names, results, strict=True
+    ):
+        np.save(Path(folder) / name, images)
+        prov = prov.copy()
+        prov.insert(0, "row", np.arange(len(prov)))
+        prov.insert(0, "array", name)
+        prov.insert(0, "species", row.species)
+        prov.insert(0, "specimen_id", row.specimen_id)
+        prov.insert(0, "file", row.file)
+        prov.insert(0, "slice_id", [f"{name[:-4]}:{r:05d}" for r in prov["row"]])
+        prov["voxel_size_um"] = getattr(row, "voxel_size_um", np.nan)
+        frames.append(prov)
+    return pd.concat(frames, ignore_index=True)[list(INDEX_COLUMNS)]
+
+
+def load_reserve(store_dir) -> pd.DataFrame | None:
+    """The training reserve's index of a slice store, or None when it has none.
+
+    See :func:`build_slice_store` (``train_factor``).
+    """
+    path = Path(store_dir) / RESERVE_INDEX
+    if not path.is_file():
+        return None
+    return pd.read_csv(path, dtype={"specimen_id": str})
 
 
 def load_slices(store_dir, index: pd.DataFrame | None = None, *, mmap: bool = True):

@@ -729,6 +729,54 @@ def split_slices(index: pd.DataFrame, assignment: pd.DataFrame) -> pd.DataFrame:
     return index.assign(split=split.to_numpy())
 
 
+def add_training_reserve(index: pd.DataFrame, reserve: pd.DataFrame | None) -> pd.DataFrame:
+    """Append the training specimens' reserve sections to a split slice index.
+
+    The slice stage can cut a *training reserve* (``slice.train_factor``): more
+    sections of every volume, drawn apart from the ordinary ones. Only the reserve of
+    specimens assigned to ``train`` joins, as training slices; validation and test keep
+    their ordinary slices, and the split itself was searched on those alone.
+
+    Parameters
+    ----------
+    index : DataFrame
+        The ordinary slices with their ``split`` (:func:`split_slices`).
+    reserve : DataFrame or None
+        The reserve's index (:func:`foramlib.dataset.slicing.load_reserve`); None
+        returns `index` unchanged.
+
+    Raises
+    ------
+    SplitError
+        A reserve slice whose specimen has no split, or a slice id in both tables.
+
+    Examples
+    --------
+    >>> idx = pd.DataFrame({"slice_id": ["a:0", "b:0"], "specimen_id": ["A", "B"],
+    ...                     "split": ["train", "test"]})
+    >>> res = pd.DataFrame({"slice_id": ["a.r:0", "b.r:0"], "specimen_id": ["A", "B"]})
+    >>> add_training_reserve(idx, res)[["slice_id", "split"]].values.tolist()
+    [['a:0', 'train'], ['b:0', 'test'], ['a.r:0', 'train']]
+    """
+    if reserve is None:
+        return index
+    if "split" not in index.columns:
+        raise SplitError("index lacks column(s) ['split']")
+    assignment = index[["specimen_id", "split"]].drop_duplicates("specimen_id")
+    missing = sorted(set(reserve["specimen_id"]) - set(assignment["specimen_id"]))
+    if missing:
+        raise SplitError(
+            f"the training reserve has slices of specimen(s) {missing[:5]} that have no "
+            "ordinary slice; re-run the slice stage"
+        )
+    reserve = split_slices(reserve, assignment)
+    reserve = reserve[reserve["split"] == "train"]
+    clash = set(reserve["slice_id"]) & set(index["slice_id"])
+    if clash:
+        raise SplitError(f"slice id(s) {sorted(clash)[:3]} are both ordinary and reserve slices")
+    return pd.concat([index, reserve[list(index.columns)]], ignore_index=True)
+
+
 def specimen_table(index: pd.DataFrame, manifest: pd.DataFrame) -> pd.DataFrame:
     """Per specimen: species, scan files (from the manifest) and usable slices (index).
 

@@ -49,6 +49,10 @@ class SliceStageConfig(StageConfig):
         ``slice.n_jobs``: worker processes.
     max_side : int
         ``data.max_side``: larger volumes are binned as they are read.
+    train_factor : int
+        ``slice.train_factor``: with F > 1 each volume is also cut into a training
+        reserve of F - 1 times its sections, which the split stage adds to the training
+        split for the training specimens (1: none).
     curated, out_dir, gallery : str
         The curated manifest in; the slice store (``<volume>.npy``, ``index.csv``,
         ``slicing.json``) and a gallery of sample slices per taxon out.
@@ -61,6 +65,7 @@ class SliceStageConfig(StageConfig):
     slicing: SlicingConfig = nested_field(SlicingConfig)
     n_jobs: int = params_field("slice.n_jobs", default=1)
     max_side: int = params_field("data.max_side", default=512)
+    train_factor: int = params_field("slice.train_factor", default=1)
     curated: str = "data/curated/manifest.csv"
     out_dir: str = "data/slices"
     gallery: str = "results/figures/slice_gallery.png"
@@ -93,6 +98,7 @@ def run(
         seed=config.seed,
         n_jobs=config.n_jobs,
         max_side=config.max_side,
+        train_factor=config.train_factor,
         progress=progress,
     )
     seconds = time.perf_counter() - t0
@@ -103,6 +109,11 @@ def run(
         f"{len(index)} slices of {size}x{size} px kept from {candidates} candidate "
         f"sections of {len(manifest)} volumes in {seconds:.0f} s ({config.n_jobs} worker(s))."
     )
+    if "n_reserve" in record:
+        summary += (
+            f" Training reserve (slice.train_factor = {record['train_factor']}): "
+            f"{record['n_reserve']} more sections, for the training specimens."
+        )
     per_taxon = index.groupby("species").agg(
         volumes=("file", "nunique"),
         slices=("slice_id", "count"),

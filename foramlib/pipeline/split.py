@@ -87,6 +87,7 @@ def run(config: SplitStageConfig) -> SplitStageResult:
     """Search the specimen split and write it (folder replaced atomically) with Tables
     2 and 3 of this run and of the paper."""
     from foramlib.dataset import curation, split
+    from foramlib.dataset.slicing import load_reserve
     from foramlib.evaluation import paper
     from foramlib.io.atomic import atomic_dir, write_csv
 
@@ -106,6 +107,8 @@ def run(config: SplitStageConfig) -> SplitStageResult:
     )
     assignment = result.assignment
     index = split.split_slices(slices, assignment)
+    n_ordinary = len(index)
+    index = split.add_training_reserve(index, load_reserve(config.slices))
     record = dict(
         method=result.method,
         objective=result.objective,
@@ -113,6 +116,9 @@ def run(config: SplitStageConfig) -> SplitStageResult:
         seed=result.seed,
         fractions=list(result.fractions),
     )
+    if len(index) > n_ordinary:  # only then: a split without a reserve stays as it was
+        record["train_reserve_slices"] = len(index) - n_ordinary
+        summary += f"; {len(index) - n_ordinary} reserve sections added to training"
     with atomic_dir(config.out_dir) as tmp:
         assignment.to_csv(Path(tmp) / "specimens.csv", index=False)
         index.to_csv(Path(tmp) / "index.csv", index=False)

@@ -102,7 +102,10 @@ def workspace_params() -> dict:
     )
     params["virtual"].update(preset="tiny", shape=SHAPE, supersample=1, n_jobs=1)
     params["curate"]["min_models"] = MIN_MODELS
-    params["slice"].update(slices_per_taxon=SLICES_PER_TAXON, size=SLICE_SIZE, n_jobs=1)
+    # no training reserve: the tiny models train on the ordinary slices, quickly
+    params["slice"].update(
+        slices_per_taxon=SLICES_PER_TAXON, size=SLICE_SIZE, n_jobs=1, train_factor=1
+    )
     params["train"].update(
         backbones={name: {"input_size": SLICE_SIZE} for name in MEMBERS},
         phase1_epochs=0,
