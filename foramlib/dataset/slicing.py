@@ -514,6 +514,11 @@ def slice_volume(
     """
     name = name or str(path)
     vol = read_volume(path, voxel_size_um=voxel_size_um, max_side=max_side)
+    return _slice_read_volume(vol, n_slices, config, seed, name)
+
+
+def _slice_read_volume(vol, n_slices: int, config: SlicingConfig, seed: int, name: str):
+    """:func:`slice_array` on a volume read by ``read_volume``, noting its binning."""
     images, rows, stats = slice_array(vol.data, n_slices, config, seed, name=name)
     if vol.binned > 1:  # only then: a store of volumes read as they are stays as it was
         stats["binned"] = vol.binned
@@ -583,13 +588,11 @@ def _slice_job(args):
     """One volume read once: its slices, and its training reserve when asked for."""
     path, n, config, seed, voxel, name, max_side, n_reserve, reserve_seed = args
     vol = read_volume(path, voxel_size_um=voxel, max_side=max_side)
-    images, rows, stats = slice_array(vol.data, n, config, seed, name=name)
-    if vol.binned > 1:  # only then: a store of volumes read as they are stays as it was
-        stats["binned"] = vol.binned
-    reserve = None
-    if n_reserve:
-        reserve = slice_array(vol.data, n_reserve, config, reserve_seed, name=name)
-    return (images, rows, stats), reserve
+    ordinary = _slice_read_volume(vol, n, config, seed, name)
+    reserve = (
+        slice_array(vol.data, n_reserve, config, reserve_seed, name=name) if n_reserve else None
+    )
+    return ordinary, reserve
 
 
 def _array_name(file: str) -> str:
@@ -638,9 +641,8 @@ def build_slice_store(
     """
     if int(n_jobs) < 1:
         raise ValueError(f"n_jobs must be >= 1, got {n_jobs!r}")
-    if isinstance(train_factor, bool) or int(train_factor) != train_factor or train_factor < 1:
+    if isinstance(train_factor, bool) or not isinstance(train_factor, int) or train_factor < 1:
         raise ValueError(f"slice.train_factor must be an integer >= 1, got {train_factor!r}")
-    train_factor = int(train_factor)
     need = {"file", "specimen_id", "species", "path"}
     if need - set(manifest.columns):
         raise ValueError(f"manifest lacks column(s) {sorted(need - set(manifest.columns))}")
