@@ -21,6 +21,7 @@ folder (so the script also runs on a machine without the pipeline's data).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
@@ -135,8 +136,9 @@ def main() -> None:
     parser.add_argument("--store", help="slice store folder (default: a synthetic one)")
     parser.add_argument("--index", help="split index CSV of --store")
     parser.add_argument(
-        "--precision", default="auto", choices=list(training.PRECISIONS),
-        help="dtype policy; auto: as training does (mixed_float16 on a GPU, else float32)",
+        "--precision", nargs="+", default=["auto"], choices=list(training.PRECISIONS),
+        help="dtype policies, each measured in turn (compare them within one run); auto: "
+        "as training does (mixed_float16 on a GPU, else float32)",
     )  # fmt: skip
     parser.add_argument(
         "--out", default=str(Path(__file__).parent / "results" / "train_throughput.json")
@@ -144,8 +146,7 @@ def main() -> None:
     args = parser.parse_args()
     import keras
 
-    precision = training.resolve_precision(args.precision)
-    keras.mixed_precision.set_global_policy(precision)
+    precisions = [training.resolve_precision(p) for p in args.precision]
     tmp = tempfile.TemporaryDirectory()
     if args.store:
         store = Path(args.store)
@@ -158,26 +159,30 @@ def main() -> None:
     _, arrays = load_slices(store, index)
     augment = AugmentConfig()
     runs = []
-    for backbone in args.backbone:
-        for batch in args.batch_sizes:
-            ds = data.SliceBatches(
-                index,
-                arrays,
-                names,
-                batch_size=batch,
-                shuffle=True,
-                mix=lambda x, y, rng: mix_batch(x, y, augment, rng),
-                input_size=args.input_size,
-                workers=args.workers,
-            )
-            runs.append(measure(backbone, args.input_size, batch, args.steps, ds))
-            print(json.dumps(runs[-1]))
+    for precision, backbone, batch in itertools.product(
+        precisions, args.backbone, args.batch_sizes
+    ):
+        keras.mixed_precision.set_global_policy(precision)
+        ds = data.SliceBatches(
+            index,
+            arrays,
+            names,
+            batch_size=batch,
+            shuffle=True,
+            mix=lambda x, y, rng: mix_batch(x, y, augment, rng),
+            input_size=args.input_size,
+            workers=args.workers,
+        )
+        runs.append(
+            dict(precision=precision, **measure(backbone, args.input_size, batch, args.steps, ds))
+        )
+        print(json.dumps(runs[-1]))
     accelerators = training.available_accelerators()
     result = dict(
         benchmark="train throughput",
         backend=keras.backend.backend(),
         device=accelerators or f"CPU ({os.cpu_count()} cores)",
-        precision=precision,
+        precision=precisions[0] if len(precisions) == 1 else precisions,
         store="synthetic" if not args.store else str(args.store),
         runs=runs,
         goal="pipeline >= 90% of the model step on a GPU",
