@@ -4,7 +4,8 @@ Every pipeline stage is a thin papermill notebook that calls into this package. 
 layers, lowest first; a module imports from its own subpackage and from lower layers
 only (``tests/test_layout.py`` checks it)::
 
-    params, io                  dotted keys of params.yaml; volumes, uploads, atomic writes
+    params, io, workers         dotted keys of params.yaml; volumes, uploads, atomic writes;
+                                where per-volume jobs run (here, local processes, Dask)
     virtual, dataset            the virtual collection; curation, slicing, preprocessing, split
     learn                       models, loader, augmentation, training, offline pretraining
     evaluation                  metrics, ensembles, the paper's tables, the classical baseline

@@ -10,7 +10,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "foramlib"
 
 #: lowest first; a module may import from its own subpackage and from lower layers only
 LAYERS = [
-    {"params", "io"},  # reading settings and files
+    {"params", "io", "workers"},  # reading settings and files; where per-volume jobs run
     {"virtual", "dataset"},  # the data: virtual collection, curation, slicing, split
     {"learn"},  # models, loader, augmentation, training
     {"evaluation"},  # metrics, ensembles, tables, baseline

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from foramlib import workers
 from foramlib.io.volumes import read_manifest, read_volume
 from foramlib.virtual import collection as virtual
 
@@ -212,9 +213,9 @@ def test_unknown_preset_lists_the_valid_ones():
 def test_workers_run_numpy_baseline_kernels():
     """numpy's optional (AVX2, AVX-512, ...) kernels round differently in the last bit,
     so the volumes are rendered where none is in use, whatever this process uses."""
-    with virtual._portable_workers(1) as pool:
-        targets, active = pool.submit(virtual._numpy_optional_kernels).result()
-    assert targets == virtual._numpy_optional_kernels()[0]
+    with workers.volume_pool(1, portable=True) as pool:
+        targets, active = pool.submit(workers.numpy_optional_kernels).result()
+    assert targets == workers.numpy_optional_kernels()[0]
     assert not any(active.values()), active
     assert os.environ.get("NPY_DISABLE_CPU_FEATURES") == _ENV_BEFORE  # nothing leaks
 
@@ -228,7 +229,7 @@ def test_files_do_not_depend_on_the_cpu_kernels_numpy_picks(tmp_path):
     virtual.synthesize_collection(
         tmp_path / "here", taxa, seed=5, shape=24, supersample=1, progress=None
     )
-    env = dict(os.environ, NPY_DISABLE_CPU_FEATURES=" ".join(virtual._numpy_optional_kernels()[0]))
+    env = dict(os.environ, NPY_DISABLE_CPU_FEATURES=" ".join(workers.numpy_optional_kernels()[0]))
     code = (
         "import sys; from foramlib.virtual import collection as v; "
         "v.synthesize_collection(sys.argv[1], v.tiny_taxa()[:1], seed=5, shape=24, "

@@ -141,8 +141,31 @@ def curate(manifest: pd.DataFrame, min_models: int = 4) -> tuple[pd.DataFrame, p
     return curated, taxa
 
 
+def _check_volume(path, file: str, voxel, max_side):
+    """One volume's statistics (a dict), or the line saying why it is unusable (a str)."""
+    try:
+        vol = read_volume(path, voxel_size_um=voxel, max_side=max_side)
+    except VolumeError as exc:
+        return str(exc)
+    data = vol.data
+    if min(data.shape) < MIN_EDGE_VOXELS:
+        return (
+            f"{file}: shape {data.shape} (isotropic {vol.voxel_size_um:g} µm voxels) "
+            f"has an axis under {MIN_EDGE_VOXELS} voxels; slicing and the 3D index "
+            "need more of the specimen (check the file, or its voxel size)"
+        )
+    return dict(
+        file=file,
+        shape="x".join(map(str, data.shape)),
+        voxel_size_um=vol.voxel_size_um,
+        min=float(data.min()),
+        max=float(data.max()),
+        median=float(np.median(data)),
+    )
+
+
 def volume_checks(
-    manifest: pd.DataFrame, max_side: int | None = None
+    manifest: pd.DataFrame, max_side: int | None = None, *, n_jobs: int = 1
 ) -> tuple[pd.DataFrame, list[str]]:
     """Read every volume the manifest lists: its vital statistics, and every problem.
 
@@ -150,7 +173,9 @@ def volume_checks(
     :func:`~foramlib.io.volumes.read_volume`) or has fewer than :data:`MIN_EDGE_VOXELS`
     voxels along an axis. Every file is read, so one bad scan does not hide another. A
     volume with a side over `max_side` is checked as the later stages read it: binned
-    while it is read (``read_volume``'s `max_side`), so memory stays bounded.
+    while it is read (``read_volume``'s `max_side`), so memory stays bounded. The reads
+    run where :func:`foramlib.workers.volume_pool` puts them (`n_jobs` local
+    processes, or a Dask cluster), in the manifest's order.
 
     Returns
     -------
@@ -160,32 +185,16 @@ def volume_checks(
     problems : list of str
         One line per unusable volume, starting with its file name.
     """
-    rows, problems = [], []
-    for row in manifest.itertuples(index=False):
-        voxel = manifest_voxel_size(row)
-        try:
-            vol = read_volume(row.path, voxel_size_um=voxel, max_side=max_side)
-        except VolumeError as exc:
-            problems.append(str(exc))
-            continue
-        data = vol.data
-        if min(data.shape) < MIN_EDGE_VOXELS:
-            problems.append(
-                f"{row.file}: shape {data.shape} (isotropic {vol.voxel_size_um:g} µm voxels) "
-                f"has an axis under {MIN_EDGE_VOXELS} voxels; slicing and the 3D index "
-                "need more of the specimen (check the file, or its voxel size)"
-            )
-            continue
-        rows.append(
-            dict(
-                file=row.file,
-                shape="x".join(map(str, data.shape)),
-                voxel_size_um=vol.voxel_size_um,
-                min=float(data.min()),
-                max=float(data.max()),
-                median=float(np.median(data)),
-            )
-        )
+    from foramlib.workers import volume_pool
+
+    jobs = [
+        (row.path, row.file, manifest_voxel_size(row), max_side)
+        for row in manifest.itertuples(index=False)
+    ]
+    with volume_pool(n_jobs) as pool:
+        outcomes = [f.result() for f in [pool.submit(_check_volume, *job) for job in jobs]]
+    rows = [o for o in outcomes if isinstance(o, dict)]
+    problems = [o for o in outcomes if isinstance(o, str)]
     columns = ["file", "shape", "voxel_size_um", "min", "max", "median"]
     return pd.DataFrame(rows, columns=columns), problems
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -719,14 +718,15 @@ def build_slice_store(
 
 
 def _run_slice_jobs(jobs, n_jobs: int, progress):
-    """Run slicing jobs (in worker processes when `n_jobs` > 1); results and problems."""
+    """Run slicing jobs (see :func:`foramlib.workers.volume_pool`); results and problems."""
+    from foramlib.workers import volume_pool
+
     results, problems = [], []
-    pool = ProcessPoolExecutor(int(n_jobs)) if n_jobs > 1 else None
-    try:
-        futures = [pool.submit(_slice_job, j) for j in jobs] if pool else None
+    with volume_pool(int(n_jobs)) as pool:
+        futures = [pool.submit(_slice_job, j) for j in jobs]
         for i, job in enumerate(jobs):
             try:
-                res = futures[i].result() if pool else _slice_job(job)
+                res = futures[i].result()
             except SliceError as exc:
                 problems.append(str(exc))
                 results.append(None)
@@ -740,9 +740,6 @@ def _run_slice_jobs(jobs, n_jobs: int, progress):
                     f"slices kept ({st['low_content']} low-content){extra}, "
                     f"{st['seconds']:.1f} s"
                 )
-    finally:
-        if pool:
-            pool.shutdown(cancel_futures=True)
     return results, problems
 
 

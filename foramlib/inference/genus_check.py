@@ -491,7 +491,7 @@ def unknown_taxa_sections(
         ``specimen_id`` and ``taxon`` of each section.
     """
     from foramlib.learn.pretraining import CorpusConfig, _corpus_job, corpus_plans
-    from foramlib.virtual.collection import _portable_workers
+    from foramlib.workers import volume_pool
 
     probe_seed = int(np.random.SeedSequence([int(seed), _PROBE_TAG]).generate_state(1)[0])
     config = CorpusConfig(
@@ -503,7 +503,7 @@ def unknown_taxa_sections(
         seed=probe_seed,
     )
     plans = corpus_plans(config)
-    with _portable_workers(n_jobs) as pool:
+    with volume_pool(int(n_jobs), portable=True) as pool:
         results = list(pool.map(_corpus_job, [(p, config, slicing) for p in plans]))
     images, frames = [], []
     for plan, (imgs, _, _) in zip(plans, results, strict=True):

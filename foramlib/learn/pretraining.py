@@ -134,9 +134,10 @@ def corpus_plans(config: CorpusConfig):
 def _corpus_job(args):
     plan, config, slicing = args
     from foramlib.dataset.slicing import SliceError, slice_array
-    from foramlib.virtual.collection import _check_portable_kernels, render_scan
+    from foramlib.virtual.collection import render_scan
+    from foramlib.workers import check_portable_kernels
 
-    _check_portable_kernels()
+    check_portable_kernels()
     t0 = time.perf_counter()
     volume, _ = render_scan(plan, shape=config.shape, supersample=config.supersample)
     try:
@@ -182,8 +183,8 @@ def build_corpus(
     DataFrame
         The index as written.
     """
-    from foramlib.virtual.collection import _portable_workers
     from foramlib.virtual.shells import shell_recipe
+    from foramlib.workers import volume_pool
 
     _positive_int("n_jobs", n_jobs)
     plans = corpus_plans(config)
@@ -192,7 +193,7 @@ def build_corpus(
     t0 = time.perf_counter()
     # rendered like the collection: in workers whose numpy uses only its baseline
     # kernels, so the corpus does not depend on the CPU (see foramlib.virtual.collection)
-    with atomic_dir(out_dir) as tmp, _portable_workers(n_jobs) as pool:
+    with atomic_dir(out_dir) as tmp, volume_pool(int(n_jobs), portable=True) as pool:
         results = pool.map(_corpus_job, jobs)
         for i, (plan, (images, rows, _)) in enumerate(zip(plans, results, strict=True)):
             if progress and ((i + 1) % 20 == 0 or i + 1 == len(plans)):

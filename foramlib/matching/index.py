@@ -41,7 +41,7 @@ from __future__ import annotations
 import json
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,9 +55,11 @@ from foramlib.matching.search import (
     IndexConfig,
     MatchIndex,
     PreparedVolume,
-    build_index,
+    index_from_parts,
+    index_volume,
     prepare_volume,
 )
+from foramlib.workers import volume_pool
 
 __all__ = [
     "INDEX_FILE",
@@ -90,6 +92,12 @@ def _relative_file(raw_dir, file: str) -> str:
     """The volume path as the stage sees it: `raw_dir`/`file`, or `file` if absolute."""
     path = Path(file)
     return path.as_posix() if path.is_absolute() else (Path(raw_dir) / path).as_posix()
+
+
+def _index_volume_file(path, voxel_size_um, max_side, specimen_id, species, config):
+    """Read one volume and index its sections; the part and the read's block size."""
+    vol = read_volume(path, voxel_size_um=voxel_size_um, max_side=max_side)
+    return index_volume(specimen_id, species, vol.data, config), vol.binned
 
 
 def build_collection_index(
@@ -139,17 +147,22 @@ def build_collection_index(
     first = manifest.drop_duplicates("specimen_id", keep="first").reset_index(drop=True)
     skipped = manifest.loc[manifest.duplicated("specimen_id", keep="first"), "file"].tolist()
     n = len(first)
-    binned = {}
-
-    def volumes() -> Iterator[tuple[str, str, np.ndarray]]:
-        for i, row in enumerate(first.itertuples(index=False)):
-            report(i / n, f"indexing {row.specimen_id} ({i + 1}/{n})")
-            vol = read_volume(row.path, voxel_size_um=manifest_voxel_size(row), max_side=max_side)
-            if vol.binned > 1:
-                binned[row.specimen_id] = vol.binned
-            yield row.specimen_id, row.species, vol.data
-
-    index = build_index(volumes(), config)
+    jobs = [
+        (row.path, manifest_voxel_size(row), max_side, row.specimen_id, row.species, config)
+        for row in first.itertuples(index=False)
+    ]
+    parts, binned = [], {}
+    # each volume is read and cut where its job runs (this process, or a Dask worker:
+    # foramlib.workers), so only its small descriptors come back; joined in order
+    with volume_pool(1) as pool:
+        futures = [pool.submit(_index_volume_file, *job) for job in jobs]
+        for i, (job, future) in enumerate(zip(jobs, futures, strict=True)):
+            report(i / n, f"indexing {job[3]} ({i + 1}/{n})")
+            part, block = future.result()
+            parts.append(part)
+            if block > 1:
+                binned[job[3]] = block
+    index = index_from_parts(parts, config)
     counts = pd.Series(index.specimen).value_counts()
     specimens = pd.DataFrame(
         {

@@ -138,6 +138,8 @@ __all__ = [
     "prepare_volume",
     "describe",
     "build_index",
+    "index_from_parts",
+    "index_volume",
     "match",
     "plane_error",
 ]
@@ -931,8 +933,7 @@ def build_index(volumes: Sequence, config: IndexConfig = IndexConfig(), progress
     MatchError
         If a volume is unusable or no volume yields a candidate.
     """
-    keys = ("specimen", "species", "normals", "offsets", "raw", "canonical", "geometry")
-    cols = {k: [] for k in keys}
+    parts = []
     for done, item in enumerate(volumes, start=1):
         try:
             spec, species, volume = item
@@ -940,29 +941,55 @@ def build_index(volumes: Sequence, config: IndexConfig = IndexConfig(), progress
             raise MatchError(
                 f"volumes must be (specimen_id, species, volume) triples, got {item!r:.80}"
             ) from None
-        prepared = prepare_volume(volume, config, name=str(spec))
-        planes = candidate_planes(prepared, config.n_orientations, config.n_offsets)
-        kept, images, boxes = _cut_volume(prepared, planes, config, str(spec))
-        for k, img, box in zip(kept, images, boxes, strict=True):
-            f = describe(img, config.descriptor_size)
-            cols["geometry"].append(
-                _geometry(
-                    f.centroid,
-                    f.radius,
-                    f.orientation,
-                    box,
-                    config.preprocess.size,
-                    prepared.window,
-                )
-            )
-            cols["specimen"].append(str(spec))
-            cols["species"].append(str(species))
-            cols["normals"].append(planes[k].normal)
-            cols["offsets"].append(planes[k].offset)
-            cols["raw"].append(f.vector())
-            cols["canonical"].append(f.canonical.ravel())
+        parts.append(index_volume(spec, species, volume, config))
         if progress is not None:
             progress(done, str(spec))
+    return index_from_parts(parts, config)
+
+
+_PART_KEYS = ("specimen", "species", "normals", "offsets", "raw", "canonical", "geometry")
+
+
+def index_volume(specimen_id, species, volume: np.ndarray, config: IndexConfig) -> dict:
+    """The candidate sections of one volume, described for the index.
+
+    The per-volume half of :func:`build_index`, so that volumes can be indexed in
+    separate processes (or on a Dask cluster) and joined by :func:`index_from_parts`.
+
+    Returns
+    -------
+    dict
+        Lists ``specimen``, ``species``, ``normals``, ``offsets``, ``raw``,
+        ``canonical`` and ``geometry``, one entry per kept section.
+    """
+    cols = {k: [] for k in _PART_KEYS}
+    prepared = prepare_volume(volume, config, name=str(specimen_id))
+    planes = candidate_planes(prepared, config.n_orientations, config.n_offsets)
+    kept, images, boxes = _cut_volume(prepared, planes, config, str(specimen_id))
+    for k, img, box in zip(kept, images, boxes, strict=True):
+        f = describe(img, config.descriptor_size)
+        cols["geometry"].append(
+            _geometry(
+                f.centroid,
+                f.radius,
+                f.orientation,
+                box,
+                config.preprocess.size,
+                prepared.window,
+            )
+        )
+        cols["specimen"].append(str(specimen_id))
+        cols["species"].append(str(species))
+        cols["normals"].append(planes[k].normal)
+        cols["offsets"].append(planes[k].offset)
+        cols["raw"].append(f.vector())
+        cols["canonical"].append(f.canonical.ravel())
+    return cols
+
+
+def index_from_parts(parts: Sequence[dict], config: IndexConfig):
+    """Join :func:`index_volume` results, in order, into one :class:`MatchIndex`."""
+    cols = {k: [v for part in parts for v in part[k]] for k in _PART_KEYS}
     if not cols["specimen"]:
         raise MatchError("no volume yielded a usable candidate section")
     return MatchIndex.from_raw(

@@ -35,14 +35,10 @@ Examples
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import multiprocessing
-import os
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -52,6 +48,7 @@ from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
 from foramlib.io.atomic import atomic_dir
+from foramlib.workers import check_portable_kernels, volume_pool
 
 __all__ = [
     "TaxonSpec",
@@ -1042,61 +1039,11 @@ def _add_scan_artefacts(vol, cond, rng, centre_vox, bound_vox):
 # ----------------------------------------------------------------------------------------
 # The whole collection
 # ----------------------------------------------------------------------------------------
-_NUMPY_KERNELS_ENV = "NPY_DISABLE_CPU_FEATURES"
-
-
-def _numpy_optional_kernels() -> tuple[list[str], dict]:
-    """numpy's run-time dispatched CPU targets and which of them are in use here."""
-    try:
-        from numpy._core import _multiarray_umath as umath  # numpy >= 2
-    except ImportError:  # pragma: no cover - numpy 1.x
-        from numpy.core import _multiarray_umath as umath
-    targets = list(getattr(umath, "__cpu_dispatch__", []))
-    features = getattr(umath, "__cpu_features__", {})
-    return targets, {t: bool(features.get(t, False)) for t in targets}
-
-
-def _check_portable_kernels() -> None:
-    """Refuse to render where numpy uses CPU-specific kernels (bytes would vary by CPU)."""
-    _, active = _numpy_optional_kernels()
-    used = [t for t, on in active.items() if on]
-    if used:
-        raise RuntimeError(
-            f"numpy uses the CPU-specific kernels {used} in this process, so rendered "
-            f"volumes would differ between machines; render in a process started with "
-            f"{_NUMPY_KERNELS_ENV} naming them (synthesize_collection does this)"
-        )
-
-
-@contextlib.contextmanager
-def _portable_workers(n_jobs: int):
-    """A process pool whose numpy runs only its baseline kernels (see the module notes).
-
-    numpy reads ``NPY_DISABLE_CPU_FEATURES`` once, when it is imported, so the workers
-    are fresh ("spawn") processes that inherit it from this one's environment; it is
-    set only while the pool starts and runs.
-    """
-    targets, _ = _numpy_optional_kernels()
-    old = os.environ.get(_NUMPY_KERNELS_ENV)
-    os.environ[_NUMPY_KERNELS_ENV] = " ".join(targets)
-    pool = ProcessPoolExecutor(
-        max_workers=int(n_jobs), mp_context=multiprocessing.get_context("spawn")
-    )
-    try:
-        yield pool
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-        if old is None:
-            os.environ.pop(_NUMPY_KERNELS_ENV, None)
-        else:
-            os.environ[_NUMPY_KERNELS_ENV] = old
-
-
 def _render_and_write(args):
     plan, out_dir, shape, supersample = args
     from foramlib.io.volumes import write_nifti
 
-    _check_portable_kernels()
+    check_portable_kernels()
 
     t0 = time.perf_counter()
     vol, voxel_um = render_scan(plan, shape, supersample)
@@ -1151,7 +1098,7 @@ def synthesize_collection(
         raise ValueError(f"n_jobs must be >= 1, got {n_jobs!r}")
     plans = plan_collection(taxa, seed)
     rows = []
-    with atomic_dir(out_dir) as tmp, _portable_workers(n_jobs) as pool:
+    with atomic_dir(out_dir) as tmp, volume_pool(int(n_jobs), portable=True) as pool:
         jobs = [(p, tmp, shape, supersample) for p in plans]
         results = pool.map(_render_and_write, jobs)
         for i, (plan, (file, voxel_um, secs)) in enumerate(zip(plans, results, strict=True)):
