@@ -6,7 +6,7 @@ each other. :func:`volume_pool` gives a stage one :class:`concurrent.futures.Exe
 for them, chosen in this order:
 
 1. the environment variable ``FORAM_DASK_SCHEDULER`` names a Dask scheduler
-   (``tcp://10.0.0.5:8786``; the ``dask-scheduler`` command prints it): the jobs run on
+   (``tcp://10.0.0.5:8786``; the ``dask scheduler`` command prints it): the jobs run on
    that cluster's workers, through :meth:`distributed.Client.get_executor`;
 2. `n_jobs` > 1: a local pool of that many worker processes;
 3. otherwise the jobs run one after the other in this process.
@@ -159,7 +159,7 @@ def _dask_executor(address: str) -> Iterator[Executor]:
     except (OSError, TimeoutError, ValueError) as exc:
         raise RuntimeError(
             f"{SCHEDULER_ENV}={address!r}: cannot reach the Dask scheduler ({exc}); "
-            f"start it (dask-scheduler) or unset {SCHEDULER_ENV} to run here"
+            f"start it (dask scheduler) or unset {SCHEDULER_ENV} to run here"
         ) from None
     executor = client.get_executor()
     try:
