@@ -190,8 +190,12 @@ class App(widgets.VBox):
         """Show page `name` ("home", "classify" or "match"); hide the others."""
         if name not in PAGES:
             raise ValueError(f"page must be one of {PAGES}, got {name!r}")
+        # hide the others first: the browser applies the changes in order, so two
+        # pages are never shown at once, not even for a frame
         for n, page in self.pages.items():
-            _hide(page, n != name)
+            if n != name:
+                _hide(page)
+        _hide(self.pages[name], False)
         for n, button in self.nav.items():
             button.button_style = "primary" if n == name else ""
         self.active_page = name
