@@ -63,13 +63,18 @@ def train_config(params: dict, backbone: str, seed: int) -> training.TrainConfig
     return training.TrainConfig.from_params(params, backbone, seed=seed)
 
 
-def train_once(cfg: training.TrainConfig, index: pd.DataFrame, store, names, out_dir):
-    """Train one backbone; return its val and test Predictions."""
+def datasets_for(cfg: training.TrainConfig, index: pd.DataFrame, store, names) -> dict:
+    """The train/val/test batches `cfg` trains on, as the train stage builds them."""
     mix = (lambda x, y, rng: mix_batch(x, y, cfg.augment, rng)) if cfg.augment.enabled else None
-    datasets = data.make_datasets(
+    return data.make_datasets(
         index, store, names, batch_size=cfg.batch_size, seed=cfg.seed, mix=mix,
         input_size=cfg.input_size, workers=cfg.workers,
     )  # fmt: skip
+
+
+def train_once(cfg: training.TrainConfig, index: pd.DataFrame, store, names, out_dir):
+    """Train one backbone; return its val and test Predictions."""
+    datasets = datasets_for(cfg, index, store, names)
     result = training.train_backbone(cfg, datasets, names, out_dir, progress=None)
     out = {}
     for split in ("val", "test"):
@@ -261,7 +266,8 @@ def main() -> None:
             per_model[b] = score(test[b])
         name, final = final_ensemble(params, val, test)
         runs.append(dict(seed=params["seed"], final_name=name, final=score(final),
-                         models=per_model, train_seconds=None))  # fmt: skip
+                         models=per_model, val_models={b: score(p) for b, p in val.items()},
+                         train_seconds=None))  # fmt: skip
     for seed in args.seeds:
         val, test, per_model, seconds = {}, {}, {}, {}
         for b in backbones:
@@ -279,6 +285,7 @@ def main() -> None:
                 final_name=name,
                 final=score(final),
                 models=per_model,
+                val_models={b: score(p) for b, p in val.items()},
                 train_seconds=seconds,
             )
         )

@@ -28,6 +28,7 @@ from typing import Any
 import yaml
 
 from foramlib.io.atomic import write_text
+from foramlib.params import BACKBONE_SETTINGS
 
 __all__ = [
     "ParamsError",
@@ -115,18 +116,41 @@ def _fractions(v: Any) -> bool:
 
 
 def _backbones(v: Any) -> bool:
-    """a mapping of backbone name -> {input_size: integer >= 32}"""
+    """a mapping of backbone name -> {input_size: integer >= 32[, training settings]}"""
     return (
         isinstance(v, dict)
         and len(v) >= 1
         and all(
             isinstance(k, str)
             and isinstance(c, dict)
-            and set(c) == {"input_size"}
+            and "input_size" in c
             and _int_at_least(32)(c["input_size"])
             for k, c in v.items()
         )
     )
+
+
+def _backbone_setting_problems(backbones: Any) -> list[str]:
+    """Bad or unknown keys among the backbones' own training settings."""
+    if not isinstance(backbones, dict):
+        return []  # the train.backbones check reports it
+    problems = []
+    for name, settings in backbones.items():
+        if not isinstance(settings, dict):
+            continue
+        for key, value in settings.items():
+            full = f"train.backbones.{name}.{key}"
+            if key == "input_size":
+                continue
+            if key not in BACKBONE_SETTINGS:
+                problems.append(
+                    f"unknown key {full!r} (a backbone may set input_size and "
+                    f"{', '.join(BACKBONE_SETTINGS)})"
+                )
+            elif not SCHEMA[f"train.{key}"][0](value):
+                check = SCHEMA[f"train.{key}"][0]
+                problems.append(f"{full} = {value!r} is invalid: expected {check.__doc__}")
+    return problems
 
 
 def _optional_positive_int(v: Any) -> bool:
@@ -207,7 +231,11 @@ SCHEMA: dict[str, tuple[Callable[[Any], bool], str]] = {
     "pretrain.epochs": (_positive_int, "pretraining epochs per backbone"),
     "pretrain.lr": (_number_in(0, 1, lo_open=True), "pretraining peak learning rate"),
     "pretrain.max_steps_per_epoch": (_optional_positive_int, "cap on pretraining steps"),
-    "train.backbones": (_backbones, "one train@<name> stage per backbone, with its input size"),
+    "train.backbones": (
+        _backbones,
+        "one train@<name> stage per backbone, with its input size (and optionally its "
+        "own epochs, steps, learning rates or patience)",
+    ),
     "train.weights": (
         _weights,
         "imagenet (paper; needs network), null, or a local file, e.g. the pretrain stage's",
@@ -292,6 +320,7 @@ def validate_params(params: Any, source: str = "params") -> dict:
             problems.append(f"missing key {key!r} ({meaning})")
         elif not check(flat[key]):
             problems.append(f"{key} = {flat[key]!r} is invalid: expected {check.__doc__}")
+    problems += _backbone_setting_problems(flat.get("train.backbones"))
     known_prefixes = {k.rsplit(".", 1)[0] for k in SCHEMA if "." in k}
     for key in flat:
         if key not in SCHEMA and key.rsplit(".", 1)[0] in known_prefixes | {key}:

@@ -19,7 +19,20 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-__all__ = ["lookup", "read_keys"]
+__all__ = ["BACKBONE_SETTINGS", "lookup", "read_keys"]
+
+#: Training settings a backbone may give itself in ``train.backbones.<name>`` (beside
+#: its ``input_size``): they replace ``train.<key>`` for that backbone's stage alone, so
+#: a cheap backbone can train shorter than the main one.
+BACKBONE_SETTINGS = (
+    "phase1_epochs",
+    "phase2_epochs",
+    "restart_epochs",
+    "max_steps_per_epoch",
+    "phase1_lr",
+    "phase2_lr",
+    "patience",
+)
 
 
 def lookup(params: Mapping, dotted: str) -> Any:

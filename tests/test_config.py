@@ -84,6 +84,33 @@ def test_bad_values_are_named_and_echoed(quick, key, value, match):
         config.validate_params(params)
 
 
+def test_a_backbone_may_set_its_own_training_settings(quick):
+    params = copy.deepcopy(quick)
+    name = next(iter(params["train"]["backbones"]))
+    params["train"]["backbones"][name].update(phase2_epochs=4, max_steps_per_epoch=None)
+    config.validate_params(params)
+
+
+@pytest.mark.parametrize(
+    "setting, value, match",
+    [
+        ("phase2_epochs", -1, r"train.backbones.{b}.phase2_epochs = -1 is invalid: expected an "
+         r"integer >= 0"),
+        ("phase2_lr", 0, r"train.backbones.{b}.phase2_lr = 0 is invalid: expected a number in "
+         r"\(0, 1\]"),
+        ("batch_size", 64, r"unknown key 'train.backbones.{b}.batch_size' \(a backbone may set "
+         r"input_size and phase1_epochs, .*patience\)"),
+        ("input_size", 16, r"train.backbones = .* is invalid"),
+    ],
+)  # fmt: skip
+def test_bad_backbone_settings_are_named(quick, setting, value, match):
+    params = copy.deepcopy(quick)
+    name = next(iter(params["train"]["backbones"]))
+    params["train"]["backbones"][name][setting] = value
+    with pytest.raises(config.ParamsError, match=match.format(b=name)):
+        config.validate_params(params)
+
+
 def test_all_problems_are_reported_at_once(quick):
     params = copy.deepcopy(quick)
     del params["curate"]["min_models"]

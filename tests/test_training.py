@@ -187,6 +187,31 @@ def test_batchnorm_stays_frozen_when_fine_tuning_pretrained_weights(split_store,
     assert any(layer.trainable for layer in layers if isinstance(layer, keras.layers.Conv2D))
 
 
+def test_extra_callbacks_can_end_each_phase_and_the_trained_model_comes_back(split_store, tmp_path):
+    import keras
+
+    class StopAtFirstBatch(keras.callbacks.Callback):
+        batches = 0
+
+        def on_train_batch_end(self, batch, logs=None):
+            type(self).batches += 1
+            self.model.stop_training = True
+
+    config = training.TrainConfig(**{**QUICK, "phase1_epochs": 2, "phase2_epochs": 2})
+    datasets, names = _datasets(split_store)
+    result = training.train_backbone(
+        config, datasets, names, tmp_path / "m", progress=None, callbacks=[StopAtFirstBatch()]
+    )
+    assert StopAtFirstBatch.batches == 2  # one batch in each phase, then the phase ended
+    # the live model is the trained one (the saved copy predicts the same), still compiled
+    x = datasets["val"][0][0]
+    saved = keras.models.load_model(result.model_path)
+    np.testing.assert_allclose(
+        result.model.predict(x, verbose=0), saved.predict(x, verbose=0), atol=1e-5
+    )
+    assert result.model.optimizer is not None
+
+
 def test_config_from_params_reads_the_train_section_and_the_backbone_size():
     params = {
         "seed": 7,
@@ -202,6 +227,26 @@ def test_config_from_params_reads_the_train_section_and_the_backbone_size():
     assert cfg.patience == 2 and cfg.augment.enabled is False
     with pytest.raises(ValueError, match="no input_size for 'mobilenetv3_small'"):
         training.TrainConfig.from_params(params, "mobilenetv3_small")
+
+
+def test_a_backbone_s_own_settings_replace_the_section_s_for_it_alone():
+    params = {
+        "seed": 7,
+        "train": {
+            "backbones": {
+                "tiny_cnn": {"input_size": 64, "phase2_epochs": 4, "max_steps_per_epoch": 20},
+                "mobilenetv3_small": {"input_size": 96},
+            },
+            "phase2_epochs": 15,
+            "max_steps_per_epoch": None,
+        },
+    }
+    tiny = training.TrainConfig.from_params(params, "tiny_cnn")
+    mobile = training.TrainConfig.from_params(params, "mobilenetv3_small")
+    assert (tiny.phase2_epochs, tiny.max_steps_per_epoch) == (4, 20)
+    assert (mobile.phase2_epochs, mobile.max_steps_per_epoch) == (15, None)
+    # explicit overrides (benchmarks, tests) still come last
+    assert training.TrainConfig.from_params(params, "tiny_cnn", phase2_epochs=2).phase2_epochs == 2
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -28,6 +28,7 @@ import pandas as pd
 
 from foramlib.io.atomic import atomic_path, write_csv, write_text
 from foramlib.learn.augment import AugmentConfig
+from foramlib.params import BACKBONE_SETTINGS
 
 __all__ = [
     "PRECISIONS",
@@ -123,24 +124,29 @@ class TrainConfig:
     def from_params(cls, params: dict, backbone: str, **overrides) -> TrainConfig:
         """The train stage's configuration of `backbone` from a ``params.yaml`` mapping.
 
-        Reads ``params["train"]`` (the backbone's ``input_size`` from
-        ``train.backbones.<backbone>``) and ``params["seed"]``; `overrides` replace
-        fields.
+        Reads ``params["train"]`` and ``params["seed"]``. The backbone's entry
+        ``train.backbones.<backbone>`` gives its ``input_size`` and may replace the
+        section's settings named in :data:`foramlib.config.BACKBONE_SETTINGS` for this
+        backbone alone; `overrides` replace fields last.
 
         Examples
         --------
-        >>> params = {"seed": 1, "train": {"backbones": {"tiny_cnn": {"input_size": 64}},
-        ...                                "tta_views": 8, "patience": 3}}
+        >>> params = {"seed": 1, "train": {
+        ...     "backbones": {"tiny_cnn": {"input_size": 64, "phase2_epochs": 5}},
+        ...     "tta_views": 8, "patience": 3, "phase2_epochs": 15}}
         >>> cfg = TrainConfig.from_params(params, "tiny_cnn", patience=4)
-        >>> cfg.input_size, cfg.tta_views, cfg.patience, cfg.seed
-        (64, 8, 4, 1)
+        >>> cfg.input_size, cfg.tta_views, cfg.patience, cfg.seed, cfg.phase2_epochs
+        (64, 8, 4, 1, 5)
         """
+
         t = params["train"]
         keys = [f.name for f in fields(cls)]
         values = {k: t[k] for k in keys if k in t and k not in ("backbones", "augment")}
         values["seed"] = params["seed"]
+        settings = t["backbones"].get(backbone) if isinstance(t["backbones"], dict) else None
+        if isinstance(settings, dict):
+            values.update({k: settings[k] for k in BACKBONE_SETTINGS if k in settings})
         if "input_size" not in overrides:
-            settings = t["backbones"].get(backbone) if isinstance(t["backbones"], dict) else None
             if not isinstance(settings, dict) or "input_size" not in settings:
                 raise ValueError(
                     f"train.backbones has no input_size for {backbone!r}: {t['backbones']!r}"
@@ -166,6 +172,9 @@ class TrainResult:
     history: pd.DataFrame
     predictions: dict[str, pd.DataFrame]
     summary: dict
+    #: The trained Keras model, still compiled: more steps or predictions reuse its
+    #: compiled functions (an XLA compile of a large backbone costs minutes).
+    model: object = field(default=None, repr=False, compare=False)
 
 
 def available_accelerators() -> list[str]:
@@ -491,6 +500,7 @@ def train_backbone(
     *,
     live_dir=None,
     progress: Callable[[str], None] | None = print,
+    callbacks: Sequence = (),
 ) -> TrainResult:
     """Train `config.backbone` on ``datasets["train"]``, early-stopped on ``"val"``.
 
@@ -510,6 +520,11 @@ def train_backbone(
     live_dir : path-like, optional
         Also log every epoch through DVCLive there, as it ends (read it back with
         :func:`read_live_history`).
+    progress : callable or None
+        Receives one line per stage of the run (None: silent).
+    callbacks : sequence of keras.callbacks.Callback
+        Added to both phases' ``fit`` (a time budget, say: a callback that sets
+        ``model.stop_training`` ends the phase, and the best weights so far are kept).
 
     Returns
     -------
@@ -579,7 +594,7 @@ def train_backbone(
                     steps_per_epoch=steps,
                     class_weight=weights,
                     verbose=2,
-                    callbacks=[history.callback(1), stop],
+                    callbacks=[history.callback(1), stop, *callbacks],
                 )
                 done = len(history.rows)
             if config.phase2_epochs:
@@ -606,7 +621,7 @@ def train_backbone(
                     steps_per_epoch=steps,
                     class_weight=weights,
                     verbose=2,
-                    callbacks=[history.callback(2), stop2],
+                    callbacks=[history.callback(2), stop2, *callbacks],
                 )
             train_seconds = time.perf_counter() - t_train
             hist = pd.DataFrame(history.rows)
@@ -656,4 +671,4 @@ def train_backbone(
         f"{config.backbone}: {len(hist)} epochs in {train_seconds:.0f} s "
         f"({summary['train_images_per_s']} img/s), val accuracy {summary['val_accuracy']:.3f}"
     )
-    return TrainResult(out / "model.keras", hist, predictions, summary)
+    return TrainResult(out / "model.keras", hist, predictions, summary, model=model)
