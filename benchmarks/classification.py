@@ -296,8 +296,10 @@ def main() -> None:
         machine=machine(),
         data="virtual collection (synthetic, not the paper's scans)",
         params=dict(
+            file=str(args.params),
             profile=params.get("profile"),
             backbones={b: params["train"]["backbones"][b] for b in backbones},
+            augment=params["train"]["augment"],
             weights=params["train"]["weights"],
             phases=[params["train"]["phase1_epochs"], params["train"]["phase2_epochs"]],
             slices_per_taxon=params["slice"]["slices_per_taxon"],

@@ -7,7 +7,9 @@ fresh Voila kernel):
 
 * **landing**: from navigation start to ``.foram-app`` visible (the kernel starts,
   runs the notebook, and the widgets render) — read from the page's own clock
-  (``performance.now()``, which starts at navigation);
+  (``performance.now()``, which starts at navigation), with the browser's own timing of
+  its phases (``landing_phases``: HTML received, parsed, scripts loaded; the rest is
+  the widgets connecting and drawing);
 * **classify page** / **match page**: from the click on the navigation button to the
   page visible (in-page clock, both ends);
 * in the first session also **classify** (button click to the top-5 table, on a
@@ -131,6 +133,24 @@ def open_page(browser, url: str) -> tuple:
     return context, page, float(landing)
 
 
+NAVIGATION_PHASES = """() => {
+    const n = performance.getEntriesByType("navigation")[0];
+    return {html_ms: n.responseEnd, dom_ready_ms: n.domContentLoadedEventEnd,
+            scripts_loaded_ms: n.loadEventEnd};
+}"""
+
+
+def landing_phases(page) -> dict:
+    """Where a landing's time went (ms from navigation start, the browser's own timing).
+
+    ``html_ms``: the page's HTML received (Voila renders the notebook, or hands out a
+    preheated one); ``dom_ready_ms``: that HTML parsed; ``scripts_loaded_ms``: the
+    page's scripts and styles loaded. The rest, to the app visible, is the widget
+    manager connecting to the kernel and drawing the widgets.
+    """
+    return {k: round(float(v), 1) for k, v in page.evaluate(NAVIGATION_PHASES).items()}
+
+
 def click_until(page, button: str, target: str, error: str | None = None) -> float:
     """ms from clicking `button` (in-page) to `target` visible (RuntimeError if the app
     shows an error in `error` instead)."""
@@ -173,7 +193,7 @@ def session(
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
     context, page, landing = open_page(browser, url)
-    out = {"landing_ms": round(landing, 1)}
+    out = {"landing_ms": round(landing, 1), "landing_phases": landing_phases(page)}
     save_screenshot(page, screenshots if act else None, "landing")
     out["classify_page_ms"] = round(
         click_until(page, ".foram-nav-classify", ".foram-page-classify"), 1
@@ -344,21 +364,21 @@ def main(argv=None) -> int:
                 executable_path=args.chromium, headless=True, args=["--no-sandbox"]
             )
             for i in range(args.sessions):
-                before = set(children(proc.pid))
                 s = session(
                     browser, url, act=i == 0, has_index=has_index, screenshots=args.screenshots
                 )
                 if i == 0:  # memory with this one session open, after its classification
-                    kernels = [p for p in children(proc.pid) if p not in before]
-                    kernels = [p for p in kernels if "ipykernel" in cmdline(p)] or kernels
-                    kernel = sum(rss_mb(p) for p in kernels)
+                    # every kernel of the server: the session's and, with --preheat, the
+                    # pool's (a preheated session's kernel is the one that was waiting)
+                    kernels = [p for p in children(proc.pid) if "ipykernel" in cmdline(p)]
+                    kernel_mb = sorted((round(rss_mb(p), 1) for p in kernels), reverse=True)
                     server = rss_mb(proc.pid)
                     memory = {
                         "server_idle_mb": round(server_idle, 1),
                         "server_mb": round(server, 1),
-                        "kernel_mb": round(kernel, 1),
-                        "session_total_mb": round(server + kernel, 1),
                         "kernels": len(kernels),
+                        "kernel_mb": kernel_mb,
+                        "total_mb": round(server + sum(kernel_mb), 1),
                         "after": "classification" + (" and match" if has_index else ""),
                     }
                 s["context"].close()
@@ -399,7 +419,10 @@ def main(argv=None) -> int:
             "path": "this repository" if workspace == REPO else str(workspace),
             "data_source": metrics.get("data_source"),
             "final": metrics.get("final"),
-            "members": sorted(p.name for p in (workspace / "models").iterdir() if p.is_dir()),
+            # trained backbones (models/pretrain holds the pretraining stage's weights)
+            "trained_backbones": sorted(
+                p.parent.name for p in (workspace / "models").glob("*/summary.json")
+            ),
             "matching_index": index_note,
         },
         "load_average_at_start": [round(x, 2) for x in load_at_start],
