@@ -18,7 +18,8 @@ For each backbone asked for (default EfficientNetV2S at 224 px, then ConvNeXtLar
 
 Training comes first because on a lent GPU the compile is the dear part: the last
 run spent its minutes measuring throughput with two compiles per backbone and finished
-no training. Each epoch's wall time is recorded, so the first epoch's compile shows.
+no training. Each epoch's wall time is recorded (from the training history), so the
+first epoch's compile shows.
 
 No network: ``weights`` is None (no ImageNet), so phase 1 (a head on a frozen random
 backbone) is skipped and phase 2 uses a from-scratch learning rate (the quick profile's
@@ -125,13 +126,14 @@ def whole_batches(index, batch_size: int, seed: int):
     return index.drop(rng.choice(train, size=surplus, replace=False))
 
 
-def clock_callbacks(stop_at: float):
-    """(StopAt, EpochTimer): stop training at `stop_at` (perf_counter); time each epoch."""
+def clock_stop(stop_at: float):
+    """A Keras callback that ends training at the first batch finishing after `stop_at`.
+
+    `stop_at` is a :func:`time.perf_counter` time; its ``stopped`` says whether it acted.
+    """
     import keras
 
     class StopAt(keras.callbacks.Callback):
-        """Ends training at the first batch that finishes after `stop_at`."""
-
         stopped = False
 
         def on_train_batch_end(self, batch, logs=None):
@@ -139,20 +141,7 @@ def clock_callbacks(stop_at: float):
                 self.stopped = True
                 self.model.stop_training = True
 
-    class EpochTimer(keras.callbacks.Callback):
-        """Wall seconds of every epoch, validation pass included."""
-
-        def __init__(self):
-            super().__init__()
-            self.seconds = []
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self.t0 = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            self.seconds.append(round(time.perf_counter() - self.t0, 1))
-
-    return StopAt(), EpochTimer()
+    return StopAt()
 
 
 def gpu_names() -> list[str]:
@@ -274,7 +263,7 @@ def main() -> None:
         trimmed = whole_batches(index, cfg.batch_size, cfg.seed)
         run["train_slices_dropped"] = len(index) - len(trimmed)
         datasets = datasets_for(cfg, trimmed, args.store, names)
-        stop, timer = clock_callbacks(stop_at)
+        stop = clock_stop(stop_at)
         run.update(
             input_size=cfg.input_size,
             batch_size=cfg.batch_size,
@@ -284,7 +273,7 @@ def main() -> None:
         save()
         with tempfile.TemporaryDirectory() as tmp:
             trained = training.train_backbone(
-                cfg, datasets, names, tmp, progress=print, callbacks=[stop, timer]
+                cfg, datasets, names, tmp, progress=print, callbacks=[stop]
             )
             predictions = {
                 split: metrics.load_predictions(
@@ -298,7 +287,7 @@ def main() -> None:
             parameters=summary["parameters"],
             epochs_run=summary["epochs_run"],
             stopped_by_clock=stop.stopped,
-            epoch_seconds=timer.seconds,
+            epoch_seconds=trained.history["seconds"].round(1).tolist(),  # validation included
             train_seconds=summary["train_seconds"],
             predict_images_per_s=summary["predict_images_per_s"],
         )
