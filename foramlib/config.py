@@ -147,8 +147,7 @@ def _backbone_setting_problems(backbones: Any) -> list[str]:
                     f"unknown key {full!r} (a backbone may set input_size and "
                     f"{', '.join(BACKBONE_SETTINGS)})"
                 )
-            elif not SCHEMA[f"train.{key}"][0](value):
-                check = SCHEMA[f"train.{key}"][0]
+            elif not (check := SCHEMA[f"train.{key}"][0])(value):
                 problems.append(f"{full} = {value!r} is invalid: expected {check.__doc__}")
     return problems
 

@@ -28,6 +28,7 @@ Examples
 from __future__ import annotations
 
 import contextlib
+import functools
 import multiprocessing
 import os
 from collections.abc import Iterator
@@ -38,6 +39,7 @@ __all__ = [
     "NUMPY_KERNELS_ENV",
     "check_portable_kernels",
     "dask_scheduler",
+    "opencv_baseline",
     "numpy_optional_kernels",
     "volume_pool",
 ]
@@ -120,6 +122,47 @@ def check_portable_kernels() -> None:
         )
 
 
+def opencv_baseline() -> None:
+    """Make OpenCV run the code every x86-64 CPU runs alike, in this process.
+
+    OpenCV picks SIMD variants (SSE4, AVX2, AVX-512) and Intel IPP at run time, and they
+    round differently: the same float32 resize gives a few pixels one grey level apart
+    on two CPUs. ``cv2.setUseOptimized(False)`` keeps it to the code compiled for the
+    baseline (SSE3 in the opencv-python wheels) and switches IPP off. The setting is
+    process-wide and stays: it is meant for worker processes (and Dask workers) that
+    run portable jobs, not for an interactive process.
+    """
+    import cv2
+
+    cv2.setUseOptimized(False)
+
+
+def _run_portable(fn, *args, **kwargs):
+    """Run one job of a portable pool where it lands: check numpy, quieten OpenCV."""
+    check_portable_kernels()
+    opencv_baseline()
+    return fn(*args, **kwargs)
+
+
+class _PortableExecutor(Executor):
+    """Wraps a pool so that each job runs through :func:`_run_portable` (picklable: the
+    job travels as a partial of two module-level functions)."""
+
+    def __init__(self, pool: Executor):
+        self._pool = pool
+
+    def submit(self, fn, /, *args, **kwargs):
+        return self._pool.submit(_run_portable, fn, *args, **kwargs)
+
+    def map(self, fn, *iterables, timeout=None, chunksize=1):
+        return self._pool.map(
+            functools.partial(_run_portable, fn), *iterables, timeout=timeout, chunksize=chunksize
+        )
+
+    def shutdown(self, wait=True, *, cancel_futures=False):
+        self._pool.shutdown(wait=wait, cancel_futures=cancel_futures)
+
+
 @contextlib.contextmanager
 def _portable_processes(n_jobs: int) -> Iterator[Executor]:
     """A process pool whose numpy runs only its baseline kernels.
@@ -135,9 +178,9 @@ def _portable_processes(n_jobs: int) -> Iterator[Executor]:
         max_workers=int(n_jobs), mp_context=multiprocessing.get_context("spawn")
     )
     try:
-        yield pool
+        with _closing(pool):
+            yield pool
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
         if old is None:
             os.environ.pop(NUMPY_KERNELS_ENV, None)
         else:
@@ -181,8 +224,10 @@ def volume_pool(n_jobs: int = 1, *, portable: bool = False) -> Iterator[Executor
     portable : bool
         The jobs must compute the same bytes on every x86-64 CPU: local jobs then run
         in fresh processes (even for ``n_jobs=1``) whose numpy keeps to its baseline
-        kernels. Dask workers cannot be restarted from here, so portable jobs should
-        call :func:`check_portable_kernels`, which names the setting they lack.
+        kernels, and every job, local or on Dask, runs with :func:`opencv_baseline` and
+        after :func:`check_portable_kernels` (Dask workers cannot be restarted from
+        here: a worker whose numpy uses optional kernels refuses the job and names the
+        setting it lacks).
 
     Yields
     ------
@@ -209,7 +254,7 @@ def volume_pool(n_jobs: int = 1, *, portable: bool = False) -> Iterator[Executor
     else:
         context = _closing(_InlineExecutor())
     with context as pool:
-        yield pool
+        yield _PortableExecutor(pool) if portable else pool
 
 
 @contextlib.contextmanager

@@ -41,6 +41,21 @@ def cluster():
         yield local
 
 
+@pytest.fixture(scope="module")
+def portable_cluster():
+    """A Dask cluster of one worker process started as portable jobs need it: numpy's
+    optional kernels switched off before numpy is imported (~3 s to start)."""
+    key = "distributed.nanny.pre-spawn-environ"
+    env = {workers.NUMPY_KERNELS_ENV: " ".join(workers.numpy_optional_kernels()[0])}
+    with (
+        dask.config.set({key: {**dask.config.get(key), **env}}),
+        distributed.LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0"
+        ) as local,
+    ):
+        yield local
+
+
 @pytest.fixture
 def on_dask(cluster, monkeypatch):
     monkeypatch.setenv(workers.SCHEDULER_ENV, cluster.scheduler_address)
@@ -88,6 +103,25 @@ def test_local_processes_keep_the_order():
         assert list(pool.map(abs, range(-5, 0))) == [5, 4, 3, 2, 1]
 
 
+def _kernels_in_use(_job=None) -> tuple[list[str], bool]:
+    """numpy's optional kernels in use, and whether OpenCV may pick SIMD or IPP code."""
+    import cv2
+
+    numpy_kernels = [t for t, on in workers.numpy_optional_kernels()[1].items() if on]
+    return numpy_kernels, cv2.useOptimized() or cv2.ipp.useIPP()
+
+
+@pytest.mark.parametrize("n_jobs", [1, 2])
+def test_portable_jobs_run_on_baseline_numpy_and_opencv(n_jobs):
+    import cv2
+
+    with workers.volume_pool(n_jobs, portable=True) as pool:
+        seen = [pool.submit(_kernels_in_use).result(), *pool.map(_kernels_in_use, [1, 2])]
+        assert list(pool.map(abs, [-1, 2])) == [1, 2]
+    assert seen == [([], False)] * 3
+    assert cv2.useOptimized()  # this process keeps its fast paths
+
+
 def test_unreachable_scheduler_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(workers, "_CONNECT_TIMEOUT", "1s")
     monkeypatch.setenv(workers.SCHEDULER_ENV, "tcp://127.0.0.1:9")
@@ -115,12 +149,14 @@ def test_jobs_run_on_the_cluster(on_dask):
         assert list(pool.map(abs, [-3, 2, -1])) == [3, 2, 1]
 
 
-def test_slice_store_on_dask_is_byte_identical(tiny_collection, tmp_path, monkeypatch, cluster):
+def test_slice_store_on_dask_is_byte_identical(
+    tiny_collection, tmp_path, monkeypatch, portable_cluster
+):
     manifest = read_manifest(tiny_collection / "manifest.csv")
     local = slicing.build_slice_store(
         manifest, tmp_path / "local", SLICING, seed=3, train_factor=2, progress=None
     )
-    monkeypatch.setenv(workers.SCHEDULER_ENV, cluster.scheduler_address)
+    monkeypatch.setenv(workers.SCHEDULER_ENV, portable_cluster.scheduler_address)
     remote = slicing.build_slice_store(
         manifest, tmp_path / "dask", SLICING, seed=3, train_factor=2, progress=None
     )
@@ -128,7 +164,20 @@ def test_slice_store_on_dask_is_byte_identical(tiny_collection, tmp_path, monkey
     assert _files(tmp_path / "local") == _files(tmp_path / "dask")
 
 
-def test_a_volume_that_fails_on_a_worker_is_reported_as_here(tmp_path, monkeypatch, cluster):
+def test_slicing_on_workers_with_cpu_specific_numpy_is_refused(tiny_collection, tmp_path, on_dask):
+    """The store's plane normals and pixels would depend on the CPU (as the rendering
+    would): threads of this process are no place for it, and nothing is written."""
+    if not any(workers.numpy_optional_kernels()[1].values()):
+        pytest.skip("this CPU gives numpy no optional kernel to use")
+    manifest = read_manifest(tiny_collection / "manifest.csv")
+    with pytest.raises(RuntimeError, match="start Dask workers with NPY_DISABLE_CPU_FEATURES="):
+        slicing.build_slice_store(manifest, tmp_path / "s", SLICING, progress=None)
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_volume_that_fails_on_a_worker_is_reported_as_here(
+    tmp_path, monkeypatch, portable_cluster
+):
     rng = np.random.default_rng(0)
     good = np.zeros((24, 24, 24), np.float32)
     good[6:18, 6:18, 8:16] = 1.0
@@ -140,7 +189,7 @@ def test_a_volume_that_fails_on_a_worker_is_reported_as_here(tmp_path, monkeypat
     manifest["path"] = [str(tmp_path / f) for f in manifest["file"]]
     with pytest.raises(slicing.SliceError) as here:
         slicing.build_slice_store(manifest, tmp_path / "a", SLICING, progress=None)
-    monkeypatch.setenv(workers.SCHEDULER_ENV, cluster.scheduler_address)
+    monkeypatch.setenv(workers.SCHEDULER_ENV, portable_cluster.scheduler_address)
     with pytest.raises(slicing.SliceError) as there:
         slicing.build_slice_store(manifest, tmp_path / "b", SLICING, progress=None)
     assert str(there.value) == str(here.value) and "blank.nii.gz" in str(there.value)
@@ -180,7 +229,7 @@ def _ellipsoid(axes, seed) -> np.ndarray:
     return (vol + np.random.default_rng(seed).normal(0, 0.02, vol.shape)).astype(np.float32)
 
 
-def test_collection_index_on_dask_is_byte_identical(tmp_path, monkeypatch, cluster):
+def test_collection_index_on_dask_is_byte_identical(tmp_path, monkeypatch, portable_cluster):
     raw = tmp_path / "raw"
     rows = []
     for i, (axes, species) in enumerate([((10, 6, 5), "Alpha"), ((9, 9, 4), "Beta")]):
@@ -189,7 +238,7 @@ def test_collection_index_on_dask_is_byte_identical(tmp_path, monkeypatch, clust
     manifest = tmp_path / "manifest.csv"
     pd.DataFrame(rows).to_csv(manifest, index=False)
     indexing.build_collection_index(manifest, raw, tmp_path / "local", INDEX)
-    monkeypatch.setenv(workers.SCHEDULER_ENV, cluster.scheduler_address)
+    monkeypatch.setenv(workers.SCHEDULER_ENV, portable_cluster.scheduler_address)
     messages = []
     indexing.build_collection_index(
         manifest, raw, tmp_path / "dask", INDEX, progress=lambda f, m: messages.append(m)
@@ -212,18 +261,12 @@ def test_rendering_on_workers_with_cpu_specific_numpy_is_refused(tmp_path, on_da
 
 
 @pytest.mark.slow
-def test_rendering_on_portable_dask_workers_is_byte_identical(tmp_path, monkeypatch):
+def test_rendering_on_portable_dask_workers_is_byte_identical(
+    tmp_path, monkeypatch, portable_cluster
+):
     taxa = virtual.tiny_taxa()[:1]
     kw = dict(seed=5, shape=24, supersample=1, progress=None)
     virtual.synthesize_collection(tmp_path / "local", taxa, **kw)
-    key = "distributed.nanny.pre-spawn-environ"  # set before numpy is imported
-    env = {workers.NUMPY_KERNELS_ENV: " ".join(workers.numpy_optional_kernels()[0])}
-    with (
-        dask.config.set({key: {**dask.config.get(key), **env}}),
-        distributed.LocalCluster(
-            n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0"
-        ) as cluster,
-    ):
-        monkeypatch.setenv(workers.SCHEDULER_ENV, cluster.scheduler_address)
-        virtual.synthesize_collection(tmp_path / "dask", taxa, **kw)
+    monkeypatch.setenv(workers.SCHEDULER_ENV, portable_cluster.scheduler_address)
+    virtual.synthesize_collection(tmp_path / "dask", taxa, **kw)
     assert _files(tmp_path / "local") == _files(tmp_path / "dask")

@@ -801,7 +801,6 @@ class App(widgets.VBox):
             self.gradcam.value = b""
             cam_note = f"No heat map: {exc}"
         self.metadata.value = render.metadata_html(pred, seconds, cam_note)
-        _hide(self.results_box, False)
         truth = ""
         if self.source_truth:
             verdict = "correct" if self.source_truth == pred.genus else "not correct"
@@ -825,6 +824,9 @@ class App(widgets.VBox):
             self.message.value = render.message(
                 "info", f"Classified {self.source_name} in {waited}.{truth}"
             )
+        # shown after the message: the browser applies widget updates in order, so the
+        # answer never appears beside the previous "Ready: press Classify."
+        _hide(self.results_box, False)
 
     def _reset_results(self) -> None:
         self.prediction = None

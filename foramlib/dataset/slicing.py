@@ -722,7 +722,8 @@ def _run_slice_jobs(jobs, n_jobs: int, progress):
     from foramlib.workers import volume_pool
 
     results, problems = [], []
-    with volume_pool(int(n_jobs)) as pool:
+    # portable: the store's bytes (pixels and plane normals) must not depend on the CPU
+    with volume_pool(int(n_jobs), portable=True) as pool:
         futures = [pool.submit(_slice_job, j) for j in jobs]
         for i, job in enumerate(jobs):
             try:

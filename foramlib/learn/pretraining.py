@@ -135,9 +135,7 @@ def _corpus_job(args):
     plan, config, slicing = args
     from foramlib.dataset.slicing import SliceError, slice_array
     from foramlib.virtual.collection import render_scan
-    from foramlib.workers import check_portable_kernels
 
-    check_portable_kernels()
     t0 = time.perf_counter()
     volume, _ = render_scan(plan, shape=config.shape, supersample=config.supersample)
     try:

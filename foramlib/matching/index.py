@@ -152,9 +152,10 @@ def build_collection_index(
         for row in first.itertuples(index=False)
     ]
     parts, binned = [], {}
-    # each volume is read and cut where its job runs (this process, or a Dask worker:
-    # foramlib.workers), so only its small descriptors come back; joined in order
-    with volume_pool(1) as pool:
+    # each volume is read and cut where its job runs (a fresh local process, or a Dask
+    # worker: foramlib.workers), so only its small descriptors come back; joined in
+    # order. Portable: numpy's and OpenCV's CPU-specific kernels would change the bytes
+    with volume_pool(1, portable=True) as pool:
         futures = [pool.submit(_index_volume_file, *job) for job in jobs]
         for i, (job, future) in enumerate(zip(jobs, futures, strict=True)):
             report(i / n, f"indexing {job[3]} ({i + 1}/{n})")

@@ -48,7 +48,7 @@ from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
 from foramlib.io.atomic import atomic_dir
-from foramlib.workers import check_portable_kernels, volume_pool
+from foramlib.workers import volume_pool
 
 __all__ = [
     "TaxonSpec",
@@ -1042,8 +1042,6 @@ def _add_scan_artefacts(vol, cond, rng, centre_vox, bound_vox):
 def _render_and_write(args):
     plan, out_dir, shape, supersample = args
     from foramlib.io.volumes import write_nifti
-
-    check_portable_kernels()
 
     t0 = time.perf_counter()
     vol, voxel_um = render_scan(plan, shape, supersample)
