@@ -259,17 +259,20 @@ def main() -> None:
     baseline = score(metrics.load_predictions(stored, name="baseline", names=names))
     runs = []
     if args.from_run:  # the pipeline's own models (seed of params.yaml), no retraining
-        val, test, per_model = {}, {}, {}
+        val, test, per_model, epochs = {}, {}, {}, {}
         for b in backbones:
             for split, store in (("val", val), ("test", test)):
                 store[b] = metrics.load_model_predictions(Path(args.models) / b, split)
             per_model[b] = score(test[b])
+            summary = Path(args.models) / b / "summary.json"
+            if summary.is_file():
+                epochs[b] = json.loads(summary.read_text(encoding="utf-8")).get("epochs_run")
         name, final = final_ensemble(params, val, test)
         runs.append(dict(seed=params["seed"], final_name=name, final=score(final),
                          models=per_model, val_models={b: score(p) for b, p in val.items()},
-                         train_seconds=None))  # fmt: skip
+                         train_seconds=None, epochs_run=epochs))  # fmt: skip
     for seed in args.seeds:
-        val, test, per_model, seconds = {}, {}, {}, {}
+        val, test, per_model, seconds, epochs = {}, {}, {}, {}, {}
         for b in backbones:
             cfg = train_config(params, b, seed)
             preds, summary = train_once(
@@ -278,6 +281,8 @@ def main() -> None:
             val[b], test[b] = preds["val"], preds["test"]
             per_model[b] = score(test[b])
             seconds[b] = summary["train_seconds"]
+            # an early stop is invisible in the scores: a run can end mid-cycle
+            epochs[b] = summary["epochs_run"]
         name, final = final_ensemble(params, val, test)
         runs.append(
             dict(
@@ -287,6 +292,7 @@ def main() -> None:
                 models=per_model,
                 val_models={b: score(p) for b, p in val.items()},
                 train_seconds=seconds,
+                epochs_run=epochs,
             )
         )
         print(f"seed {seed}: final {name} {runs[-1]['final']}", flush=True)
