@@ -39,8 +39,8 @@ __all__ = [
     "NUMPY_KERNELS_ENV",
     "check_portable_kernels",
     "dask_scheduler",
-    "opencv_baseline",
     "numpy_optional_kernels",
+    "opencv_baseline",
     "volume_pool",
 ]
 
@@ -107,8 +107,9 @@ def numpy_optional_kernels() -> tuple[list[str], dict[str, bool]]:
 def check_portable_kernels() -> None:
     """Refuse to run where numpy uses CPU-specific kernels (bytes would vary by CPU).
 
-    Called at the start of a job whose output must be byte-identical on every x86-64
-    machine (the virtual collection, the pretraining corpus).
+    :func:`volume_pool` calls it before every job of a portable pool (the virtual
+    collection, the pretraining corpus, the slice store, the 3D index), wherever the
+    job runs.
     """
     targets, active = numpy_optional_kernels()
     used = [t for t, on in active.items() if on]
