@@ -84,6 +84,20 @@ def train_once(cfg: training.TrainConfig, index: pd.DataFrame, store, names, out
     return out, result.summary
 
 
+def validation_curve(history_csv) -> dict:
+    """Per-epoch validation loss and accuracy (one view) of a run's ``history.csv``.
+
+    Recorded so that the stopping rule of a run can be judged afterwards: a run trained
+    to the end of its budget holds, epoch by epoch, every shorter run of the same seed.
+    """
+    hist = pd.read_csv(history_csv)
+    return {
+        k: [round(float(v), 4) for v in hist[k]]
+        for k in ("val_loss", "val_accuracy", "phase")
+        if k in hist
+    }
+
+
 def score(pred: metrics.Predictions) -> dict:
     report = metrics.report_from_probs(pred.name, pred.y_true, pred.probs, pred.names)
     return dict(
@@ -271,8 +285,41 @@ def main() -> None:
         runs.append(dict(seed=params["seed"], final_name=name, final=score(final),
                          models=per_model, val_models={b: score(p) for b, p in val.items()},
                          train_seconds=None, epochs_run=epochs))  # fmt: skip
+
+    def collected(runs: list[dict]) -> dict:
+        """The JSON of the runs so far."""
+        result = dict(
+            benchmark="classification",
+            date=today(),
+            machine=machine(),
+            data="virtual collection (synthetic, not the paper's scans)",
+            params=dict(
+                file=str(args.params),
+                profile=params.get("profile"),
+                backbones={b: params["train"]["backbones"][b] for b in backbones},
+                augment=params["train"]["augment"],
+                weights=params["train"]["weights"],
+                phases=[params["train"]["phase1_epochs"], params["train"]["phase2_epochs"]],
+                slices_per_taxon=params["slice"]["slices_per_taxon"],
+                train_factor=1 if args.no_reserve else params["slice"].get("train_factor", 1),
+                train_slices=int((index["split"] == "train").sum()),
+            ),
+            test_slices=int((index["split"] == "test").sum()),
+            test_specimens=int(index.loc[index["split"] == "test", "specimen_id"].nunique()),
+            seeds=[r["seed"] for r in runs],
+            retrained=[r["seed"] for r in runs if r["train_seconds"] is not None],
+            final=summarise(runs, "final"),
+            models={b: summarise([dict(x=r["models"][b]) for r in runs], "x") for b in backbones},
+            baseline=dict(name="HOG + logistic regression", **baseline),
+            runs=runs,
+        )
+        result["final_minus_baseline_points"] = round(
+            100 * (result["final"]["accuracy"]["mean"] - baseline["accuracy"]), 1
+        )
+        return result
+
     for seed in args.seeds:
-        val, test, per_model, seconds, epochs = {}, {}, {}, {}, {}
+        val, test, per_model, seconds, epochs, curves = {}, {}, {}, {}, {}, {}
         for b in backbones:
             cfg = train_config(params, b, seed)
             preds, summary = train_once(
@@ -283,6 +330,7 @@ def main() -> None:
             seconds[b] = summary["train_seconds"]
             # an early stop is invisible in the scores: a run can end mid-cycle
             epochs[b] = summary["epochs_run"]
+            curves[b] = validation_curve(Path(tmp.name) / f"{b}-{seed}" / "history.csv")
         name, final = final_ensemble(params, val, test)
         runs.append(
             dict(
@@ -293,37 +341,14 @@ def main() -> None:
                 val_models={b: score(p) for b, p in val.items()},
                 train_seconds=seconds,
                 epochs_run=epochs,
+                validation_curves=curves,
             )
         )
         print(f"seed {seed}: final {name} {runs[-1]['final']}", flush=True)
-    result = dict(
-        benchmark="classification",
-        date=today(),
-        machine=machine(),
-        data="virtual collection (synthetic, not the paper's scans)",
-        params=dict(
-            file=str(args.params),
-            profile=params.get("profile"),
-            backbones={b: params["train"]["backbones"][b] for b in backbones},
-            augment=params["train"]["augment"],
-            weights=params["train"]["weights"],
-            phases=[params["train"]["phase1_epochs"], params["train"]["phase2_epochs"]],
-            slices_per_taxon=params["slice"]["slices_per_taxon"],
-            train_factor=1 if args.no_reserve else params["slice"].get("train_factor", 1),
-            train_slices=int((index["split"] == "train").sum()),
-        ),
-        test_slices=int((index["split"] == "test").sum()),
-        test_specimens=int(index.loc[index["split"] == "test", "specimen_id"].nunique()),
-        seeds=[r["seed"] for r in runs],
-        retrained=[r["seed"] for r in runs if r["train_seconds"] is not None],
-        final=summarise(runs, "final"),
-        models={b: summarise([dict(x=r["models"][b]) for r in runs], "x") for b in backbones},
-        baseline=dict(name="HOG + logistic regression", **baseline),
-        runs=runs,
-    )
-    result["final_minus_baseline_points"] = round(
-        100 * (result["final"]["accuracy"]["mean"] - baseline["accuracy"]), 1
-    )
+        if seed != args.seeds[-1]:  # a long run interrupted keeps the seeds it finished
+            partial = dict(collected(runs), complete=False, seeds_requested=args.seeds)
+            write_text(args.out, json.dumps(partial, indent=2) + "\n")
+    result = collected(runs)
     if args.learning_curves:
         curves = []
         curve_seed = runs[0]["seed"]

@@ -249,6 +249,10 @@ SCHEMA: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.weight_decay": (_number_in(0, 1), "AdamW weight decay"),
     "train.label_smoothing": (_number_in(0, 1, hi_open=True), "label smoothing (paper: 0.1)"),
     "train.patience": (_positive_int, "early-stopping patience on val loss (paper: 5)"),
+    "train.early_stopping": (
+        _one_of("epoch", "cycle_end"),
+        "stop after any epoch (paper) or only at the end of a learning-rate cycle",
+    ),
     "train.precision": (
         _one_of("auto", "float32", "mixed_float16", "mixed_bfloat16"),
         "auto: mixed_float16 on GPU, float32 on CPU",

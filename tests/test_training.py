@@ -212,6 +212,168 @@ def test_extra_callbacks_can_end_each_phase_and_the_trained_model_comes_back(spl
     assert result.model.optimizer is not None
 
 
+@pytest.mark.parametrize(
+    "n_epochs, cycle, t_mul, ends",
+    [
+        (15, 5, 2.0, [5, 15]),  # the quick profile's phase 2
+        (20, 5, 2.0, [5, 15, 20]),  # the paper's: the third cycle cut short
+        (4, 5, 2.0, [4]),  # shorter than one cycle
+        (1, 1, 2.0, [1]),
+        (7, 2, 1.0, [2, 4, 6, 7]),
+        (10, 2, 1.5, [2, 5, 10]),  # a cycle ending inside epoch 5 ends with it
+    ],
+)
+def test_cycle_ends_follow_the_warm_restart_schedule(n_epochs, cycle, t_mul, ends):
+    assert training.cycle_ends(n_epochs, cycle, t_mul) == ends
+
+
+def test_cycle_ends_match_keras_learning_rate_restarts():
+    import keras
+
+    steps, cycle = 4, 3
+    schedule = keras.optimizers.schedules.CosineDecayRestarts(
+        1.0, first_decay_steps=cycle * steps, t_mul=training.RESTART_T_MUL
+    )
+    rates = [float(schedule(step)) for step in range(30 * steps)]
+    # a cycle ends where the next step's rate jumps back up
+    jumps = [s // steps for s in range(1, len(rates)) if rates[s] > rates[s - 1]]
+    assert training.cycle_ends(30, cycle)[:-1] == jumps
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        ((0, 5), r"n_epochs = 0 and cycle_epochs = 5 must be >= 1"),
+        ((5, 0), r"cycle_epochs = 0 must be >= 1"),
+        ((5, 2, 0.5), r"t_mul = 0.5 must be >= 1"),
+    ],
+)
+def test_cycle_ends_reject_bad_arguments(args, match):
+    with pytest.raises(ValueError, match=match):
+        training.cycle_ends(*args)
+
+
+def _stopping_run(callback, val_losses):
+    """Feed `callback` a run's validation losses; return the epoch it stopped after (or
+    None) and the weight restored at the end (each epoch sets the weight to its number)."""
+    import keras
+
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1, use_bias=False)])
+    callback.set_model(model)
+    model.stop_training = False
+    callback.on_train_begin()
+    stopped = None
+    for epoch, loss in enumerate(val_losses):
+        model.set_weights([np.full((1, 1), float(epoch), dtype="float32")])
+        callback.on_epoch_end(epoch, {"val_loss": loss})
+        if model.stop_training:
+            stopped = epoch
+            break
+    callback.on_train_end()
+    return stopped, int(model.get_weights()[0][0, 0])
+
+
+# a warm-restart run: the loss climbs after each restart (epochs 5 and 10) and improves
+# again only late in the 10-epoch second cycle
+LOSSES = [2.5, 2.4, 2.1, 2.0, 1.97, 2.03, 2.33, 2.17, 1.99, 1.97, 2.0, 1.87, 1.9, 1.9, 1.88]
+
+
+def test_early_stopping_after_any_epoch_is_keras_rule():
+    stopped, restored = _stopping_run(training.early_stopping(6), LOSSES)
+    assert (stopped, restored) == (10, 4)  # six epochs after the best, mid-cycle
+
+
+def test_early_stopping_at_cycle_ends_runs_the_cycle_out_and_keeps_its_best():
+    ends = [e - 1 for e in training.cycle_ends(15, 5)]  # epochs 4 and 14, from 0
+    stopped, restored = _stopping_run(training.early_stopping(6, stop_after=ends), LOSSES)
+    assert (stopped, restored) == (None, 11)
+
+
+def test_early_stopping_at_cycle_ends_stops_at_the_first_end_past_its_patience():
+    flat = [2.0, 1.9, 1.8] + [1.85] * 9
+    stop = training.early_stopping(2, stop_after=[3, 7, 11])
+    assert _stopping_run(stop, flat) == (7, 2)  # patience ran out at epoch 4; stop at 7
+    stop = training.early_stopping(2, stop_after=[2, 7, 11])
+    assert _stopping_run(stop, flat) == (7, 2)  # no stop at a cycle end within patience
+
+
+def test_early_stopping_leaves_another_callback_s_stop_alone():
+    import keras
+
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    stop = training.early_stopping(1, stop_after=[5])
+    stop.set_model(model)
+    stop.on_train_begin()
+    model.stop_training = True  # e.g. a time budget, earlier in the same epoch
+    stop.on_epoch_end(0, {"val_loss": 1.0})
+    stop.on_epoch_end(1, {"val_loss": 2.0})
+    assert model.stop_training
+
+
+def test_early_stopping_rejects_a_patience_below_one():
+    with pytest.raises(ValueError, match="patience = 0 must be an integer >= 1"):
+        training.early_stopping(0)
+
+
+@pytest.mark.parametrize(
+    "mode, phase1, phase2", [("epoch", None, None), ("cycle_end", [1], [2, 3])]
+)
+def test_each_phase_stops_where_its_mode_allows(mode, phase1, phase2, split_store, tmp_path,
+                                                monkeypatch):  # fmt: skip
+    seen = []
+
+    def recording(patience, stop_after=None):
+        seen.append(None if stop_after is None else sorted(stop_after))
+        return real(patience, stop_after)
+
+    real = training.early_stopping
+    monkeypatch.setattr(training, "early_stopping", recording)
+    config = training.TrainConfig(
+        **{**QUICK, "phase1_epochs": 2, "phase2_epochs": 2, "restart_epochs": 1},
+        early_stopping=mode,
+    )
+    datasets, names = _datasets(split_store)
+    result = training.train_backbone(config, datasets, names, tmp_path / "m", progress=None)
+    # phase 1 is one cosine decay; phase 2 restarts every epoch (from epoch 2, 0-based)
+    assert seen == [phase1, phase2]
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["early_stopping"] == mode
+    assert len(result.history) <= 4
+
+
+def test_restarts_are_read_from_the_logged_learning_rate():
+    history = pd.DataFrame(
+        {"phase": [1, 1, 2, 2, 2, 2, 2], "learning_rate": [1e-3, 0, 9e-4, 1e-4, 1e-3, 5e-4, 1e-3]}
+    )
+    assert training.restarts_after(history) == [5, 7]  # never at the phase change
+    assert training.restarts_after(history.drop(columns="learning_rate")) == []
+
+
+def test_history_figure_marks_the_restarts_and_the_kept_epoch():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    history = pd.DataFrame(
+        {
+            "phase": [1, 2, 2, 2, 2],
+            "learning_rate": [0, 5e-4, 1e-4, 1e-3, 5e-4],
+            "loss": [2.0, 1.8, 1.6, 1.7, 1.5],
+            "val_loss": [2.1, 2.0, 1.9, 2.2, 2.0],
+            "accuracy": [0.1, 0.3, 0.4, 0.35, 0.5],
+            "val_accuracy": [0.1, 0.2, 0.3, 0.25, 0.28],
+        }
+    )
+    fig = training.history_figure(history, "t")
+    for ax in fig.axes:
+        labels = [t.get_text() for t in ax.get_legend().get_texts()]
+        assert "learning-rate restart" in labels and "kept (lowest val loss)" in labels
+        assert [line.get_xdata()[0] for line in ax.get_lines() if line.get_linestyle() == ":"] == [
+            4.5
+        ]
+    loss_ax = fig.axes[0]
+    (ring,) = [line for line in loss_ax.get_lines() if line.get_marker() == "o"]
+    assert (ring.get_xdata()[0], ring.get_ydata()[0]) == (3, 1.9)
+
+
 def test_config_from_params_reads_the_train_section_and_the_backbone_size():
     params = {
         "seed": 7,
@@ -259,6 +421,7 @@ def test_a_backbone_s_own_settings_replace_the_section_s_for_it_alone():
         (dict(max_steps_per_epoch=0), r"max_steps_per_epoch = 0 must be >= 1 or null"),
         (dict(tta_views=3), r"train.tta_views = 3 is invalid: expected one of \(1, 2, 4, 8\)"),
         (dict(tta_views=True), r"train.tta_views = True is invalid"),
+        (dict(early_stopping="never"), r"train.early_stopping = 'never' is invalid"),
     ],
 )
 def test_bad_configs_fail_before_training(changes, match):

@@ -4,11 +4,11 @@ Phase 1 trains the classifier head on a frozen backbone (paper: 10 epochs, lr 1e
 cosine decay); phase 2 unfreezes the backbone except its BatchNorm layers (paper: 20
 epochs, lr 5e-5, cosine decay with warm restarts). A backbone trained from scratch
 (``weights: null``) keeps its BatchNorm layers trainable: they have no statistics yet.
-AdamW, categorical cross-entropy
-with label smoothing 0.1, early stopping on validation loss (patience 5, best weights
-restored), mixed precision on GPU and float32 on CPU unless set. Augmentation runs
-inside the model (geometric and colour layers, active only in training) and CutMix /
-MixUp at the batch level, where the labels are.
+AdamW, categorical cross-entropy with label smoothing 0.1, early stopping on validation
+loss (patience 5, best weights restored; optionally judged only at the end of a
+learning-rate cycle, see :func:`early_stopping`), mixed precision on GPU and float32 on
+CPU unless set. Augmentation runs inside the model (geometric and colour layers, active
+only in training) and CutMix / MixUp at the batch level, where the labels are.
 
 Everything is ``keras`` / ``keras.ops``; only device discovery and the optional
 data-parallel strategy touch a backend directly.
@@ -33,19 +33,29 @@ from foramlib.params import BACKBONE_SETTINGS
 __all__ = [
     "PRECISIONS",
     "DISTRIBUTIONS",
+    "EARLY_STOPPING",
+    "RESTART_T_MUL",
     "TrainConfig",
     "TrainResult",
     "available_accelerators",
     "resolve_precision",
+    "cycle_ends",
+    "early_stopping",
     "enable_jit",
     "JIT_SAFE_ON_JAX",
     "train_backbone",
     "predictions_frame",
+    "restarts_after",
     "history_figure",
 ]
 
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 DISTRIBUTIONS = ("none", "data_parallel")
+#: When early stopping may end a phase: after any epoch (Keras' rule, the paper's), or
+#: only at the end of a learning-rate cycle, where the rate has decayed
+EARLY_STOPPING = ("epoch", "cycle_end")
+#: Length of each warm-restart cycle of phase 2 over the one before (SGDR's T_mult)
+RESTART_T_MUL = 2.0
 
 
 @dataclass(frozen=True)
@@ -56,7 +66,9 @@ class TrainConfig:
     for quick CPU runs; ``restart_epochs`` is the period of the warm restarts in phase 2.
     ``tta_views`` is the number of views (:mod:`foramlib.learn.tta`) over which the trained
     model's validation and test predictions are averaged, and with which it is served
-    (1: none, as in the paper).
+    (1: none, as in the paper). ``early_stopping`` says when the patience rule may end a
+    phase: ``"epoch"`` (after any epoch, as in the paper) or ``"cycle_end"`` (only at the
+    end of a learning-rate cycle; :func:`early_stopping`).
     """
 
     backbone: str
@@ -72,6 +84,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     label_smoothing: float = 0.1
     patience: int = 5
+    early_stopping: str = "epoch"
     precision: str = "auto"
     class_weights: bool = False
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -98,6 +111,11 @@ class TrainConfig:
             ("weight_decay", self.weight_decay >= 0, "a number >= 0"),
             ("label_smoothing", 0 <= self.label_smoothing < 1, "a number in [0, 1)"),
             ("patience", self.patience >= 1, "an integer >= 1"),
+            (
+                "early_stopping",
+                self.early_stopping in EARLY_STOPPING,
+                f"one of {list(EARLY_STOPPING)}",
+            ),
             ("precision", self.precision in PRECISIONS, f"one of {list(PRECISIONS)}"),
             ("distribution", self.distribution in DISTRIBUTIONS, f"one of {list(DISTRIBUTIONS)}"),
             ("workers", self.workers >= 1, "an integer >= 1"),
@@ -341,6 +359,108 @@ class _History:
         return Recorder()
 
 
+def cycle_ends(n_epochs: int, cycle_epochs: int, t_mul: float = RESTART_T_MUL) -> list[int]:
+    """The epochs (from 1) of a phase after which a cosine learning-rate cycle ends.
+
+    The cycles of Keras' ``CosineDecayRestarts`` last `cycle_epochs`, then `t_mul` times
+    as long as the one before; the phase's last epoch always counts as an end (its
+    rate is as low as the budget lets it get). A cycle that ends inside an epoch ends
+    with that epoch.
+
+    Parameters
+    ----------
+    n_epochs : int
+        Epochs of the phase (>= 1).
+    cycle_epochs : int
+        Length of the first cycle in epochs (>= 1): ``restart_epochs`` in phase 2, the
+        whole phase for a plain cosine decay.
+    t_mul : float
+        Growth of each cycle over the one before (>= 1).
+
+    Examples
+    --------
+    >>> cycle_ends(15, 5)        # the quick profile's phase 2: cycles of 5 and 10 epochs
+    [5, 15]
+    >>> cycle_ends(20, 5)        # the paper's phase 2: the third cycle is cut short
+    [5, 15, 20]
+    >>> cycle_ends(6, 2, t_mul=1.0)
+    [2, 4, 6]
+    """
+    if n_epochs < 1 or cycle_epochs < 1:
+        raise ValueError(
+            f"n_epochs = {n_epochs!r} and cycle_epochs = {cycle_epochs!r} must be >= 1"
+        )
+    if t_mul < 1:
+        raise ValueError(f"t_mul = {t_mul!r} must be >= 1: cycles never shrink")
+    ends, boundary, length = set(), 0.0, float(cycle_epochs)
+    while boundary + length < n_epochs:
+        boundary += length
+        ends.add(int(np.ceil(boundary - 1e-9)))
+        length *= t_mul
+    ends.add(n_epochs)
+    return sorted(ends)
+
+
+def early_stopping(patience: int, stop_after: Sequence[int] | None = None):
+    """Keras' ``EarlyStopping`` on validation loss that may stop only after given epochs.
+
+    The best weights are kept and restored at the end of the phase either way. With
+    `stop_after` None this is Keras' rule: stop once `patience` epochs have passed
+    without a lower validation loss. With `stop_after` (0-based epoch numbers as
+    ``fit`` counts them, e.g. the cycle ends of :func:`cycle_ends` offset by the
+    phase's first epoch) the same test is made only after those epochs, so the run
+    goes on to the end of a cycle it has started. Under warm restarts the validation
+    loss climbs right after each restart, when the learning rate jumps back up, and
+    improves only as the rate decays again: a patience shorter than a cycle stops
+    such a run in the middle of a cycle, before its best epoch.
+
+    Parameters
+    ----------
+    patience : int
+        Epochs without improvement before a stop (>= 1).
+    stop_after : sequence of int, optional
+        The epochs after which a stop may happen (None: after any epoch).
+
+    Returns
+    -------
+    keras.callbacks.EarlyStopping
+
+    Examples
+    --------
+    >>> stop = early_stopping(3, stop_after=[4, 14])
+    >>> stop.patience, stop.restore_best_weights, sorted(stop.stop_after)
+    (3, True, [4, 14])
+    """
+    import keras
+
+    if patience < 1:
+        raise ValueError(f"patience = {patience!r} must be an integer >= 1")
+
+    class CycleEndStopping(keras.callbacks.EarlyStopping):
+        def __init__(self, stop_after):
+            super().__init__(monitor="val_loss", patience=patience, restore_best_weights=True)
+            self.stop_after = None if stop_after is None else frozenset(stop_after)
+
+        def on_epoch_end(self, epoch, logs=None):
+            stopping = self.model.stop_training  # another callback's decision stands
+            super().on_epoch_end(epoch, logs)
+            if self.stop_after is not None and epoch not in self.stop_after and not stopping:
+                # patience ran out mid-cycle: the count goes on, and is tested again at
+                # the cycle's end
+                self.model.stop_training = False
+                self.stopped_epoch = 0
+
+    return CycleEndStopping(stop_after)
+
+
+def _phase_stopping(config: TrainConfig, first_epoch: int, n_epochs: int, cycle: int):
+    """The early stopping of a phase of `n_epochs` from `first_epoch` (0-based)."""
+    if config.early_stopping == "epoch":
+        return early_stopping(config.patience)
+    ends = cycle_ends(n_epochs, cycle)
+    return early_stopping(config.patience, [first_epoch + e - 1 for e in ends])
+
+
 def _fast_batchnorm(model, momentum: float = 0.9) -> None:
     """Let BatchNorm statistics settle within a short from-scratch run.
 
@@ -469,22 +589,56 @@ def read_live_history(live_dir) -> pd.DataFrame:
     return history.reset_index(drop=True)
 
 
+def restarts_after(history: pd.DataFrame) -> list[int]:
+    """The epochs of a history after which the learning rate restarted (cycle ends).
+
+    A history's ``learning_rate`` is the rate at the end of each epoch, so a restart
+    shows as a rise over the epoch before, within one phase.
+
+    Examples
+    --------
+    >>> h = pd.DataFrame({"phase": [1, 2, 2, 2, 2], "learning_rate": [0, .9, .1, 1., .5]})
+    >>> restarts_after(h)
+    [4]
+    """
+    if "learning_rate" not in history:
+        return []
+    lr, phase = history["learning_rate"].to_numpy(), history["phase"].to_numpy()
+    rises = (lr[1:] > lr[:-1]) & (phase[1:] == phase[:-1])
+    return [int(i) + 2 for i in np.flatnonzero(rises)]
+
+
 def history_figure(history: pd.DataFrame, title: str):
-    """Loss and accuracy curves of both phases (validation dashed), phase 2 shaded."""
+    """Loss and accuracy curves of both phases (validation dashed), phase 2 shaded.
+
+    Dotted lines mark the learning-rate restarts and a ring the epoch of the lowest
+    validation loss, whose weights the model keeps.
+    """
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2), layout="constrained")
     x = np.arange(1, len(history) + 1)
+    best = int(np.argmin(history["val_loss"].to_numpy())) if "val_loss" in history else None
     for ax, metric in zip(axes, ["loss", "accuracy"], strict=True):
         if metric in history:
             ax.plot(x, history[metric], label="train")
         if f"val_{metric}" in history:
             ax.plot(x, history[f"val_{metric}"], "--", label="validation")
+            if best is not None:
+                ax.plot(
+                    x[best], history[f"val_{metric}"].iloc[best], "o", mfc="none", ms=9,
+                    color="C1", label="kept (lowest val loss)",
+                )  # fmt: skip
         phase2 = x[history["phase"].to_numpy() == 2]
         if len(phase2):
             ax.axvspan(
                 phase2[0] - 0.5, phase2[-1] + 0.5, color="0.92", zorder=0, label="fine-tuning"
             )
+        # a restart after the last epoch is the schedule's, not the run's
+        restarts = [e for e in restarts_after(history) if e < len(history)]
+        for i, epoch in enumerate(restarts):
+            label = None if i else "learning-rate restart"
+            ax.axvline(epoch + 0.5, color="0.5", ls=":", lw=1, label=label)
         ax.set_xlabel("epoch")
         ax.set_title(metric)
         ax.legend(fontsize=7)
@@ -569,9 +723,6 @@ def train_backbone(
                 else min(len(train), config.max_steps_per_epoch)
             )
             weights = class_weights(train.index, names) if config.class_weights else None
-            stop = keras.callbacks.EarlyStopping(
-                monitor="val_loss", patience=config.patience, restore_best_weights=True
-            )
             say(
                 f"{config.backbone}: {count_params(model)} parameters, {precision}, "
                 f"{strategy.replicas} replica(s), {steps} steps/epoch of {config.batch_size}"
@@ -594,7 +745,12 @@ def train_backbone(
                     steps_per_epoch=steps,
                     class_weight=weights,
                     verbose=2,
-                    callbacks=[history.callback(1), stop, *callbacks],
+                    callbacks=[
+                        history.callback(1),
+                        # one cosine decay over the phase: one cycle
+                        _phase_stopping(config, 0, config.phase1_epochs, config.phase1_epochs),
+                        *callbacks,
+                    ],
                 )
                 done = len(history.rows)
             if config.phase2_epochs:
@@ -607,11 +763,10 @@ def train_backbone(
                     model,
                     config,
                     keras.optimizers.schedules.CosineDecayRestarts(
-                        config.phase2_lr, first_decay_steps=max(1, config.restart_epochs * steps)
+                        config.phase2_lr,
+                        first_decay_steps=max(1, config.restart_epochs * steps),
+                        t_mul=RESTART_T_MUL,
                     ),
-                )
-                stop2 = keras.callbacks.EarlyStopping(
-                    monitor="val_loss", patience=config.patience, restore_best_weights=True
                 )
                 model.fit(
                     train,
@@ -621,7 +776,11 @@ def train_backbone(
                     steps_per_epoch=steps,
                     class_weight=weights,
                     verbose=2,
-                    callbacks=[history.callback(2), stop2, *callbacks],
+                    callbacks=[
+                        history.callback(2),
+                        _phase_stopping(config, done, config.phase2_epochs, config.restart_epochs),
+                        *callbacks,
+                    ],
                 )
             train_seconds = time.perf_counter() - t_train
             hist = pd.DataFrame(history.rows)
