@@ -91,11 +91,9 @@ def validation_curve(history_csv) -> dict:
     to the end of its budget holds, epoch by epoch, every shorter run of the same seed.
     """
     hist = pd.read_csv(history_csv)
-    return {
-        k: [round(float(v), 4) for v in hist[k]]
-        for k in ("val_loss", "val_accuracy", "phase")
-        if k in hist
-    }
+    curve = {k: [round(float(v), 4) for v in hist[k]] for k in ("val_loss", "val_accuracy")}
+    curve["phase"] = [int(v) for v in hist["phase"]]
+    return curve
 
 
 def score(pred: metrics.Predictions) -> dict:
