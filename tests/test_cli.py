@@ -221,7 +221,7 @@ def test_match_json_filters_and_no_refine(workspace, capsys):
     assert {m["genus"] for m in found} == {"Beta"}
     assert set(found[0]) == {"rank", "specimen_id", "genus", "normal", "offset", "angle_deg",
                              "scores", "reading", "reliable", "specimen_sure",
-                             "runner_up"}  # fmt: skip
+                             "runner_up", "not_a_section"}  # fmt: skip
     assert set(found[0]["scores"]) >= {"dice", "ncc", "ssim", "descriptor", "combined"}
     assert _match(workspace, "--json", "--specimens", "A-01", "B-01", "--top-k", "1") == 0
     assert json.loads(capsys.readouterr().out)[0]["specimen_id"] in {"A-01", "B-01"}
@@ -436,7 +436,9 @@ def test_params_check_names_a_missing_file(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_match_says_when_the_query_is_not_a_foraminifer_section(workspace, tmp_path, capsys):
+def test_match_says_when_the_query_is_not_a_foraminifer_section(
+    workspace, tmp_path, capsys, monkeypatch
+):
     from test_classify import _check_for
 
     from foramlib.inference.classify import SECTION_CHECK, preprocess_defaults
@@ -450,8 +452,73 @@ def test_match_says_when_the_query_is_not_a_foraminifer_section(workspace, tmp_p
     args = ["match", str(tmp_path / "colour.png"), "--index", str(workspace / "index")]
     assert cli.main([*args, "--workspace", str(ws), "--json", "--top-k", "1"]) == 0
     captured = capsys.readouterr()
-    assert json.loads(captured.out)[0]["rank"] == 1  # the JSON keeps its shape
+    found = json.loads(captured.out)
+    assert found[0]["rank"] == 1  # the JSON keeps its shape
+    assert found[0]["not_a_section"].startswith("this is a colour picture; micro-CT")
     assert "NOT A FORAMINIFER SECTION? this is a colour picture" in captured.err
+    # a limit the best fit clears: the section check still overrules it
+    from foramlib.matching.reliability import MatchCheck
+
+    limit = MatchCheck(0.0, 0.95, (0.5, 0.9, 1.0)).save(tmp_path / "c.json")
+    with_limit = [*args, "--workspace", str(ws), "--match-check", str(limit), "--top-k", "1"]
+    assert cli.main([*with_limit, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["reliable"] is False
+    assert cli.main(with_limit) == 0
+    said = capsys.readouterr().out
+    assert (
+        "NO RELIABLE MATCH: the image does not look like a foraminifer section (this is "
+        "a colour picture; micro-CT"
+        in said
+        and "so even its best score" in said
+    )
+    assert "comparing the other specimens" not in said  # no specimen check for a refusal
+    # an image the section check passes keeps the score's verdict
+    import foramlib.inference.classify as classify_module
+
+    monkeypatch.setattr(classify_module, "section_refusal", lambda image, workspace: None)
+    assert cli.main([*with_limit, "--json", "--no-specimen-check"]) == 0
+    found = json.loads(capsys.readouterr().out)
+    assert found[0]["reliable"] is True and found[0]["not_a_section"] is None
+    monkeypatch.undo()
     # without a check in the workspace nothing is said either way
     assert cli.main([*args, "--workspace", str(tmp_path), "--top-k", "1"]) == 0
     assert "NOT A FORAMINIFER" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("shape", "is_scan"),
+    [
+        ((30, 40, 50), True),  # a stack of pages: a scan
+        ((3, 40, 50), True),  # three pages, not three channels
+        ((40, 50), False),  # one section
+        ((40, 50, 3), False),  # one colour section
+        ((1, 40, 50), False),  # one page, stored as a stack of one
+    ],
+)
+def test_a_tiff_is_told_scan_or_section_from_its_headers(tmp_path, shape, is_scan, monkeypatch):
+    import tifffile
+
+    path = tmp_path / "input.tif"
+    photometric = "rgb" if shape[-1] == 3 else "minisblack"
+    tifffile.imwrite(path, np.ones(shape, np.uint16), photometric=photometric)
+    # the pixels are never decoded to decide
+    monkeypatch.setattr(tifffile.TiffFile, "asarray", lambda *a, **k: pytest.fail("decoded"))
+    assert cli._is_scan(path) is is_scan
+
+
+def test_an_unreadable_tiff_is_left_to_the_image_reader(tmp_path):
+    path = tmp_path / "broken.tif"
+    path.write_bytes(b"II*\x00garbage")
+    assert cli._is_scan(path) is False
+    with pytest.raises(Exception, match="broken.tif: not a readable"):
+        read_image(path)
+
+
+def test_running_out_of_memory_is_one_line_not_a_traceback(tmp_path, capsys, monkeypatch):
+    def greedy(*args, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr(cli, "_match", greedy)
+    assert cli.main(["match", str(tmp_path / "q.png"), "--index", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "match: error: out of memory" in err and "FORAM_MAX" in err

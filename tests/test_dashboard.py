@@ -13,6 +13,7 @@ import gzip
 import io
 import json
 import re
+import time
 from dataclasses import replace
 
 import cv2
@@ -254,6 +255,36 @@ def test_classify_button_is_busy_while_classifying(app, monkeypatch):
     assert seen == [(True, "Classifying…", "hourglass-half")]
     b = app.classify_button
     assert (b.disabled, b.description, b.icon) == (False, "Classify", "check")
+
+
+def test_match_button_is_busy_while_searching_and_the_time_is_the_wait(app, monkeypatch):
+    import foramlib.matching.search as matching
+
+    seen = []
+    scores = dict(dice=0.9, ncc=0.6, ssim=0.7, descriptor=0.6, combined=0.7)
+    found = [Match("S1", "Beta", (0.0, 0.0, 1.0), 1.5, 30.0, scores, np.zeros((32, 32), np.uint8))]
+
+    def search(*args, **kwargs):
+        b = app.match_button
+        seen.append((b.disabled, b.description, b.icon))
+        return found
+
+    monkeypatch.setattr(matching, "match", search)
+    slow = app.collection
+
+    def slow_collection():  # loading the collection is part of the wait
+        time.sleep(0.3)
+        return slow()
+
+    monkeypatch.setattr(app, "collection", slow_collection)
+    app.load_upload("scan.png", png(disc_image()))
+    app.to_match.click()
+    app.match_button.click()
+    assert seen == [(True, "Searching…", "hourglass-half")]
+    b = app.match_button
+    assert not b.disabled and b.description != "Searching…"
+    said = app.match_message.value
+    assert float(said.split(" best matches in ")[1].split(" s")[0]) >= 0.3, said
 
 
 def test_models_status_and_the_wait_the_user_sees(workspace):
@@ -547,6 +578,44 @@ def test_the_calibrated_match_limit_gives_a_plain_verdict(app, monkeypatch):
         assert app.match_results.value
     finally:
         limit.unlink(missing_ok=True)
+
+
+def test_a_match_for_an_image_that_is_no_section_is_never_called_reliable(app, monkeypatch):
+    """The match limit would pass the fit; the workspace's section check refuses the
+    colour picture, and the verdict says so instead (and no specimen check is run)."""
+    from test_classify import _check_for
+
+    import foramlib.matching.reliability as reliability
+    import foramlib.matching.search as matching
+    from foramlib.matching.reliability import MatchCheck
+
+    scores = dict(dice=0.9, ncc=0.6, ssim=0.7, descriptor=0.6, combined=0.9)
+    found = [Match("S1", "Beta", (0.0, 0.0, 1.0), 1.5, 30.0, scores, np.zeros((32, 32), np.uint8))]
+    monkeypatch.setattr(matching, "match", lambda *a, **k: found)
+    monkeypatch.setattr(reliability, "runner_up", lambda *a, **k: pytest.fail("searched"))
+    limit = app.workspace / "results" / "match_check.json"
+    section_check = app.workspace / classify.SECTION_CHECK
+    MatchCheck(0.6, 0.95, (0.7, 0.9), margin_threshold=0.05, margins=(0.1, 0.2)).save(limit)
+    _check_for(classify.preprocess_defaults(app.workspace)[0].size).save(section_check)
+    rgb = cv2.cvtColor(
+        np.dstack([disc_image(), disc_image() // 3, disc_image() // 2]), cv2.COLOR_RGB2BGR
+    )
+    try:
+        app.load_upload("photo.png", png(rgb))
+        app.to_match.click()
+        app.run_match()
+        note = app.match_message.value
+        assert '<div class="foram-msg-warn">No reliable match: your image does not look ' in note
+        assert "(this is a colour picture" in note and "score of 0.90" in note
+        assert app.match_results.value  # the closest sections are still shown
+        app.load_upload("scan.png", png(disc_image()))  # a section: the limit decides
+        app.to_match.click()
+        monkeypatch.setattr(reliability, "runner_up", lambda *a, **k: None)
+        app.run_match()
+        assert '<div class="foram-msg-info">Reliable match' in app.match_message.value
+    finally:
+        limit.unlink(missing_ok=True)
+        section_check.unlink(missing_ok=True)
 
 
 @pytest.mark.parametrize(

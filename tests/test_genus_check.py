@@ -297,7 +297,9 @@ def test_render_details_name_the_genus_check():
     pred = classify.Prediction([("A", 0.9)], {"A": 0.9}, False, None, {"genus_check": None})
     assert render._genus_txt(None).startswith("none in this workspace")
     md = {"known": False, "novelty": 0.6, "threshold": 0.4, "keep": 0.95}
-    assert render._genus_txt(md).startswith("maybe not one of these genera: novelty 0.600")
+    said = render._genus_txt(md)
+    assert said.startswith("maybe not one of these genera: 0.60 from the nearest training")
+    assert "where the limit is 0.40" in said
     assert render.unknown_genus_html(pred) == ""
 
 

@@ -152,6 +152,40 @@ def test_preload_prepares_volumes_up_to_the_cache_size(built):
         indexing.load_collection(out, cache_size=0)
 
 
+def test_prepared_volumes_are_held_to_a_memory_budget(built):
+    """The cache weighs what it holds: over the budget the least recently used volume
+    goes (and preloading stops there), however many volumes the count would allow."""
+    _, out, _ = built
+    one = indexing.load_collection(out).prepared("A-01").nbytes
+    c = indexing.load_collection(out, cache_bytes=int(2.5 * one))
+    seen = []
+    c.preload(progress=lambda f, m: seen.append(m))
+    assert list(c._prep.items) == ["A-02", "B-01"]
+    assert c._prep.nbytes <= 2.5 * one
+    assert seen[-1] == "2 volumes ready"
+    c.prepared("A-01")  # read again when a search reaches it; the oldest goes
+    assert list(c._prep.items) == ["B-01", "A-01"]
+    # one volume larger than the budget is still kept: a search needs it
+    tiny = indexing.load_collection(out, cache_bytes=1)
+    tiny.prepared("A-01")
+    assert list(tiny._prep.items) == ["A-01"]
+
+
+def test_the_memory_budget_comes_from_the_environment(built, monkeypatch):
+    _, out, _ = built
+    monkeypatch.setenv("FORAM_MATCH_CACHE_MB", "0.5")
+    assert indexing.load_collection(out).cache_bytes == 2**19
+    monkeypatch.delenv("FORAM_MATCH_CACHE_MB")
+    assert indexing.load_collection(out).cache_bytes == indexing.CACHE_MB * 2**20
+    for bad in ("lots", "0", "-1"):
+        monkeypatch.setenv("FORAM_MATCH_CACHE_MB", bad)
+        with pytest.raises(ValueError, match=rf"FORAM_MATCH_CACHE_MB = '{bad}' is invalid"):
+            indexing.load_collection(out)
+    monkeypatch.delenv("FORAM_MATCH_CACHE_MB")
+    with pytest.raises(ValueError, match="cache_bytes must be an integer >= 1, got 0"):
+        indexing.load_collection(out, cache_bytes=0)
+
+
 def test_missing_index_says_how_to_build_it(tmp_path):
     with pytest.raises(indexing.CollectionError, match=r"index.npz is missing: run `dvc repro"):
         indexing.load_collection(tmp_path / "nowhere")
@@ -245,6 +279,21 @@ def test_read_image_refuses_non_images(tmp_path, content, message):
         indexing.read_image(tmp_path / "q.png", name="q.png")
 
 
+def test_read_image_says_when_an_image_has_too_many_pixels(tmp_path, monkeypatch):
+    """``foram match``'s reader: a big image is refused with the limit and the fix, not
+    called unreadable."""
+    cv2.imwrite(str(tmp_path / "big.png"), np.zeros((300, 400), np.uint8))
+    monkeypatch.setenv("FORAM_MAX_IMAGE_MP", "0.1")
+    with pytest.raises(
+        indexing.ImageError,
+        match=r"big\.png: 400 × 300 pixels \(0 megapixels\) is more than the limit of 0\.1 "
+        r"megapixels \(FORAM_MAX_IMAGE_MP\); shrink the image first",
+    ):
+        indexing.read_image(tmp_path / "big.png", name="big.png")
+    monkeypatch.setenv("FORAM_MAX_IMAGE_MP", "0.2")
+    assert indexing.read_image(tmp_path / "big.png").shape == (300, 400)
+
+
 def test_read_image_missing_file(tmp_path):
     with pytest.raises(indexing.ImageError, match=r"nope.png: file not found"):
         indexing.read_image(tmp_path / "nope.png")
@@ -271,3 +320,21 @@ def test_a_large_volume_is_indexed_binned_and_matched_the_same_way(collection_di
     )
     for name in ("index.npz", "index.json"):
         assert (plain / name).read_bytes() == (reference / name).read_bytes(), name
+
+
+def test_a_volume_too_thin_to_index_is_named_by_its_file(tmp_path):
+    """Curation refuses such a volume first; an index built without it still says which
+    file and what is wrong, not a bare specimen id."""
+    raw = tmp_path / "raw"
+    write_nifti(raw / "thin.nii.gz", _ellipsoid()[:, :, 12:18] * 1000, (10.0, 10.0, 10.0))
+    manifest = tmp_path / "manifest.csv"
+    pd.DataFrame(
+        [dict(file="thin.nii.gz", specimen_id="T-01", species="Tenuis", voxel_size_um=10.0)]
+    ).to_csv(manifest, index=False)
+    with pytest.raises(
+        matching.MatchError,
+        match=r"thin\.nii\.gz \(T-01: expected a numeric 3-D volume at least 8 voxels along "
+        r"each axis, got float32 \(32, 32, 6\)\)",
+    ):
+        indexing.build_collection_index(manifest, raw, tmp_path / "index", SMALL)
+    assert not (tmp_path / "index").exists()  # nothing half-written

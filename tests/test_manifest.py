@@ -126,7 +126,14 @@ def test_check_files_false_skips_existence(tmp_path):
             "line 2: voxel_size_um 'inf' must be positive and finite",
         ),
         ("gone.nii.gz,S1,Alveolina,,,\n", HEADER, "line 2: file not found: 'gone.nii.gz'"),
-        ("scan.png,S1,Alveolina,,,\n", HEADER, "line 2: unsupported file type 'scan.png'"),
+        (
+            "scan.png,S1,Alveolina,,,\n",
+            HEADER,
+            r"line 2: unsupported file type 'scan.png' \(expected .*\.tiff, a Zarr store or",
+        ),
+        # a Zarr store that is not there is missing, not of an unknown type
+        ("scan.zarr,S1,Alveolina,,,\n", HEADER, "line 2: file not found: 'scan.zarr'"),
+        ("scan.ome.zarr/,S1,Alveolina,,,\n", HEADER, "line 2: file not found: 'scan.ome.zarr/'"),
     ],
 )
 def test_each_problem_is_reported(tmp_path, rows, header, match):

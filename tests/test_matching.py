@@ -14,7 +14,7 @@ import pytest
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
-from foramlib.dataset.preprocess import PreprocessError, preprocess_slice
+from foramlib.dataset.preprocess import PreprocessError, preprocess_slice, shrink_to_fit
 from foramlib.dataset.slicing import Plane, extract_slice, plane_axes
 from foramlib.matching import search as matching
 from foramlib.matching.registration import SectionPose
@@ -661,3 +661,61 @@ def test_search_tuning_is_what_the_search_reads(index, specimens, prepared):
     assert [t.shape[0] for t in tuned.templates] == [24, 48, 64, index.config.fine_size]
     with pytest.raises(MatchError, match="tuning must be a SearchTuning, got dict"):
         matching.match(index, q, volumes=prepared, tuning={"retry_score": 0.5})
+
+
+def _one_shell_index():
+    """A one-specimen index of a small shell: quick to build (no virtual collection)."""
+    z, y, x = np.mgrid[:48, :48, :48].astype(np.float32)
+    vol = np.full((48, 48, 48), 0.1, np.float32)
+    r = np.sqrt((z - 24) ** 2 + (y - 22) ** 2 / 0.6 + (x - 24) ** 2)
+    vol[(r > 9) & (r < 13)] = 1.0
+    vol[(r <= 9) & (np.abs(x - 24) < 2)] = 0.7  # a septum: the section has texture
+    config = IndexConfig(n_orientations=4, n_offsets=5)
+    return matching.build_index([("V-TEST", "Testina", vol)], config), {"V-TEST": vol}
+
+
+def test_a_large_query_is_shrunk_before_anything_else(monkeypatch):
+    """A scan image bigger than ``query_max_side`` is searched exactly as its shrunk
+    copy is, and nothing after the shrink sees the big one."""
+    index, volumes = _one_shell_index()
+    plane = Plane(tuple(index.normals[2]), float(index.offsets[2]), 0.0)
+    prepared = matching.prepare_volume(volumes["V-TEST"], index.config)
+    section = matching._sections(prepared, [plane])[0]
+    big = cv2.resize(section, (1500, 1200), interpolation=cv2.INTER_LINEAR)
+    seen = []
+    prepare = matching._prepare_query
+
+    def spy(index, image, *args, **kwargs):
+        seen.append(np.asarray(image).shape)
+        return prepare(index, image, *args, **kwargs)
+
+    monkeypatch.setattr(matching, "_prepare_query", spy)
+    from_big = matching.match(index, big, volumes=volumes, refine=False, top_k=2)
+    assert seen and max(max(s) for s in seen) == 1024
+    small, scale = shrink_to_fit(big, 1024)
+    assert small.shape == (819, 1024) and scale == pytest.approx(1024 / 1500)
+    from_small = matching.match(index, small, volumes=volumes, refine=False, top_k=2)
+    for a, b in zip(from_big, from_small, strict=True):
+        assert (a.specimen_id, a.normal, a.offset, a.angle_deg) == (
+            b.specimen_id,
+            b.normal,
+            b.offset,
+            b.angle_deg,
+        )
+        assert a.scores == b.scores
+    # a tuning may keep more of the query
+    seen.clear()
+    matching.match(
+        index,
+        big,
+        volumes=volumes,
+        refine=False,
+        tuning=matching.SearchTuning(query_max_side=1200),
+    )
+    assert max(max(s) for s in seen) == 1200
+
+
+@pytest.mark.parametrize("side", [8, 15, 0, 2.5])
+def test_query_max_side_is_validated(side):
+    with pytest.raises(ValueError, match=rf"query_max_side = {side!r} is invalid"):
+        matching.SearchTuning(query_max_side=side)

@@ -333,3 +333,41 @@ def test_more_smoothing_gives_a_faint_fossil_a_cleaner_outline():
     assert out.shape == (64, 64)
     with pytest.raises(ValueError, match="sigma must be > 0, got 0"):
         pp.segment_silhouette(img, sigma=0)
+
+
+@pytest.mark.parametrize(
+    ("shape", "dtype", "out_shape", "out_dtype"),
+    [
+        ((3000, 1500), np.uint8, (1024, 512), np.uint8),
+        ((1500, 3000), np.uint16, (512, 1024), np.uint16),
+        ((2048, 2048, 3), np.uint8, (1024, 1024, 3), np.uint8),
+        ((2000, 100), np.float64, (1024, 51), np.float32),
+        ((1200, 1000), bool, (1024, 853), np.float32),
+    ],
+)
+def test_shrink_to_fit_keeps_aspect_and_pixel_type(shape, dtype, out_shape, out_dtype):
+    image = np.ones(shape, dtype)
+    out, scale = pp.shrink_to_fit(image, 1024)
+    assert out.shape == out_shape and out.dtype == out_dtype
+    assert scale == pytest.approx(1024 / max(shape[:2]))
+    assert float(out.mean()) == pytest.approx(1.0)  # area averaging keeps the level
+
+
+def test_shrink_to_fit_averages_areas():
+    image = np.zeros((64, 64), np.uint8)
+    image[::2] = 200  # stripes one pixel wide: averaged, not aliased
+    out, _ = pp.shrink_to_fit(image, 32)
+    assert out.shape == (32, 32) and np.all(out == 100)
+
+
+@pytest.mark.parametrize("shape", [(500, 400), (1024, 1024), (5000, 12)])
+def test_shrink_to_fit_leaves_what_fits_or_is_too_thin(shape):
+    image = np.ones(shape, np.uint16)
+    out, scale = pp.shrink_to_fit(image, 1024)
+    assert out is image and scale == 1.0
+
+
+@pytest.mark.parametrize("max_side", [0, 15, 100.0, True, None])
+def test_shrink_to_fit_refuses_a_bad_side(max_side):
+    with pytest.raises(ValueError, match=rf"max_side = {max_side!r} is invalid"):
+        pp.shrink_to_fit(np.ones((64, 64)), max_side)

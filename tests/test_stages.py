@@ -127,3 +127,15 @@ def test_a_failing_stage_ends_with_its_error_and_keeps_the_traceback_in_the_repo
     assert not out.exists()
     assert main([str(tmp_path / "nope.ipynb"), str(out)]) == 1
     assert "nope.ipynb does not exist" in capsys.readouterr().err
+
+
+def test_a_stage_whose_kernel_dies_ends_with_one_line_that_says_why(tmp_path, capsys):
+    """A kernel killed for memory (here: it kills itself) is not a traceback either."""
+    nb = _notebook(
+        tmp_path / "stage.ipynb", "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)"
+    )
+    out = tmp_path / "stage.out.ipynb"
+    assert main([str(nb), str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "stage.ipynb failed: its kernel died" in err and "lack of memory" in err
+    assert "Traceback" not in err and not out.exists()

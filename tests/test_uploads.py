@@ -124,6 +124,69 @@ def test_decode_refuses_oversized_upload():
         uploads.decode_upload("big.png", b"\x89PNG" + b"\0" * (2 * 2**20), max_bytes=2**20)
 
 
+_ENCODERS = {
+    "a.png": _png,
+    "a.jpg": lambda im: cv2.imencode(".jpg", im)[1].tobytes(),
+    "a.bmp": lambda im: cv2.imencode(".bmp", im)[1].tobytes(),
+    "a.tif": lambda im: _tiff(im),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_ENCODERS))
+def test_an_image_over_the_pixel_limit_is_refused_before_it_is_decoded(name, monkeypatch):
+    data = _ENCODERS[name](_disc((80, 100)))
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded an image over the limit")
+
+    monkeypatch.setattr(uploads.cv2, "imdecode", no_decoding)
+    monkeypatch.setattr(uploads, "_decode_tiff", no_decoding)
+    with pytest.raises(
+        uploads.UploadError,
+        match=rf"{name}: 100 × 80 pixels \(0 megapixels\) is more than the limit of "
+        r"0\.005 megapixels \(FORAM_MAX_IMAGE_MP\); shrink the image first",
+    ):
+        uploads.decode_upload(name, data, max_pixels=5000)
+
+
+@pytest.mark.parametrize("name", sorted(_ENCODERS))
+def test_an_image_within_the_pixel_limit_is_decoded(name):
+    decoded = uploads.decode_upload(name, _ENCODERS[name](_disc((80, 100))), max_pixels=8000)
+    assert decoded.shape == (80, 100)
+
+
+def test_the_pixel_limit_comes_from_the_environment(monkeypatch):
+    data = _png(_disc((80, 100)))
+    monkeypatch.setenv("FORAM_MAX_IMAGE_MP", "0.004")
+    assert uploads.image_pixel_limit() == 4000
+    with pytest.raises(uploads.UploadError, match=r"limit of 0\.004 megapixels"):
+        uploads.decode_upload("a.png", data)
+    monkeypatch.setenv("FORAM_MAX_IMAGE_MP", "0.008")
+    assert uploads.decode_upload("a.png", data).shape == (80, 100)
+    monkeypatch.delenv("FORAM_MAX_IMAGE_MP")
+    assert uploads.image_pixel_limit() == 100_000_000
+
+
+@pytest.mark.parametrize("value", ["lots", "0", "-3", "inf", "nan"])
+def test_a_bad_pixel_limit_in_the_environment_is_named(value, monkeypatch):
+    monkeypatch.setenv("FORAM_MAX_IMAGE_MP", value)
+    with pytest.raises(ValueError, match=rf"FORAM_MAX_IMAGE_MP = '{value}' is invalid"):
+        uploads.decode_upload("a.png", _png(_disc()))
+
+
+def test_a_header_without_a_size_is_still_held_to_the_limit(monkeypatch):
+    """Where the header cannot tell (imagesize gives -1), the decoded size is checked."""
+    monkeypatch.setattr(uploads.imagesize, "get", lambda f: (-1, -1))
+    with pytest.raises(uploads.UploadError, match="a.png: 100 × 80 pixels"):
+        uploads.decode_upload("a.png", _png(_disc((80, 100))), max_pixels=5000)
+
+
+def test_a_stack_of_small_pages_is_a_volume_not_a_big_image():
+    stack = np.stack([_disc((40, 50)).astype(np.uint16)] * 30)  # 30 pages of 2000 px
+    decoded = uploads.decode_upload("stack.tif", _tiff(stack), max_pixels=5000)
+    assert isinstance(decoded, uploads.VolumeUpload) and decoded.shape == (50, 40, 30)
+
+
 @pytest.mark.parametrize(
     ("unit", "zoom", "expected"),
     [

@@ -188,6 +188,20 @@ def test_voxel_size_is_never_guessed_from_an_incomplete_header(tmp_path, unit, p
         assert read_volume(path, voxel_size_um=6.0).voxel_size_um == 6.0
 
 
+def test_one_voxel_size_for_voxels_that_are_not_cubes_is_warned_about(tmp_path):
+    """A header without a unit still says its voxels are twice as deep as wide: the
+    manifest's single value cannot say which axis it means, so the user hears it."""
+    path = _header_with(tmp_path, "unknown", [1.0, 1.0, 2.0])
+    with pytest.warns(
+        ManifestWarning,
+        match=r"h\.nii: the header's voxel dimensions \(1\.0, 1\.0, 2\.0\) \(in no stated "
+        r"unit\) are not cubes, but voxel_size_um=5 is applied to every axis; state the "
+        r"header's unit",
+    ):
+        vol = read_volume(path, voxel_size_um=5.0)
+    assert vol.spacing_um == (5.0, 5.0, 5.0)
+
+
 def test_nifti2_headers_are_read_raw_too(tmp_path):
     img = nib.Nifti2Image(ramp().astype(np.float32), np.diag([8.0, 8.0, 8.0, 1.0]))
     img.header.set_xyzt_units(xyz="micron")
@@ -727,8 +741,10 @@ def test_a_zarr_group_that_is_not_an_image_is_named(tmp_path):
 
 @pytest.mark.parametrize(
     ("max_side", "level", "side", "voxel"),
-    [(None, 0, 16, 2.0), (100, 0, 16, 2.0), (16, 0, 16, 2.0), (8, 1, 8, 4.0), (5, 1, 8, 4.0),
-     (4, 2, 4, 8.0), (1, 2, 4, 8.0)],
+    [(None, 0, 16, 2.0), (100, 0, 16, 2.0), (16, 0, 16, 2.0), (8, 1, 8, 4.0), (7, 1, 8, 4.0),
+     (4, 2, 4, 8.0),
+     # the level still 5 wide (8³) holds more than two cubes of 5: binned by 2 as read
+     (5, 1, 4, 8.0), (3, 2, 2, 16.0)],
 )  # fmt: skip
 def test_ome_zarr_is_read_at_the_coarsest_level_still_max_side_wide(
     tmp_path, max_side, level, side, voxel
@@ -738,6 +754,22 @@ def test_ome_zarr_is_read_at_the_coarsest_level_still_max_side_wide(
     vol = read_volume(path, max_side=max_side)
     assert vol.level == level and vol.data.shape == (side,) * 3
     assert vol.voxel_size_um == pytest.approx(voxel)  # the level's own voxel size
+
+
+@pytest.mark.parametrize("axes", ["zyx", "tczyx"])
+def test_a_single_level_ome_zarr_too_large_is_binned_as_it_is_read(tmp_path, axes):
+    """A store of one level cannot be read coarser from its pyramid: it is averaged by
+    blocks as it is read, like a plain array, and its voxel size scaled."""
+    zyx = np.random.default_rng(3).integers(1, 900, (24, 20, 22)).astype(np.uint16)
+    data = zyx if axes == "zyx" else zyx[None, None]
+    scale = (3.0, 2.0, 2.0) if axes == "zyx" else (1, 1, 3.0, 2.0, 2.0)
+    path = write_ome_zarr(tmp_path / "one.zarr", data, scale, axes=axes)
+    full = read_volume(path, isotropic=False)
+    # 10,560 voxels, where two cubes of 5 are 250: blocks of 4 leave 6 x 5 x 5
+    vol = read_volume(path, max_side=5, isotropic=False)
+    assert vol.level == 0 and vol.binned == 4
+    assert vol.spacing_um == pytest.approx((8.0, 8.0, 12.0))
+    np.testing.assert_allclose(vol.data, block_mean(full.data, 4), rtol=1e-6)
 
 
 def test_a_manifest_voxel_size_is_scaled_to_the_level_read(tmp_path):
@@ -870,3 +902,32 @@ def test_a_large_nrrd_is_binned_as_it_is_read_where_its_encoding_allows(
     assert vol.binned == 2 and vol.voxel_size_um == pytest.approx(10.0)
     np.testing.assert_allclose(vol.data, block_mean(xyz, 2), rtol=1e-6)
     np.testing.assert_array_equal(read_volume(path).data, xyz.astype(np.float32))
+
+
+@pytest.mark.parametrize(
+    ("shape", "max_side", "factor"),
+    [
+        ((2048, 2048, 2048), 512, 4),  # the largest side brought to max_side
+        ((1600, 1600, 1600), 512, 3),  # ... and no further: 533³
+        ((2047, 2047, 2047), 512, 4),  # 682³ (the side rule's) is 2.4 cubes: 511³
+        ((512, 512, 512), 512, 1),  # no larger than asked: as it is
+        ((640, 640, 640), 512, 1),  # 1.02 GB as float32: within two cubes of 512
+        ((1000, 1000, 1000), 512, 2),  # would be read whole by the side rule: 4 GB
+        ((1023, 1023, 1023), 512, 2),
+        ((1500, 1500, 1500), 512, 3),  # 750³ (the side rule's) is 3.2 cubes
+        ((5000, 300, 300), 512, 9),  # a long scan: its side decides
+        ((38, 33, 41), 10, 4),
+    ],
+)
+def test_binning_keeps_the_working_set_bounded_whatever_the_shape(shape, max_side, factor):
+    from foramlib.io.volumes import MAX_BINNED_CUBES, binning_factor
+
+    f = binning_factor(shape, max_side)
+    assert f == factor
+    binned = [s // f for s in shape]
+    assert np.prod(binned, dtype=float) <= MAX_BINNED_CUBES * max_side**3
+    assert (
+        max(binned) >= max_side
+        or f == 1
+        or np.prod([s // (f - 1) for s in shape], dtype=float) > MAX_BINNED_CUBES * max_side**3
+    )  # a coarser factor only where the volume needs it

@@ -1109,7 +1109,9 @@ class App(widgets.VBox):
     def run_match(self) -> None:
         """Run the matcher on the carried slice with the chosen restrictions."""
         try:
-            self._run_match()
+            # seconds of work: one search at a time, and the button says it is busy
+            with _busy(self.match_button, "Searching…"):
+                self._run_match()
         except Exception as exc:  # noqa: BLE001 - the page must survive anything
             self.match_message.value = render.message("error", f"{exc}")
             self.match_status.value = ""
@@ -1125,6 +1127,7 @@ class App(widgets.VBox):
                 "press 'Find this slice in 3D'.",
             )
             return
+        t0 = time.perf_counter()  # what the user waits for, the collection's loading too
         try:
             col = self.collection()
         except Exception as exc:  # noqa: BLE001
@@ -1160,7 +1163,6 @@ class App(widgets.VBox):
             self.match_progress.value = float(np.clip(fraction, 0.0, 1.0))
             self.match_status.value = f"<span class='foram-muted'>{html.escape(message)}</span>"
 
-        t0 = time.perf_counter()
         try:
             matches = matching.match(
                 col.index,
@@ -1203,6 +1205,13 @@ class App(widgets.VBox):
         )
         check = self._match_check()
         verdict = None if check is None else check.verdict(matches[0].scores["combined"])
+        if verdict is not None:
+            # a photo or noise can fit some section's outline: the section check decides
+            from foramlib.matching.reliability import not_a_section_verdict
+
+            refusal = classify.section_refusal(self.match_query, self.workspace)
+            if refusal:
+                verdict = not_a_section_verdict(verdict, refusal)
         disagreement = ""
         if self.prediction is not None and not (species or specimens):
             final = (self.metrics or {}).get("models", {}).get((self.metrics or {}).get("final"))
@@ -1313,8 +1322,8 @@ class App(widgets.VBox):
         fig = view3d.plane_figure(
             volume,
             Plane(tuple(m.normal), float(m.offset), float(m.angle_deg)),
-            title=f"{m.specimen_id} — {m.species}{label}: combined score "
-            f"{m.scores['combined']:.2f}",
+            title=f"{m.specimen_id} — {m.species}{label}: fit {m.scores['combined']:.2f} "
+            "(1 is a perfect fit)",
             section=[("your slice", render.display_uint8(self.match_query)), ("matched", m.image)],
         )
         self.match_view.value = view3d.figure_png(fig, dpi=80)

@@ -17,6 +17,7 @@ import numpy as np
 
 from foramlib.inference import classify, scan
 from foramlib.io.volumes import stretch
+from foramlib.viz.view3d import plane_words
 
 __all__ = [
     "STYLE",
@@ -164,6 +165,9 @@ def probability_chart(probabilities: dict[str, float], highlight: str | None = N
     colours = ["#d9822b" if k == highlight else "#4a78a8" for k, _ in items]
     ax.barh([k for k, _ in items], [100 * v for _, v in items], color=colours)
     ax.set_xlim(0, 100)
+    chance = 100 / max(len(items), 1)  # a random guess gives every genus this much
+    ax.axvline(chance, color="#888888", linestyle=":", linewidth=1)
+    ax.text(chance + 1, -0.6, f"chance {chance:.0f}%", fontsize=7, color="#666666", va="top")
     ax.set_xlabel("probability (%)")
     ax.tick_params(axis="y", labelsize=8)
     ax.set_title("All genera", fontsize=9)
@@ -230,6 +234,14 @@ def match_verdict_html(verdict, check, best=None, other=None) -> str:
         f"{check.kept_share():.0%} of {check.n_queries} sections cut at known places from "
         "specimens of this collection"
     )
+    if verdict.not_a_section:
+        return message(
+            "warn",
+            f"No reliable match: your image does not look like a foraminifer section "
+            f"({html.escape(verdict.not_a_section)}). A photo, noise or another material "
+            f"can still fit the outline of some section (here with a score of "
+            f"{verdict.score:.2f}), so the matches below say nothing about where it sits.",
+        )
     if not verdict.reliable:
         return message(
             "warn",
@@ -327,11 +339,25 @@ def disagreement_html(genus: str, confidence: float, matches, accuracy: float | 
 
 
 def top5_html(pred: classify.Prediction) -> str:
+    """The five most probable genera, with what a random guess would give each.
+
+    >>> pred = classify.Prediction([("A", 0.5), ("B", 0.3)], {"A": 0.5, "B": 0.3, "C": 0.2},
+    ...                            False, None, {})
+    >>> "chance: 33.3% for each genus" in top5_html(pred)
+    True
+    """
     rows = "".join(
         f'<tr class="foram-rank-{i}"><td>{i}</td><td>{html.escape(g)}</td><td>{pct(p)}</td></tr>'
         for i, (g, p) in enumerate(pred.top5, start=1)
     )
-    return f"<table><tr><th>Rank</th><th>Genus</th><th>Confidence</th></tr>{rows}</table>"
+    n = len(pred.probabilities)
+    chance = (
+        f"<caption class='foram-muted' style='caption-side:bottom'>chance: {pct(1 / n)} "
+        f"for each genus (a random guess among {n})</caption>"
+        if n
+        else ""
+    )
+    return f"<table>{chance}<tr><th>Rank</th><th>Genus</th><th>Confidence</th></tr>{rows}</table>"
 
 
 def uncertain_html(pred: classify.Prediction) -> str:
@@ -606,9 +632,10 @@ def _genus_txt(check: dict | None) -> str:
         return "none in this workspace (the evaluate stage writes it)"
     verdict = "passed" if check["known"] else "maybe not one of these genera"
     return (
-        f"{verdict}: novelty {check['novelty']:.3f} against the limit {check['threshold']:.3f} "
-        f"(distance to the nearest training slices in the main model's feature space; the "
-        f"limit keeps {pct(check['keep'])} of validation sections)"
+        f"{verdict}: {check['novelty']:.2f} from the nearest training slices, where the "
+        f"limit is {check['threshold']:.2f} (a distance between what the main model sees "
+        f"in two sections; the limit lets through {pct(check['keep'])} of the validation "
+        "sections, new specimens of the known genera)"
     )
 
 
@@ -619,9 +646,9 @@ def _section_txt(check: dict | None) -> str:
         return "refused: a colour picture (micro-CT sections are grey)"
     verdict = "passed" if check["looks_like_section"] else "refused"
     return (
-        f"{verdict}: score {check['score']:.1f} against the limit {check['threshold']:.1f} "
-        f"(higher is less like the training sections; the limit keeps "
-        f"{pct(check['keep'])} of validation sections)"
+        f"{verdict}: strangeness {check['score']:.0f}, where the limit is "
+        f"{check['threshold']:.0f} (how unlike the training sections it looks, higher is "
+        f"stranger; the limit lets through {pct(check['keep'])} of the validation sections)"
     )
 
 
@@ -702,26 +729,6 @@ MATCH_SCORES = (
     ("descriptor", "Shape summary", "similarity of compact summaries of outline and texture "
      "that the first, fast search step compares (descriptor cosine)"),
 )  # fmt: skip
-
-
-def plane_words(normal, offset: float, angle: float) -> str:
-    """A plane of a volume in words: tilt from the scan's axes, distance from the centre.
-
-    Examples
-    --------
-    >>> plane_words((0.0, 0.0, 1.0), 0.0, 0.0)
-    'across axis 2 (tilted 0° from it), through the centre'
-    >>> plane_words((0.6, 0.0, 0.8), -5.14, 30.0)
-    'across axis 2 (tilted 37° from it), 5.1 voxels from the centre'
-    """
-    n = np.abs(np.asarray(normal, dtype=np.float64))
-    n = n / (np.linalg.norm(n) or 1.0)
-    axis = int(np.argmax(n))
-    tilt = float(np.degrees(np.arccos(np.clip(n[axis], -1, 1))))
-    where = (
-        "through the centre" if abs(offset) < 0.05 else f"{abs(offset):.1f} voxels from the centre"
-    )
-    return f"across axis {axis} (tilted {tilt:.0f}° from it), {where}"
 
 
 _CUBE = np.array([[x, y, z] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)], np.float64)
@@ -867,7 +874,11 @@ def matches_html(query: np.ndarray, matches) -> str:
     return (
         f"<table>{head}{''.join(rows)}</table>"
         '<details class="foram-score-legend"><summary>What the scores mean</summary>'
-        f"<p>Each score is 1 for identical sections and near 0 for unrelated ones.</p>"
+        "<p>Each score is 1 for identical sections. They are not chances: two sections "
+        "of roundish shells share most of their outline and shading, so Outline overlap, "
+        "Grey pattern and Shape summary are high for almost any pair (0.9 and more); the "
+        "Wall pattern, and with it Overall, is what separates the right place from a "
+        "look-alike, and the verdict above says whether the best one is good enough.</p>"
         f"<ul>{legend}</ul></details>"
     )
 

@@ -42,6 +42,7 @@ __all__ = [
     "crop_square",
     "resize_square",
     "resize_slice",
+    "shrink_to_fit",
     "enhance",
     "preprocess_slice",
     "background_level",
@@ -349,6 +350,50 @@ def resize_slice(image: np.ndarray, size: int) -> np.ndarray:
     shrink = size < image.shape[0] or size < image.shape[1]
     interp = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
     return cv2.resize(image, (size, size), interpolation=interp)
+
+
+def shrink_to_fit(image, max_side: int) -> tuple[np.ndarray, float]:
+    """`image` shrunk, aspect kept, so that its longer side is at most `max_side`.
+
+    Area averaging (``INTER_AREA``) on the image's own pixel type where OpenCV has it
+    (uint8, uint16; anything else as float32). Images that fit, and images under 16
+    pixels on their shorter side, come back as they are. A query or an upload is
+    shrunk to its working resolution *first*, so that nothing after it (segmentation,
+    filters, a search) pays for pixels it would average away.
+
+    Parameters
+    ----------
+    image : array-like
+        2-D (gray) or 3-D (colour, channels last).
+    max_side : int
+        The longest side kept, >= 16.
+
+    Returns
+    -------
+    (ndarray, float)
+        The image and the scale applied (1.0 when it was not shrunk).
+
+    Examples
+    --------
+    >>> small, scale = shrink_to_fit(np.ones((4000, 1000), np.uint16), 1024)
+    >>> small.shape, small.dtype.name, scale
+    ((1024, 256), 'uint16', 0.256)
+    >>> shrink_to_fit(np.ones((10, 10)), 16)[1]
+    1.0
+    >>> shrink_to_fit(np.ones((10, 10)), 4)
+    Traceback (most recent call last):
+    ...
+    ValueError: max_side = 4 is invalid: expected an integer >= 16
+    """
+    if not isinstance(max_side, int | np.integer) or isinstance(max_side, bool) or max_side < 16:
+        raise ValueError(f"max_side = {max_side!r} is invalid: expected an integer >= 16")
+    arr = np.asarray(image)
+    if arr.ndim < 2 or max(arr.shape[:2]) <= max_side or min(arr.shape[:2]) < 16:
+        return arr, 1.0
+    scale = max_side / max(arr.shape[:2])
+    shape = tuple(max(16, round(s * scale)) for s in arr.shape[:2])
+    src = arr if arr.dtype in (np.uint8, np.uint16) else arr.astype(np.float32)
+    return cv2.resize(src, shape[::-1], interpolation=cv2.INTER_AREA), scale
 
 
 def enhance(

@@ -43,6 +43,7 @@ from foramlib.dataset.preprocess import (
     PreprocessError,
     preprocess_slice,
     resize_slice,
+    shrink_to_fit,
 )
 from foramlib.inference.calibration import (
     DEFAULT_MIN_SUPPORT,
@@ -276,12 +277,10 @@ def prepare(
         return out, {**info, "source": "stored slice", "fraction": fraction, "box": None}
     if options.cropped:
         arr = _manual_crop(arr, options.crop)
-    if max(arr.shape[:2]) > max_side and min(arr.shape[:2]) >= 16:
-        scale = max_side / max(arr.shape[:2])
-        shape = tuple(max(16, round(s * scale)) for s in arr.shape[:2])
+    shrunk, scale = shrink_to_fit(arr, max_side)
+    if scale != 1.0:
         info["downscaled_from"], info["scale"] = list(arr.shape[:2]), scale
-        src = arr if arr.dtype in (np.uint8, np.uint16) else arr.astype(np.float32)
-        arr = cv2.resize(src, shape[::-1], interpolation=cv2.INTER_AREA)
+        arr = shrunk
     # the section check's colour rule, on the shrunk image: a full-size scan's channel
     # spread would cost seconds and say the same
     info["colourfulness"] = round(colourfulness(arr), 4)

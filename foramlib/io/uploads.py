@@ -19,19 +19,24 @@ Examples
 from __future__ import annotations
 
 import io
+import os
 from dataclasses import dataclass, field
 
 import cv2
+import imagesize
 import numpy as np
 
 from foramlib.io.volumes import VolumeError, read_volume_bytes
 
 __all__ = [
     "IMAGE_SUFFIXES",
+    "ImageTooLarge",
+    "MAX_IMAGE_MEGAPIXELS",
     "UPLOAD_SUFFIXES",
     "UploadError",
     "VolumeUpload",
     "decode_upload",
+    "image_pixel_limit",
 ]
 
 #: single images a user may upload (anything else OpenCV decodes is accepted too)
@@ -40,9 +45,19 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 #: is a stack; a detached ``.nhdr`` or a folder of slices cannot be one upload)
 UPLOAD_SUFFIXES = IMAGE_SUFFIXES + (".nii", ".nii.gz", ".nrrd")
 
+#: the largest image (in millions of pixels) decoded unless ``FORAM_MAX_IMAGE_MP`` says
+#: otherwise: 10000 × 10000. A section needs no more (classification works on 2048
+#: pixels a side, matching on 1024), and a 20000² photo would take gigabytes to decode
+#: and convert before it could be shrunk.
+MAX_IMAGE_MEGAPIXELS = 100.0
+
 
 class UploadError(ValueError):
     """Uploaded bytes that are not a usable image or volume, or are too large."""
+
+
+class ImageTooLarge(UploadError):
+    """An image with more pixels than the limit (:func:`image_pixel_limit`)."""
 
 
 @dataclass
@@ -158,7 +173,46 @@ def _decode_tiff(name: str, data: bytes):
     )
 
 
-def decode_upload(name: str, data: bytes, *, max_bytes: int | None = None):
+def image_pixel_limit() -> int:
+    """Pixels an image may have: ``FORAM_MAX_IMAGE_MP`` megapixels, else
+    :data:`MAX_IMAGE_MEGAPIXELS`.
+
+    Raises
+    ------
+    ValueError
+        If ``FORAM_MAX_IMAGE_MP`` is set to something other than a positive number.
+
+    Examples
+    --------
+    >>> image_pixel_limit() == int(MAX_IMAGE_MEGAPIXELS * 1e6) or "FORAM_MAX_IMAGE_MP" in os.environ
+    True
+    """
+    text = os.environ.get("FORAM_MAX_IMAGE_MP", "").strip()
+    if not text:
+        return int(MAX_IMAGE_MEGAPIXELS * 1e6)
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise ValueError(
+            f"FORAM_MAX_IMAGE_MP = {text!r} is invalid: expected a positive number of megapixels"
+        )
+    return int(value * 1e6)
+
+
+def _check_pixels(name: str, height: int, width: int, limit: int) -> None:
+    if height * width > limit:
+        raise ImageTooLarge(
+            f"{name}: {width} × {height} pixels ({height * width / 1e6:.0f} megapixels) is "
+            f"more than the limit of {limit / 1e6:g} megapixels (FORAM_MAX_IMAGE_MP); "
+            "shrink the image first: a section needs no more than about 2048 pixels a side"
+        )
+
+
+def decode_upload(
+    name: str, data: bytes, *, max_bytes: int | None = None, max_pixels: int | None = None
+):
     """Decode uploaded bytes into an image array or a :class:`VolumeUpload`.
 
     Parameters
@@ -170,6 +224,10 @@ def decode_upload(name: str, data: bytes, *, max_bytes: int | None = None):
         The file's content.
     max_bytes : int, optional
         Refuse larger uploads.
+    max_pixels : int, optional
+        Refuse images (or pages of a TIFF stack) with more pixels, before they are
+        decoded where the header tells the size (:func:`imagesize.get`); default
+        :func:`image_pixel_limit`.
 
     Returns
     -------
@@ -181,8 +239,8 @@ def decode_upload(name: str, data: bytes, *, max_bytes: int | None = None):
     Raises
     ------
     UploadError
-        Empty, too large, or not a PNG/JPEG/TIFF/NIfTI/NRRD the decoders can read; the
-        message names the file.
+        Empty, too large (bytes or pixels), or not a PNG/JPEG/TIFF/NIfTI/NRRD the
+        decoders can read; the message names the file.
 
     Examples
     --------
@@ -202,11 +260,20 @@ def decode_upload(name: str, data: bytes, *, max_bytes: int | None = None):
     kind = _kind(name, data)
     if kind in ("nifti", "nrrd"):
         return _decode_volume(name, data)
+    limit = image_pixel_limit() if max_pixels is None else int(max_pixels)
+    # the header's size, before gigabytes are decoded; (-1, -1) where it cannot tell
+    width, height = imagesize.get(io.BytesIO(data))
+    if width > 0 and height > 0:
+        _check_pixels(name, height, width, limit)
     if kind == "tiff":
-        return _decode_tiff(name, data)
+        decoded = _decode_tiff(name, data)
+        if not isinstance(decoded, VolumeUpload):
+            _check_pixels(name, *decoded.shape[:2], limit)
+        return decoded
     # PNG, JPEG, and whatever else OpenCV reads (BMP, WebP, ...)
     arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if arr is not None:
+        _check_pixels(name, *arr.shape[:2], limit)
         if arr.ndim == 3 and arr.shape[2] == 3:
             arr = cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
         elif arr.ndim == 3 and arr.shape[2] == 4:

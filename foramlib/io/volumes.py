@@ -442,18 +442,53 @@ def normalize_intensity(arr, low: float = 0.5, high: float = 99.5) -> np.ndarray
     return stretch(arr, lo, hi, np.float32)
 
 
+#: a binned volume holds at most this many cubes of ``max_side`` voxels (2: 1 GiB of
+#: float32 at 512): without it a scan just under twice ``max_side`` would be read whole
+#: (a 1000³ scan: 4 GB as float32, and the stages hold a few copies)
+MAX_BINNED_CUBES = 2
+
+
 def binning_factor(shape, max_side: int | None) -> int:
     """The block size that brings a volume's largest side down to the coarsest size still
-    at least `max_side` (1: read as it is), as an OME-Zarr pyramid level is chosen.
+    at least `max_side` (1: read as it is), as an OME-Zarr pyramid level is chosen, and
+    further while the binned volume would hold more than :data:`MAX_BINNED_CUBES` cubes
+    of `max_side` voxels (a bounded working set whatever the scan's size).
 
-    >>> binning_factor((2048, 2048, 1900), 512), binning_factor((1000, 600, 600), 512)
+    >>> binning_factor((2048, 2048, 1900), 512), binning_factor((700, 600, 600), 512)
     (4, 1)
+    >>> binning_factor((1000, 1000, 1000), 512)  # 1000³ read whole would be 4 GB
+    2
     >>> binning_factor((2048, 2048, 2048), None)
     1
     """
     if max_side is None:
         return 1
-    return max(1, int(max(shape)) // int(max_side))
+    return _bounded(shape, max_side, max(1, int(max(shape)) // int(max_side)))
+
+
+def _bounded(shape, max_side: int, f: int = 1) -> int:
+    """`f`, or the smallest larger block size whose binned volume holds at most
+    :data:`MAX_BINNED_CUBES` cubes of `max_side` voxels."""
+    limit = MAX_BINNED_CUBES * float(max_side) ** 3
+    while np.prod([int(s) // f for s in shape], dtype=np.float64) > limit:
+        f += 1
+    return f
+
+
+def _ngff_binning(array, axes, max_side: int | None) -> int:
+    """The block size an OME-Zarr level is binned by as it is read (1: read whole): the
+    pyramid gave the coarsest level still `max_side` wide, which may hold more voxels
+    than the bound (a store of one level). Only for levels whose spatial axes are the
+    last three and whose other axes have one element (time, channel), as NGFF stores
+    them."""
+    if max_side is None or array.ndim < 3 or any(int(s) != 1 for s in array.shape[:-3]):
+        return 1
+    names = [(a if isinstance(a, dict) else {"name": a}) for a in axes[-3:]]
+    if not all(
+        a.get("type") == "space" or str(a.get("name", "")).lower() in ("x", "y", "z") for a in names
+    ):
+        return 1
+    return _bounded(array.shape[-3:], max_side)
 
 
 def _block_mean(slab: np.ndarray, f: int) -> np.ndarray:
@@ -826,8 +861,18 @@ def _read_zarr(path: Path, name: str, max_side: int | None = None) -> tuple[Head
             scale = _ngff_scale(image, level, array.ndim)
         _check_dtype(array.dtype, name)
         f = binning_factor(array.shape, max_side) if axes is None and array.ndim == 3 else 1
+        g = 1 if axes is None else _ngff_binning(array, axes, max_side)
         if f > 1:  # a plain 3-D array without a pyramid: binned as it is read
             data = _binned(lambda a, b: array[a:b], array.shape[0], f, zyx=True)
+        elif g > 1:  # a level too large for the working set: binned as it is read too
+            k = array.ndim - 3
+            data = _binned(lambda a, b: array[(0,) * k + (slice(a, b),)], array.shape[k], g,
+                           zyx=True)  # fmt: skip
+            # back to the level's own axis order (a view), as the code below expects
+            data = data.transpose(2, 1, 0).reshape((1,) * k + data.shape[::-1])
+            if scale is not None:
+                scale = tuple(v * g if i >= k else v for i, v in enumerate(scale))
+            coarser *= g
         else:
             data = np.asarray(array[...])
     except (VolumeError, MemoryError):
@@ -1252,6 +1297,18 @@ def read_volume(
             reader = _read_nrrd if suffix in (".nrrd", ".nhdr") else _read_nifti
             read = reader(path, name, max_side)
             data, spacing, why, binned = read.data, read.spacing_um, read.why, read.binned
+            if voxel_size_um is not None and spacing is None and read.relative is not None:
+                ratios = np.asarray(read.relative) / min(read.relative)
+                if ratios.max() > 1.01:  # one number cannot describe these voxels
+                    warnings.warn(
+                        f"{name}: the header's voxel dimensions "
+                        f"{tuple(round(float(r), 6) for r in read.relative)} (in no stated "
+                        f"unit) are not cubes, but voxel_size_um={voxel_size_um:g} is applied "
+                        "to every axis; state the header's unit (e.g. mm) so that each axis "
+                        "keeps its own size",
+                        ManifestWarning,
+                        stacklevel=2,
+                    )
         if voxel_size_um is not None and not zarr_store:
             voxel_size_um *= binned  # given for the full-resolution scan
         if voxel_size_um is not None:
@@ -1512,10 +1569,11 @@ def check_manifest(
     for i, f, p in zip(df.index, df["file"], resolved, strict=True):
         if p is None or p.is_dir():  # a folder of slices; read_volume checks its content
             continue
-        if _volume_suffix(f) is None and (Path(f).suffix or p.is_file()):
+        store = f.rstrip("/").lower().endswith(".zarr")  # a Zarr store is a folder
+        if _volume_suffix(f) is None and not store and (Path(f).suffix or p.is_file()):
             problems.append(
                 f"line {i + 2}: unsupported file type {f!r} "
-                f"(expected {', '.join(VOLUME_SUFFIXES)} or a folder of slices)"
+                f"(expected {', '.join(VOLUME_SUFFIXES)}, a Zarr store or a folder of slices)"
             )
         elif check_files and not p.exists():
             problems.append(f"line {i + 2}: file not found: {f!r} (looked for {p})")

@@ -66,6 +66,7 @@ __all__ = [
     "genus_note",
     "limit_keeping",
     "load_match_check",
+    "not_a_section_verdict",
     "runner_up",
     "specimen_margin",
     "specimen_verdict",
@@ -91,7 +92,8 @@ class MatchVerdict:
     ``specimen_sure`` is None when the specimen was not checked (no margin limit, no
     other specimen to compare with, or no reliable fit to begin with); otherwise
     whether the best specimen fits clearly better than every other one (``margin``
-    at or above ``margin_threshold``).
+    at or above ``margin_threshold``). ``not_a_section`` holds the section check's
+    reason when it overruled the score (:func:`not_a_section_verdict`).
     """
 
     reliable: bool
@@ -101,6 +103,42 @@ class MatchVerdict:
     specimen_sure: bool | None = None
     margin: float | None = None
     margin_threshold: float | None = None
+    not_a_section: str | None = None
+
+
+def not_a_section_verdict(verdict: MatchVerdict, refusal: str) -> MatchVerdict:
+    """`verdict` for a query the section check refused: never reliable, whatever it scored.
+
+    The match limit is set on sections of the collection's own specimens; a photo, noise
+    or a section of another material can still fit some section's outline and texture
+    well enough to pass it (3 of 15 sections of unrelated volumes did in
+    ``benchmarks/match_check.py``), and only the section check tells them apart.
+
+    Parameters
+    ----------
+    verdict : MatchVerdict
+        The score's verdict (:meth:`MatchCheck.verdict`).
+    refusal : str
+        Why the image does not look like a foraminifer section
+        (:func:`foramlib.inference.classify.section_refusal`).
+
+    Examples
+    --------
+    >>> check = MatchCheck(0.6, 0.95, (0.7, 0.8))
+    >>> v = not_a_section_verdict(check.verdict(0.9), "this is a colour picture")
+    >>> v.reliable, v.not_a_section
+    (False, 'this is a colour picture')
+    >>> v.message
+    'no reliable match: the image does not look like a foraminifer section (this is a colour picture), so even its best score, 0.90, places nothing'
+    """  # noqa: E501
+    return MatchVerdict(
+        False,
+        verdict.score,
+        verdict.threshold,
+        f"no reliable match: the image does not look like a foraminifer section "
+        f"({refusal}), so even its best score, {verdict.score:.2f}, places nothing",
+        not_a_section=refusal,
+    )
 
 
 @dataclass(frozen=True)

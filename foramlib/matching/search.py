@@ -109,6 +109,7 @@ from foramlib.dataset.preprocess import (
     preprocess_slice,
     remove_bright_class,
     segment_silhouette,
+    shrink_to_fit,
     to_gray_float,
 )
 from foramlib.dataset.slicing import Plane, SliceError, fibonacci_hemisphere, plane_axes
@@ -235,6 +236,12 @@ class SearchTuning:
     registration_chunk : int
         Poses each thread registers in lock step; the time budget is checked between
         chunks, so a smaller chunk stops closer to the budget.
+    query_max_side : int
+        A query with a longer side is shrunk to it (area averaging, aspect kept)
+        before anything else: the search compares the fossil on grids of at most
+        ``fine_size`` (128) pixels, so 1024 leaves a fossil that spans an eighth of the
+        image a full grid, while a 4096-pixel scan image costs what a 1024-pixel one
+        does (segmentation and filters scale with the pixels, every reading pays them).
 
     Examples
     --------
@@ -267,6 +274,7 @@ class SearchTuning:
     wide_around: int = 2
     registration_threads: int = 2
     registration_chunk: int = 8
+    query_max_side: int = 1024
 
     def __post_init__(self) -> None:
         for name in _TUNING_COUNTS:
@@ -286,6 +294,11 @@ class SearchTuning:
         if abs(total - 1.0) > 1e-9:
             raise ValueError(
                 f"SearchTuning: texture_weight + ncc_weight = {total:g} is invalid: expected 1"
+            )
+        if self.query_max_side < 16:
+            raise ValueError(
+                f"SearchTuning: query_max_side = {self.query_max_side!r} is invalid: "
+                "expected an integer >= 16"
             )
         levels = self.registration_levels
         if not levels or any(
@@ -308,6 +321,7 @@ class SearchTuning:
 
 
 _TUNING_COUNTS = (
+    "query_max_side",
     "short_evals",
     "full_evals",
     "neighbour_poses",
@@ -468,6 +482,11 @@ class PreparedVolume:
     def centre(self) -> np.ndarray:
         return (np.asarray(self.data.shape, np.float64) - 1.0) / 2.0
 
+    @property
+    def nbytes(self) -> int:
+        """Memory held by its arrays (what a cache of prepared volumes weighs)."""
+        return int(self.data.nbytes + self.points.nbytes)
+
     @cached_property
     def principal_axes(self) -> tuple[np.ndarray, np.ndarray]:
         """The foreground's centroid (3,) and principal axes (3, 3), one per row."""
@@ -486,7 +505,10 @@ def prepare_volume(volume, config: IndexConfig = IndexConfig(), name: str = "vol
     """
     data = np.asarray(volume)
     if data.ndim != 3 or data.dtype.kind not in "uif" or min(data.shape) < 8:
-        raise MatchError(f"{name}: expected a numeric 3-D volume, got {data.dtype} {data.shape}")
+        raise MatchError(
+            f"{name}: expected a numeric 3-D volume at least 8 voxels along each axis, got "
+            f"{data.dtype} {data.shape}"
+        )
     try:
         data, background, threshold, fg = prepare_slicing_volume(
             data, smooth_sigma=config.smooth_sigma, dense_factor=config.dense_factor, name=name
@@ -1561,6 +1583,9 @@ def match(
     report(0.0, "preprocessing the query")
     if not isinstance(tuning, SearchTuning):
         raise MatchError(f"tuning must be a SearchTuning, got {type(tuning).__name__}")
+    image = np.asarray(image)
+    if image.dtype.kind in "uifb":  # anything else is refused by _prepare_query
+        image = shrink_to_fit(image, tuning.query_max_side)[0]
     q = _prepare_query(index, image, tuning=tuning)
     if volumes is None:
         raise MatchError(

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from foramlib.pipeline._config import StageConfig, params_field
@@ -84,14 +85,15 @@ def run(config: CurateStageConfig) -> CurateStageResult:
     write_csv(taxa, config.taxa_table)
 
     examples = curation.one_scan_per_taxon(curated, taxa)
-    sections = [
-        volumes.read_volume(
+    views = []
+    for row in examples.itertuples():  # one volume in memory at a time, not one per taxon
+        volume = volumes.read_volume(
             row.path, volumes.manifest_voxel_size(row), max_side=config.max_side
         ).data
-        for row in examples.itertuples()
-    ]
+        views.append([np.array(view) for view in plots.orthogonal_views(volume)])  # copies
+        del volume
     fig = plots.collection_figure(
-        sections,
+        views,
         examples["species"].tolist(),
         title=plots.data_label(config.source) + ": projection and central sections per taxon",
     )

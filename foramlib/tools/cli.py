@@ -192,7 +192,12 @@ def _match(args: argparse.Namespace) -> int:
     check, check_note = _match_check(args)
     verdict = other = None
     t1 = time.perf_counter()
-    if check and found and args.no_specimen_check:
+    note = section_refusal(image, args.workspace)
+    if check and found and note:  # a photo or noise may fit; it places nothing
+        from foramlib.matching.reliability import not_a_section_verdict
+
+        verdict = not_a_section_verdict(check.verdict(found[0].scores["combined"]), note)
+    elif check and found and args.no_specimen_check:
         verdict = check.verdict(found[0].scores["combined"])
     elif check and found:  # a reliable match is compared with the other specimens too
         from foramlib.matching.reliability import specimen_verdict
@@ -208,7 +213,6 @@ def _match(args: argparse.Namespace) -> int:
             time_budget_s=args.time_budget,
         )
     t_other = time.perf_counter() - t1
-    note = section_refusal(image, args.workspace)
     if note:  # on stderr: the JSON on stdout keeps its shape
         print(f"NOT A FORAMINIFER SECTION? {note}; these are the closest sections anyway",
               file=sys.stderr)  # fmt: skip
@@ -224,7 +228,12 @@ def _match(args: argparse.Namespace) -> int:
                 scores={k: round(v, 6) for k, v in m.scores.items()},
                 reading=m.reading,
                 # null: no calibrated limit (or an unrefined search, not comparable)
-                reliable=None if check is None else m.scores["combined"] >= check.threshold,
+                reliable=None
+                if check is None
+                else not note and m.scores["combined"] >= check.threshold,
+                # the section check's answer (null: the workspace has none, or the image
+                # passes): why it does not look like a foraminifer section
+                not_a_section=note,
                 # the best match only: does its specimen fit clearly better than any other
                 # (null: not checked); and the best match among the other specimens
                 specimen_sure=verdict.specimen_sure if rank == 1 and verdict else None,
@@ -283,12 +292,17 @@ def _match(args: argparse.Namespace) -> int:
 
 def _is_scan(path: Path) -> bool:
     """A volume (classified from many sections) rather than one section image."""
-    from foramlib.io.uploads import VolumeUpload, decode_upload
-
     if path.is_dir() or path.name.lower().endswith((".nii", ".nii.gz", ".nrrd", ".nhdr")):
         return True
     if path.name.lower().endswith((".tif", ".tiff")) and path.is_file():
-        return isinstance(decode_upload(path.name, path.read_bytes()), VolumeUpload)
+        import tifffile
+
+        try:  # the pages' layout from the headers, without decoding a pixel
+            with tifffile.TiffFile(path) as tif:
+                shape = tuple(s for s in tif.series[0].shape if s != 1)
+        except Exception:  # unreadable here: the image reader says why
+            return False
+        return len(shape) == 3 and shape[-1] not in (3, 4)
     return False
 
 
@@ -545,6 +559,14 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except (ValueError, OSError, RuntimeError) as exc:
         print(f"{parser.prog} {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print(
+            f"{parser.prog} {args.command}: error: out of memory: the input needs more than "
+            "this machine has; shrink it (images: FORAM_MAX_IMAGE_MP; volumes: "
+            "data.max_side) or free memory",
+            file=sys.stderr,
+        )
         return 2
 
 

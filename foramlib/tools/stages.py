@@ -244,6 +244,7 @@ def run_from_arguments(args: argparse.Namespace) -> int:
     """
     import logging
 
+    from nbclient.exceptions import DeadKernelError
     from papermill.exceptions import PapermillExecutionError
 
     # papermill reports the notebook's own output (progress lines) through logging
@@ -261,6 +262,14 @@ def run_from_arguments(args: argparse.Namespace) -> int:
         return 1
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except DeadKernelError as exc:
+        print(
+            f"\nstage notebook {args.notebook} failed: its kernel died ({exc}); a kernel "
+            "killed for lack of memory dies this way (see `dmesg`): lower data.max_side "
+            "or the stage's n_jobs, or free memory, and run it again",
+            file=sys.stderr,
+        )
         return 1
     print(f"stage notebook executed: {out}")
     return 0

@@ -68,8 +68,9 @@ def collection_figure(
 
     Parameters
     ----------
-    volumes : sequence of 3-D arrays
-        One example volume per taxon.
+    volumes : sequence
+        One example per taxon: its volume (3-D array), or its :func:`orthogonal_views`
+        (four 2-D images), so that a caller need not hold every volume at once.
     labels : sequence of str
         Panel titles, same length as `volumes`.
     title : str
@@ -86,7 +87,10 @@ def collection_figure(
     names = ["projection", "section x", "section y", "section z"]
     for i, (vol, label) in enumerate(zip(volumes, labels, strict=True)):
         sub = outer[i // ncols, i % ncols].subgridspec(2, 2, wspace=0.02, hspace=0.02)
-        for j, img in enumerate(orthogonal_views(vol)):
+        views = orthogonal_views(vol) if isinstance(vol, np.ndarray) else list(vol)
+        if len(views) != 4:
+            raise ValueError(f"{label}: expected a volume or its 4 views, got {len(views)} images")
+        for j, img in enumerate(views):
             ax = fig.add_subplot(sub[j // 2, j % 2])
             ax.imshow(img.T, cmap="gray", vmin=0, vmax=1, origin="lower")
             ax.set_xticks([])

@@ -33,7 +33,7 @@ from foramlib.dataset.preprocess import DENSE_FACTOR
 from foramlib.dataset.slicing import Plane, plane_axes
 from foramlib.dataset.slicing import prepare_volume as prepare_slicing_volume
 
-__all__ = ["plane_corners", "surface_mesh", "plane_figure", "figure_png"]
+__all__ = ["plane_corners", "surface_mesh", "plane_figure", "plane_words", "figure_png"]
 
 SURFACE_COLOUR = (0.80, 0.68, 0.48)
 PLANE_COLOUR = (0.10, 0.45, 0.85)
@@ -172,12 +172,27 @@ def _draw_surface(ax, verts, faces, shape, plane: Plane, half: float | None) -> 
     ax.set_ylabel("axis 1", fontsize=7, labelpad=-8)
     ax.set_zlabel("axis 2", fontsize=7, labelpad=-8)
     ax.tick_params(labelsize=0, length=0)
-    n = plane.normal
-    ax.set_title(
-        f"normal ({n[0]:.2f}, {n[1]:.2f}, {n[2]:.2f}), offset {plane.offset:.1f} vx, "
-        f"angle {plane.angle:.0f}°",
-        fontsize=8,
+    ax.set_title("the section: " + plane_words(plane.normal, plane.offset, plane.angle), fontsize=8)
+
+
+def plane_words(normal, offset: float, angle: float) -> str:
+    """A plane of a volume in words: tilt from the scan's axes, distance from the centre.
+
+    Examples
+    --------
+    >>> plane_words((0.0, 0.0, 1.0), 0.0, 0.0)
+    'across axis 2 (tilted 0° from it), through the centre'
+    >>> plane_words((0.6, 0.0, 0.8), -5.14, 30.0)
+    'across axis 2 (tilted 37° from it), 5.1 voxels from the centre'
+    """
+    n = np.abs(np.asarray(normal, dtype=np.float64))
+    n = n / (np.linalg.norm(n) or 1.0)
+    axis = int(np.argmax(n))
+    tilt = float(np.degrees(np.arccos(np.clip(n[axis], -1, 1))))
+    where = (
+        "through the centre" if abs(offset) < 0.05 else f"{abs(offset):.1f} voxels from the centre"
     )
+    return f"across axis {axis} (tilted {tilt:.0f}° from it), {where}"
 
 
 def _panels(section) -> list[tuple[str, np.ndarray]]:

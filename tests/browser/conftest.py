@@ -563,3 +563,17 @@ def page(request, browser, voila_server, screenshot_dir):
         print("---- browser errors ----\n" + "\n".join(console[-30:]))
         print("---- voila server log (tail) ----\n" + voila_server.log_tail())
     context.close()
+
+
+#: fixtures that start Chromium or a Voila server: a test using one is a browser test
+_BROWSER_FIXTURES = {"browser", "page", "voila_server", "empty_voila_server", "culling_server"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark every test here that drives a browser or a server ``browser`` and ``slow``,
+    so that ``-m browser`` and ``-m "not slow"`` select what they say; the tests that
+    read ``voila.json`` alone stay unmarked."""
+    for item in items:
+        if _BROWSER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.browser)
+            item.add_marker(pytest.mark.slow)
