@@ -21,6 +21,7 @@ Examples
 from __future__ import annotations
 
 import io
+import textwrap
 from collections.abc import Sequence
 
 import numpy as np
@@ -172,7 +173,9 @@ def _draw_surface(ax, verts, faces, shape, plane: Plane, half: float | None) -> 
     ax.set_ylabel("axis 1", fontsize=7, labelpad=-8)
     ax.set_zlabel("axis 2", fontsize=7, labelpad=-8)
     ax.tick_params(labelsize=0, length=0)
-    ax.set_title("the section: " + plane_words(plane.normal, plane.offset, plane.angle), fontsize=8)
+    # in short lines: a 3-D axes' title is not fitted by the layout, and a long one is cut
+    words = "the section: " + plane_words(plane.normal, plane.offset, plane.angle)
+    ax.set_title("\n".join(textwrap.wrap(words, 36)), fontsize=8)
 
 
 def plane_words(normal, offset: float, angle: float) -> str:
