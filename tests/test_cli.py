@@ -466,8 +466,7 @@ def test_match_says_when_the_query_is_not_a_foraminifer_section(
     assert cli.main(with_limit) == 0
     said = capsys.readouterr().out
     assert (
-        "NO RELIABLE MATCH: the image does not look like a foraminifer section (this is "
-        "a colour picture; micro-CT"
+        "NO RELIABLE MATCH: the section check refused the image (this is a colour picture; micro-CT"
         in said
         and "so even its best score" in said
     )

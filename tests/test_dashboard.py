@@ -605,7 +605,7 @@ def test_a_match_for_an_image_that_is_no_section_is_never_called_reliable(app, m
         app.to_match.click()
         app.run_match()
         note = app.match_message.value
-        assert '<div class="foram-msg-warn">No reliable match: your image does not look ' in note
+        assert '<div class="foram-msg-warn">No reliable match: the section check refused ' in note
         assert "(this is a colour picture" in note and "score of 0.90" in note
         assert app.match_results.value  # the closest sections are still shown
         app.load_upload("scan.png", png(disc_image()))  # a section: the limit decides

@@ -237,7 +237,7 @@ def match_verdict_html(verdict, check, best=None, other=None) -> str:
     if verdict.not_a_section:
         return message(
             "warn",
-            f"No reliable match: your image does not look like a foraminifer section "
+            f"No reliable match: the section check refused your image "
             f"({html.escape(verdict.not_a_section)}). A photo, noise or another material "
             f"can still fit the outline of some section (here with a score of "
             f"{verdict.score:.2f}), so the matches below say nothing about where it sits.",

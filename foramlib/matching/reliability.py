@@ -129,14 +129,14 @@ def not_a_section_verdict(verdict: MatchVerdict, refusal: str) -> MatchVerdict:
     >>> v.reliable, v.not_a_section
     (False, 'this is a colour picture')
     >>> v.message
-    'no reliable match: the image does not look like a foraminifer section (this is a colour picture), so even its best score, 0.90, places nothing'
+    'no reliable match: the section check refused the image (this is a colour picture), so even its best score, 0.90, places nothing'
     """  # noqa: E501
     return MatchVerdict(
         False,
         verdict.score,
         verdict.threshold,
-        f"no reliable match: the image does not look like a foraminifer section "
-        f"({refusal}), so even its best score, {verdict.score:.2f}, places nothing",
+        f"no reliable match: the section check refused the image ({refusal}), so even its "
+        f"best score, {verdict.score:.2f}, places nothing",
         not_a_section=refusal,
     )
 
