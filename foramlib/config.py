@@ -37,7 +37,6 @@ __all__ = [
     "validate_params",
     "use_profile",
     "available_profiles",
-    "env_positive",
 ]
 
 
@@ -50,31 +49,6 @@ class ParamsError(ValueError):
     def __init__(self, message: str, problems: list[str] | None = None):
         super().__init__(message)
         self.problems = list(problems) if problems else [message]
-
-
-def env_positive(name: str, default: float, unit: str) -> float:
-    """A positive, finite number from environment variable `name`, else `default`.
-
-    Raises
-    ------
-    ValueError
-        If the variable is set to anything else; the message names it and its `unit`.
-
-    Examples
-    --------
-    >>> env_positive("FORAM_NOT_SET_ANYWHERE", 3.0, "megabytes")
-    3.0
-    """
-    text = os.environ.get(name, "").strip()
-    if not text:
-        return float(default)
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0 < value < math.inf:
-        raise ValueError(f"{name} = {text!r} is invalid: expected a positive number of {unit}")
-    return value
 
 
 def _positive_int(v: Any) -> bool:

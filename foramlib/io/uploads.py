@@ -19,13 +19,13 @@ Examples
 from __future__ import annotations
 
 import io
+import os
 from dataclasses import dataclass, field
 
 import cv2
 import imagesize
 import numpy as np
 
-from foramlib.config import env_positive
 from foramlib.io.volumes import VolumeError, read_volume_bytes
 
 __all__ = [
@@ -184,10 +184,21 @@ def image_pixel_limit() -> int:
 
     Examples
     --------
-    >>> image_pixel_limit() >= 1
+    >>> image_pixel_limit() == int(MAX_IMAGE_MEGAPIXELS * 1e6) or "FORAM_MAX_IMAGE_MP" in os.environ
     True
     """
-    return int(env_positive("FORAM_MAX_IMAGE_MP", MAX_IMAGE_MEGAPIXELS, "megapixels") * 1e6)
+    text = os.environ.get("FORAM_MAX_IMAGE_MP", "").strip()
+    if not text:
+        return int(MAX_IMAGE_MEGAPIXELS * 1e6)
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise ValueError(
+            f"FORAM_MAX_IMAGE_MP = {text!r} is invalid: expected a positive number of megapixels"
+        )
+    return int(value * 1e6)
 
 
 def _check_pixels(name: str, height: int, width: int, limit: int) -> None:

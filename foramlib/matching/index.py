@@ -39,6 +39,7 @@ notes.txt: not a readable image (expected PNG, JPEG, TIFF, BMP, ...)
 from __future__ import annotations
 
 import json
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -48,7 +49,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from foramlib.config import env_positive
 from foramlib.dataset.curation import read_curated
 from foramlib.io.atomic import atomic_dir, write_csv, write_text
 from foramlib.io.volumes import manifest_voxel_size, read_volume
@@ -214,7 +214,16 @@ def cache_budget_bytes() -> int:
     ValueError
         If ``FORAM_MATCH_CACHE_MB`` is not a positive number.
     """
-    return int(env_positive("FORAM_MATCH_CACHE_MB", CACHE_MB, "megabytes") * 2**20)
+    text = os.environ.get("FORAM_MATCH_CACHE_MB", "").strip()
+    try:
+        value = float(text) if text else float(CACHE_MB)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise ValueError(
+            f"FORAM_MATCH_CACHE_MB = {text!r} is invalid: expected a positive number of megabytes"
+        )
+    return int(value * 2**20)
 
 
 @dataclass
