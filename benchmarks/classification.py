@@ -28,6 +28,14 @@ it:
 
 The learning curves are drawn next to the JSON (same name, ``.png``).
 
+A retraining over several seeds takes hours on 2 cores; the JSON is rewritten after
+each finished seed (``complete: false`` until the last). ``--resume`` reads that file
+back and retrains only the seeds it lacks, refusing if its settings differ from this
+run's (params, slices, backbones):
+
+    python benchmarks/classification.py --from-run --seeds 1 2 --resume \
+        --out benchmarks/results/classification_cycle_end.json
+
 Writes ``benchmarks/results/classification.json`` naming the machine. Accuracy numbers
 are on the VIRTUAL collection: they test the pipeline, not real fossils.
 """
@@ -190,6 +198,49 @@ def curves_figure(result: dict, out) -> Path:
     return plots.save_figure(fig, Path(out).with_suffix(".png"))
 
 
+def resumed_runs(path: Path, params: dict, seeds: list[int]) -> list[dict]:
+    """The retrained runs of an earlier (partial) result at ``path`` that this run can keep.
+
+    Parameters
+    ----------
+    path : Path
+        The JSON an interrupted run of this benchmark wrote.
+    params : dict
+        This run's ``params`` record; the earlier one must be equal.
+    seeds : list of int
+        The seeds this run retrains; earlier runs of other seeds are dropped.
+
+    Returns
+    -------
+    list of dict
+        The earlier retrained runs of ``seeds``, in the order of ``seeds``.
+
+    Raises
+    ------
+    ValueError
+        If the file is missing, unreadable, or was made with other settings.
+    """
+    try:
+        earlier = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"--resume: {path} does not exist; run without --resume") from None
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"--resume: {path} is not a readable result: {err}") from None
+    if not isinstance(earlier, dict) or earlier.get("benchmark") != "classification":
+        raise ValueError(f"--resume: {path} is not a classification benchmark result")
+    if earlier.get("params") != params:
+        changed = sorted(
+            k for k in set(params) | set(earlier.get("params") or {})
+            if params.get(k) != (earlier.get("params") or {}).get(k)
+        )  # fmt: skip
+        raise ValueError(
+            f"--resume: {path} was made with other settings ({', '.join(changed)} differ); "
+            "run without --resume or write to another --out"
+        )
+    by_seed = {r["seed"]: r for r in earlier.get("runs", []) if r.get("train_seconds") is not None}
+    return [by_seed[s] for s in seeds if s in by_seed]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml")
@@ -233,6 +284,11 @@ def main() -> None:
     )
     parser.add_argument(
         "--replot", action="store_true", help="only redraw the learning curves of --out"
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the retrained seeds that a partial --out already holds (same settings)",
     )
     args = parser.parse_args()
     if args.replot:
@@ -284,6 +340,18 @@ def main() -> None:
                          models=per_model, val_models={b: score(p) for b, p in val.items()},
                          train_seconds=None, epochs_run=epochs))  # fmt: skip
 
+    settings = dict(
+        file=str(args.params),
+        profile=params.get("profile"),
+        backbones={b: params["train"]["backbones"][b] for b in backbones},
+        augment=params["train"]["augment"],
+        weights=params["train"]["weights"],
+        phases=[params["train"]["phase1_epochs"], params["train"]["phase2_epochs"]],
+        slices_per_taxon=params["slice"]["slices_per_taxon"],
+        train_factor=1 if args.no_reserve else params["slice"].get("train_factor", 1),
+        train_slices=int((index["split"] == "train").sum()),
+    )
+
     def collected(runs: list[dict]) -> dict:
         """The JSON of the runs so far."""
         result = dict(
@@ -291,17 +359,7 @@ def main() -> None:
             date=today(),
             machine=machine(),
             data="virtual collection (synthetic, not the paper's scans)",
-            params=dict(
-                file=str(args.params),
-                profile=params.get("profile"),
-                backbones={b: params["train"]["backbones"][b] for b in backbones},
-                augment=params["train"]["augment"],
-                weights=params["train"]["weights"],
-                phases=[params["train"]["phase1_epochs"], params["train"]["phase2_epochs"]],
-                slices_per_taxon=params["slice"]["slices_per_taxon"],
-                train_factor=1 if args.no_reserve else params["slice"].get("train_factor", 1),
-                train_slices=int((index["split"] == "train").sum()),
-            ),
+            params=settings,
             test_slices=int((index["split"] == "test").sum()),
             test_specimens=int(index.loc[index["split"] == "test", "specimen_id"].nunique()),
             seeds=[r["seed"] for r in runs],
@@ -316,7 +374,17 @@ def main() -> None:
         )
         return result
 
+    if args.resume:
+        try:
+            done = resumed_runs(Path(args.out), settings, args.seeds)
+        except ValueError as err:
+            parser.error(str(err))
+        runs += done
+        print(f"resumed from {args.out}: seeds {[r['seed'] for r in done]}", flush=True)
+    finished = {r["seed"] for r in runs}
     for seed in args.seeds:
+        if seed in finished:
+            continue
         val, test, per_model, seconds, epochs, curves = {}, {}, {}, {}, {}, {}
         for b in backbones:
             cfg = train_config(params, b, seed)

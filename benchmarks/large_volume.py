@@ -13,6 +13,11 @@ per process):
 * ``read+index``: the same, then the volume indexed for 3D matching
   (:func:`foramlib.matching.search.build_index`, the quick profile's 200 orientations ×
   7 offsets of 64-px sections), as the ``index`` stage does for each specimen;
+* ``upload``: the file's bytes decoded as the dashboard decodes an upload
+  (:func:`foramlib.io.uploads.decode_upload`, binned to ``--max-side`` as it is read,
+  a gzipped file included; the bytes themselves count in the peak);
+  ``upload-whole`` (only if asked for in ``--tasks``) decodes it unbinned, as the
+  dashboard did before, for comparison;
 * ``whole`` (only with ``--whole``): the scan read whole, as every stage reads a volume
   today, for comparison.
 
@@ -23,6 +28,8 @@ the read), not the whole stages.
     python benchmarks/large_volume.py                 # 1024^3 (2 GB per file)
     python benchmarks/large_volume.py --side 2048     # 16 GB per file; needs ~35 GB of disk
     python benchmarks/large_volume.py --side 512 --whole --formats nii   # quick
+    python benchmarks/large_volume.py --formats nii.gz tif --tasks read upload upload-whole \
+        --out benchmarks/results/large_upload.json      # dashboard uploads of a 1024^3 scan
 
 Writes ``benchmarks/results/large_volume.json`` naming the machine. The scan is
 synthetic (virtual), not a real fossil.
@@ -31,6 +38,7 @@ synthetic (virtual), not a real fossil.
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import os
 import subprocess
@@ -74,9 +82,11 @@ def write_scan(folder: Path, side: int, formats: list[str], seed: int = 0) -> di
     import tifffile
 
     out = {}
-    if "nii" in formats:
+    for fmt in ("nii", "nii.gz"):
+        if fmt not in formats:
+            continue
         t0 = time.perf_counter()
-        path = folder / "scan.nii"
+        path = folder / f"scan.{fmt}"
         header = nib.Nifti1Header()
         header.set_data_shape((side, side, side))
         header.set_data_dtype(np.uint16)
@@ -86,12 +96,13 @@ def write_scan(folder: Path, side: int, formats: list[str], seed: int = 0) -> di
         header.set_sform(np.diag([VOXEL_UM / 1000] * 3 + [1.0]), code=1)
         header["vox_offset"] = 352
         rng = np.random.default_rng(seed)
-        with open(path, "wb") as fh:
+        opener = gzip.open(path, "wb", compresslevel=1) if fmt == "nii.gz" else open(path, "wb")
+        with opener as fh:
             header.write_to(fh)
             fh.write(b"\0" * (352 - fh.tell()))
             for z in range(side):  # NIfTI: x fastest, z slowest, so plane by plane
                 fh.write(plane(side, z, rng).tobytes())
-        out["nii"] = {"path": str(path), "seconds": round(time.perf_counter() - t0, 1)}
+        out[fmt] = {"path": str(path), "seconds": round(time.perf_counter() - t0, 1)}
     if "tif" in formats:
         t0 = time.perf_counter()
         path = folder / "scan.tif"
@@ -110,10 +121,18 @@ import json, resource, sys, time
 import numpy as np
 from foramlib.io.volumes import read_volume
 path, task, max_side = sys.argv[1], sys.argv[2], int(sys.argv[3])
-voxel = None if path.endswith(".nii") else float(sys.argv[4])
+voxel = None if path.endswith((".nii", ".nii.gz")) else float(sys.argv[4])
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 t0 = time.perf_counter()
-vol = read_volume(path, voxel_size_um=voxel, max_side=None if task == "whole" else max_side)
+if task in ("upload", "upload-whole"):
+    from pathlib import Path
+    from foramlib.io.uploads import decode_upload
+    data = Path(path).read_bytes()
+    side = None if task == "upload-whole" else max_side
+    vol = decode_upload(Path(path).name, data, max_bytes=None, volume_max_side=side)
+    del data
+else:
+    vol = read_volume(path, voxel_size_um=voxel, max_side=None if task == "whole" else max_side)
 out = {"read_seconds": round(time.perf_counter() - t0, 2), "shape": list(vol.data.shape),
        "binned": vol.binned, "voxel_size_um": vol.voxel_size_um}
 if task == "read+slice":
@@ -151,7 +170,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--side", type=int, default=1024, help="voxels along each edge")
     parser.add_argument("--max-side", type=int, default=512, help="read_volume's max_side")
-    parser.add_argument("--formats", nargs="+", default=["nii", "tif"], choices=["nii", "tif"])
+    parser.add_argument(
+        "--formats", nargs="+", default=["nii", "tif"], choices=["nii", "nii.gz", "tif"]
+    )
+    parser.add_argument(
+        "--tasks",
+        nargs="+",
+        default=["read", "read+slice", "read+index", "upload"],
+        choices=["read", "read+slice", "read+index", "upload", "upload-whole", "whole"],
+    )
     parser.add_argument("--whole", action="store_true", help="also read the scan whole")
     parser.add_argument("--dir", default=None, help="where to write the scan (default: a temp dir)")
     parser.add_argument(
@@ -177,7 +204,7 @@ def main() -> None:
             k: {kk: v for kk, v in f.items() if kk != "path"} for k, f in files.items()
         }
         print("written", result["files"], flush=True)
-        tasks = ["read", "read+slice", "read+index"] + (["whole"] if args.whole else [])
+        tasks = list(args.tasks) + (["whole"] if args.whole and "whole" not in args.tasks else [])
         for fmt, f in files.items():
             for task in tasks:
                 row = measure(f["path"], task, args.max_side)

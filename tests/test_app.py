@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -188,6 +189,84 @@ def test_make_dashboard_keeps_one_kernel_ready(monkeypatch):
     assert "--pool_size=1" in called["cmd"] and "--port=8871" in called["cmd"]
     assert serve.main(["--port", "8871", "--preheat", "0"]) == 0
     assert not any("pool_size" in a for a in called["cmd"])
+
+
+def test_the_host_check_is_opened_only_as_asked():
+    import json
+
+    from foramlib.app import serve
+
+    base = json.loads((Path(__file__).resolve().parents[1] / "voila.json").read_text())
+    same = serve.host_config(base)
+    assert same == base and same is not base
+    opened = serve.host_config(base, ["foram.lab.example", "foram.lab.example", "::1"])
+    settings = opened["Voila"]["tornado_settings"]
+    assert settings["local_hostnames"] == ["localhost", "foram.lab.example"]
+    assert settings["allow_remote_access"] is False  # still checked, one more name
+    assert opened["MappingKernelManager"] == base["MappingKernelManager"]  # culling kept
+    assert base["Voila"]["tornado_settings"]["local_hostnames"] == ["localhost"]  # untouched
+    anyhost = serve.host_config(base, allow_any_host=True)
+    assert anyhost["Voila"]["tornado_settings"]["allow_remote_access"] is True
+
+
+@pytest.mark.parametrize(
+    ("name", "match"),
+    [
+        ("192.168.1.20", r"'192\.168\.1\.20': an IP address is accepted only for loopback"),
+        ("fe80::1", r"an IP address is accepted only for loopback"),
+        ("lab.example:8866", r"'lab\.example:8866': expected a host name without port"),
+        ("", r"'': expected a host name"),
+        ("two words", r"expected a host name without port or spaces"),
+    ],
+)
+def test_bad_host_names_are_refused(name, match):
+    from foramlib.app import serve
+
+    with pytest.raises(ValueError, match=match):
+        serve.host_config({}, [name])
+
+
+@pytest.mark.parametrize("ip", ["localhost", "0.0.0.0.1", ""])
+def test_bad_listen_addresses_are_refused(ip):
+    from foramlib.app import serve
+
+    with pytest.raises(ValueError, match=r"ip = .* is invalid: expected an IP address"):
+        serve.voila_command(8877, ip=ip)
+
+
+def test_serving_for_a_lab_writes_the_opened_config_and_says_so(monkeypatch, capsys):
+    import json
+
+    from foramlib.app import serve
+
+    seen = {}
+
+    def call(cmd, env):
+        folder = next(a.split("=", 1)[1] for a in cmd if a.startswith("--Voila.config_file_"))
+        seen.update(cmd=cmd, config=json.loads((Path(folder) / "voila.json").read_text()))
+        return 0
+
+    monkeypatch.setattr(serve.subprocess, "call", call)
+    args = ["--port", "8872", "--ip", "0.0.0.0", "--allow-host", "foram.lab.example"]
+    assert serve.main(args) == 0
+    assert "--Voila.ip=0.0.0.0" in seen["cmd"]
+    names = seen["config"]["Voila"]["tornado_settings"]["local_hostnames"]
+    assert names == ["localhost", "foram.lab.example"]
+    err = capsys.readouterr().err
+    assert "listening on 0.0.0.0" in err and "foram.lab.example" in err and "no login" in err
+    assert not Path(seen["cmd"][-1].split("=", 1)[1]).exists()  # removed after the server
+    assert serve.main(["--port", "8872", "--allow-host", "10.1.2.3"]) == 2
+    assert "accepted only for loopback" in capsys.readouterr().err
+
+
+def test_serving_by_default_reads_the_repositorys_config(monkeypatch, capsys):
+    from foramlib.app import serve
+
+    seen = {}
+    monkeypatch.setattr(serve.subprocess, "call", lambda cmd, env: seen.update(cmd=cmd) or 0)
+    assert serve.main(["--port", "8873"]) == 0
+    assert not any("config_file_paths" in a for a in seen["cmd"])
+    assert "--Voila.ip=127.0.0.1" in seen["cmd"] and capsys.readouterr().err == ""
 
 
 def test_serving_outside_the_repository_root_says_where_to_run_it(tmp_path, monkeypatch, capsys):

@@ -394,6 +394,23 @@ def test_classifier_gives_the_section_checks_verdict(tmp_path):
     assert clf.predict(clean, preprocessing=info).section.reason == "colour"
 
 
+def test_the_section_check_is_read_once_per_version_of_its_file(tmp_path):
+    import os
+
+    path = tmp_path / classify.SECTION_CHECK
+    path.parent.mkdir(parents=True)
+    _check_for(SIZE).save(path)
+    base = PreprocessConfig(size=SIZE)
+    first, _ = classify.load_section_check(tmp_path, base)
+    assert classify.load_section_check(tmp_path, base)[0] is first  # every match asks
+    _check_for(SIZE, seed=1).save(path)  # the evaluate stage ran again
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    again, _ = classify.load_section_check(tmp_path, base)
+    assert again is not first
+    assert not np.array_equal(again.centre, first.centre)  # the new file's check
+
+
 def test_stale_or_broken_section_check_is_not_used(tmp_path):
     ws = write_workspace(tmp_path)
     _check_for(2 * SIZE).save(ws / classify.SECTION_CHECK)

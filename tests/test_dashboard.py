@@ -28,6 +28,7 @@ from foramlib.app import dashboard
 from foramlib.dataset.preprocess import PreprocessConfig
 from foramlib.inference import classify, scan
 from foramlib.inference.calibration import Calibration
+from foramlib.io import uploads
 from foramlib.matching.search import Match
 
 
@@ -873,6 +874,25 @@ def test_anisotropic_scan_is_resampled_and_says_so(app):
     assert app.scan_answer.metadata["shape"] == [40, 40, 40]
     assert "resampled to isotropic from 5×5×10 µm" in app.scan_summary.value
     assert "taken as isotropic" not in app.scan_summary.value
+
+
+def test_a_large_scan_is_binned_on_upload_and_says_so(app, monkeypatch):
+    monkeypatch.setattr(uploads, "UPLOAD_VOLUME_SIDE", 20)  # a 40³ upload is "large" here
+    app.load_upload("big.nii.gz", nifti_bytes(shell_volume((40, 40, 40)), (5.0, 5.0, 5.0)))
+    assert app.volume.binned == 2 and app.volume.shape == (20, 20, 20)
+    assert app.volume.spacing_um == pytest.approx((10.0, 10.0, 10.0))
+    assert "averaged by 2×2×2 voxel blocks" in app.preview_info.value
+    app.scan_sections.value = 8
+    app.classify_scan()
+    assert app.scan_answer.metadata["shape"] == [20, 20, 20]
+    assert "read averaged by blocks of 2×2×2 voxels" in app.scan_summary.value
+
+
+def test_a_scan_over_the_voxel_limit_gets_a_clear_message(app, monkeypatch):
+    monkeypatch.setenv("FORAM_MAX_VOLUME_MVOX", "0.01")
+    app.load_upload("huge.nii.gz", nifti_bytes(shell_volume((40, 40, 40)), (5.0, 5.0, 5.0)))
+    assert "huge.nii.gz: 40 × 40 × 40 voxels" in app.message.value
+    assert "FORAM_MAX_VOLUME_MVOX" in app.message.value and app.volume is None
 
 
 def test_anisotropic_scan_without_a_unit_is_resampled_by_its_ratios(app):

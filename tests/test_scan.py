@@ -184,6 +184,17 @@ def test_load_scan_bins_a_big_scan_of_another_format_as_it_reads_it(tmp_path, mo
     assert data.shape == (20, 20, 20) and notes == {"binned": 2}
 
 
+def test_load_scan_says_an_upload_was_binned_as_it_was_read(tmp_path, monkeypatch):
+    """The dashboard's upload of a big scan says what `foram classify` of the file says."""
+    path = write_nifti(tmp_path / "big.nii.gz", shell((40, 40, 40)), 5.0)
+    monkeypatch.setattr(scan, "SCAN_READ_SIDE", 20)
+    from_file = scan.load_scan(path)
+    upload = uploads.decode_upload("big.nii.gz", path.read_bytes(), volume_max_side=20)
+    data, name, notes = scan.load_scan(upload)
+    assert name == "big.nii.gz" and notes == from_file[2] == {"binned": 2}
+    np.testing.assert_allclose(data, from_file[0], rtol=1e-6)
+
+
 def test_load_scan_takes_a_skyscan_folders_voxel_size_and_keeps_a_loaded_scan(tmp_path):
     vol = shell()
     folder = tmp_path / "fossil_Rec"

@@ -107,7 +107,16 @@ def test_decode_nrrd_volume(tmp_path, header, spacing):
     ("name", "data", "match"),
     [
         ("notes.txt", b"hello world", r"notes\.txt: not a readable image"),
-        ("bad.nrrd", b"NRRD0005\ntype: uint8\nsizes: 4 4\n\nxx", r"bad\.nrrd: .* readable NRRD"),
+        (
+            "bad.nrrd",
+            b"NRRD0005\ntype: uint8\ndimension: 3\nsizes: 4 4 4\nencoding: raw\n\nxx",
+            r"bad\.nrrd: .* readable NRRD",
+        ),
+        (
+            "flat.nrrd",
+            b"NRRD0005\ntype: uint8\ndimension: 2\nsizes: 4 4\nencoding: raw\n\n" + b"x" * 16,
+            r"flat\.nrrd: is 2-D \(shape \(4, 4\)\); expected a 3-D volume",
+        ),
         ("empty.png", b"", r"empty\.png: the file is empty"),
         ("broken.png", b"\x89PNG\r\n\x1a\n" + b"\0" * 40, r"broken\.png: the PNG file is corrupt"),
         ("bad.nii.gz", gzip.compress(b"x" * 400, mtime=0), r"bad\.nii\.gz: .* readable NIfTI"),
@@ -217,3 +226,100 @@ def test_uploaded_volumes_get_the_file_readers_checks():
     const = nib.Nifti1Image(np.ones((8, 8, 8), np.float32), np.eye(4)).to_bytes()
     with pytest.raises(uploads.UploadError, match=r"c\.nii: is constant"):
         uploads.decode_upload("c.nii", const)
+
+
+def _scan(shape=(40, 36, 30)):
+    """A uint16 volume with structure on every axis (binning must average it right)."""
+    x, y, z = np.meshgrid(*(np.arange(n) for n in shape), indexing="ij")
+    return (1000 + 40 * x + 7 * y + 3 * (z % 11)).astype(np.uint16)
+
+
+def _nrrd_file(tmp_path, vol, encoding):
+    import nrrd
+
+    path = tmp_path / f"v-{encoding}.nrrd"
+    nrrd.write(str(path), vol, {"encoding": encoding, "spacings": [4.0] * 3, "units": ["um"] * 3})
+    return path
+
+
+def _volume_files(tmp_path, vol):
+    """The same scan as each uploadable volume format: name → path on disk."""
+    img = nib.Nifti1Image(vol, np.diag([0.004] * 3 + [1]))
+    img.header.set_xyzt_units("mm")
+    nib.save(img, tmp_path / "v.nii")
+    nib.save(img, tmp_path / "v.nii.gz")
+    tifffile.imwrite(tmp_path / "v.tif", vol.transpose(2, 1, 0))  # pages are z
+    return {
+        "v.nii": tmp_path / "v.nii",
+        "v.nii.gz": tmp_path / "v.nii.gz",
+        "v-raw.nrrd": _nrrd_file(tmp_path, vol, "raw"),
+        "v-gzip.nrrd": _nrrd_file(tmp_path, vol, "gzip"),
+        "v.tif": tmp_path / "v.tif",
+    }
+
+
+@pytest.mark.parametrize("name", ["v.nii", "v.nii.gz", "v-raw.nrrd", "v-gzip.nrrd", "v.tif"])
+def test_a_large_uploaded_volume_is_binned_as_the_file_reader_bins_it(name, tmp_path):
+    from foramlib.io.volumes import read_volume
+
+    vol = _scan()
+    path = _volume_files(tmp_path, vol)[name]
+    up = uploads.decode_upload(name, path.read_bytes(), volume_max_side=12)
+    assert isinstance(up, uploads.VolumeUpload)
+    assert up.binned == 3 and up.shape == (13, 12, 10)
+    # the block mean of the stored values, as read_volume gives it from the file
+    expected = vol[:39, :36, :30].reshape(13, 3, 12, 3, 10, 3).mean(axis=(1, 3, 5))
+    np.testing.assert_allclose(up.data, expected, rtol=1e-6)
+    on_disk = read_volume(path, voxel_size_um=4.0, max_side=12)
+    np.testing.assert_allclose(up.data, on_disk.data, rtol=1e-6)
+    if name != "v.tif":  # a TIFF stack states no voxel size
+        assert up.spacing_um == pytest.approx((12.0, 12.0, 12.0))
+
+
+@pytest.mark.parametrize("name", ["v.nii", "v.nii.gz", "v-raw.nrrd", "v-gzip.nrrd", "v.tif"])
+def test_a_volume_within_the_side_is_read_whole(name, tmp_path):
+    vol = _scan((20, 18, 16))
+    up = uploads.decode_upload(name, _volume_files(tmp_path, vol)[name].read_bytes())
+    assert up.binned == 1
+    np.testing.assert_array_equal(up.data, vol.astype(np.float32))
+
+
+@pytest.mark.parametrize("name", ["v.nii", "v.nii.gz", "v-raw.nrrd", "v-gzip.nrrd", "v.tif"])
+def test_a_volume_over_the_voxel_limit_is_refused_with_the_fix(name, tmp_path):
+    data = _volume_files(tmp_path, _scan())[name].read_bytes()
+    with pytest.raises(
+        uploads.ScanTooLarge,
+        match=rf"{name}: 40 × 36 × 30 voxels \(43,200 voxels\) is more than the limit of "
+        r"40,000 voxels \(FORAM_MAX_VOLUME_MVOX\); crop or bin",
+    ):
+        uploads.decode_upload(name, data, max_voxels=40_000)
+
+
+def test_a_gzip_bomb_is_refused_from_its_header_before_anything_is_unpacked():
+    """A header claiming 4000³ voxels in a few bytes: refused by size, not decompressed."""
+    img = nib.Nifti1Image(np.zeros((2, 2, 2), np.uint8), np.eye(4))
+    img.header.set_data_shape((4000, 4000, 4000))
+    bomb = gzip.compress(img.header.binaryblock + b"\0" * 4, mtime=0)
+    with pytest.raises(uploads.ScanTooLarge, match=r"bomb\.nii\.gz: 4000 × 4000 × 4000 voxels"):
+        uploads.decode_upload("bomb.nii.gz", bomb)
+
+
+def test_the_voxel_limit_comes_from_the_environment(monkeypatch, tmp_path):
+    data = _volume_files(tmp_path, _scan((20, 18, 16)))["v.nii"].read_bytes()
+    monkeypatch.setenv("FORAM_MAX_VOLUME_MVOX", "0.005")
+    assert uploads.volume_voxel_limit() == 5000
+    with pytest.raises(uploads.ScanTooLarge, match="limit of 5,000 voxels"):
+        uploads.decode_upload("v.nii", data)
+    monkeypatch.setenv("FORAM_MAX_VOLUME_MVOX", "0.006")
+    assert uploads.decode_upload("v.nii", data).shape == (20, 18, 16)
+    monkeypatch.setenv("FORAM_MAX_VOLUME_MVOX", "none")
+    with pytest.raises(ValueError, match=r"FORAM_MAX_VOLUME_MVOX = 'none' is invalid"):
+        uploads.decode_upload("v.nii", data)
+    monkeypatch.delenv("FORAM_MAX_VOLUME_MVOX")
+    assert uploads.volume_voxel_limit() == 2_048_000_000
+
+
+def test_uploads_are_binned_to_the_side_foram_classify_reads_scans_at():
+    from foramlib.inference import scan
+
+    assert uploads.UPLOAD_VOLUME_SIDE == scan.SCAN_READ_SIDE

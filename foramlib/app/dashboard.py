@@ -87,6 +87,18 @@ def _busy(button, label: str):
         button.disabled, button.description, button.icon = before
 
 
+def _volume_section_name(volume: uploads.VolumeUpload, axis: int, index: int) -> str:
+    """How the preview names a section of an uploaded volume (and its binning, if any).
+
+    >>> import numpy as np
+    >>> _volume_section_name(uploads.VolumeUpload("s.nii", np.zeros((4, 4, 4)), binned=2), 2, 1)
+    's.nii (axis 2, slice 1 of the scan averaged by 2×2×2 voxel blocks as it was read)'
+    """
+    f = volume.binned
+    binned = f" of the scan averaged by {f}×{f}×{f} voxel blocks as it was read" if f > 1 else ""
+    return f"{volume.name} (axis {axis}, slice {index}{binned})"
+
+
 def _hide(widget, hidden: bool = True) -> None:
     widget.layout.display = "none" if hidden else None
 
@@ -528,7 +540,9 @@ class App(widgets.VBox):
         self._reset_results()
         self._reset_scan()
         try:
-            decoded = uploads.decode_upload(name, data, max_bytes=self.max_upload)
+            decoded = uploads.decode_upload(
+                name, data, max_bytes=self.max_upload, volume_max_side=uploads.UPLOAD_VOLUME_SIDE
+            )
         except uploads.UploadError as exc:
             self._clear_source()
             self.message.value = render.message("error", str(exc))
@@ -552,7 +566,7 @@ class App(widgets.VBox):
                 self._quiet = False
             self._set_source(
                 decoded.section(2, n // 2),
-                name=f"{name} (axis 2, slice {n // 2})",
+                name=_volume_section_name(decoded, 2, n // 2),
                 keep_volume=True,
             )
         else:
@@ -636,7 +650,7 @@ class App(widgets.VBox):
         if self.volume is not None:
             axis, index = self.volume_axis.value, self.volume_index.value
             self.source = self.volume.section(axis, index)
-            self.source_name = f"{self.volume.name} (axis {axis}, slice {index})"
+            self.source_name = _volume_section_name(self.volume, axis, index)
         self._guard(self.refresh_preview)
 
     def refresh_preview(self) -> None:

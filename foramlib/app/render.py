@@ -592,6 +592,12 @@ def scan_summary_html(answer: scan.ScanAnswer, seconds: float) -> str:
         )
     if md.get("assumed_isotropic"):
         extra.append("voxel size unknown (TIFF stack): voxels taken as isotropic")
+    if md.get("binned"):
+        f = int(md["binned"])
+        extra.append(
+            f"a large scan, read averaged by blocks of {f}×{f}×{f} voxels (still wide enough "
+            "for the sections)"
+        )
     if extra:
         parts.append("<span class='foram-muted'>" + "; ".join(extra) + ".</span>")
     return "<p>" + " ".join(parts) + "</p>"

@@ -29,6 +29,7 @@ Examples
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -328,6 +329,14 @@ def prepare_upload(
 SECTION_CHECK = "results/section_check.npz"  # written by the evaluate stage
 
 
+@functools.lru_cache(maxsize=8)
+def _section_check_file(path: str, mtime_ns: int, size: int) -> SectionCheck:
+    """The section check at `path`, read once per version of the file (its modification
+    time and size are in the key): every 3D match asks for it, and a rewritten file is
+    read again. The check is only read from, never changed."""
+    return SectionCheck.load(path)
+
+
 def load_section_check(workspace, preprocess: PreprocessConfig) -> tuple[SectionCheck | None, str]:
     """The workspace's section check (evaluate stage), or None and why not.
 
@@ -338,7 +347,8 @@ def load_section_check(workspace, preprocess: PreprocessConfig) -> tuple[Section
     if not path.is_file():
         return None, f"none ({SECTION_CHECK} missing; the evaluate stage writes it)"
     try:
-        check = SectionCheck.load(path)
+        stat = path.stat()
+        check = _section_check_file(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
     except SectionCheckError as exc:
         return None, f"unusable: {exc}"
     size = check.info.get("size")

@@ -234,6 +234,8 @@ def load_scan(scan, *, voxel_size_um: float | None = None) -> tuple[np.ndarray, 
     notes: dict = {}
     if isinstance(scan, VolumeUpload):
         data, name = scan.data, scan.name
+        if scan.binned > 1:  # read binned (uploads.UPLOAD_VOLUME_SIDE), spacings to match
+            notes["binned"] = scan.binned
         # a header without a unit still gives the axes' ratios (one unit for all three)
         spacing = scan.spacing_um or scan.relative_spacing
         if spacing is None:

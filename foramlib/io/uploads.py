@@ -19,24 +19,28 @@ Examples
 from __future__ import annotations
 
 import io
-import os
 from dataclasses import dataclass, field
 
 import cv2
 import imagesize
 import numpy as np
 
-from foramlib.io.volumes import VolumeError, read_volume_bytes
+from foramlib.io.environment import positive_number
+from foramlib.io.volumes import VolumeError, VolumeTooLarge, read_volume_bytes
 
 __all__ = [
     "IMAGE_SUFFIXES",
     "ImageTooLarge",
     "MAX_IMAGE_MEGAPIXELS",
+    "MAX_VOLUME_MEGAVOXELS",
+    "ScanTooLarge",
     "UPLOAD_SUFFIXES",
     "UploadError",
     "VolumeUpload",
     "decode_upload",
     "image_pixel_limit",
+    "UPLOAD_VOLUME_SIDE",
+    "volume_voxel_limit",
 ]
 
 #: single images a user may upload (anything else OpenCV decodes is accepted too)
@@ -51,6 +55,18 @@ UPLOAD_SUFFIXES = IMAGE_SUFFIXES + (".nii", ".nii.gz", ".nrrd")
 #: and convert before it could be shrunk.
 MAX_IMAGE_MEGAPIXELS = 100.0
 
+#: the largest uploaded volume (in millions of voxels, as its header states) read
+#: unless ``FORAM_MAX_VOLUME_MVOX`` says otherwise: 2048 × 1024 × 1024. The upload's
+#: bytes are limited already, but a gzipped volume can unpack to any size (a
+#: mostly-empty 1024³ scan packs into 5 MB), and even binned on read each voxel must be
+#: decompressed: a few seconds per thousand million.
+MAX_VOLUME_MEGAVOXELS = 2048.0
+
+#: uploaded volumes wider than this are binned while they are read (as ``foram
+#: classify`` reads a scan: :data:`foramlib.inference.scan.SCAN_READ_SIDE`); the
+#: sections a whole-scan classification cuts are resized to 96–384 pixels
+UPLOAD_VOLUME_SIDE = 512
+
 
 class UploadError(ValueError):
     """Uploaded bytes that are not a usable image or volume, or are too large."""
@@ -58,6 +74,10 @@ class UploadError(ValueError):
 
 class ImageTooLarge(UploadError):
     """An image with more pixels than the limit (:func:`image_pixel_limit`)."""
+
+
+class ScanTooLarge(UploadError):
+    """A volume with more voxels than the limit (:func:`volume_voxel_limit`)."""
 
 
 @dataclass
@@ -78,6 +98,9 @@ class VolumeUpload:
     relative_spacing : tuple of 3 float or None
         The header's voxel dimensions in its own unit, stated or not: anisotropic
         scans are resampled by their ratios before a whole-scan classification.
+    binned : int
+        The block size the scan was averaged by as it was read (1: full resolution);
+        the spacings are those of `data`.
     """
 
     name: str
@@ -85,6 +108,7 @@ class VolumeUpload:
     voxel_size_um: float | None = None
     spacing_um: tuple[float, float, float] | None = None
     relative_spacing: tuple[float, float, float] | None = None
+    binned: int = 1
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -133,18 +157,46 @@ def _kind(name: str, data: bytes) -> str:
     return "unknown"
 
 
-def _decode_volume(name: str, data: bytes) -> VolumeUpload:
+def _decode_volume(name: str, data: bytes, max_side: int | None, max_voxels: int) -> VolumeUpload:
     try:
-        read = read_volume_bytes(name, data)
+        read = read_volume_bytes(name, data, max_side=max_side, max_voxels=max_voxels)
+    except VolumeTooLarge as exc:
+        raise ScanTooLarge(
+            f"{exc} (FORAM_MAX_VOLUME_MVOX); crop or bin the scan before uploading it, or "
+            "classify the file with `foram classify`, which bins a scan of any size as it "
+            "reads it"
+        ) from None
     except VolumeError as exc:
         raise UploadError(str(exc)) from None
     spacing = read.spacing_um
-    return VolumeUpload(name, read.data, min(spacing) if spacing else None, spacing, read.relative)
+    return VolumeUpload(
+        name, read.data, min(spacing) if spacing else None, spacing, read.relative, read.binned
+    )
 
 
-def _decode_tiff(name: str, data: bytes):
+def _tiff_stack(data: bytes) -> bool:
+    """Whether a TIFF's first series is a stack of 2-D images (by its header; False
+    where tifffile cannot parse it)."""
     import tifffile
 
+    try:
+        with tifffile.TiffFile(io.BytesIO(data)) as tif:
+            shape = [int(v) for v in tif.series[0].shape if int(v) != 1]
+    except Exception:  # tifffile raises many types for corrupt files
+        return False
+    return len(shape) == 3 and shape[-1] not in (3, 4)
+
+
+def _decode_tiff(name: str, data: bytes, max_side: int | None, max_voxels: int):
+    import tifffile
+
+    if _tiff_stack(data):  # binned as it is read, page by page, after a size check
+        try:
+            return _decode_volume(name, data, max_side, max_voxels)
+        except ScanTooLarge:
+            raise
+        except UploadError:
+            pass  # e.g. a compression tifffile cannot decode without imagecodecs: below
     try:
         arr = tifffile.imread(io.BytesIO(data))
     except Exception as exc:  # tifffile raises many types for corrupt files
@@ -166,6 +218,11 @@ def _decode_tiff(name: str, data: bytes):
     if arr.ndim == 2 or (arr.ndim == 3 and arr.shape[-1] in (3, 4)):
         return arr
     if arr.ndim == 3:  # a stack of pages (z, y, x) → volume in (x, y, z) like read_volume
+        if arr.size > max_voxels:
+            raise ScanTooLarge(
+                f"{name}: {arr.shape[2]} × {arr.shape[1]} × {arr.shape[0]} voxels is more than "
+                f"the limit of {max_voxels / 1e6:,.0f} million voxels (FORAM_MAX_VOLUME_MVOX)"
+            )
         return VolumeUpload(name, np.ascontiguousarray(arr.transpose(2, 1, 0), np.float32))
     raise UploadError(
         f"{name}: not a readable TIFF image (it holds an array of shape {arr.shape}, "
@@ -184,21 +241,30 @@ def image_pixel_limit() -> int:
 
     Examples
     --------
+    >>> import os
     >>> image_pixel_limit() == int(MAX_IMAGE_MEGAPIXELS * 1e6) or "FORAM_MAX_IMAGE_MP" in os.environ
     True
     """
-    text = os.environ.get("FORAM_MAX_IMAGE_MP", "").strip()
-    if not text:
-        return int(MAX_IMAGE_MEGAPIXELS * 1e6)
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not value > 0 or value == float("inf"):
-        raise ValueError(
-            f"FORAM_MAX_IMAGE_MP = {text!r} is invalid: expected a positive number of megapixels"
-        )
-    return int(value * 1e6)
+    return int(positive_number("FORAM_MAX_IMAGE_MP", MAX_IMAGE_MEGAPIXELS, "megapixels") * 1e6)
+
+
+def volume_voxel_limit() -> int:
+    """Voxels an uploaded volume may have: ``FORAM_MAX_VOLUME_MVOX`` million, else
+    :data:`MAX_VOLUME_MEGAVOXELS`.
+
+    Raises
+    ------
+    ValueError
+        If ``FORAM_MAX_VOLUME_MVOX`` is set to something other than a positive number.
+
+    Examples
+    --------
+    >>> import os
+    >>> volume_voxel_limit() == 2048 * 10**6 or "FORAM_MAX_VOLUME_MVOX" in os.environ
+    True
+    """
+    mvox = positive_number("FORAM_MAX_VOLUME_MVOX", MAX_VOLUME_MEGAVOXELS, "million voxels")
+    return int(mvox * 1e6)
 
 
 def _check_pixels(name: str, height: int, width: int, limit: int) -> None:
@@ -211,7 +277,13 @@ def _check_pixels(name: str, height: int, width: int, limit: int) -> None:
 
 
 def decode_upload(
-    name: str, data: bytes, *, max_bytes: int | None = None, max_pixels: int | None = None
+    name: str,
+    data: bytes,
+    *,
+    max_bytes: int | None = None,
+    max_pixels: int | None = None,
+    max_voxels: int | None = None,
+    volume_max_side: int | None = UPLOAD_VOLUME_SIDE,
 ):
     """Decode uploaded bytes into an image array or a :class:`VolumeUpload`.
 
@@ -228,6 +300,12 @@ def decode_upload(
         Refuse images (or pages of a TIFF stack) with more pixels, before they are
         decoded where the header tells the size (:func:`imagesize.get`); default
         :func:`image_pixel_limit`.
+    max_voxels : int, optional
+        Refuse volumes with more voxels, by their header, before their data are read;
+        default :func:`volume_voxel_limit`.
+    volume_max_side : int or None
+        Bin a volume wider than this as it is read (a slab at a time, gzipped files
+        included); default :data:`UPLOAD_VOLUME_SIDE`. None reads it whole.
 
     Returns
     -------
@@ -239,8 +317,9 @@ def decode_upload(
     Raises
     ------
     UploadError
-        Empty, too large (bytes or pixels), or not a PNG/JPEG/TIFF/NIfTI/NRRD the
-        decoders can read; the message names the file.
+        Empty, too large (bytes, pixels: :class:`ImageTooLarge`, voxels:
+        :class:`ScanTooLarge`), or not a PNG/JPEG/TIFF/NIfTI/NRRD the decoders can
+        read; the message names the file.
 
     Examples
     --------
@@ -258,15 +337,16 @@ def decode_upload(
             f"{max_bytes / 2**20:.0f} MB (FORAM_MAX_UPLOAD_MB)"
         )
     kind = _kind(name, data)
+    voxels = volume_voxel_limit() if max_voxels is None else int(max_voxels)
     if kind in ("nifti", "nrrd"):
-        return _decode_volume(name, data)
+        return _decode_volume(name, data, volume_max_side, voxels)
     limit = image_pixel_limit() if max_pixels is None else int(max_pixels)
     # the header's size, before gigabytes are decoded; (-1, -1) where it cannot tell
     width, height = imagesize.get(io.BytesIO(data))
     if width > 0 and height > 0:
         _check_pixels(name, height, width, limit)
     if kind == "tiff":
-        decoded = _decode_tiff(name, data)
+        decoded = _decode_tiff(name, data, volume_max_side, voxels)
         if not isinstance(decoded, VolumeUpload):
             _check_pixels(name, *decoded.shape[:2], limit)
         return decoded

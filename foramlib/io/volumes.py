@@ -42,6 +42,7 @@ __all__ = [
     "ManifestWarning",
     "Volume",
     "VolumeError",
+    "VolumeTooLarge",
     "HeaderRead",
     "binning_factor",
     "IntensityWindow",
@@ -108,6 +109,11 @@ SLICE_SUFFIXES = (".tif", ".tiff", ".png", ".bmp")  # a folder of reconstructed 
 
 class VolumeError(ValueError):
     """A volume that cannot be used; the message starts with the file (or array) name."""
+
+
+class VolumeTooLarge(VolumeError):
+    """A volume whose header states more voxels than the caller's limit (found before
+    its data are read)."""
 
 
 class ManifestError(ValueError):
@@ -194,6 +200,21 @@ def _check_shape(shape: tuple[int, ...], name: str) -> tuple[int, ...]:
     if 0 in shape:
         raise VolumeError(f"{name}: is empty (shape {shape}); every axis needs at least one voxel")
     return shape
+
+
+def _check_voxels(shape: tuple[int, ...], name: str, max_voxels: int | None) -> None:
+    """Refuse a volume of more than `max_voxels` voxels (None: any size)."""
+    n = math.prod(int(v) for v in shape)
+    if max_voxels is not None and n > max_voxels:
+        raise VolumeTooLarge(
+            f"{name}: {' × '.join(str(int(v)) for v in shape)} voxels ({_voxels(n)}) is more "
+            f"than the limit of {_voxels(max_voxels)}"
+        )
+
+
+def _voxels(n: float) -> str:
+    """A voxel count in words: "1,074 million voxels", "12,000 voxels"."""
+    return f"{n / 1e6:,.0f} million voxels" if n >= 1e7 else f"{n:,.0f} voxels"
 
 
 def _check_values(arr: np.ndarray, name: str, *, allow_constant: bool = False) -> None:
@@ -531,10 +552,19 @@ def _unreadable(name: str, exc: Exception, kind: str) -> VolumeError:
 def _nifti_image(source: Path | bytes):
     """The image and its header as written, from a path or from a file's bytes."""
     if isinstance(source, bytes):
-        raw = gzip.decompress(source) if source[:2] == b"\x1f\x8b" else source
-        magic = {int.from_bytes(raw[:4], "little"), int.from_bytes(raw[:4], "big")}
-        img = (nib.Nifti2Image if 540 in magic else nib.Nifti1Image).from_bytes(raw)
-        return img, type(img.header).from_fileobj(io.BytesIO(raw), check=False)
+        # a file object over the content, decompressed as it is read: the header alone
+        # says the size, and the data can be binned slab by slab like a file's
+        fobj = io.BytesIO(source)
+        if source[:2] == b"\x1f\x8b":
+            fobj = gzip.GzipFile(fileobj=fobj)
+        head = fobj.read(4)
+        fobj.seek(0)
+        magic = {int.from_bytes(head, "little"), int.from_bytes(head, "big")}
+        holder = nib.fileholders.FileHolder(fileobj=fobj)
+        klass = nib.Nifti2Image if 540 in magic else nib.Nifti1Image
+        img = klass.from_file_map({"header": holder, "image": holder})
+        fobj.seek(0)
+        return img, type(img.header).from_fileobj(fobj, check=False)
     # one file handle for every read of the image: a gzipped volume read slab by slab
     # then decompresses once, forwards, instead of from its start for every slab
     img = nib.load(source, keep_file_open=True)
@@ -569,23 +599,27 @@ class HeaderRead(NamedTuple):
     binned: int = 1
 
 
-def _read_nifti(source: Path | bytes, name: str, max_side: int | None = None) -> HeaderRead:
+def _read_nifti(
+    source: Path | bytes, name: str, max_side: int | None = None, max_voxels: int | None = None
+) -> HeaderRead:
     """Checked float32 data, and the header's spacing in µm or why it has none.
 
-    `source` is the file's path or its content. From a path, a volume larger than
-    `max_side` is binned while it is read (:func:`binning_factor`), slab by slab along z,
-    and its spacing scaled to match. The spacing is taken only from a header
-    that states it: positive finite voxel dimensions in a known spatial unit. nibabel
-    silently turns a zero voxel dimension into 1 and a header without a unit means
-    millimetres to it; a micro-CT export like that would become 1000 µm voxels, so the
-    raw header is read and such a header gives no spacing (the caller asks for
-    ``voxel_size_um``).
+    `source` is the file's path or its content. A volume larger than `max_side` is
+    binned while it is read (:func:`binning_factor`), slab by slab along z, and its
+    spacing scaled to match; one whose header states more than `max_voxels` voxels is
+    refused before its data are read (:class:`VolumeTooLarge`). The spacing is taken
+    only from a header that states it: positive finite voxel dimensions in a known
+    spatial unit. nibabel silently turns a zero voxel dimension into 1 and a header
+    without a unit means millimetres to it; a micro-CT export like that would become
+    1000 µm voxels, so the raw header is read and such a header gives no spacing (the
+    caller asks for ``voxel_size_um``).
     """
     try:
         img, header = _nifti_image(source)
         _check_dtype(img.get_data_dtype(), name)
         shape = _check_shape(img.shape, name)
-        f = 1 if isinstance(source, bytes) else binning_factor(shape, max_side)
+        _check_voxels(shape, name, max_voxels)
+        f = binning_factor(shape, max_side)
         if f == 1:
             data = img.get_fdata(dtype=np.float32)  # forces the (lazy) read
         else:
@@ -650,11 +684,14 @@ def nrrd_spacing_um(header) -> tuple[tuple[float, float, float] | None, str]:
     return tuple(round(z * f, 9) for z, f in zip(zooms, factors, strict=True)), ""
 
 
-def _nrrd_slabs(path: Path, header: dict, offset: int, shape: tuple[int, int, int], opened):
+def _nrrd_slabs(
+    source: Path | bytes, header: dict, offset: int, shape: tuple[int, int, int], opened
+):
     """``read_slab(start, stop)`` over the z planes of a NRRD file's raw or gzip data,
     read in order without the rest of the volume; None where it cannot be streamed
-    (another encoding, skipped lines or bytes, more than 3 axes). Files it opens are
-    closed with `opened` (a :class:`contextlib.ExitStack`)."""
+    (another encoding, skipped lines or bytes, more than 3 axes). `source` is the
+    file's path or its content (an attached header: data from `offset`). Files it
+    opens are closed with `opened` (a :class:`contextlib.ExitStack`)."""
     import gzip as gz
 
     import nrrd.reader
@@ -664,18 +701,24 @@ def _nrrd_slabs(path: Path, header: dict, offset: int, shape: tuple[int, int, in
     if encoding not in ("raw", "gzip", "gz") or any(skips) or len(header["sizes"]) != 3:
         return None
     dtype = nrrd.reader._determine_datatype(header)  # the NRRD type and endianness
-    detached = header.get("data file", header.get("datafile"))
-    if detached is not None:
-        data_path, offset = Path(detached), 0
-        if not data_path.is_absolute():
-            data_path = path.parent / data_path
-    else:
-        data_path = path
     plane = shape[0] * shape[1]  # NRRD data: x fastest, z slowest, as NIfTI's
-    if encoding == "raw":
-        data = np.memmap(data_path, dtype, "r", offset, shape=(shape[2], shape[1], shape[0]))
-        return lambda start, stop: np.asarray(data[start:stop]).transpose(0, 2, 1)
-    stream = opened.enter_context(open(data_path, "rb"))
+    stored = (shape[2], shape[1], shape[0])
+    if isinstance(source, bytes):
+        if encoding == "raw":
+            data = np.frombuffer(source, dtype, math.prod(stored), offset).reshape(stored)
+            return lambda start, stop: data[start:stop].transpose(0, 2, 1)
+        stream = io.BytesIO(source)
+    else:
+        detached = header.get("data file", header.get("datafile"))
+        data_path = source
+        if detached is not None:
+            data_path, offset = Path(detached), 0
+            if not data_path.is_absolute():
+                data_path = source.parent / data_path
+        if encoding == "raw":
+            data = np.memmap(data_path, dtype, "r", offset, shape=stored)
+            return lambda start, stop: np.asarray(data[start:stop]).transpose(0, 2, 1)
+        stream = opened.enter_context(open(data_path, "rb"))
     stream.seek(offset)
     unzipped = opened.enter_context(gz.GzipFile(fileobj=stream))
 
@@ -687,50 +730,54 @@ def _nrrd_slabs(path: Path, header: dict, offset: int, shape: tuple[int, int, in
     return read_slab
 
 
-def _read_nrrd_path(path: Path, name: str, max_side: int | None):
+def _read_nrrd_data(
+    source: Path | bytes, name: str, max_side: int | None, max_voxels: int | None = None
+):
     """A NRRD file's data (binned to `max_side`, streamed where :func:`_nrrd_slabs` can),
-    its header and the block size; the data type and shape are checked first."""
+    its header and the block size; the data type, shape and size are checked first.
+    `source` is the file's path or its content (which cannot have detached data)."""
     import contextlib
 
     import nrrd
     import nrrd.reader
 
-    with open(path, "rb") as fh, contextlib.ExitStack() as opened:
+    with contextlib.ExitStack() as opened:
+        if isinstance(source, bytes):
+            fh = io.BytesIO(source)
+        else:
+            fh = opened.enter_context(open(source, "rb"))
         header = nrrd.read_header(fh)
+        if isinstance(source, bytes) and ("data file" in header or "datafile" in header):
+            raise VolumeError(
+                f"{name}: a detached NRRD header (its data lives in another file); "
+                "give the single-file .nrrd instead"
+            )
         offset = fh.tell()
         _check_dtype(nrrd.reader._determine_datatype(header), name)
         shape = _check_shape(tuple(int(v) for v in header["sizes"]), name)
+        _check_voxels(shape, name, max_voxels)
         f = binning_factor(shape, max_side)
-        slabs = _nrrd_slabs(path, header, offset, shape, opened) if f > 1 else None
+        slabs = _nrrd_slabs(source, header, offset, shape, opened) if f > 1 else None
         if slabs is not None:
             return _binned(slabs, shape[2], f), header, f
-        raw = nrrd.read_data(header, fh, str(path))  # index order "F": (x, y, z)
+        where = None if isinstance(source, bytes) else str(source)
+        raw = nrrd.read_data(header, fh, where)  # index order "F": (x, y, z)
     if f > 1:  # an encoding that cannot be read in part: binned after a whole read
         raw = raw.reshape(shape)
         raw = _binned(lambda a, b: np.moveaxis(raw[:, :, a:b], 2, 0), shape[2], f)
     return raw, header, f
 
 
-def _read_nrrd(source: Path | bytes, name: str, max_side: int | None = None) -> HeaderRead:
+def _read_nrrd(
+    source: Path | bytes, name: str, max_side: int | None = None, max_voxels: int | None = None
+) -> HeaderRead:
     """Checked float32 data in ``(x, y, z)`` order, and the spacing in µm or why it has
-    none (:func:`nrrd_spacing_um`); `source` is the file's path or its content. From a
-    path, a volume larger than `max_side` is binned while it is read, slab by slab along
-    z, when its data are raw or gzip (the usual encodings), else after a whole read."""
-    import nrrd
-
-    f = 1
+    none (:func:`nrrd_spacing_um`); `source` is the file's path or its content. A volume
+    larger than `max_side` is binned while it is read, slab by slab along z, when its
+    data are raw or gzip (the usual encodings), else after a whole read; one whose
+    header states more than `max_voxels` voxels is refused before its data are read."""
     try:
-        if isinstance(source, bytes):
-            fh = io.BytesIO(source)
-            header = nrrd.read_header(fh)
-            if "data file" in header or "datafile" in header:
-                raise VolumeError(
-                    f"{name}: a detached NRRD header (its data lives in another file); "
-                    "give the single-file .nrrd instead"
-                )
-            raw = nrrd.read_data(header, fh, None)
-        else:
-            raw, header, f = _read_nrrd_path(source, name, max_side)
+        raw, header, f = _read_nrrd_data(source, name, max_side, max_voxels)
     except (VolumeError, MemoryError):
         raise
     except Exception as exc:
@@ -746,26 +793,37 @@ def _read_nrrd(source: Path | bytes, name: str, max_side: int | None = None) -> 
     return HeaderRead(data, spacing, why, zooms if usable else None, f)
 
 
-def read_volume_bytes(name: str, data: bytes) -> HeaderRead:
-    """Read a NIfTI (``.nii``, ``.nii.gz``) or NRRD file's content, as :func:`read_volume`
-    reads the file (an upload has no path).
+def read_volume_bytes(
+    name: str, data: bytes, *, max_side: int | None = None, max_voxels: int | None = None
+) -> HeaderRead:
+    """Read a NIfTI (``.nii``, ``.nii.gz``), NRRD or multi-page TIFF file's content, as
+    :func:`read_volume` reads the file (an upload has no path).
 
     Parameters
     ----------
     name : str
         The file's name, for messages.
     data : bytes
-        Its content; NRRD is recognised by its magic bytes, anything else is NIfTI.
+        Its content; NRRD and TIFF are recognised by their magic bytes, anything else is
+        NIfTI.
+    max_side : int, optional
+        Bin a volume larger than this while it is read (:func:`binning_factor`): only
+        the binned volume and a slab of the file are ever decoded, a gzipped one
+        included. None reads it whole.
+    max_voxels : int, optional
+        Refuse a volume whose header states more voxels, before its data are read.
 
     Returns
     -------
     HeaderRead
         The checked float32 volume in ``(x, y, z)`` order, the voxel size in µm where
-        the header states it in a known unit (else None, and why), and the header's
-        voxel dimensions in its own unit.
+        the header states it in a known unit (else None, and why; a TIFF stack states
+        none), the header's voxel dimensions in its own unit, and the binning.
 
     Raises
     ------
+    VolumeTooLarge
+        More voxels than `max_voxels`.
     VolumeError
         Unreadable, not 3-D, constant, non-finite, or a detached NRRD header.
 
@@ -784,8 +842,13 @@ def read_volume_bytes(name: str, data: bytes) -> HeaderRead:
     """
     data = bytes(data)
     if data.startswith(b"NRRD000"):
-        return _read_nrrd(data, name)
-    return _read_nifti(data, name)
+        return _read_nrrd(data, name, max_side, max_voxels)
+    if data[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        arr, f = _read_tiff(io.BytesIO(data), name, max_side, max_voxels)
+        if arr.ndim != 3:
+            raise VolumeError(f"{name}: a TIFF of shape {arr.shape} is not a stack of images")
+        return HeaderRead(arr, None, "a TIFF stack states no voxel size", None, f)
+    return _read_nifti(data, name, max_side, max_voxels)
 
 
 def is_zarr(path) -> bool:
@@ -1162,14 +1225,18 @@ def _zyx_to_xyz(arr: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(arr.transpose(2, 1, 0), dtype=np.float32)
 
 
-def _read_tiff(path: Path, name: str, max_side: int | None = None) -> tuple[np.ndarray, int]:
+def _read_tiff(
+    source, name: str, max_side: int | None = None, max_voxels: int | None = None
+) -> tuple[np.ndarray, int]:
     """A multi-page TIFF stack in ``(x, y, z)`` order and the block size it was binned by
     (:func:`binning_factor`): a stack of one 2-D image per page is then read a few pages
-    at a time."""
+    at a time. `source` is a path or a binary file object; a stack of more than
+    `max_voxels` voxels is refused before its pages are decoded."""
     try:
-        with tifffile.TiffFile(path) as tif:
+        with tifffile.TiffFile(source) as tif:
             series = tif.series[0]
             shape = tuple(series.shape)
+            _check_voxels(shape[::-1], name, max_voxels)  # said in (x, y, z) order
             f = binning_factor(shape, max_side) if len(shape) == 3 else 1
             paged = len(tif.pages) == shape[0] and tif.pages[0].shape == shape[1:]
             if f > 1 and paged:

@@ -39,7 +39,6 @@ notes.txt: not a readable image (expected PNG, JPEG, TIFF, BMP, ...)
 from __future__ import annotations
 
 import json
-import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -51,6 +50,7 @@ import pandas as pd
 
 from foramlib.dataset.curation import read_curated
 from foramlib.io.atomic import atomic_dir, write_csv, write_text
+from foramlib.io.environment import positive_number
 from foramlib.io.volumes import manifest_voxel_size, read_volume
 from foramlib.matching.search import (
     IndexConfig,
@@ -214,16 +214,7 @@ def cache_budget_bytes() -> int:
     ValueError
         If ``FORAM_MATCH_CACHE_MB`` is not a positive number.
     """
-    text = os.environ.get("FORAM_MATCH_CACHE_MB", "").strip()
-    try:
-        value = float(text) if text else float(CACHE_MB)
-    except ValueError:
-        value = float("nan")
-    if not 0 < value < float("inf"):
-        raise ValueError(
-            f"FORAM_MATCH_CACHE_MB = {text!r} is invalid: expected a positive number of megabytes"
-        )
-    return int(value * 2**20)
+    return int(positive_number("FORAM_MATCH_CACHE_MB", CACHE_MB, "megabytes") * 2**20)
 
 
 @dataclass

@@ -489,6 +489,28 @@ def empty_voila_server(tmp_path):
         stop_voila(server)
 
 
+@pytest.fixture
+def lab_voila_server(tmp_path):
+    """The dashboard over an empty workspace, served as ``python -m foramlib.app.serve
+    --allow-host foram.lab.example`` serves it: Voila reads the derived ``voila.json``."""
+    from foramlib.app.serve import host_config
+
+    config = host_config(json.loads((REPO / "voila.json").read_text()), ["foram.lab.example"])
+    folder = tmp_path / "config"
+    folder.mkdir()
+    (folder / "voila.json").write_text(json.dumps(config))
+    (tmp_path / "workspace").mkdir()
+    server = start_voila(
+        tmp_path / "workspace",
+        tmp_path / "voila.log",
+        extra_args=[f"--Voila.config_file_paths={folder}"],
+    )
+    try:
+        yield server
+    finally:
+        stop_voila(server)
+
+
 @pytest.fixture(scope="session")
 def browser(chromium):
     from playwright.sync_api import sync_playwright
@@ -572,7 +594,14 @@ def page(request, browser, voila_server, screenshot_dir):
 
 
 #: fixtures that start Chromium or a Voila server: a test using one is a browser test
-_BROWSER_FIXTURES = {"browser", "page", "voila_server", "empty_voila_server", "culling_server"}
+_BROWSER_FIXTURES = {
+    "browser",
+    "page",
+    "voila_server",
+    "empty_voila_server",
+    "culling_server",
+    "lab_voila_server",
+}
 
 
 def pytest_collection_modifyitems(config, items):

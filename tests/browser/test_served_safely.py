@@ -52,6 +52,17 @@ def test_foreign_host_headers_are_refused_and_local_ones_served(empty_voila_serv
         assert _status(server, host) == 200, host
 
 
+def test_a_host_name_the_lab_opts_in_is_served_and_others_are_still_refused(lab_voila_server):
+    server = lab_voila_server
+    port = urlsplit(server.url).port
+    assert _status(server, "evil.example") == 403
+    assert _status(server, "192.168.1.20") == 403  # by address: only with --allow-any-host
+    assert _status(server, f"foram.lab.example:{port}") == 200
+    log = server.log.read_text(errors="replace")
+    assert "Blocking request with non-local 'Host' evil.example" in log
+    assert "non-local 'Host' foram.lab.example" not in log
+
+
 @pytest.mark.slow
 def test_the_page_asks_no_other_host_and_its_icons_still_show(empty_voila_server, browser):
     server = empty_voila_server
