@@ -41,11 +41,14 @@ demo: env
 	$(BIN)/dvc repro
 	@echo "==> done: open book/_build/html/index.html"
 
+# test files are spread over TEST_WORKERS processes, each file kept on one of them and
+# the browser tests together (tests/conftest.py), so shared fixtures are built once
+TEST_WORKERS ?= 2
 test: env
-	@echo "==> lint (ruff), then the test suite (pytest)"
+	@echo "==> lint (ruff), then the test suite (pytest, $(TEST_WORKERS) workers)"
 	$(BIN)/ruff check .
 	$(BIN)/python -m foramlib.tools.cli params check
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder --durations=20
 
 # the fast lane: skips the tests marked slow (pipeline runs, browser, long training)
 test-fast: env

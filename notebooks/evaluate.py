@@ -118,6 +118,20 @@ Image(result.figures["confusion_specimens.png"])
 result.votes
 
 # %% [markdown]
+# ## Which sections does it read? (not in the paper)
+#
+# The test accuracy of the final model and the baseline split by the section's fossil
+# area (five bins of equal count) and, for the virtual collection, by the angle between
+# the section's plane and the shell's axis (0°: an axial section, 90°: an equatorial or
+# transverse one), known because the generator placed each shell in its scan.
+
+# %%
+Image(result.figures["sections_test.png"])
+
+# %%
+result.sections
+
+# %% [markdown]
 # ## Does the input look like a foraminifer section at all? (not in the paper)
 #
 # The models name one of their genera for any image. `foram classify` and the dashboard

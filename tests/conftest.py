@@ -24,3 +24,29 @@ def tiny_collection(tmp_path_factory) -> Path:
         out, virtual.tiny_taxa(), seed=7, shape=32, supersample=1, progress=None
     )
     return out
+
+
+#: the longest test groups (about 17 and 11 minutes on 2 cores), run first so that
+#: ``--dist loadgroup --no-loadscope-reorder`` starts them on different workers
+FIRST_GROUPS = ("browser", "test_pipeline.py")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the marks to name the groups
+def pytest_collection_modifyitems(config, items):
+    """Keep each test file on one xdist worker, and every browser test on the same one.
+
+    `make test` runs with ``-n 2 --dist loadgroup --no-loadscope-reorder``. Grouping by
+    file means a module-scoped fixture (a trained model, a built index) is built once,
+    not once per worker; the browser tests share session fixtures (a built workspace,
+    Chromium), so they go together. The longest groups are moved to the front (a stable
+    sort: the order within and between the other files stays), so that the two workers
+    start on them.
+    """
+    groups = {}
+    for item in items:
+        path = Path(str(item.fspath)).resolve()
+        group = "browser" if "browser" in path.relative_to(REPO).parts[:2] else path.name
+        groups[item.nodeid] = group
+        item.add_marker(pytest.mark.xdist_group(group))
+    rank = {g: i for i, g in enumerate(FIRST_GROUPS)}
+    items.sort(key=lambda item: rank.get(groups[item.nodeid], len(rank)))

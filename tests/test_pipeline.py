@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -135,6 +136,13 @@ def test_dvc_repro_runs_every_stage_then_nothing(scratch_repo):
     meta = json.loads((repo / "data" / "index" / "index.json").read_text())
     assert meta["specimens"] == 12 and meta["repeat_scans_skipped"] == ["V-CHRY-01_scan2.nii.gz"]
     assert (repo / "results" / "figures" / "match_example.png").exists()
+    # the test accuracy by kind of section: by fossil area, and (virtual scans, whose
+    # shells' axes the generator knows) by the angle between the plane and the axis
+    sections = pd.read_csv(repo / "results" / "tables" / "sections_test.csv")
+    per_kind = sections.groupby("by", sort=False)["slices"].sum()
+    assert list(per_kind.index) == ["fossil area (share of the slice)", "plane to shell axis"]
+    assert per_kind.nunique() == 1  # every test slice counted once by each
+    assert (repo / "results" / "figures" / "sections_test.png").exists()
     # the match limit, set on the tiny index's own held-out sections (sections too small
     # to read are left out and counted)
     limit = json.loads((repo / "results" / "match_check.json").read_text())

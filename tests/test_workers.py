@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import numpy as np
@@ -47,13 +48,23 @@ def portable_cluster():
     optional kernels switched off before numpy is imported (~3 s to start)."""
     key = "distributed.nanny.pre-spawn-environ"
     env = {workers.NUMPY_KERNELS_ENV: " ".join(workers.numpy_optional_kernels()[0])}
-    with (
-        dask.config.set({key: {**dask.config.get(key), **env}}),
-        distributed.LocalCluster(
-            n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0"
-        ) as local,
-    ):
-        yield local
+    # the nanny sets its pre-spawn environment in THIS process's os.environ and leaves
+    # it there; a later test in this process (pytest-xdist keeps files together, in any
+    # order) would then read it as if the test runner had been started with it
+    before = os.environ.get(workers.NUMPY_KERNELS_ENV)
+    try:
+        with (
+            dask.config.set({key: {**dask.config.get(key), **env}}),
+            distributed.LocalCluster(
+                n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0"
+            ) as local,
+        ):
+            yield local
+    finally:
+        if before is None:
+            os.environ.pop(workers.NUMPY_KERNELS_ENV, None)
+        else:
+            os.environ[workers.NUMPY_KERNELS_ENV] = before
 
 
 @pytest.fixture

@@ -34,6 +34,9 @@ class EvaluateStageConfig(StageConfig):
     probe_shape, probe_supersample : int
         ``virtual.shape`` and ``virtual.supersample``: the genus check's unknown-taxon
         probes are rendered like the virtual collection's scans.
+    preset : str
+        ``virtual.preset``: with ``seed``, where each virtual shell's axis lies in its
+        scan (the test accuracy by the angle between a section and that axis).
     models_dir, ensembles_dir, split_index, slices, reference_dir : str
         Inputs: the backbones' predictions, the ensemble stage's choices, the split, the
         slice store (the baseline's features) and the authors' released reports.
@@ -53,7 +56,7 @@ class EvaluateStageConfig(StageConfig):
     --------
     >>> cfg = EvaluateStageConfig.from_params(
     ...     {"seed": 1, "data": {"source": "virtual"}, "train": {"backbones": {"a": {}}},
-    ...      "virtual": {"shape": 64, "supersample": 2}})
+    ...      "virtual": {"preset": "paper", "shape": 64, "supersample": 2}})
     >>> cfg.backbones, cfg.metrics_json, cfg.probe_shape
     (('a',), 'results/metrics.json', 64)
     """
@@ -64,6 +67,7 @@ class EvaluateStageConfig(StageConfig):
     seed: int = params_field("seed", default=0)
     probe_shape: int = params_field("virtual.shape", default=128)
     probe_supersample: int = params_field("virtual.supersample", default=2)
+    preset: str = params_field("virtual.preset", default="paper")
     models_dir: str = "models"
     ensembles_dir: str = "results/ensemble"
     split_index: str = "data/split/index.csv"
@@ -95,6 +99,7 @@ class EvaluateStageResult:
     section_line: str  # one line on how the section check was fitted
     genus_check: pd.DataFrame  # known genera kept, unknown taxa let through
     genus_line: str  # one line on how the genus check was fitted
+    sections: pd.DataFrame  # test accuracy by fossil area (and angle to the shell's axis)
     figures: dict[str, Path] = field(default_factory=dict)
 
 
@@ -193,6 +198,33 @@ def _genus_check(config: EvaluateStageConfig, tables_dir: Path, images, cut, spe
         f"{probe_rows['taxon'].nunique()} pseudo-taxa"
     )
     return check, table, line
+
+
+def _sections(config: EvaluateStageConfig, scored: dict, models: list[str]) -> pd.DataFrame:
+    """Test accuracy of `models` by the sections' fossil area and, for the virtual
+    collection (whose shells' orientation in each scan is known), by the angle between
+    the section's plane and the shell's axis."""
+    from foramlib.evaluation import sections
+    from foramlib.learn import loader as data
+
+    first = scored[models[0]]
+    index = data.load_split_index(config.split_index).set_index("slice_id")
+    ids = first.frame["slice_id"].astype(str)
+    missing = ids[~ids.isin(index.index)]
+    if len(missing):
+        raise ValueError(
+            f"{config.split_index}: {len(missing)} test slices of the predictions are not "
+            f"in the split index, e.g. {missing.iloc[0]!r}"
+        )
+    rows = index.loc[ids].reset_index()
+    correct = {m: scored[m].y_pred == scored[m].y_true for m in models}
+    axes = None
+    if config.source == "virtual":
+        from foramlib.virtual import collection as virtual
+
+        plans = virtual.plan_collection(virtual.taxa_preset(config.preset), config.seed)
+        axes = virtual.shell_axes(plans)
+    return sections.section_table(rows, correct, axes)
 
 
 def run(config: EvaluateStageConfig) -> EvaluateStageResult:
@@ -301,6 +333,10 @@ def run(config: EvaluateStageConfig) -> EvaluateStageResult:
     )
     write_csv(comparison, tables_dir / "baseline_comparison.csv")
 
+    # --- which sections it reads: by fossil area, and by the angle to the shell's axis
+    section_rows = _sections(config, scored, [final, base_name])
+    write_csv(section_rows.round(3), tables_dir / "sections_test.csv")
+
     # --- "does this look like a foraminifer section?" (train fits, validation sets)
     images, cut = _split_images(config)
     check, check_table, check_line = _section_check(config, tables_dir, images, cut)
@@ -338,6 +374,9 @@ def run(config: EvaluateStageConfig) -> EvaluateStageResult:
             metrics.specimen_confusion(votes, names),
             names,
             f"{label}\n{final}: one vote per test specimen ({len(votes)}), row-normalised",
+        ),
+        "sections_test.png": plots.section_accuracy_figure(
+            section_rows, f"{label}\nwhich test sections are read correctly"
         ),
     }
     written = {}
@@ -387,5 +426,6 @@ def run(config: EvaluateStageConfig) -> EvaluateStageResult:
         section_line=check_line,
         genus_check=genus_table,
         genus_line=genus_line,
+        sections=section_rows,
         figures=written,
     )

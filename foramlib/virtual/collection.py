@@ -60,6 +60,7 @@ __all__ = [
     "plan_collection",
     "build_specimen",
     "render_scan",
+    "shell_axes",
     "synthesize_collection",
     "describe_collection",
     "write_unused_marker",
@@ -918,6 +919,38 @@ def _scan_conditions(plan: ScanPlan):
         blur=_u(rng, 0.5, 1.0),
         seed=int(rng.integers(2**31)),
     )
+
+
+def shell_axes(plans: Sequence[ScanPlan]) -> dict[str, np.ndarray]:
+    """The direction of each scan's shell axis in the volume's array axes.
+
+    Every body plan is built around the z axis of its own frame: the coiling axis of
+    planispiral and trochospiral tests (Alveolina's long axis), the axis of cones and
+    lenses, the growth axis of Rhapydionina's uncoiled part. The scan turns that frame
+    by a random rotation, recorded nowhere in the file; this recovers it from the plan,
+    so a section's plane can be compared with the shell's axis (an axial section
+    contains the axis, an equatorial or transverse one is perpendicular to it).
+
+    Parameters
+    ----------
+    plans : sequence of ScanPlan
+        From :func:`plan_collection` with the collection's taxa and seed.
+
+    Returns
+    -------
+    dict
+        File name -> unit 3-vector in the array's axis order (the order of a
+        :class:`foramlib.dataset.slicing.Plane`'s normal).
+
+    Examples
+    --------
+    >>> axes = shell_axes(plan_collection(tiny_taxa(), seed=0))
+    >>> len(axes), round(float(np.linalg.norm(axes["V-CHRY-01.nii.gz"])), 6)
+    (14, 1.0)
+    """
+    # render_scan maps scanner coordinates w to specimen ones by rot.T @ w, so the
+    # specimen's z axis lies along rot @ (0, 0, 1), the rotation's third column
+    return {p.file: np.asarray(_scan_conditions(p)["rotation"], float)[:, 2] for p in plans}
 
 
 def render_scan(plan: ScanPlan, shape: int = 128, supersample: int = 2):

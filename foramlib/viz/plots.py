@@ -22,6 +22,7 @@ __all__ = [
     "slice_gallery",
     "spread_orientations",
     "learning_curves_figure",
+    "section_accuracy_figure",
     "save_figure",
 ]
 
@@ -246,6 +247,30 @@ def weak_classes_figure(table4, title: str):
         ax.set_ylim(0, 1.05)
         ax.set_title(cls, fontsize=9, fontstyle="italic")
     axes[0, 0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def section_accuracy_figure(table, title: str):
+    """Accuracy of each model by kind of section (a :func:`foramlib.evaluation.sections.
+    section_table` frame): one panel per ``by`` value, slice counts under the axis."""
+    groups = list(dict.fromkeys(table["by"]))
+    models = [c for c in table.columns if c not in ("by", "sections", "slices", "specimens")]
+    fig, axes = plt.subplots(
+        1, len(groups), figsize=(5.2 * len(groups), 3.6), layout="constrained", squeeze=False
+    )
+    for ax, group in zip(axes[0], groups, strict=True):
+        part = table[table["by"] == group]
+        x = np.arange(len(part))
+        for model in models:
+            ax.plot(x, part[model].astype(float), marker="o", label=model)
+        labels = [f"{s}\n{n} slices" for s, n in zip(part["sections"], part["slices"], strict=True)]
+        ax.set_xticks(x, labels, fontsize=7)
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel(group, fontsize=9)
+        ax.set_ylabel("test accuracy")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].legend(fontsize=8, loc="upper left")
     fig.suptitle(title, fontsize=10)
     return fig
 
