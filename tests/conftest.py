@@ -48,5 +48,7 @@ def pytest_collection_modifyitems(config, items):
         group = "browser" if "browser" in path.relative_to(REPO).parts[:2] else path.name
         groups[item.nodeid] = group
         item.add_marker(pytest.mark.xdist_group(group))
+    if getattr(config.option, "dist", "no") == "no":
+        return  # one process: keep pytest's own order
     rank = {g: i for i, g in enumerate(FIRST_GROUPS)}
     items.sort(key=lambda item: rank.get(groups[item.nodeid], len(rank)))
