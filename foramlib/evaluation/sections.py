@@ -38,6 +38,9 @@ __all__ = [
 
 #: Bin edges (degrees) of the angle between a section's plane and the shell's axis.
 ANGLE_EDGES = (0.0, 15.0, 30.0, 45.0, 60.0, 75.0, 90.0)
+#: The ``by`` column of :func:`section_table`: which breakdown a row belongs to.
+AREA = "fossil area (share of the slice)"
+ANGLE = "plane to shell axis"
 
 
 def plane_axis_angle(normals, axes) -> np.ndarray:
@@ -169,9 +172,9 @@ def accuracy_by_angle(
         raise ValueError(f"edges must run from 0 to 90 degrees, got {edges.tolist()}")
     if (np.diff(edges) <= 0).any():
         raise ValueError(f"edges must increase, got {edges.tolist()}")
-    files = rows["file"].astype(str) if "file" in rows else None
-    if files is None:
+    if "file" not in rows:
         raise ValueError("rows lack the column 'file' (which scan each slice was cut from)")
+    files = rows["file"].astype(str)
     missing = sorted(set(files) - set(axes))
     if missing:
         raise ValueError(f"no shell axis for {len(missing)} file(s), e.g. {missing[:3]}")
@@ -210,10 +213,6 @@ def section_table(
         parts.append(accuracy_by_angle(rows, correct, axes).assign(by=ANGLE))
     table = pd.concat(parts, ignore_index=True)
     return table[["by", *[c for c in table.columns if c != "by"]]]
-
-
-AREA = "fossil area (share of the slice)"
-ANGLE = "plane to shell axis"
 
 
 def _column(rows: pd.DataFrame, name: str) -> np.ndarray:
