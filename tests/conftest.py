@@ -26,8 +26,10 @@ def tiny_collection(tmp_path_factory) -> Path:
     return out
 
 
-#: the longest test groups (about 17 and 11 minutes on 2 cores), run first so that
-#: ``--dist loadgroup --no-loadscope-reorder`` starts them on different workers
+#: the longest test groups, run first so that ``--dist loadgroup --no-loadscope-reorder``
+#: starts them on different workers: the pipeline runs (about 11 minutes on 2 cores) and,
+#: when a plain ``pytest -n 2`` includes them, the browser tests (``make test`` runs
+#: those in a pass of their own, after the others)
 FIRST_GROUPS = ("browser", "test_pipeline.py")
 
 
@@ -35,7 +37,8 @@ FIRST_GROUPS = ("browser", "test_pipeline.py")
 def pytest_collection_modifyitems(config, items):
     """Keep each test file on one xdist worker, and every browser test on the same one.
 
-    `make test` runs with ``-n 2 --dist loadgroup --no-loadscope-reorder``. Grouping by
+    `make test` runs the tests that are not ``browser`` with ``-n 2 --dist loadgroup
+    --no-loadscope-reorder``, then the browser tests in one process. Grouping by
     file means a module-scoped fixture (a trained model, a built index) is built once,
     not once per worker; the browser tests share session fixtures (a built workspace,
     Chromium), so they go together. The longest groups are moved to the front (a stable

@@ -105,3 +105,57 @@ def test_resume_refuses_what_it_cannot_continue(classification_bench, tmp_path, 
         path.write_text(content)
     with pytest.raises(ValueError, match=match):
         classification_bench.resumed_runs(path, {"profile": "quick", "phases": [4, 12]}, [1])
+
+
+@pytest.fixture(scope="module")
+def match_bench():
+    return _load("match_as_classifier")
+
+
+def _split_index(per_specimen: int = 5):
+    import pandas as pd
+
+    rows = [
+        dict(slice_id=f"{s}:{i:05d}", specimen_id=s, species=s[:1], split=split)
+        for s, split in (("A1", "val"), ("B1", "val"), ("C1", "test"), ("D1", "train"))
+        for i in range(per_specimen)
+    ]
+    return pd.DataFrame(rows)
+
+
+def test_sections_of_a_new_seed_never_repeat_and_leave_the_first_sample_as_it_was(match_bench):
+    index = _split_index()
+    one = match_bench.sample_sections(index, "val", 2, [0])
+    two = match_bench.sample_sections(index, "val", 2, [0, 1])
+    assert list(two[0]["slice_id"]) == list(one[0]["slice_id"])
+    assert not set(two[0]["slice_id"]) & set(two[1]["slice_id"])
+    for sample in two.values():
+        assert sample["specimen_id"].value_counts().to_dict() == {"A1": 2, "B1": 2}
+    # a specimen with fewer sections left than asked gives what it has
+    three = match_bench.sample_sections(index, "val", 2, [0, 1, 2])
+    assert three[2]["specimen_id"].value_counts().to_dict() == {"A1": 1, "B1": 1}
+
+
+def test_specimen_vote_takes_the_most_frequent_genus_then_the_higher_score(match_bench):
+    import pandas as pd
+
+    frame = pd.DataFrame(
+        dict(
+            specimen_id=["s1", "s1", "s1", "s2", "s2"],
+            matched=["X", "Y", "X", "X", "Y"],
+            score=[0.5, 0.9, 0.5, 0.6, 0.7],
+        )
+    )
+    assert match_bench.specimen_vote(frame).to_dict() == {"s1": "X", "s2": "Y"}
+
+
+def test_scores_count_sections_and_specimens_by_their_mean_probability(match_bench):
+    import numpy as np
+
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.45, 0.55], [0.3, 0.7]])
+    y = np.array([0, 0, 1, 1])
+    specimens = np.array(["a", "a", "b", "b"])
+    # "a": mean (0.55, 0.45) -> right although one section is wrong; "b" right
+    assert match_bench.scores(probs, y, specimens) == dict(
+        section_accuracy=0.75, specimens_right="2/2"
+    )
