@@ -75,15 +75,15 @@ def rows_of(preds: metrics.Predictions, slice_ids) -> tuple[np.ndarray, np.ndarr
     return preds.probs[pos].copy(), preds.y_true[pos]
 
 
-def scores(probs: np.ndarray, y: np.ndarray, specimens: np.ndarray) -> dict:
-    """Section accuracy, and specimens right by their mean probability."""
-    right = [
-        probs[specimens == s].mean(axis=0).argmax() == y[specimens == s][0]
-        for s in np.unique(specimens)
-    ]
+def scores(probs: np.ndarray, y: np.ndarray, specimens: np.ndarray, names=None) -> dict:
+    """Section accuracy, and specimens right by their mean probability
+    (:func:`foramlib.evaluation.metrics.specimen_votes`, the evaluate stage's vote)."""
+    names = list(names) if names is not None else [str(i) for i in range(probs.shape[1])]
+    preds = metrics.Predictions.from_arrays("m", probs, y, names, specimen_ids=specimens)
+    votes = metrics.specimen_votes(preds)
     return dict(
-        section_accuracy=round(float((probs.argmax(axis=1) == y).mean()), 4),
-        specimens_right=f"{int(np.sum(right))}/{len(right)}",
+        section_accuracy=round(float((preds.y_pred == preds.y_true).mean()), 4),
+        specimens_right=f"{int((votes['true'] == votes['predicted']).sum())}/{len(votes)}",
     )
 
 
@@ -94,7 +94,7 @@ def combined_scores(preds: metrics.Predictions, frame: pd.DataFrame, weight: flo
     for i, genus in enumerate(frame["matched"]):
         if genus in column:
             probs[i, column[genus]] += weight
-    return scores(probs, y, frame["specimen_id"].to_numpy())
+    return scores(probs, y, frame["specimen_id"].to_numpy(), preds.names)
 
 
 WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0)
@@ -179,7 +179,7 @@ def main() -> None:
     )
     loaded, frames = {}, {}
     for split in ("val", "test"):
-        net = metrics.load_predictions(Path("models") / member / f"predictions_{split}.csv")
+        net = metrics.load_model_predictions(Path("models") / member, split)
         hog = metrics.load_predictions(
             Path("results/predictions") / f"baseline_hog_lr_{split}.csv",
             name="baseline",
@@ -214,8 +214,8 @@ def main() -> None:
                 seconds_median=round(float(frame["seconds"].median()), 2),
                 seconds_p95=round(float(frame["seconds"].quantile(0.95)), 2),
             ),
-            network=scores(net_probs, y, specs),
-            baseline=scores(*rows_of(hog, frame["slice_id"]), specs),
+            network=scores(net_probs, y, specs, net.names),
+            baseline=scores(*rows_of(hog, frame["slice_id"]), specs, hog.names),
             sections_right=dict(
                 both=int((right_m & right_n).sum()),
                 matcher_only=int((right_m & ~right_n).sum()),
